@@ -1,0 +1,36 @@
+# poolkeeper tasks. Nothing to install by hand: `make test` builds what the tests need.
+SHELL := bash
+CARGO ?= cargo
+# The test control plane is built from upstream Go modules into this cache (outside the checkout).
+CP_DIR := $(shell ./hack/build-control-plane.sh --print-dir)
+
+.PHONY: test lint crds control-plane demo bench fmt
+
+## test: build the control plane if missing, then run every test
+test: control-plane
+	$(CARGO) test --all-targets
+
+## lint: formatting, clippy with warnings denied, generated CRDs current
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) run --quiet -- crds | diff -u crds/poolkeeper.yaml - || { echo "crds/ is stale: run make crds"; exit 1; }
+
+## crds: regenerate crds/ from the types
+crds:
+	$(CARGO) run --quiet -- crds > crds/poolkeeper.yaml
+
+## control-plane: build kube-apiserver, kubectl (v1.36.3) and etcd (v3.6.x) from Go modules, once
+control-plane:
+	@./hack/build-control-plane.sh >/dev/null
+
+## demo: a local control plane, the controller and simulated hosts; Ctrl-C stops everything
+demo: control-plane
+	$(CARGO) run --release -- dev --hosts 10 --kubeconfig ./.cache/kubeconfig
+
+## bench: planner benchmarks
+bench:
+	$(CARGO) bench --bench plan
+
+fmt:
+	$(CARGO) fmt

@@ -1,0 +1,180 @@
+//! `Host`: a hypervisor running the agent. Operators own `spec.pool` and `spec.maintenance`; the agent
+//! owns `status.report`; the controller owns `status.phase` and `status.conditions`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::pool::DomainMapEntry;
+
+/// A host running the poolkeeper agent. The agent registers it (as kubelet registers Nodes) and
+/// reports what it monitors; operators put it in a pool or in maintenance.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "poolkeeper.io",
+    version = "v1alpha1",
+    kind = "Host",
+    plural = "hosts",
+    category = "poolkeeper",
+    status = "HostStatus",
+    doc = "A host running the poolkeeper agent, and what it reports.",
+    printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "In-Sync", type_ = "string", json_path = ".status.conditions[?(@.type==\"InSync\")].status"),
+    printcolumn(name = "Domains", type_ = "integer", json_path = ".status.report.domainCount", description = "Domains the host monitors"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    selectable = ".spec.pool"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HostSpec {
+    /// The StoragePool this host serves. Empty or unset: the host is in no pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(super::NAME_RULE).message(super::NAME_MESSAGE))]
+    pub pool: Option<String>,
+
+    /// The URL of the agent's JSON-RPC endpoint, e.g. `https://host1.example.com:54321/jsonrpc`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))")
+        .message("must be an http:// or https:// URL, e.g. https://host1.example.com:54321/jsonrpc"))]
+    pub endpoint: String,
+
+    /// Put the host in maintenance: the controller disconnects it from its pool and stops counting
+    /// it. A host that blocks a domain's MovingToMaintenance can be released this way.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// The host's status: the agent's report and the controller's verdict.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    /// What the agent reports. Written only by the agent (field manager `poolkeeper-agent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<HostReport>,
+
+    /// The controller's view of the host. Written only by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<HostPhase>,
+
+    /// The `metadata.generation` the controller's conditions were computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Responsive`, `InSync`, `Operational` and `Ready`. Written only by the controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// What a host's agent reports: its identity, the pool it holds in memory, and its domain monitors.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostReport {
+    /// The agent's version.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub agent_version: String,
+
+    /// Changes every time the agent starts. A new bootId means the host lost its in-memory map.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub boot_id: String,
+
+    /// The pool the host is connected to, as it holds it in memory. Unset: not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolConnection>,
+
+    /// The domains the host monitors now, with their vitals (VDSM's repoStats). A domain missing
+    /// here is not monitored: that is how a host acknowledges a deactivation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub domains: Vec<DomainVitals>,
+
+    /// How many domains the host monitors (the length of `domains`).
+    #[serde(default)]
+    pub domain_count: i32,
+}
+
+/// A pool connection as the host holds it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolConnection {
+    /// The pool's UUID (spUUID).
+    #[schemars(length(max = 36))]
+    pub uuid: String,
+    /// The host's id in the pool.
+    pub host_id: i32,
+    /// The master domain the host was told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    pub master_domain: Option<String>,
+    /// The master version the host was told.
+    #[serde(default)]
+    pub master_version: i64,
+    /// The domain map the host holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub domain_map: Vec<DomainMapEntry>,
+}
+
+/// One domain monitor's vitals (VDSM's `StorageDomainVitals`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainVitals {
+    /// The domain's UUID.
+    #[schemars(length(max = 36))]
+    pub uuid: String,
+    /// The last check succeeded.
+    pub valid: bool,
+    /// 0 when valid, else VDSM's error code (358 domain missing, 379 access error).
+    pub code: i32,
+    /// Read latency of the last check, in seconds (written when it crosses a threshold).
+    #[serde(default)]
+    pub delay_seconds: f64,
+    /// Seconds since the monitor last completed a check (written when it crosses a threshold, so
+    /// a hung check shows up without the status ticking).
+    #[serde(default)]
+    pub last_check_seconds: f64,
+    /// The host holds its host id (sanlock lockspace) on the domain.
+    #[serde(default)]
+    pub acquired: bool,
+    /// False until the monitor's first real check completes.
+    #[serde(default)]
+    pub actual: bool,
+    /// Domain format version; -1 until known.
+    #[serde(default)]
+    pub version: i32,
+}
+
+/// Host phases (oVirt's VDSStatus subset that matters for pool sync).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostPhase {
+    /// Holds the current map and sees every active domain.
+    Up,
+    /// Being told the current map.
+    Connecting,
+    /// Cannot reach a domain other hosts can reach (reason `StorageDomainUnreachable`).
+    NonOperational,
+    /// Its Lease expired; no calls are sent until it renews.
+    NonResponsive,
+    /// In maintenance but still reporting domains.
+    PreparingForMaintenance,
+    /// In maintenance and disconnected.
+    Maintenance,
+}
+
+impl HostPhase {
+    /// The API string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "Up",
+            Self::Connecting => "Connecting",
+            Self::NonOperational => "NonOperational",
+            Self::NonResponsive => "NonResponsive",
+            Self::PreparingForMaintenance => "PreparingForMaintenance",
+            Self::Maintenance => "Maintenance",
+        }
+    }
+}

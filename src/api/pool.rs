@@ -1,0 +1,259 @@
+//! `StoragePool`: a set of hosts sharing a set of storage domains, and the authoritative domain map.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The pool of compatibility 3.5 and above keeps its map in memory on hosts (this design).
+pub const DEFAULT_COMPATIBILITY_VERSION: &str = "3.5";
+/// VDSM refuses more than this many domains in a pool (error 328, `maximum_domains_in_pool`).
+pub const MAX_DOMAINS_PER_POOL: usize = 100;
+
+/// A storage pool (oVirt's data center): the hosts that name it in `Host.spec.pool` share the storage
+/// domains that name it in `StorageDomain.spec.pool`. The controller pushes the pool's domain map to
+/// every host and reports how many hold it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "poolkeeper.io",
+    version = "v1alpha1",
+    kind = "StoragePool",
+    plural = "storagepools",
+    shortname = "sp",
+    category = "poolkeeper",
+    status = "StoragePoolStatus",
+    doc = "A storage pool: hosts sharing storage domains, and the authoritative map of those domains.",
+    printcolumn(name = "Compat", type_ = "string", json_path = ".spec.compatibilityVersion"),
+    printcolumn(name = "Domains", type_ = "integer", json_path = ".status.counts.domains"),
+    printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.counts.hosts"),
+    printcolumn(name = "In-Sync", type_ = "integer", json_path = ".status.counts.inSync"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.uuid) || (has(self.uuid) && self.uuid == oldSelf.uuid)"
+).message("spec.uuid is immutable once set: it is the pool's identity on storage; create a new StoragePool instead"))]
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.compatibilityVersion) || !has(self.compatibilityVersion) || \
+     !self.compatibilityVersion.matches('^[0-9]+[.][0-9]+$') || !oldSelf.compatibilityVersion.matches('^[0-9]+[.][0-9]+$') || \
+     int(self.compatibilityVersion.split('.')[0]) > int(oldSelf.compatibilityVersion.split('.')[0]) || \
+     (int(self.compatibilityVersion.split('.')[0]) == int(oldSelf.compatibilityVersion.split('.')[0]) && \
+      int(self.compatibilityVersion.split('.')[1]) >= int(oldSelf.compatibilityVersion.split('.')[1]))"
+).message("spec.compatibilityVersion cannot be lowered: hosts may already hold the newer pool format"))]
+#[serde(rename_all = "camelCase")]
+pub struct StoragePoolSpec {
+    /// The pool's UUID (VDSM's spUUID), sent to hosts as `storagepoolID`. Optional: when unset the
+    /// controller uses `metadata.uid` and records it in `status.uuid`. Set it when the pool already
+    /// exists on storage or when the object may be re-created (GitOps), so the identity is kept.
+    /// Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new(super::UUID_RULE).message(super::UUID_MESSAGE))]
+    pub uuid: Option<String>,
+
+    /// The pool's compatibility version, `major.minor`. `3.5` and above push the domain map to
+    /// hosts on every connect (the map lives only in the API server and in host memory); `3.4` and
+    /// below use the legacy master-domain flows. May be raised, never lowered.
+    #[serde(default = "default_compatibility_version")]
+    #[schemars(length(max = 7))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,3}[.][0-9]{1,3}$')")
+        .message("must be a version in major.minor form, e.g. \"3.5\""))]
+    pub compatibility_version: String,
+
+    /// The preferred master storage domain (its UUID). It must be an active data domain of this pool
+    /// to be used; otherwise the controller picks the first healthy active data domain. Sent to
+    /// hosts as `masterSdUUID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new(super::UUID_RULE).message(super::UUID_MESSAGE))]
+    pub master_domain: Option<String>,
+
+    /// How the controller keeps hosts in sync. Every knob has a safe default.
+    #[serde(default)]
+    pub sync: SyncSpec,
+}
+
+fn default_compatibility_version() -> String {
+    DEFAULT_COMPATIBILITY_VERSION.to_owned()
+}
+
+/// Knobs for keeping hosts in sync.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncSpec {
+    /// How many `StoragePool.connect` calls may be in flight at once for this pool (at least 1).
+    #[serde(default = "default_max_concurrent_connects")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_connects: i32,
+
+    /// How long a host may take to answer one connect call, in seconds (1 to 600). A host that does
+    /// not answer in time is marked `InSync=False` and retried with backoff.
+    #[serde(default = "default_connect_timeout_seconds")]
+    #[schemars(range(min = 1, max = 600))]
+    pub connect_timeout_seconds: i32,
+
+    /// How long an Up host may report a domain as failing before the controller acts, in seconds
+    /// (1 to 86400; oVirt's StorageDomainFailureTimeoutInMinutes is 5 minutes). When it ends, the
+    /// reporting hosts become NonOperational if other hosts see the domain, or the domain becomes
+    /// Inactive if every Up host reports it.
+    #[serde(default = "default_problem_grace_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub problem_grace_seconds: i32,
+
+    /// The most hosts this pool accepts (1 to 2000; oVirt's default is 250). Each host gets a
+    /// stable id in 1..=maxHosts; hosts beyond the limit are refused with a condition.
+    #[serde(default = "default_max_hosts")]
+    #[schemars(range(min = 1, max = 2000))]
+    pub max_hosts: i32,
+}
+
+fn default_max_concurrent_connects() -> i32 {
+    32
+}
+fn default_connect_timeout_seconds() -> i32 {
+    30
+}
+fn default_problem_grace_seconds() -> i32 {
+    300
+}
+fn default_max_hosts() -> i32 {
+    250
+}
+
+impl Default for SyncSpec {
+    fn default() -> Self {
+        Self {
+            max_concurrent_connects: default_max_concurrent_connects(),
+            connect_timeout_seconds: default_connect_timeout_seconds(),
+            problem_grace_seconds: default_problem_grace_seconds(),
+            max_hosts: default_max_hosts(),
+        }
+    }
+}
+
+/// What the controller decided and observed for the pool. Written only by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoragePoolStatus {
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, in `metav1.Condition` form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// The pool UUID in use: `spec.uuid`, or the object's uid when that is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+
+    /// The domain map every host must hold: each domain attached to the pool and whether hosts
+    /// monitor it (`active`) or only know it (`attached`). Recorded here before any host is told.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub domain_map: Vec<DomainMapEntry>,
+
+    /// Grows by one whenever the map or the master changes. For people and metrics; not sent to hosts.
+    #[serde(default)]
+    pub map_version: i64,
+
+    /// The master storage domain hosts are told (`masterSdUUID`); unset while the pool has no active
+    /// data domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_domain: Option<String>,
+
+    /// Grows by one whenever the master domain changes (`masterVersion`).
+    #[serde(default)]
+    pub master_version: i64,
+
+    /// The stable per-pool id of each host (VDSM's hostID, the sanlock host id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2000))]
+    pub host_ids: Vec<HostIdEntry>,
+
+    /// How many hosts are in which state.
+    #[serde(default)]
+    pub counts: HostCounts,
+
+    /// Up to 10 hosts that do not hold the current map yet, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub lagging_hosts: Vec<LaggingHost>,
+}
+
+/// One entry of the domain map.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainMapEntry {
+    /// The storage domain's UUID.
+    pub uuid: String,
+    /// `active` (hosts monitor it) or `attached` (in the pool, not monitored).
+    pub status: MapStatus,
+}
+
+/// How a domain appears in the map sent to hosts (VDSM's `domainDict` values).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MapStatus {
+    /// Hosts monitor the domain.
+    Active,
+    /// The domain belongs to the pool but hosts do not monitor it.
+    Attached,
+}
+
+impl MapStatus {
+    /// The wire string (`active` or `attached`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Attached => "attached",
+        }
+    }
+}
+
+/// A host and its id in the pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct HostIdEntry {
+    /// The Host's name.
+    pub host: String,
+    /// Its id in the pool, 1..=maxHosts.
+    pub id: i32,
+}
+
+/// Host counts of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostCounts {
+    /// Domains in the map.
+    #[serde(default)]
+    pub domains: i32,
+    /// Hosts that name this pool.
+    #[serde(default)]
+    pub hosts: i32,
+    /// Hosts that hold the current map.
+    #[serde(default)]
+    pub in_sync: i32,
+    /// Hosts being told the current map now.
+    #[serde(default)]
+    pub connecting: i32,
+    /// Hosts whose last connect failed.
+    #[serde(default)]
+    pub failing: i32,
+    /// Hosts whose Lease expired.
+    #[serde(default)]
+    pub unresponsive: i32,
+}
+
+/// A host that does not hold the current map yet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LaggingHost {
+    /// The Host's name.
+    pub host: String,
+    /// Why it lags, e.g. `connect failed: error 323: ...` or `not responding`.
+    pub reason: String,
+}

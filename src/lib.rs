@@ -1,0 +1,27 @@
+//! poolkeeper keeps the hosts of a storage pool in step with the pool's storage-domain map.
+//!
+//! ```text
+//!            kubectl / GitOps
+//!                  │ StoragePool, StorageDomain, Host.spec
+//!                  ▼
+//!   ┌────────── API server ◄──────────── agent: Host.status.report, Lease
+//!   │ watch         ▲ status, events       ▲
+//!   ▼               │                      │ JSON-RPC (StoragePool.connect, ...)
+//! controller: observe → plan (pure) → act ─┘ → report
+//! ```
+//!
+//! - [`api`]: the custom resources (types only; no client).
+//! - [`plan`]: pure decisions (no I/O, no clock).
+//! - [`protocol`]: the JSON-RPC wire format, VDSM error codes, client and server.
+//! - [`agent`]: the host agent and the simulator.
+//! - [`controller`]: the reconciler shell around [`plan`].
+//! - [`testenv`]: a real local control plane (etcd + kube-apiserver) for tests and [`dev`].
+
+pub mod agent;
+pub mod api;
+pub mod controller;
+pub mod dev;
+pub mod plan;
+pub mod protocol;
+pub mod telemetry;
+pub mod testenv;

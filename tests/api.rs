@@ -1,0 +1,288 @@
+//! The API as users meet it, against a real kube-apiserver: CRDs install and become Established,
+//! the examples apply, kubectl shows printer columns and field docs, invalid objects are rejected
+//! with a message that names the field, and spec and status are written independently.
+
+mod support;
+
+use kube::{
+    Api,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+    core::{ApiResource, GroupVersionKind},
+};
+use poolkeeper::api::{Host, HostReport, HostStatus};
+use serde_json::{Value, json};
+use support::{client, kubectl_ok, kubectl_stdin, unique, uuid};
+
+fn resource(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk("poolkeeper.io", "v1alpha1", kind))
+}
+
+async fn dynamic(kind: &str) -> Api<DynamicObject> {
+    Api::all_with(client().await, &resource(kind))
+}
+
+fn object(kind: &str, name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "poolkeeper.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("object")
+}
+
+fn api_error(result: Result<DynamicObject, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status)) => status.message,
+        Err(e) => panic!("expected a rejection by the API server, got {e}"),
+        Ok(o) => panic!("expected a rejection, but {:?} was accepted", o.metadata.name),
+    }
+}
+
+#[test]
+fn crds_directory_is_current() {
+    let expected = poolkeeper::api::crds_yaml().expect("crds");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/poolkeeper.yaml");
+    let actual = std::fs::read_to_string(path).expect("crds/poolkeeper.yaml");
+    assert!(
+        actual == expected,
+        "crds/poolkeeper.yaml is stale: run `make crds` and commit the result"
+    );
+}
+
+#[tokio::test]
+async fn crds_are_established_with_names_users_type() {
+    let out = kubectl_ok(&["api-resources", "--api-group=poolkeeper.io", "-o", "wide"]);
+    for (name, short) in [("storagepools", "sp"), ("storagedomains", "sd"), ("hosts", "")] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from api-resources:\n{out}"));
+        assert!(line.contains(short), "{name} lacks short name {short}: {line}");
+        assert!(line.contains("false"), "{name} must be cluster-scoped: {line}");
+        assert!(line.contains("poolkeeper"), "{name} lacks category poolkeeper: {line}");
+    }
+}
+
+#[tokio::test]
+async fn examples_apply_and_kubectl_shows_printer_columns() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let applied = kubectl_ok(&["apply", "-f", dir]);
+    assert_eq!(applied.lines().count(), 7, "1 pool, 3 domains, 3 hosts: {applied}");
+
+    let out = kubectl_ok(&["get", "sp,sd,host"]);
+    for header in [
+        "COMPAT", "DOMAINS", "HOSTS", "IN-SYNC", "READY", "POOL", "TYPE", "PHASE", "VALID",
+        "REPORTING", "AGE",
+    ] {
+        assert!(out.contains(header), "column {header} missing:\n{out}");
+    }
+    assert!(out.contains("storagepool.poolkeeper.io/dc1"), "{out}");
+    assert!(out.contains("storagedomain.poolkeeper.io/iso1"), "{out}");
+    assert!(out.contains("host.poolkeeper.io/host3"), "{out}");
+
+    let by_category = kubectl_ok(&["get", "poolkeeper", "-o", "name"]);
+    assert!(by_category.contains("storagedomain.poolkeeper.io/data2"), "{by_category}");
+
+    let selected = kubectl_ok(&["get", "sd", "--field-selector", "spec.pool=dc1", "-o", "name"]);
+    assert_eq!(selected.lines().count(), 3, "{selected}");
+}
+
+#[tokio::test]
+async fn kubectl_explain_shows_field_docs() {
+    let out = kubectl_ok(&["explain", "storagepool.spec.sync"]);
+    assert!(out.contains("maxConcurrentConnects"), "{out}");
+    assert!(out.contains("StoragePool.connect"), "{out}");
+    let out = kubectl_ok(&["explain", "storagedomain.spec.maintenance"]);
+    assert!(out.contains("MovingToMaintenance"), "{out}");
+    let out = kubectl_ok(&["explain", "host.status.report.bootId"]);
+    assert!(out.contains("agent starts"), "{out}");
+}
+
+/// Each row: kind, spec, the field the message must name, and a fragment of the message.
+fn invalid_objects() -> Vec<(&'static str, Value, &'static str, &'static str)> {
+    let long = "a".repeat(300);
+    let long_path = "/x".repeat(600);
+    let domain = |extra: Value| {
+        let mut spec = json!({"uuid": uuid(), "storage": {"path": "/srv/d"}});
+        merge(&mut spec, extra);
+        spec
+    };
+    vec![
+        ("StoragePool", json!({"uuid": "not-a-uuid"}), "spec.uuid", "lower-case UUID"),
+        ("StoragePool", json!({"uuid": "5849B030-626E-47CB-AD90-3CE782D831B3"}), "spec.uuid", "lower-case UUID"),
+        ("StoragePool", json!({"uuid": "5849b030626e47cbad903ce782d831b3"}), "spec.uuid", "8-4-4-4-12"),
+        ("StoragePool", json!({"compatibilityVersion": "3"}), "spec.compatibilityVersion", "major.minor"),
+        ("StoragePool", json!({"compatibilityVersion": "3.x"}), "spec.compatibilityVersion", "major.minor"),
+        ("StoragePool", json!({"masterDomain": "master"}), "spec.masterDomain", "lower-case UUID"),
+        ("StoragePool", json!({"sync": {"maxHosts": 0}}), "spec.sync.maxHosts", "greater than or equal to 1"),
+        ("StoragePool", json!({"sync": {"maxHosts": 2001}}), "spec.sync.maxHosts", "less than or equal to 2000"),
+        ("StoragePool", json!({"sync": {"maxConcurrentConnects": 0}}), "spec.sync.maxConcurrentConnects", "greater than or equal to 1"),
+        ("StoragePool", json!({"sync": {"connectTimeoutSeconds": 601}}), "spec.sync.connectTimeoutSeconds", "less than or equal to 600"),
+        ("StoragePool", json!({"sync": {"problemGraceSeconds": 0}}), "spec.sync.problemGraceSeconds", "greater than or equal to 1"),
+        ("StoragePool", json!({"sync": {"maxHosts": "many"}}), "spec.sync.maxHosts", "integer"),
+        ("StorageDomain", json!({"storage": {"path": "/srv/d"}}), "spec.uuid", "Required"),
+        ("StorageDomain", domain(json!({"uuid": "xyz"})), "spec.uuid", "lower-case UUID"),
+        ("StorageDomain", domain(json!({"type": "Backup"})), "spec.type", "Unsupported value"),
+        ("StorageDomain", domain(json!({"pool": "Bad_Pool"})), "spec.pool", "name of an object"),
+        ("StorageDomain", domain(json!({"pool": long})), "spec.pool", "Too long"),
+        ("StorageDomain", domain(json!({"storage": {"path": ""}})), "spec.storage.path", "at least 1"),
+        ("StorageDomain", domain(json!({"storage": {"path": long_path}})), "spec.storage.path", "Too long"),
+        ("StorageDomain", domain(json!({"storage": {"kind": "Block", "path": "/d"}})), "spec.storage.kind", "Unsupported value"),
+        ("Host", json!({"endpoint": "ftp://host1:54321/jsonrpc"}), "spec.endpoint", "http:// or https:// URL"),
+        ("Host", json!({"endpoint": "host1 port 54321"}), "spec.endpoint", "http:// or https:// URL"),
+        ("Host", json!({"pool": "dc1"}), "spec.endpoint", "Required"),
+        ("Host", json!({"endpoint": "https://h:1/jsonrpc", "pool": "-dc1"}), "spec.pool", "name of an object"),
+    ]
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(into), Value::Object(from)) = (into, from) {
+        for (k, v) in from {
+            into.insert(k, v);
+        }
+    }
+}
+
+#[tokio::test]
+async fn invalid_objects_are_rejected_with_a_message_naming_the_field() {
+    let cases = invalid_objects();
+    assert!(cases.len() >= 15);
+    let mut failures = Vec::new();
+    for (kind, spec, field, fragment) in cases {
+        let api = dynamic(kind).await;
+        let name = unique("invalid");
+        let msg = api_error(api.create(&PostParams::default(), &object(kind, &name, spec.clone())).await);
+        if !(msg.contains(field) && msg.contains(fragment)) {
+            failures.push(format!("{kind} {spec}: expected `{field}` and `{fragment}` in: {msg}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+async fn create_then_reject_update(kind: &str, spec: Value, change: Value, fragment: &str) {
+    let api = dynamic(kind).await;
+    let name = unique("update");
+    api.create(&PostParams::default(), &object(kind, &name, spec))
+        .await
+        .expect("valid object is accepted");
+    let patch = json!({"spec": change});
+    let msg = api_error(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await);
+    assert!(msg.contains(fragment), "expected `{fragment}` in: {msg}");
+}
+
+#[tokio::test]
+async fn pool_uuid_cannot_change_or_be_removed() {
+    let original = uuid();
+    create_then_reject_update("StoragePool", json!({"uuid": original}), json!({"uuid": uuid()}), "spec.uuid is immutable").await;
+    create_then_reject_update("StoragePool", json!({"uuid": original}), json!({"uuid": null}), "spec.uuid is immutable").await;
+}
+
+#[tokio::test]
+async fn pool_uuid_can_be_set_once_when_it_was_unset() {
+    let api = dynamic("StoragePool").await;
+    let name = unique("late-uuid");
+    api.create(&PostParams::default(), &object("StoragePool", &name, json!({})))
+        .await
+        .expect("created");
+    let patch = json!({"spec": {"uuid": uuid()}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("setting an unset uuid is allowed");
+}
+
+#[tokio::test]
+async fn compatibility_version_can_be_raised_but_never_lowered() {
+    create_then_reject_update("StoragePool", json!({"compatibilityVersion": "3.6"}), json!({"compatibilityVersion": "3.5"}), "cannot be lowered").await;
+    create_then_reject_update("StoragePool", json!({"compatibilityVersion": "4.0"}), json!({"compatibilityVersion": "3.9"}), "cannot be lowered").await;
+    create_then_reject_update("StoragePool", json!({"compatibilityVersion": "3.10"}), json!({"compatibilityVersion": "3.9"}), "cannot be lowered").await;
+
+    let api = dynamic("StoragePool").await;
+    let name = unique("raise");
+    api.create(&PostParams::default(), &object("StoragePool", &name, json!({"compatibilityVersion": "3.4"})))
+        .await
+        .expect("created");
+    let patch = json!({"spec": {"compatibilityVersion": "3.10"}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("raising 3.4 to 3.10 is allowed (numeric, not lexical)");
+}
+
+#[tokio::test]
+async fn domain_uuid_is_immutable() {
+    create_then_reject_update(
+        "StorageDomain",
+        json!({"uuid": uuid(), "storage": {"path": "/srv/d"}}),
+        json!({"uuid": uuid()}),
+        "spec.uuid is immutable",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn defaults_are_filled_in_by_the_schema() {
+    let api = dynamic("StoragePool").await;
+    let name = unique("defaults");
+    let created = api
+        .create(&PostParams::default(), &object("StoragePool", &name, json!({})))
+        .await
+        .expect("created");
+    let spec = &created.data["spec"];
+    assert_eq!(spec["compatibilityVersion"], "3.5");
+    assert_eq!(spec["sync"]["maxConcurrentConnects"], 32);
+    assert_eq!(spec["sync"]["connectTimeoutSeconds"], 30);
+    assert_eq!(spec["sync"]["problemGraceSeconds"], 300);
+    assert_eq!(spec["sync"]["maxHosts"], 250);
+}
+
+#[tokio::test]
+async fn oversized_status_lists_are_rejected() {
+    let api = dynamic("StoragePool").await;
+    let name = unique("biglist");
+    api.create(&PostParams::default(), &object("StoragePool", &name, json!({})))
+        .await
+        .expect("created");
+    let map: Vec<Value> = (0..101).map(|_| json!({"uuid": uuid(), "status": "active"})).collect();
+    let patch = json!({"status": {"domainMap": map}});
+    let msg = api_error(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await);
+    assert!(msg.contains("status.domainMap") && msg.contains("Too many"), "{msg}");
+}
+
+#[tokio::test]
+async fn spec_and_status_are_written_independently() {
+    let hosts: Api<Host> = Api::all(client().await);
+    let name = unique("subresource");
+    let host = kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: poolkeeper.io/v1alpha1\nkind: Host\nmetadata:\n  name: {name}\nspec:\n  endpoint: https://{name}:54321/jsonrpc\n  pool: dc-a\n"
+        ),
+    );
+    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
+
+    // A status write does not touch spec, even when the body carries a spec.
+    let status = HostStatus {
+        report: Some(HostReport { agent_version: "test".into(), boot_id: uuid(), ..HostReport::default() }),
+        ..HostStatus::default()
+    };
+    let patch = json!({"spec": {"pool": "dc-b"}, "status": status});
+    let after = hosts
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("status patch");
+    assert_eq!(after.spec.pool.as_deref(), Some("dc-a"), "status write changed spec");
+    assert_eq!(after.status.as_ref().and_then(|s| s.report.as_ref()).map(|r| r.agent_version.as_str()), Some("test"));
+
+    // A spec write does not touch status, even when the body carries a status.
+    let patch = json!({"spec": {"maintenance": true}, "status": {"report": {"agentVersion": "overwritten"}}});
+    let after = hosts
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("spec patch");
+    assert!(after.spec.maintenance);
+    assert_eq!(
+        after.status.and_then(|s| s.report).map(|r| r.agent_version),
+        Some("test".to_owned()),
+        "spec write changed status"
+    );
+}
