@@ -1,8 +1,6 @@
 # poolkeeper tasks. Nothing to install by hand: `make test` builds what the tests need.
 SHELL := bash
 CARGO ?= cargo
-# The test control plane is built from upstream Go modules into this cache (outside the checkout).
-CP_DIR := $(shell ./hack/build-control-plane.sh --print-dir)
 
 .PHONY: test lint crds control-plane demo bench fmt
 
@@ -15,10 +13,12 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) run --quiet -- crds | diff -u crds/poolkeeper.yaml - || { echo "crds/ is stale: run make crds"; exit 1; }
+	diff -u crds/poolkeeper.yaml deploy/crds.yaml || { echo "deploy/crds.yaml is stale: run make crds"; exit 1; }
 
 ## crds: regenerate crds/ from the types
 crds:
 	$(CARGO) run --quiet -- crds > crds/poolkeeper.yaml
+	cp crds/poolkeeper.yaml deploy/crds.yaml  # kustomize cannot reach outside deploy/
 
 ## control-plane: build kube-apiserver, kubectl (v1.36.3) and etcd (v3.6.x) from Go modules, once
 control-plane:

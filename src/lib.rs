@@ -21,6 +21,7 @@ pub mod agent;
 pub mod api;
 pub mod controller;
 pub mod dev;
+pub mod metrics;
 pub mod plan;
 pub mod protocol;
 pub mod telemetry;

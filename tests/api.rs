@@ -42,12 +42,14 @@ fn api_error(result: Result<DynamicObject, kube::Error>) -> String {
 #[test]
 fn crds_directory_is_current() {
     let expected = poolkeeper::api::crds_yaml().expect("crds");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/poolkeeper.yaml");
-    let actual = std::fs::read_to_string(path).expect("crds/poolkeeper.yaml");
-    assert!(
-        actual == expected,
-        "crds/poolkeeper.yaml is stale: run `make crds` and commit the result"
-    );
+    for file in ["crds/poolkeeper.yaml", "deploy/crds.yaml"] {
+        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+        let actual = std::fs::read_to_string(&path).expect("generated CRD file");
+        assert!(
+            actual == expected,
+            "{file} is stale: run `make crds` and commit the result"
+        );
+    }
 }
 
 #[tokio::test]

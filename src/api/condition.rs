@@ -117,3 +117,104 @@ mod tests {
         assert_eq!(c.len(), 1);
     }
 }
+
+/// Condition and event reasons (CamelCase, as the API conventions require). Stable: tools match on them.
+pub mod reasons {
+    // Pool.
+    /// Every member host holds the current map.
+    pub const IN_SYNC: &str = "InSync";
+    /// The map or master changed, or hosts are catching up; the rollout is in progress.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// Domains are changing phase (activating, moving to maintenance, detaching).
+    pub const DOMAINS_TRANSITIONING: &str = "DomainsTransitioning";
+    /// Some host failed to take the current map.
+    pub const SYNC_FAILING: &str = "SyncFailing";
+    /// The pool has no hosts.
+    pub const NO_HOSTS: &str = "NoHosts";
+    /// The pool has no active data domain: no master, hosts disconnected.
+    pub const NO_ACTIVE_DATA_DOMAIN: &str = "NoActiveDataDomain";
+    /// Compatibility version below 3.5: the legacy flows are not supported yet.
+    pub const LEGACY_POOL_UNSUPPORTED: &str = "LegacyPoolUnsupported";
+    /// `spec.compatibilityVersion` is not `major.minor`.
+    pub const INVALID_COMPATIBILITY_VERSION: &str = "InvalidCompatibilityVersion";
+    /// More hosts name the pool than `spec.sync.maxHosts` allows.
+    pub const TOO_MANY_HOSTS: &str = "TooManyHosts";
+    /// More than 100 domains name the pool (VDSM's limit).
+    pub const TOO_MANY_DOMAINS: &str = "TooManyDomains";
+    /// Two StorageDomains have the same uuid.
+    pub const DUPLICATE_DOMAIN_UUID: &str = "DuplicateDomainUuid";
+    /// The pool is being deleted but domains are still attached.
+    pub const DOMAINS_ATTACHED: &str = "DomainsAttached";
+    /// The pool is being deleted: hosts are being disconnected.
+    pub const DELETING: &str = "Deleting";
+    /// Nothing blocks progress.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Nothing is changing.
+    pub const IDLE: &str = "Idle";
+    /// The master domain changed (event).
+    pub const MASTER_CHANGED: &str = "MasterChanged";
+
+    // Domain.
+    /// The domain is active and every Up host sees it.
+    pub const ACTIVE: &str = "Active";
+    /// Waiting for every Up host to report the domain valid and actual.
+    pub const ACTIVATING: &str = "Activating";
+    /// Some connected host still reports the deactivated domain.
+    pub const HOSTS_STILL_REPORTING: &str = "HostsStillReporting";
+    /// No host reports the deactivated domain.
+    pub const NO_HOST_REPORTS: &str = "NoHostReports";
+    /// In maintenance, as requested.
+    pub const MAINTENANCE: &str = "Maintenance";
+    /// Some connected host still holds the detached domain in its map.
+    pub const DETACHING: &str = "Detaching";
+    /// Not in any pool.
+    pub const UNATTACHED: &str = "Unattached";
+    /// Every Up host reported the domain failing for longer than the grace period.
+    pub const DOMAIN_INACTIVE: &str = "DomainInactive";
+    /// No Up host of the pool can report the domain.
+    pub const NO_REPORTING_HOSTS: &str = "NoReportingHosts";
+    /// Some Up host reports a problem with the domain; the grace period runs.
+    pub const DOMAIN_PROBLEM: &str = "DomainProblem";
+    /// No Up host reports a problem.
+    pub const NO_PROBLEM: &str = "NoProblem";
+    /// The transition waits for hosts that do not respond; only a person can release them.
+    pub const HOSTS_NOT_RESPONDING: &str = "HostsNotResponding";
+    /// `spec.pool` names a StoragePool that does not exist.
+    pub const POOL_NOT_FOUND: &str = "PoolNotFound";
+    /// The domain waits to leave the pool it was in before.
+    pub const LEAVING_OTHER_POOL: &str = "LeavingOtherPool";
+    /// The domain phase changed (event).
+    pub const PHASE_CHANGED: &str = "PhaseChanged";
+
+    // Host.
+    /// The Lease is current.
+    pub const LEASE_CURRENT: &str = "LeaseCurrent";
+    /// The Lease expired.
+    pub const LEASE_EXPIRED: &str = "LeaseExpired";
+    /// The host has no Lease yet.
+    pub const NO_LEASE: &str = "NoLease";
+    /// The host is being given the current map.
+    pub const CONNECTING: &str = "Connecting";
+    /// `StoragePool.connect` failed.
+    pub const CONNECT_FAILED: &str = "ConnectFailed";
+    /// `StoragePool.disconnect` failed (event).
+    pub const DISCONNECT_FAILED: &str = "DisconnectFailed";
+    /// The host did not report the map within the rollout deadline.
+    pub const NOT_CONFIRMED: &str = "NotConfirmed";
+    /// The host's report does not parse.
+    pub const REPORT_UNPARSABLE: &str = "ReportUnparsable";
+    /// The host cannot reach a domain other hosts reach (oVirt's STORAGE_DOMAIN_UNREACHABLE).
+    pub const STORAGE_DOMAIN_UNREACHABLE: &str = "StorageDomainUnreachable";
+    /// The host reaches every active domain.
+    pub const DOMAINS_REACHABLE: &str = "DomainsReachable";
+    /// The host is in maintenance, as requested.
+    pub const HOST_MAINTENANCE: &str = "HostMaintenance";
+    /// The host is in maintenance but still reports domains.
+    pub const PREPARING_FOR_MAINTENANCE: &str = "PreparingForMaintenance";
+    /// The host's Lease expired (event).
+    pub const HOST_NOT_RESPONDING: &str = "HostNotResponding";
+    /// The host is Up.
+    pub const HOST_UP: &str = "HostUp";
+    /// The host's domain reports are clean again (event).
+    pub const HOST_RECOVERED: &str = "HostRecovered";
+}

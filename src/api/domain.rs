@@ -177,3 +177,15 @@ impl DomainPhase {
         }
     }
 }
+
+/// Every domain phase, for metrics that export one series per phase.
+pub const ALL_PHASES: [DomainPhase; 8] = [
+    DomainPhase::Unattached,
+    DomainPhase::Activating,
+    DomainPhase::Active,
+    DomainPhase::Inactive,
+    DomainPhase::MovingToMaintenance,
+    DomainPhase::Maintenance,
+    DomainPhase::Detaching,
+    DomainPhase::Unknown,
+];

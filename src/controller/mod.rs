@@ -1,21 +1,248 @@
-//! The controller: watches pools, domains, hosts and leases; observe → plan → act → report.
+//! The controller (`poolkeeper controller`): one reconcile per StoragePool, observe → plan → act →
+//! report. This module is the I/O shell around [`crate::plan`]; every decision lives there.
+//!
+//! - [`watch`]: reflectors over pools, domains, hosts and host Leases, and the mappers that turn a
+//!   change of any of them into the pools to reconcile (the pool a domain or host names now **and**
+//!   the one it named before).
+//! - [`observe`]: narrows the caches into a [`crate::plan::Observed`] (the only place that reads raw
+//!   objects).
+//! - [`act`]: persists the new map first, then calls hosts with bounded concurrency, timeouts and
+//!   per-host backoff, and applies finalizer changes.
+//! - [`report`]: writes the statuses [`crate::plan::report`] built, only when they changed, and
+//!   publishes events.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 
-/// Errors of the controller.
+pub mod act;
+pub mod context;
+pub mod http;
+pub mod observe;
+pub mod report;
+pub mod watch;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use kube::{
+    Client, Resource, ResourceExt,
+    runtime::{Controller, controller::Action},
+};
+use tracing::{info, warn};
+
+use crate::api::StoragePool;
+pub use context::{Context, Settings};
+
+/// The field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "poolkeeper-controller";
+
+/// Errors of the controller. Each names the step that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Placeholder until the controller lands.
-    #[error("the controller is not built yet")]
-    NotBuilt,
+    /// No usable Kubernetes client configuration.
+    #[error("loading the Kubernetes client configuration")]
+    Config(#[source] kube::Error),
+    /// Writing the pool status before telling hosts failed; nothing was sent.
+    #[error("persisting the map of pool {pool}")]
+    PersistMap {
+        /// The pool.
+        pool: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A status write failed.
+    #[error("writing the status of {kind} {name}")]
+    WriteStatus {
+        /// The kind.
+        kind: &'static str,
+        /// The object.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A finalizer change failed.
+    #[error("updating finalizers of {kind} {name}")]
+    Finalizer {
+        /// The kind.
+        kind: &'static str,
+        /// The object.
+        name: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The host RPC client could not be built.
+    #[error("building the host RPC client")]
+    RpcClient(#[source] crate::protocol::ClientError),
+    /// The agents' bearer token could not be read.
+    #[error("reading the agent token")]
+    Token(#[source] crate::protocol::TokenError),
+    /// The agents' CA file could not be read.
+    #[error("reading the agent CA file {path}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics and health server could not start.
+    #[error("serving metrics on {addr}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A fixed string for metric labels and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "Config",
+            Self::PersistMap { .. } => "PersistMap",
+            Self::WriteStatus { .. } => "WriteStatus",
+            Self::Finalizer { .. } => "Finalizer",
+            Self::RpcClient(_) => "RpcClient",
+            Self::Token(_) => "Token",
+            Self::CaFile { .. } => "CaFile",
+            Self::Http { .. } => "Http",
+        }
+    }
 }
 
 /// Arguments of `poolkeeper controller`.
-#[derive(Debug, clap::Args)]
-pub struct ControllerArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// The namespace holding the hosts' Leases (the agents' heartbeat).
+    #[arg(long, env = "POOLKEEPER_LEASE_NAMESPACE", default_value = "poolkeeper-system")]
+    pub lease_namespace: String,
+    /// A file holding the bearer token the agents expect (as a mounted Secret).
+    #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// A PEM file with the CA that signed the agents' serving certificates.
+    #[arg(long, env = "POOLKEEPER_AGENT_CA_FILE")]
+    pub agent_ca_file: Option<PathBuf>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "POOLKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// How many pools may be reconciled at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
+}
 
-/// Runs the controller until interrupted.
+/// Runs the controller with the ambient Kubernetes configuration until SIGINT/SIGTERM.
 ///
 /// # Errors
-/// When the controller cannot start.
-pub async fn run(_args: ControllerArgs) -> Result<(), Error> {
-    Err(Error::NotBuilt)
+/// When the client or the metrics server cannot start.
+pub async fn run(args: ControllerArgs) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(Error::Config)?;
+    let settings = Settings::from_args(&args)?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    run_with(client, settings, args.metrics_addr, shutdown).await
+}
+
+/// Runs the controller on `client` until `shutdown` resolves. Used by `run`, `poolkeeper dev` and
+/// the tests (in-process, against a real API server).
+///
+/// # Errors
+/// When the metrics server cannot start.
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    metrics_addr: SocketAddr,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let (stores, streams) = watch::start(&client, &settings);
+    let ctx = Arc::new(Context::new(client, settings, stores)?);
+    let server = http::serve(metrics_addr, ctx.clone()).await?;
+    info!(addr = %server, "serving metrics and health");
+
+    let config = kube::runtime::controller::Config::default()
+        .concurrency(ctx.settings.concurrency)
+        .debounce(Duration::from_millis(200));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let domains = orphan_domains(ctx.clone(), shutdown_rx.clone());
+    let pools = Controller::for_stream(streams.pools, ctx.stores.pools.clone())
+        .with_config(config)
+        .watches_stream(streams.domains, watch::domain_pools)
+        .watches_stream(streams.hosts, watch::host_pools(ctx.stores.pools.clone()))
+        .watches_stream(
+            streams.leases,
+            watch::lease_pools(ctx.stores.hosts.clone(), ctx.stores.pools.clone()),
+        )
+        .graceful_shutdown_on(async move {
+            shutdown.await;
+            let _ = shutdown_tx.send(true);
+        })
+        .run(reconcile_pool, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    e => warn!(error = %e, "reconcile failed"),
+                }
+            }
+        });
+    tokio::join!(pools, domains);
+    info!("controller stopped");
+    Ok(())
+}
+
+async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile(&pool, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(_) => "error",
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed().as_secs_f64());
+    result
+}
+
+#[tracing::instrument(skip_all, fields(pool = %pool.name_any()))]
+async fn reconcile(pool: &StoragePool, ctx: &Context) -> Result<Action, Error> {
+    let now = jiff::Timestamp::now();
+    let observed = observe::pool(ctx, pool);
+    let plan = crate::plan::plan(&observed, now);
+    let outcomes = act::act(ctx, &observed, &plan).await?;
+    let report = crate::plan::report(&observed, &plan, &outcomes, jiff::Timestamp::now());
+    report::write(ctx, &observed, &report).await?;
+    // A periodic look even when nothing changes guards against silently lost watches.
+    let safety = Duration::from_secs(300);
+    Ok(Action::requeue(plan.requeue_after.map_or(safety, |d| d.min(safety))))
+}
+
+fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(pool = %pool.name_any(), error = %error, category = error.category(), "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Domains that no existing pool owns (unattached, or naming a pool that does not exist) get their
+/// status from here; the pool reconciler owns every other domain.
+async fn orphan_domains(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !ctx.stores.ready() {
+            continue;
+        }
+        for domain in ctx.stores.domains.state() {
+            if let Err(e) = report::orphan_domain(&ctx, &domain).await {
+                warn!(domain = %domain.name_any(), error = %e, "writing orphan domain status failed");
+            }
+        }
+    }
+}
+
+/// The object reference events about `obj` carry.
+pub(crate) fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> k8s_openapi::api::core::v1::ObjectReference {
+    obj.object_ref(&())
 }

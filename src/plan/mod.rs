@@ -1,1 +1,621 @@
-//! The pure planner: from an observed pool to the map, RPCs and statuses to write. No I/O, no clock: `now` is passed in.
+//! The pure planner: from an [`Observed`] pool to the map, RPCs and statuses to write. No I/O, no
+//! clock (`now` is passed in), no client, no tokio: the controller shell narrows its caches into an
+//! [`Observed`], calls [`plan`], acts on the [`Plan`] (persist first, then RPCs), and hands the
+//! outcomes to [`report`], whose statuses it writes only when they differ ([`needs_write`]).
+//!
+//! # Where state lives
+//! Everything that must survive a controller restart is read back from the objects' statuses:
+//! the problem grace period is the `lastTransitionTime` of the domain's `Problem` condition; a host
+//! blamed for a domain keeps `Operational=False` (reason `StorageDomainUnreachable`) until its reports
+//! are clean; the start of the current rollout is the `lastTransitionTime` of the pool's
+//! `Reconciling` condition (forced to `now` whenever the map or master changes). The only in-memory
+//! input is the per-host connect backoff ([`HostBackoff`]); losing it costs at most one extra
+//! connect per host.
+//!
+//! # Write budget (issue 4, rule 12)
+//! A healthy rollout of a map change to N hosts must cost O(1) controller writes per pool and changed
+//! domain. Three choices make that hold:
+//! - **Host statuses do not move while a host merely catches up.** A host that was `Up` stays `Up`
+//!   with `InSync=True` while it waits for its connect; only a failed connect, an expired Lease, a
+//!   blame, or no confirmation by the rollout deadline changes it. The deadline is
+//!   `Reconciling.lastTransitionTime + connectTimeoutSeconds × (⌈hosts / maxConcurrentConnects⌉ + 1)`:
+//!   the time a rollout in waves of `maxConcurrentConnects` needs when every call takes the whole
+//!   timeout, so hosts that wait their turn in a large pool are not blamed.
+//! - **Progress is written in steps.** The pool's counts and lagging-host list, and a domain's
+//!   counts, blocking-host list and the condition message naming those hosts, are snapshots. The
+//!   planner keeps the current snapshot while the only change is healthy progress inside the same
+//!   tenth of the pool (see [`status`]'s `bucket`); it writes a fresh one when progress crosses a
+//!   tenth, reaches 0 or all, or when anything else changes (a failure, a host added, a phase or
+//!   condition change). A rollout therefore costs at most about a dozen pool writes and a dozen per
+//!   changed domain, whatever N is, and the live view in `kubectl get sp` still moves. We chose this
+//!   over freezing the counts until the end (no live view) and over a debounce in the shell (writes
+//!   grow with the rollout's duration, and a debounce is memory the planner cannot see).
+//! - **Messages carry no ticking numbers**, only the snapshot's, so an unchanged snapshot yields an
+//!   identical status and the shell skips the write.
+//!
+//! # Module map
+//! - [`map`]: pool identity, domain eligibility (duplicates, the 100-domain limit), the desired map,
+//!   the master and the versions.
+//! - [`hosts`]: responsiveness, host ids, sync judgement, phases, and the RPCs to send.
+//! - [`domains`]: domain phases, the problem grace period, blame, blocking hosts.
+//! - [`status`]: [`report`]: statuses, conditions, counts snapshots and events.
+//! - [`fixtures`]: builders for tests and benchmarks (hidden from the docs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::api::{
+    DomainPhase, HostPhase, HostReport, HostSpec, HostStatus, MapStatus, StorageDomainSpec,
+    StorageDomainStatus, StoragePoolSpec, StoragePoolStatus,
+};
+
+pub mod domains;
+#[doc(hidden)]
+pub mod fixtures;
+pub mod hosts;
+pub mod map;
+pub mod status;
+
+#[cfg(test)]
+mod tests;
+
+pub use domains::orphan_domain;
+pub use status::report;
+
+/// The finalizer that holds a deleted pool while domains are still attached to it.
+pub const POOL_FINALIZER: &str = "poolkeeper.io/pool-protection";
+/// The finalizer that holds a deleted domain until every host has let go of it.
+pub const DOMAIN_FINALIZER: &str = crate::api::domain::FINALIZER;
+/// A domain check older than this (seconds) counts as a problem (oVirt's `MaxStorageVdsTimeoutCheckSec`).
+pub const MAX_LAST_CHECK_SECONDS: f64 = 30.0;
+/// The Lease duration assumed when a Lease does not say (kube-node-lease's default).
+pub const DEFAULT_LEASE_DURATION_SECONDS: i32 = 40;
+/// At most this many hosts are named in a lagging-host or blocking-host list.
+pub const MAX_LISTED_HOSTS: usize = 10;
+
+// ---------------------------------------------------------------------------------------------
+// Input
+// ---------------------------------------------------------------------------------------------
+
+/// Everything the planner may know about one pool, narrowed once from the caches by the shell.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// The pool itself.
+    pub pool: PoolView,
+    /// Every StorageDomain whose `spec.pool` or `status.pool` names this pool, by object name.
+    pub domains: BTreeMap<String, DomainView>,
+    /// Other StorageDomains (not in `domains`) by uuid: uuid → their names. Only uuids that also
+    /// appear in `domains` matter; the shell may pass more. Used to flag duplicate uuids.
+    pub uuids_elsewhere: BTreeMap<String, BTreeSet<String>>,
+    /// Every Host whose `spec.pool` names this pool, or whose report says it is connected to this
+    /// pool's uuid, or that appears in `status.hostIds`, by object name.
+    pub hosts: BTreeMap<String, HostView>,
+}
+
+/// The pool as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolView {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`: the pool uuid when neither `spec.uuid` nor `status.uuid` is set.
+    pub uid: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `metadata.finalizers` holds [`POOL_FINALIZER`].
+    pub has_finalizer: bool,
+    /// The spec.
+    pub spec: StoragePoolSpec,
+    /// The current status (default when none).
+    pub status: StoragePoolStatus,
+}
+
+/// A domain as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DomainView {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `metadata.finalizers` holds [`DOMAIN_FINALIZER`].
+    pub has_finalizer: bool,
+    /// `status.pool` names another pool that still exists: the domain is still leaving it, so this
+    /// pool must not take it yet (the old pool's hosts are told first).
+    pub leaving_other_pool: bool,
+    /// The spec.
+    pub spec: StorageDomainSpec,
+    /// The current status (default when none).
+    pub status: StorageDomainStatus,
+}
+
+/// A host as the planner sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostView {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// The spec (pool, endpoint, maintenance).
+    pub spec: HostSpec,
+    /// The agent's report.
+    pub report: ReportView,
+    /// The controller's part of the current status.
+    pub controller: HostControllerStatus,
+    /// The host's Lease; `None` when it has none (never heard from).
+    pub lease: Option<LeaseView>,
+    /// The shell's in-memory backoff for this host (the only in-memory input).
+    pub backoff: HostBackoff,
+}
+
+/// `Host.status.report` as the shell found it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReportView {
+    /// The agent has not reported yet.
+    Missing,
+    /// The report.
+    Parsed(HostReport),
+    /// The report did not parse (the message says why). It is ignored: no calls go to the host
+    /// and it counts for nothing until it reports something readable.
+    Invalid(String),
+}
+
+impl ReportView {
+    /// The report, when there is a readable one.
+    pub fn parsed(&self) -> Option<&HostReport> {
+        match self {
+            Self::Parsed(r) => Some(r),
+            Self::Missing | Self::Invalid(_) => None,
+        }
+    }
+}
+
+/// The part of `Host.status` the controller owns (field manager `poolkeeper-controller`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HostControllerStatus {
+    /// `status.phase`.
+    pub phase: Option<HostPhase>,
+    /// `status.observedGeneration`.
+    pub observed_generation: Option<i64>,
+    /// `status.conditions`: `Responsive`, `InSync`, `Operational`, `Ready`.
+    pub conditions: Vec<Condition>,
+}
+
+impl From<&HostStatus> for HostControllerStatus {
+    fn from(s: &HostStatus) -> Self {
+        Self {
+            phase: s.phase,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions.clone(),
+        }
+    }
+}
+
+/// The fields of a host's `coordination.k8s.io` Lease the planner reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    /// `spec.renewTime`.
+    pub renew_time: Option<Timestamp>,
+    /// `spec.leaseDurationSeconds` ([`DEFAULT_LEASE_DURATION_SECONDS`] when unset).
+    pub lease_duration_seconds: Option<i32>,
+}
+
+/// The shell's per-host backoff, kept in memory and reset when a call succeeds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostBackoff {
+    /// No call may go to the host before this instant.
+    pub not_before: Option<Timestamp>,
+    /// The error of the last failed call, cleared on success.
+    pub last_error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output of `plan`
+// ---------------------------------------------------------------------------------------------
+
+/// What to do for one pool. Compare whole plans with `assert_eq!`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The pool uuid in use (`spec.uuid`, else `status.uuid`, else `metadata.uid`).
+    pub pool_uuid: String,
+    /// Why the planner sends nothing at all (legacy or invalid compatibility version).
+    pub halted: Option<Halt>,
+    /// The map, master and host ids every host must hold.
+    pub desired: Desired,
+    /// When the map, master or host ids changed: the pool status to write **before** any RPC.
+    /// The shell writes it (and, if that fails, sends nothing).
+    pub persist_first: Option<StoragePoolStatus>,
+    /// The RPCs to send now, at most `spec.sync.maxConcurrentConnects`, disconnects first; the shell
+    /// runs them concurrently, each with the `connectTimeoutSeconds` timeout.
+    pub calls: Vec<HostCall>,
+    /// Calls that were due but left for a later reconcile because of the cap.
+    pub deferred_calls: usize,
+    /// Finalizers to add or remove.
+    pub finalizers: Vec<FinalizerChange>,
+    /// When to reconcile again even if nothing changes (grace end, backoff end, Lease expiry,
+    /// deferred calls, rollout deadline).
+    pub requeue_after: Option<Duration>,
+    /// The planner's verdict per host (input to [`report`]).
+    pub hosts: BTreeMap<String, HostVerdict>,
+    /// The planner's verdict per domain (input to [`report`]).
+    pub domains: BTreeMap<String, DomainVerdict>,
+}
+
+/// Why a pool gets no RPCs and no map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// `compatibilityVersion` below 3.5: the legacy flows are not built yet.
+    Legacy {
+        /// The version found.
+        version: String,
+    },
+    /// `compatibilityVersion` does not parse as `major.minor`.
+    InvalidVersion {
+        /// The version found.
+        version: String,
+    },
+}
+
+/// The desired pool state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// sdUUID → `active` or `attached`.
+    pub domain_map: BTreeMap<String, MapStatus>,
+    /// `status.mapVersion`.
+    pub map_version: i64,
+    /// The master domain (`masterSdUUID`); `None` when the pool has no active data domain.
+    pub master_domain: Option<String>,
+    /// `status.masterVersion`.
+    pub master_version: i64,
+    /// Host name → host id.
+    pub host_ids: BTreeMap<String, i32>,
+}
+
+/// One RPC to one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostCall {
+    /// `StoragePool.connect` with the whole map.
+    Connect {
+        /// The Host's name.
+        host: String,
+        /// `Host.spec.endpoint`.
+        endpoint: String,
+        /// The call's parameters.
+        params: ConnectParams,
+    },
+    /// `StoragePool.disconnect`.
+    Disconnect {
+        /// The Host's name.
+        host: String,
+        /// `Host.spec.endpoint`.
+        endpoint: String,
+        /// The call's parameters.
+        params: DisconnectParams,
+    },
+}
+
+impl HostCall {
+    /// The host the call goes to.
+    pub fn host(&self) -> &str {
+        match self {
+            Self::Connect { host, .. } | Self::Disconnect { host, .. } => host,
+        }
+    }
+
+    /// Which verb.
+    pub fn kind(&self) -> CallKind {
+        match self {
+            Self::Connect { .. } => CallKind::Connect,
+            Self::Disconnect { .. } => CallKind::Disconnect,
+        }
+    }
+}
+
+/// `StoragePool.connect` parameters (`scsiKey` is the pool uuid again, as VDSM ignores it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectParams {
+    /// `storagepoolID`.
+    pub pool_uuid: String,
+    /// `hostID`.
+    pub host_id: i32,
+    /// `masterSdUUID`.
+    pub master_domain: String,
+    /// `masterVersion`.
+    pub master_version: i64,
+    /// `domainDict`: sdUUID → `active` or `attached`.
+    pub domain_map: BTreeMap<String, MapStatus>,
+}
+
+/// `StoragePool.disconnect` parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisconnectParams {
+    /// `storagepoolID`: the pool the host reports it is connected to.
+    pub pool_uuid: String,
+    /// `hostID`: the id the host reports.
+    pub host_id: i32,
+}
+
+/// The verb of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CallKind {
+    /// `StoragePool.connect`.
+    Connect,
+    /// `StoragePool.disconnect`.
+    Disconnect,
+}
+
+/// A finalizer to add to or remove from an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FinalizerChange {
+    /// The object.
+    pub object: ObjectRef,
+    /// The finalizer ([`POOL_FINALIZER`] or [`DOMAIN_FINALIZER`]).
+    pub finalizer: &'static str,
+    /// Add or remove.
+    pub action: FinalizerAction,
+}
+
+/// Add or remove a finalizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FinalizerAction {
+    /// Add it (idempotent).
+    Add,
+    /// Remove it (idempotent).
+    Remove,
+}
+
+/// A poolkeeper object, by kind and name (all kinds are cluster-scoped).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: ObjectKind,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// A StoragePool.
+    pub fn pool(name: impl Into<String>) -> Self {
+        Self { kind: ObjectKind::StoragePool, name: name.into() }
+    }
+    /// A StorageDomain.
+    pub fn domain(name: impl Into<String>) -> Self {
+        Self { kind: ObjectKind::StorageDomain, name: name.into() }
+    }
+    /// A Host.
+    pub fn host(name: impl Into<String>) -> Self {
+        Self { kind: ObjectKind::Host, name: name.into() }
+    }
+}
+
+/// The kinds the planner talks about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// `StoragePool`.
+    StoragePool,
+    /// `StorageDomain`.
+    StorageDomain,
+    /// `Host`.
+    Host,
+}
+
+/// What the planner concluded about one host (before the calls' outcomes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostVerdict {
+    /// How the host relates to the pool.
+    pub role: HostRole,
+    /// Its Lease is current.
+    pub responsive: bool,
+    /// Its report says it is connected to this pool.
+    pub connected_here: bool,
+    /// It holds what it should (the map when serving, no connection when not).
+    pub in_sync: bool,
+    /// Its report did not parse.
+    pub report_invalid: bool,
+    /// Its id in the pool.
+    pub host_id: Option<i32>,
+    /// The phase before the calls' outcomes are known.
+    pub phase: HostPhase,
+    /// Why it is not in sync when that is a failure (`None` while healthy or merely catching up).
+    pub failure: Option<SyncFailure>,
+    /// Active domains this host cannot reach although others can (it is or becomes NonOperational).
+    pub unreachable: BTreeSet<String>,
+    /// A call is due but was not sent now (backoff or the concurrency cap).
+    pub call_pending: bool,
+}
+
+/// How a host relates to the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostRole {
+    /// `spec.pool` names the pool and the host has an id: it must hold the map.
+    Member,
+    /// `spec.pool` names the pool but `spec.maintenance` is set: it must be disconnected.
+    Maintenance,
+    /// `spec.pool` names the pool but every id up to `maxHosts` is taken.
+    Refused,
+    /// `spec.pool` names another pool or none, but the host is still connected here or still has an
+    /// id here: it must be disconnected. Its status is not this pool's to write.
+    Leaving,
+}
+
+/// Why a host does not hold the map, when that is a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncFailure {
+    /// The last connect failed (from the backoff, or this round's outcome).
+    ConnectFailed(String),
+    /// Connected fine but the host did not report the map by the rollout deadline.
+    NotConfirmed,
+}
+
+/// What the planner concluded about one domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainVerdict {
+    /// The phase to report.
+    pub phase: DomainPhase,
+    /// The domain's entry in the desired map, if any.
+    pub map: Option<MapStatus>,
+    /// Bad input that keeps the domain out of the map.
+    pub flag: Option<DomainFlag>,
+    /// The pool to record in `status.pool` (`None` once detached).
+    pub status_pool: Option<String>,
+    /// This pool writes the domain's status (false while the domain waits to leave another pool).
+    pub owned: bool,
+    /// Hosts (connected to the pool) that still report or hold the domain and so block its
+    /// MovingToMaintenance or Detaching.
+    pub blocking: BTreeSet<String>,
+    /// Up hosts that report a problem with it now.
+    pub problem_hosts: BTreeSet<String>,
+    /// Hosts that report the domain.
+    pub reporting: i32,
+    /// Up hosts that report it valid and actual.
+    pub valid: i32,
+    /// Up hosts in the pool (the denominator of activation progress).
+    pub up_hosts: i32,
+    /// When the problem grace period ends, while some Up host reports a problem.
+    pub grace_ends: Option<Timestamp>,
+}
+
+/// Bad input on a domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainFlag {
+    /// Another StorageDomain has the same uuid (names of the others).
+    DuplicateUuid(BTreeSet<String>),
+    /// The pool already has 100 domains (VDSM's limit).
+    TooManyDomains,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input and output of `report`
+// ---------------------------------------------------------------------------------------------
+
+/// The outcome of one call the shell made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallOutcome {
+    /// The host.
+    pub host: String,
+    /// The verb.
+    pub kind: CallKind,
+    /// `Ok` or the failure.
+    pub result: Result<(), CallFailure>,
+}
+
+/// Why a call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallFailure {
+    /// VDSM's error code when the host answered with one (e.g. 323).
+    pub code: Option<i64>,
+    /// What went wrong (a timeout, a transport error, or the host's message).
+    pub message: String,
+}
+
+impl fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code {
+            Some(code) => write!(f, "error {code}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// What to write after acting: each status is written only if it differs from the current one
+/// ([`needs_write`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The pool's status.
+    pub pool: StoragePoolStatus,
+    /// Domain name → status, for the domains this pool owns.
+    pub domains: BTreeMap<String, StorageDomainStatus>,
+    /// Host name → the controller's part of the status, for hosts whose `spec.pool` is this pool.
+    pub hosts: BTreeMap<String, HostControllerStatus>,
+    /// Events to emit.
+    pub events: Vec<PlannedEvent>,
+}
+
+/// An event to emit (events.k8s.io).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// The object the event is about (`regarding`).
+    pub object: ObjectRef,
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// A reason from [`crate::api::condition::reasons`].
+    pub reason: &'static str,
+    /// A human-readable note.
+    pub note: String,
+}
+
+/// The event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// Expected transitions.
+    Normal,
+    /// Something a person may need to look at.
+    Warning,
+}
+
+impl EventType {
+    /// The API string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
+/// Whether a status must be written: it differs from the current one. Statuses built by
+/// [`report`] keep `lastTransitionTime` and every snapshot when nothing changed, so plain equality is
+/// exact (nothing volatile is in them).
+pub fn needs_write<T: PartialEq>(current: Option<&T>, desired: &T) -> bool {
+    current != Some(desired)
+}
+
+/// The plan for one pool. Pure: same input, same output.
+pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
+    let pool_uuid = map::pool_uuid(&observed.pool);
+    if let Some(halt) = map::halt(&observed.pool.spec) {
+        return Plan {
+            pool_uuid,
+            halted: Some(halt),
+            desired: map::current_desired(&observed.pool.status),
+            persist_first: None,
+            calls: Vec::new(),
+            deferred_calls: 0,
+            finalizers: Vec::new(),
+            requeue_after: None,
+            hosts: BTreeMap::new(),
+            domains: BTreeMap::new(),
+        };
+    }
+    let eligibility = map::eligibility(observed);
+    let host_ids = hosts::assign_ids(observed, &pool_uuid);
+    let mut hostv = hosts::classify(observed, &pool_uuid, &host_ids, now);
+    let leaving_held = domains::leaving_still_reported(observed, &eligibility, &hostv);
+    let desired = map::desired(observed, &eligibility, &leaving_held, host_ids);
+    let persist_first = map::persist_first(observed, &pool_uuid, &desired, now);
+    let rollout_start = status::rollout_start(observed, persist_first.as_ref(), now);
+    hosts::judge_sync(observed, &pool_uuid, &desired, rollout_start, now, &mut hostv);
+    let domainv = domains::judge(observed, &eligibility, &leaving_held, &desired, &mut hostv, now);
+    let (calls, deferred_calls) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
+    let finalizers = domains::finalizers(observed, &hostv, &domainv);
+    let requeue_after =
+        status::requeue_after(observed, &hostv, &domainv, deferred_calls, rollout_start, now);
+    Plan {
+        pool_uuid,
+        halted: None,
+        desired,
+        persist_first,
+        calls,
+        deferred_calls,
+        finalizers,
+        requeue_after,
+        hosts: hostv,
+        domains: domainv,
+    }
+}

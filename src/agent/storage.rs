@@ -1,0 +1,162 @@
+//! Where domain metadata is read from: the [`Storage`] trait, its file implementation (VDSM's
+//! layout `<root>/<mount>/<sdUUID>/dom_md/metadata`), the metadata parser, and the layout writer
+//! for demos and tests.
+//!
+//! A storage only reads; deadlines, delay and validity are the monitor's business, so real and
+//! simulated storage go through the same monitor code.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+
+/// The largest metadata file read (VDSM's is a few hundred bytes).
+const MAX_METADATA_BYTES: u64 = 64 * 1024;
+
+/// Why a metadata read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No mount under the root holds the domain (VDSM: 358).
+    #[error("domain not found under the storage root")]
+    NotFound,
+    /// The domain is there but its metadata cannot be read (VDSM: 379).
+    #[error("metadata unreadable")]
+    Io(#[source] io::Error),
+}
+
+/// Reads the metadata of storage domains.
+pub trait Storage: Send + Sync {
+    /// Reads the metadata file of `sd_uuid`. The future may take long or never finish (hung
+    /// storage); the monitor puts a deadline on it and does not start another read meanwhile.
+    fn read_metadata(&self, sd_uuid: &str) -> BoxFuture<'static, Result<Vec<u8>, ReadError>>;
+}
+
+/// File domains under a storage root, found as VDSM finds them: the first `<root>/*/<sdUUID>`.
+#[derive(Clone, Debug)]
+pub struct FileStorage {
+    root: PathBuf,
+}
+
+impl FileStorage {
+    /// Storage under `root` (VDSM's is `/rhev/data-center/mnt`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+}
+
+impl Storage for FileStorage {
+    fn read_metadata(&self, sd_uuid: &str) -> BoxFuture<'static, Result<Vec<u8>, ReadError>> {
+        let root = self.root.clone();
+        let sd = sd_uuid.to_owned();
+        // A read from hung storage blocks its thread; it runs on the blocking pool so the
+        // runtime keeps serving, and the monitor's deadline reports it.
+        let task = tokio::task::spawn_blocking(move || read_file_domain(&root, &sd));
+        Box::pin(async move {
+            match task.await {
+                Ok(r) => r,
+                Err(join) => Err(ReadError::Io(io::Error::other(join.to_string()))),
+            }
+        })
+    }
+}
+
+fn read_file_domain(root: &Path, sd_uuid: &str) -> Result<Vec<u8>, ReadError> {
+    let domain_dir = find_domain(root, sd_uuid)?.ok_or(ReadError::NotFound)?;
+    let file = std::fs::File::open(domain_dir.join("dom_md").join("metadata")).map_err(ReadError::Io)?;
+    let mut buf = Vec::new();
+    file.take(MAX_METADATA_BYTES)
+        .read_to_end(&mut buf)
+        .map_err(ReadError::Io)?;
+    Ok(buf)
+}
+
+/// `glob(<root>/*/<sdUUID>)`: the first mount (in name order) holding the domain directory.
+fn find_domain(root: &Path, sd_uuid: &str) -> Result<Option<PathBuf>, ReadError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let mut mounts: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    mounts.sort();
+    Ok(mounts
+        .into_iter()
+        .map(|m| m.join(sd_uuid))
+        .find(|candidate| candidate.is_dir()))
+}
+
+/// What a metadata file says about its domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metadata {
+    /// `SDUUID=`: the domain the file belongs to.
+    pub sd_uuid: Option<String>,
+    /// `VERSION=`: the domain format version.
+    pub version: Option<i64>,
+}
+
+/// Parses VDSM `KEY=VALUE` metadata lines (other lines and keys are ignored).
+pub fn parse_metadata(bytes: &[u8]) -> Metadata {
+    let text = String::from_utf8_lossy(bytes);
+    let mut md = Metadata {
+        sd_uuid: None,
+        version: None,
+    };
+    for line in text.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            match key.trim() {
+                "SDUUID" => md.sd_uuid = Some(value.trim().to_ascii_lowercase()),
+                "VERSION" => md.version = value.trim().parse().ok(),
+                _ => {}
+            }
+        }
+    }
+    md
+}
+
+/// The metadata of a healthy domain as [`make_file_domain`] writes it.
+pub fn metadata_text(sd_uuid: &str) -> String {
+    format!("CLASS=Data\nDESCRIPTION=poolkeeper\nROLE=Regular\nSDUUID={sd_uuid}\nTYPE=LOCALFS\nVERSION=5\n")
+}
+
+/// Creates `<root>/<mount>/<sd_uuid>/dom_md/metadata` naming `sd_uuid`; returns the metadata
+/// path. Existing files are overwritten.
+///
+/// # Errors
+/// When a directory or the file cannot be written.
+pub fn make_file_domain(root: &Path, mount: &str, sd_uuid: &str) -> io::Result<PathBuf> {
+    let dom_md = root.join(mount).join(sd_uuid).join("dom_md");
+    std::fs::create_dir_all(&dom_md)?;
+    let path = dom_md.join("metadata");
+    std::fs::write(&path, metadata_text(sd_uuid))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sduuid_and_version() {
+        let md = parse_metadata(metadata_text("AAAA").as_bytes());
+        assert_eq!(md.sd_uuid.as_deref(), Some("aaaa"));
+        assert_eq!(md.version, Some(5));
+        assert_eq!(parse_metadata(b"\xff\xfe garbage"), Metadata { sd_uuid: None, version: None });
+    }
+
+    #[test]
+    fn finds_a_domain_in_any_mount() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sd = "aaaaaaaa-0000-0000-0000-000000000001";
+        make_file_domain(dir.path(), "nfs1:_export", sd).expect("layout");
+        let text = read_file_domain(dir.path(), sd).expect("readable");
+        assert_eq!(parse_metadata(&text).sd_uuid.as_deref(), Some(sd));
+        assert!(matches!(
+            read_file_domain(dir.path(), "bbbbbbbb-0000-0000-0000-000000000001"),
+            Err(ReadError::NotFound)
+        ));
+        assert!(matches!(
+            read_file_domain(&dir.path().join("absent"), sd),
+            Err(ReadError::NotFound)
+        ));
+    }
+}

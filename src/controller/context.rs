@@ -1,0 +1,136 @@
+//! The one `Context` every reconcile shares: client, caches, host RPC client, event recorder,
+//! metrics, settings, and the per-host backoff (the only state kept in memory).
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use kube::{
+    Client,
+    runtime::events::{Recorder, Reporter},
+};
+use rand::Rng;
+
+use super::{ControllerArgs, Error, FIELD_MANAGER, watch::Stores};
+use crate::{metrics::Metrics, plan::HostBackoff, protocol};
+
+/// Settings of a controller run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The namespace holding host Leases.
+    pub lease_namespace: String,
+    /// How many pools may be reconciled at once.
+    pub concurrency: u16,
+    /// The host RPC client (credential, CA).
+    pub rpc: protocol::Client,
+}
+
+impl Settings {
+    /// Settings from the command line.
+    ///
+    /// # Errors
+    /// When the token or CA file cannot be read.
+    pub fn from_args(args: &ControllerArgs) -> Result<Self, Error> {
+        let token = protocol::Token::from_file(&args.token_file).map_err(Error::Token)?;
+        let ca = match &args.agent_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| Error::CaFile {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let rpc = protocol::Client::new(token, ca.as_deref()).map_err(Error::RpcClient)?;
+        Ok(Self {
+            lease_namespace: args.lease_namespace.clone(),
+            concurrency: args.concurrency,
+            rpc,
+        })
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The caches.
+    pub stores: Stores,
+    /// Settings.
+    pub settings: Settings,
+    /// Publishes events.k8s.io events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    backoff: Mutex<HashMap<String, Backoff>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Backoff {
+    failures: u32,
+    not_before: Timestamp,
+    last_error: String,
+}
+
+/// The first retry delay after a failed call; it doubles per failure up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl Context {
+    /// A context over started caches.
+    ///
+    /// # Errors
+    /// Never today; kept fallible for configuration checks.
+    pub fn new(client: Client, settings: Settings, stores: Stores) -> Result<Self, Error> {
+        let instance = std::env::var("POD_NAME").ok();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: FIELD_MANAGER.into(), instance },
+        );
+        Ok(Self {
+            client,
+            stores,
+            settings,
+            recorder,
+            metrics: Metrics::default(),
+            backoff: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The backoff the planner sees for `host`.
+    pub fn backoff(&self, host: &str) -> HostBackoff {
+        let map = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(host).map_or_else(HostBackoff::default, |b| HostBackoff {
+            not_before: Some(b.not_before),
+            last_error: Some(b.last_error.clone()),
+        })
+    }
+
+    /// Records a failed call: the next one waits 1 s, 2 s, 4 s ... up to 5 min, with jitter.
+    pub fn call_failed(&self, host: &str, error: String, now: Timestamp) {
+        let mut map = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let failures = map.get(host).map_or(0, |b| b.failures).saturating_add(1);
+        let exp = BASE_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16));
+        let delay = exp.min(MAX_BACKOFF);
+        let jitter = rand::rng().random_range(0.0..0.2);
+        let delay = delay.mul_f64(1.0 + jitter);
+        let not_before = now
+            .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(now);
+        map.insert(host.to_owned(), Backoff { failures, not_before, last_error: error });
+    }
+
+    /// Records a successful call: the backoff resets.
+    pub fn call_succeeded(&self, host: &str) {
+        let mut map = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.remove(host);
+    }
+}

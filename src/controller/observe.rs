@@ -1,0 +1,165 @@
+//! Narrows the caches into the planner's [`Observed`] value for one pool. After this, nothing reads
+//! a raw object: a host report that makes no sense is turned into [`ReportView::Invalid`] here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{ResourceExt, runtime::reflector::ObjectRef};
+
+use super::Context;
+use crate::{
+    api::{Host, HostReport, StorageDomain, StoragePool},
+    plan::{
+        DOMAIN_FINALIZER, DomainView, HostControllerStatus, HostView, LeaseView, Observed,
+        POOL_FINALIZER, PoolView, ReportView,
+    },
+};
+
+/// Everything the planner needs about `pool`, from the caches.
+pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
+    let name = pool.name_any();
+    let pool_view = PoolView {
+        name: name.clone(),
+        uid: pool.uid().unwrap_or_default(),
+        generation: pool.metadata.generation,
+        deleting: pool.metadata.deletion_timestamp.is_some(),
+        has_finalizer: pool.finalizers().iter().any(|f| f == POOL_FINALIZER),
+        spec: pool.spec.clone(),
+        status: pool.status.clone().unwrap_or_default(),
+    };
+    let pool_uuid = crate::plan::map::pool_uuid(&pool_view);
+
+    let all_domains = ctx.stores.domains.state();
+    let mut domains = BTreeMap::new();
+    for d in &all_domains {
+        let spec_pool = d.spec.pool.as_deref();
+        let status_pool = d.status.as_ref().and_then(|s| s.pool.as_deref());
+        if spec_pool != Some(name.as_str()) && status_pool != Some(name.as_str()) {
+            continue;
+        }
+        let leaving_other_pool = spec_pool == Some(name.as_str())
+            && status_pool.is_some_and(|p| {
+                p != name && ctx.stores.pools.get(&ObjectRef::new(p)).is_some()
+            });
+        domains.insert(d.name_any(), domain_view(d, leaving_other_pool));
+    }
+    let ours: BTreeSet<&str> = domains.values().map(|d| d.spec.uuid.as_str()).collect();
+    let mut uuids_elsewhere: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for d in &all_domains {
+        if !domains.contains_key(&d.name_any()) && ours.contains(d.spec.uuid.as_str()) {
+            uuids_elsewhere
+                .entry(d.spec.uuid.clone())
+                .or_default()
+                .insert(d.name_any());
+        }
+    }
+
+    let with_id: BTreeSet<&str> = pool
+        .status
+        .iter()
+        .flat_map(|s| s.host_ids.iter().map(|h| h.host.as_str()))
+        .collect();
+    let mut hosts = BTreeMap::new();
+    for h in ctx.stores.hosts.state() {
+        let host_name = h.name_any();
+        let report = report_view(&h);
+        let connected_here = report
+            .parsed()
+            .and_then(|r| r.pool.as_ref())
+            .is_some_and(|p| p.uuid == pool_uuid);
+        if h.spec.pool.as_deref() != Some(name.as_str())
+            && !connected_here
+            && !with_id.contains(host_name.as_str())
+        {
+            continue;
+        }
+        let lease = ctx
+            .stores
+            .leases
+            .get(&ObjectRef::new(&host_name).within(&ctx.settings.lease_namespace))
+            .map(|l| lease_view(&l));
+        hosts.insert(
+            host_name.clone(),
+            HostView {
+                name: host_name.clone(),
+                generation: h.metadata.generation,
+                spec: h.spec.clone(),
+                report,
+                controller: h.status.as_ref().map(HostControllerStatus::from).unwrap_or_default(),
+                lease,
+                backoff: ctx.backoff(&host_name),
+            },
+        );
+    }
+    Observed { pool: pool_view, domains, uuids_elsewhere, hosts }
+}
+
+fn domain_view(d: &StorageDomain, leaving_other_pool: bool) -> DomainView {
+    DomainView {
+        name: d.name_any(),
+        generation: d.metadata.generation,
+        deleting: d.metadata.deletion_timestamp.is_some(),
+        has_finalizer: d.finalizers().iter().any(|f| f == DOMAIN_FINALIZER),
+        leaving_other_pool,
+        spec: d.spec.clone(),
+        status: d.status.clone().unwrap_or_default(),
+    }
+}
+
+fn lease_view(lease: &Lease) -> LeaseView {
+    let spec = lease.spec.as_ref();
+    LeaseView {
+        renew_time: spec
+            .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
+            .map(|t| Timestamp::from(t.0)),
+        lease_duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
+    }
+}
+
+/// The host's report, checked for sense beyond what the schema enforces.
+pub fn report_view(host: &Host) -> ReportView {
+    match host.status.as_ref().and_then(|s| s.report.as_ref()) {
+        None => ReportView::Missing,
+        Some(report) => match validate_report(report) {
+            Ok(()) => ReportView::Parsed(report.clone()),
+            Err(reason) => ReportView::Invalid(reason),
+        },
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
+}
+
+/// Why a report cannot be trusted, if it cannot: malformed uuids, a host id out of range, or a
+/// domain reported twice.
+pub fn validate_report(report: &HostReport) -> Result<(), String> {
+    if let Some(pool) = &report.pool {
+        if !is_uuid(&pool.uuid) {
+            return Err(format!("pool uuid {:?} is not a uuid", pool.uuid));
+        }
+        if !(1..=2000).contains(&pool.host_id) {
+            return Err(format!("host id {} is out of range 1..2000", pool.host_id));
+        }
+        if let Some(m) = &pool.master_domain
+            && !m.is_empty()
+            && !is_uuid(m)
+        {
+            return Err(format!("master domain {m:?} is not a uuid"));
+        }
+        let mut seen = BTreeSet::new();
+        for e in &pool.domain_map {
+            if !is_uuid(&e.uuid) || !seen.insert(e.uuid.as_str()) {
+                return Err(format!("domain map entry {:?} is malformed or repeated", e.uuid));
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for d in &report.domains {
+        if !is_uuid(&d.uuid) || !seen.insert(d.uuid.as_str()) {
+            return Err(format!("domain {:?} is malformed or reported twice", d.uuid));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! Hosts: responsiveness from the Lease, stable host ids, the sync judgement (by content: pool, id,
+//! master, master version, exact map), the phase before domain problems, and the RPCs to send. Pure.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::{
+    CallKind, ConnectParams, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall,
+    HostRole, HostVerdict, HostView, LeaseView, Observed, SyncFailure,
+};
+use crate::api::condition::{self, ConditionStatus, reasons, types};
+use crate::api::{HostPhase, PoolConnection};
+
+/// Whether the Lease is current at `now`.
+pub fn responsive(lease: Option<&LeaseView>, now: Timestamp) -> bool {
+    lease_expiry(lease).is_some_and(|expiry| now < expiry)
+}
+
+/// When the Lease expires (`None` without a Lease or a renew time).
+pub fn lease_expiry(lease: Option<&LeaseView>) -> Option<Timestamp> {
+    let lease = lease?;
+    let secs = lease.lease_duration_seconds.unwrap_or(DEFAULT_LEASE_DURATION_SECONDS);
+    lease.renew_time?.checked_add(SignedDuration::from_secs(i64::from(secs))).ok()
+}
+
+/// The connection a host reports, if its report parsed and names a pool.
+fn connection(h: &HostView) -> Option<&PoolConnection> {
+    h.report.parsed()?.pool.as_ref()
+}
+
+/// Whether the host's `spec.pool` names this pool.
+fn names_pool(h: &HostView, pool: &str) -> bool {
+    h.spec.pool.as_deref() == Some(pool)
+}
+
+/// Host ids: ids that connected hosts report are kept (never reassigned under a connected host,
+/// which also rebuilds them if the status was lost); then the ids in status for hosts that still
+/// need one; then the lowest free id for each new member, up to `maxHosts`. Hosts beyond the limit
+/// get none (they are refused).
+pub fn assign_ids(observed: &Observed, pool_uuid: &str) -> BTreeMap<String, i32> {
+    let max = observed.pool.spec.sync.max_hosts.max(1);
+    let pool = observed.pool.name.as_str();
+    let mut ids: BTreeMap<String, i32> = BTreeMap::new();
+    let mut taken: BTreeMap<i32, &str> = BTreeMap::new();
+    let needs_id = |h: &HostView| {
+        names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid)
+    };
+    for (name, h) in &observed.hosts {
+        if let Some(c) = connection(h).filter(|c| c.uuid == pool_uuid)
+            && (1..=max).contains(&c.host_id)
+            && !taken.contains_key(&c.host_id)
+        {
+            taken.insert(c.host_id, name);
+            ids.insert(name.clone(), c.host_id);
+        }
+    }
+    for entry in &observed.pool.status.host_ids {
+        let Some((name, h)) = observed.hosts.get_key_value(&entry.host) else { continue };
+        if needs_id(h)
+            && (1..=max).contains(&entry.id)
+            && !ids.contains_key(name)
+            && !taken.contains_key(&entry.id)
+        {
+            taken.insert(entry.id, name);
+            ids.insert(name.clone(), entry.id);
+        }
+    }
+    let mut next = 1;
+    for (name, h) in &observed.hosts {
+        if !names_pool(h, pool) || ids.contains_key(name) {
+            continue;
+        }
+        while taken.contains_key(&next) {
+            next += 1;
+        }
+        if next > max {
+            break;
+        }
+        taken.insert(next, name);
+        ids.insert(name.clone(), next);
+    }
+    ids
+}
+
+/// The first verdict per host: role, responsiveness, connection. Sync and phase come later.
+pub fn classify(
+    observed: &Observed,
+    pool_uuid: &str,
+    ids: &BTreeMap<String, i32>,
+    now: Timestamp,
+) -> BTreeMap<String, HostVerdict> {
+    let pool = observed.pool.name.as_str();
+    observed
+        .hosts
+        .iter()
+        .map(|(name, h)| {
+            let host_id = ids.get(name).copied();
+            let role = if !names_pool(h, pool) {
+                HostRole::Leaving
+            } else if h.spec.maintenance {
+                HostRole::Maintenance
+            } else if host_id.is_some() {
+                HostRole::Member
+            } else {
+                HostRole::Refused
+            };
+            let verdict = HostVerdict {
+                role,
+                responsive: responsive(h.lease.as_ref(), now),
+                connected_here: connection(h).is_some_and(|c| c.uuid == pool_uuid),
+                in_sync: false,
+                report_invalid: matches!(h.report, super::ReportView::Invalid(_)),
+                host_id,
+                phase: HostPhase::Connecting,
+                failure: None,
+                unreachable: Default::default(),
+                call_pending: false,
+            };
+            (name.clone(), verdict)
+        })
+        .collect()
+}
+
+/// Whether the host counts as connected to the pool for MovingToMaintenance and Detaching
+/// (oVirt's ConnectedToPool: Up, NonOperational, NonResponsive, PreparingForMaintenance). A host
+/// an operator put in maintenance while it does not respond is released: that is the way out.
+pub fn holds_pool(v: &HostVerdict) -> bool {
+    v.connected_here && !(v.role == HostRole::Maintenance && !v.responsive)
+}
+
+/// Whether the host should be connected with the map.
+fn wants_connection(v: &HostVerdict, desired: &Desired) -> bool {
+    v.role == HostRole::Member && desired.master_domain.is_some()
+}
+
+/// When hosts that merely wait their turn must have confirmed the map: the rollout start plus one
+/// `connectTimeoutSeconds` per wave of `maxConcurrentConnects` hosts, plus one.
+pub fn rollout_deadline(observed: &Observed, rollout_start: Timestamp) -> Timestamp {
+    let sync = &observed.pool.spec.sync;
+    let cap = i64::from(sync.max_concurrent_connects.max(1));
+    let hosts = i64::try_from(observed.hosts.len()).unwrap_or(i64::MAX);
+    let waves = hosts.div_euclid(cap) + i64::from(hosts.rem_euclid(cap) != 0) + 1;
+    let secs = i64::from(sync.connect_timeout_seconds.max(1)).saturating_mul(waves);
+    rollout_start.checked_add(SignedDuration::from_secs(secs)).unwrap_or(rollout_start)
+}
+
+/// Judges sync by content and sets each host's phase before domain problems are weighed.
+///
+/// A member that was `Up` stays `Up` while it merely catches up (the write budget); it turns
+/// `Connecting` only on a failure. A host blamed before (`Operational=False`, reason
+/// `StorageDomainUnreachable`) stays NonOperational until [`super::domains`] finds it clean.
+pub fn judge_sync(
+    observed: &Observed,
+    pool_uuid: &str,
+    desired: &Desired,
+    rollout_start: Timestamp,
+    now: Timestamp,
+    verdicts: &mut BTreeMap<String, HostVerdict>,
+) {
+    let deadline = rollout_deadline(observed, rollout_start);
+    for (name, v) in verdicts.iter_mut() {
+        let Some(h) = observed.hosts.get(name) else { continue };
+        let conn = connection(h);
+        v.in_sync = if v.report_invalid {
+            false
+        } else if wants_connection(v, desired) {
+            v.responsive
+                && conn.is_some_and(|c| {
+                    c.uuid == pool_uuid
+                        && Some(c.host_id) == v.host_id
+                        && c.master_domain == desired.master_domain
+                        && c.master_version == desired.master_version
+                        && super::map::same_map(&c.domain_map, &desired.domain_map)
+                })
+        } else {
+            !v.connected_here
+        };
+        if v.role == HostRole::Member && v.responsive && !v.in_sync && !v.report_invalid {
+            v.failure = match &h.backoff.last_error {
+                Some(e) => Some(SyncFailure::ConnectFailed(e.clone())),
+                None if now >= deadline => Some(SyncFailure::NotConfirmed),
+                None => None,
+            };
+        }
+        v.phase = base_phase(h, v);
+    }
+}
+
+fn base_phase(h: &HostView, v: &HostVerdict) -> HostPhase {
+    let reports_domains = h.report.parsed().is_some_and(|r| !r.domains.is_empty());
+    let previous = h.controller.phase;
+    match v.role {
+        HostRole::Maintenance | HostRole::Leaving => {
+            if v.responsive && (v.connected_here || reports_domains) {
+                HostPhase::PreparingForMaintenance
+            } else {
+                HostPhase::Maintenance
+            }
+        }
+        HostRole::Refused => HostPhase::NonOperational,
+        HostRole::Member if !v.responsive => HostPhase::NonResponsive,
+        HostRole::Member if v.report_invalid => previous.unwrap_or(HostPhase::Connecting),
+        HostRole::Member if blamed_before(h) => HostPhase::NonOperational,
+        HostRole::Member if v.failure.is_some() => HostPhase::Connecting,
+        HostRole::Member if v.in_sync || previous == Some(HostPhase::Up) => HostPhase::Up,
+        HostRole::Member => HostPhase::Connecting,
+    }
+}
+
+/// Whether the controller made the host NonOperational for a domain before (kept in its status).
+pub fn blamed_before(h: &HostView) -> bool {
+    condition::find(&h.controller.conditions, types::OPERATIONAL).is_some_and(|c| {
+        c.status == ConditionStatus::False.as_str()
+            && c.reason == reasons::STORAGE_DOMAIN_UNREACHABLE
+    })
+}
+
+/// The RPCs to send now: disconnects first, then connects, each in host-name order, at most
+/// `maxConcurrentConnects` in all. Skips hosts that do not respond, whose report did not parse, or
+/// that back off; marks every host with a due call that was not sent as `call_pending`. Returns
+/// the calls and how many due calls the cap deferred.
+pub fn calls(
+    observed: &Observed,
+    pool_uuid: &str,
+    desired: &Desired,
+    verdicts: &mut BTreeMap<String, HostVerdict>,
+    now: Timestamp,
+) -> (Vec<HostCall>, usize) {
+    let mut disconnects = Vec::new();
+    let mut connects = Vec::new();
+    for (name, v) in verdicts.iter_mut() {
+        let Some(h) = observed.hosts.get(name) else { continue };
+        let Some(call) = due_call(h, v, pool_uuid, desired) else { continue };
+        if !v.responsive || v.report_invalid {
+            continue;
+        }
+        if h.backoff.not_before.is_some_and(|t| t > now) {
+            v.call_pending = true;
+            continue;
+        }
+        match call.kind() {
+            CallKind::Disconnect => disconnects.push(call),
+            CallKind::Connect => connects.push(call),
+        }
+    }
+    let cap = usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
+    let mut all = disconnects;
+    all.append(&mut connects);
+    let deferred = all.split_off(cap.min(all.len()));
+    for call in &deferred {
+        if let Some(v) = verdicts.get_mut(call.host()) {
+            v.call_pending = true;
+        }
+    }
+    (all, deferred.len())
+}
+
+fn due_call(h: &HostView, v: &HostVerdict, pool_uuid: &str, desired: &Desired) -> Option<HostCall> {
+    let conn = connection(h);
+    let disconnect = |c: &PoolConnection| HostCall::Disconnect {
+        host: h.name.clone(),
+        endpoint: h.spec.endpoint.clone(),
+        params: DisconnectParams { pool_uuid: c.uuid.clone(), host_id: c.host_id },
+    };
+    if !wants_connection(v, desired) {
+        // Maintenance, refused, leaving, or no master: let go of this pool.
+        return conn.filter(|c| c.uuid == pool_uuid).map(disconnect);
+    }
+    if v.in_sync {
+        return None;
+    }
+    if let Some(c) = conn
+        && (c.uuid != pool_uuid || Some(c.host_id) != v.host_id)
+    {
+        // Connected elsewhere (fails 323) or under another id (fails 325): disconnect first.
+        return Some(disconnect(c));
+    }
+    Some(HostCall::Connect {
+        host: h.name.clone(),
+        endpoint: h.spec.endpoint.clone(),
+        params: ConnectParams {
+            pool_uuid: pool_uuid.to_owned(),
+            host_id: v.host_id?,
+            master_domain: desired.master_domain.clone()?,
+            master_version: desired.master_version,
+            domain_map: desired.domain_map.clone(),
+        },
+    })
+}
+
+/// How long until `t`, at least one second (a requeue sooner than that only burns CPU).
+pub fn until(t: Timestamp, now: Timestamp) -> Duration {
+    let d = t.duration_since(now).max(SignedDuration::from_secs(1));
+    Duration::try_from(d).unwrap_or(Duration::from_secs(1))
+}

@@ -1,0 +1,279 @@
+//! The pool's identity and desired state: which domains may be in the map (duplicates and the
+//! 100-domain limit are flagged and left out), the map itself, the master, and the versions. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+
+use super::{Desired, DomainFlag, Halt, Observed, PoolView};
+use crate::api::pool::MAX_DOMAINS_PER_POOL;
+use crate::api::{
+    DomainMapEntry, DomainPhase, DomainType, HostIdEntry, MapStatus, StoragePoolSpec,
+    StoragePoolStatus,
+};
+
+/// The first compatibility version that pushes the map on connect (this design).
+const MEMORY_BACKEND_VERSION: (u32, u32) = (3, 5);
+
+/// The pool uuid in use: `spec.uuid`, else the one recorded in status, else `metadata.uid`.
+pub fn pool_uuid(pool: &PoolView) -> String {
+    pool.spec
+        .uuid
+        .clone()
+        .or_else(|| pool.status.uuid.clone())
+        .unwrap_or_else(|| pool.uid.clone())
+}
+
+/// Why the planner must not touch the pool at all, if it must not.
+pub fn halt(spec: &StoragePoolSpec) -> Option<Halt> {
+    let version = spec.compatibility_version.clone();
+    match parse_version(&version) {
+        None => Some(Halt::InvalidVersion { version }),
+        Some(v) if v < MEMORY_BACKEND_VERSION => Some(Halt::Legacy { version }),
+        Some(_) => None,
+    }
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (major, minor) = v.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// The desired state as the current status records it (used when the planner is halted).
+pub fn current_desired(status: &StoragePoolStatus) -> Desired {
+    Desired {
+        domain_map: status.domain_map.iter().map(|e| (e.uuid.clone(), e.status)).collect(),
+        map_version: status.map_version,
+        master_domain: status.master_domain.clone(),
+        master_version: status.master_version,
+        host_ids: status.host_ids.iter().map(|e| (e.host.clone(), e.id)).collect(),
+    }
+}
+
+/// How a domain relates to this pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainClass {
+    /// `spec.pool` names this pool: it belongs in the map.
+    Member,
+    /// `status.pool` names this pool but `spec.pool` no longer does, or the domain is deleted: it
+    /// goes through MovingToMaintenance and Detaching.
+    Leaving,
+    /// `spec.pool` names this pool but the domain is still leaving another pool.
+    Waiting,
+    /// `spec.pool` names this pool, but bad input keeps it out of the map.
+    Flagged(DomainFlag),
+}
+
+/// The class of every observed domain, by name.
+pub type Eligibility = BTreeMap<String, DomainClass>;
+
+/// Classifies every observed domain: members, leaving, waiting, and flagged bad input.
+pub fn eligibility(observed: &Observed) -> Eligibility {
+    let pool = observed.pool.name.as_str();
+    let mut classes = Eligibility::new();
+    for (name, d) in &observed.domains {
+        let spec_here = d.spec.pool.as_deref() == Some(pool);
+        let status_here = d.status.pool.as_deref() == Some(pool);
+        let class = if spec_here && d.leaving_other_pool && !status_here {
+            DomainClass::Waiting
+        } else if (spec_here || status_here) && (!spec_here || d.deleting) {
+            DomainClass::Leaving
+        } else if spec_here {
+            DomainClass::Member
+        } else {
+            // Named neither way: the shell should not have passed it; it plays no part.
+            continue;
+        };
+        classes.insert(name.clone(), class);
+    }
+    flag_duplicates(observed, &mut classes);
+    flag_over_limit(observed, &mut classes);
+    classes
+}
+
+/// Members whose uuid another StorageDomain also has are flagged; leaving domains keep leaving
+/// (they must get out cleanly), but still make a member with their uuid wait.
+fn flag_duplicates(observed: &Observed, classes: &mut Eligibility) {
+    let mut by_uuid: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (name, d) in &observed.domains {
+        by_uuid.entry(d.spec.uuid.as_str()).or_default().insert(name.as_str());
+    }
+    for (name, class) in classes.iter_mut() {
+        if *class != DomainClass::Member {
+            continue;
+        }
+        let Some(d) = observed.domains.get(name) else { continue };
+        let uuid = d.spec.uuid.as_str();
+        let mut others: BTreeSet<String> = by_uuid
+            .get(uuid)
+            .into_iter()
+            .flatten()
+            .filter(|n| **n != name.as_str())
+            .map(|n| (*n).to_owned())
+            .collect();
+        if let Some(elsewhere) = observed.uuids_elsewhere.get(uuid) {
+            others.extend(elsewhere.iter().filter(|n| *n != name).cloned());
+        }
+        if !others.is_empty() {
+            *class = DomainClass::Flagged(DomainFlag::DuplicateUuid(others));
+        }
+    }
+}
+
+/// Beyond VDSM's 100 domains, members already in the map are kept first, then by name.
+fn flag_over_limit(observed: &Observed, classes: &mut Eligibility) {
+    let in_map: BTreeSet<&str> =
+        observed.pool.status.domain_map.iter().map(|e| e.uuid.as_str()).collect();
+    let mut members: Vec<(bool, &String)> = classes
+        .iter()
+        .filter(|(_, c)| **c == DomainClass::Member)
+        .filter_map(|(name, _)| {
+            let d = observed.domains.get(name)?;
+            Some((!in_map.contains(d.spec.uuid.as_str()), name))
+        })
+        .collect();
+    if members.len() <= MAX_DOMAINS_PER_POOL {
+        return;
+    }
+    members.sort();
+    let over: Vec<String> =
+        members[MAX_DOMAINS_PER_POOL..].iter().map(|(_, n)| (*n).clone()).collect();
+    for name in over {
+        classes.insert(name, DomainClass::Flagged(DomainFlag::TooManyDomains));
+    }
+}
+
+/// Whether a leaving domain is still on its way to maintenance (hosts still monitor it) rather than
+/// detaching: the answer decides whether it stays in the map as `attached` or leaves the map.
+pub fn leaving_is_moving(current_phase: Option<DomainPhase>, still_reported: bool) -> bool {
+    still_reported
+        && !matches!(
+            current_phase,
+            Some(DomainPhase::Maintenance | DomainPhase::Detaching | DomainPhase::Unattached)
+        )
+}
+
+/// The desired map, master and versions.
+///
+/// `moving` holds the leaving domains some connected host still monitors: they stay `attached`
+/// until every host has stopped, then leave the map (Detaching).
+pub fn desired(
+    observed: &Observed,
+    classes: &Eligibility,
+    moving: &BTreeSet<String>,
+    host_ids: BTreeMap<String, i32>,
+) -> Desired {
+    let status = &observed.pool.status;
+    let mut domain_map = BTreeMap::new();
+    for (name, class) in classes {
+        let Some(d) = observed.domains.get(name) else { continue };
+        let entry = match class {
+            DomainClass::Member if d.spec.maintenance => MapStatus::Attached,
+            DomainClass::Member => MapStatus::Active,
+            DomainClass::Leaving if moving.contains(name) => MapStatus::Attached,
+            DomainClass::Leaving | DomainClass::Waiting | DomainClass::Flagged(_) => continue,
+        };
+        domain_map.insert(d.spec.uuid.clone(), entry);
+    }
+    let master_domain = master(observed, classes);
+    let master_changed = master_domain != status.master_domain;
+    let master_version = status.master_version + i64::from(master_changed);
+    let map_changed = !same_map(&status.domain_map, &domain_map);
+    let map_version = status.map_version + i64::from(map_changed || master_changed);
+    Desired { domain_map, map_version, master_domain, master_version, host_ids }
+}
+
+/// The master: the current one while it is an active, healthy data domain; else the preferred one,
+/// else the first healthy one by name; else any active data domain (an Inactive master is kept
+/// rather than none, as oVirt's reconstruct would pick it when nothing better exists).
+fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
+    let candidates: Vec<(&str, bool)> = classes
+        .iter()
+        .filter(|(_, c)| **c == DomainClass::Member)
+        .filter_map(|(name, _)| observed.domains.get(name))
+        .filter(|d| !d.spec.maintenance && d.spec.type_ == DomainType::Data)
+        .map(|d| (d.spec.uuid.as_str(), d.status.phase != Some(DomainPhase::Inactive)))
+        .collect();
+    let current = observed.pool.status.master_domain.as_deref();
+    let preferred = observed.pool.spec.master_domain.as_deref();
+    let healthy = |uuid: Option<&str>| candidates.iter().any(|(u, h)| Some(*u) == uuid && *h);
+    let present = |uuid: Option<&str>| candidates.iter().any(|(u, _)| Some(*u) == uuid);
+    let pick = if healthy(current) {
+        current
+    } else if healthy(preferred) {
+        preferred
+    } else if let Some((u, _)) = candidates.iter().find(|(_, h)| *h) {
+        Some(*u)
+    } else if present(current) {
+        current
+    } else {
+        candidates.first().map(|(u, _)| *u)
+    };
+    pick.map(str::to_owned)
+}
+
+/// Whether a map as listed in a status or report equals the desired one, whatever the list order.
+pub fn same_map(listed: &[DomainMapEntry], desired: &BTreeMap<String, MapStatus>) -> bool {
+    if listed.len() != desired.len() {
+        return false;
+    }
+    // Agents and the controller list maps sorted; compare in one pass then, else fall back.
+    if listed.iter().zip(desired).all(|(e, (u, s))| e.uuid == *u && e.status == *s) {
+        return true;
+    }
+    let as_map: BTreeMap<&str, MapStatus> =
+        listed.iter().map(|e| (e.uuid.as_str(), e.status)).collect();
+    as_map.len() == desired.len()
+        && desired.iter().all(|(u, s)| as_map.get(u.as_str()) == Some(s))
+}
+
+/// The pool status to write before any RPC when the map, master, versions, host ids or the uuid
+/// changed. It starts a rollout: `Reconciling=True` with `lastTransitionTime = now`.
+pub fn persist_first(
+    observed: &Observed,
+    pool_uuid: &str,
+    desired: &Desired,
+    now: Timestamp,
+) -> Option<StoragePoolStatus> {
+    let current = &observed.pool.status;
+    let domain_map: Vec<DomainMapEntry> = desired
+        .domain_map
+        .iter()
+        .map(|(uuid, status)| DomainMapEntry { uuid: uuid.clone(), status: *status })
+        .collect();
+    let host_ids: Vec<HostIdEntry> = desired
+        .host_ids
+        .iter()
+        .map(|(host, id)| HostIdEntry { host: host.clone(), id: *id })
+        .collect();
+    let rollout = desired.map_version != current.map_version;
+    let unchanged = !rollout
+        && current.master_version == desired.master_version
+        && current.host_ids == host_ids
+        && current.uuid.as_deref() == Some(pool_uuid);
+    if unchanged {
+        return None;
+    }
+    let mut next = current.clone();
+    next.uuid = Some(pool_uuid.to_owned());
+    next.domain_map = domain_map;
+    next.map_version = desired.map_version;
+    next.master_domain = desired.master_domain.clone();
+    next.master_version = desired.master_version;
+    next.host_ids = host_ids;
+    next.counts.domains = i32::try_from(desired.domain_map.len()).unwrap_or(i32::MAX);
+    if rollout {
+        super::status::start_rollout(
+            &mut next.conditions,
+            desired.map_version,
+            observed.pool.generation,
+            now,
+        );
+    }
+    Some(next)
+}
+
+/// Builds the `Reconciling` condition that starts a rollout (shared with [`super::status`]).
+pub(super) fn rollout_message(map_version: i64) -> String {
+    format!("rolling out map version {map_version} to the pool's hosts")
+}

@@ -1,0 +1,252 @@
+//! The agent side of the protocol: decoding a JSON-RPC body, dispatching it to a [`Verbs`]
+//! implementation, and the axum pieces (bearer-token check, body limit, response mapping).
+//!
+//! It holds no host state: the agent (or the simulator) implements [`Verbs`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::post;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::{ErrorCode, VdsmError};
+use super::token::Token;
+use super::wire::{
+    ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, PoolInfo,
+    RPC_PATH, Response, Vitals, method,
+};
+
+/// The default request body limit: a connect with 100 domains is about 6 KiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What a host does for each verb. Parameters arrive decoded and format-checked
+/// (`validate`), so an implementation checks only semantics.
+pub trait Verbs: Send + Sync {
+    /// `StoragePool.connect`.
+    ///
+    /// # Errors
+    /// VDSM's connect errors (323, 324, 325, 328...); the host state is unchanged then.
+    fn connect(&self, params: ConnectParams) -> Result<(), VdsmError>;
+
+    /// `StoragePool.disconnect`.
+    ///
+    /// # Errors
+    /// Never for a pool that is not connected (that is a success).
+    fn disconnect(&self, params: DisconnectParams) -> Result<(), VdsmError>;
+
+    /// `StoragePool.getInfo`.
+    ///
+    /// # Errors
+    /// 309 when the host is not connected to that pool.
+    fn get_info(&self, params: GetInfoParams) -> Result<PoolInfo, VdsmError>;
+
+    /// The vitals of every domain monitored now (`Host.getStats` `storageDomains`,
+    /// `Host.getStorageRepoStats`).
+    fn repo_stats(&self) -> BTreeMap<String, Vitals>;
+}
+
+/// Runs one HTTP body: parse, check, dispatch. `None` for a notification (a request without
+/// `id`), which gets no response. Never panics, whatever the body.
+pub fn handle(verbs: &dyn Verbs, body: &[u8]) -> Option<Response> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            return Some(Response::error(
+                Value::Null,
+                &VdsmError::new(ErrorCode::ParseError, "body is not JSON"),
+            ));
+        }
+    };
+    let mut obj = match value {
+        Value::Object(obj) => obj,
+        Value::Array(_) => return Some(invalid(Value::Null, "batch requests are not supported")),
+        _ => return Some(invalid(Value::Null, "a request must be a JSON object")),
+    };
+    let id = obj.remove("id");
+    let reply_id = match &id {
+        None | Some(Value::Null | Value::Number(_) | Value::String(_)) => {
+            id.clone().unwrap_or(Value::Null)
+        }
+        Some(_) => return Some(invalid(Value::Null, "id must be a string, a number or null")),
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
+        return Some(invalid(reply_id, "jsonrpc must be \"2.0\""));
+    }
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return Some(invalid(reply_id, "method must be a string"));
+    };
+    let params = match obj.remove("params") {
+        None | Some(Value::Null) => Value::Object(serde_json::Map::new()),
+        Some(p @ Value::Object(_)) => p,
+        Some(Value::Array(_)) => {
+            let e = VdsmError::new(
+                ErrorCode::InvalidParams,
+                "positional parameters are not supported; pass them by name",
+            );
+            return id.map(|_| Response::error(reply_id, &e));
+        }
+        Some(_) => return Some(invalid(reply_id, "params must be an object")),
+    };
+    let outcome = call(verbs, &method, params);
+    if let Err(e) = &outcome {
+        tracing::debug!(method = %method, code = e.code.code(), "rpc answered with an error");
+    }
+    id.map(|_| match outcome {
+        Ok(v) => Response::result(reply_id, v),
+        Err(e) => Response::error(reply_id, &e),
+    })
+}
+
+fn invalid(id: Value, message: &str) -> Response {
+    Response::error(id, &VdsmError::new(ErrorCode::InvalidRequest, message))
+}
+
+fn call(verbs: &dyn Verbs, method: &str, params: Value) -> Result<Value, VdsmError> {
+    match method {
+        method::POOL_CONNECT => {
+            let p: ConnectParams = decode(params)?;
+            p.validate()?;
+            verbs.connect(p)?;
+            Ok(Value::Bool(true))
+        }
+        method::POOL_DISCONNECT => {
+            let p: DisconnectParams = decode(params)?;
+            p.validate()?;
+            verbs.disconnect(p)?;
+            Ok(Value::Bool(true))
+        }
+        method::POOL_GET_INFO => {
+            let p: GetInfoParams = decode(params)?;
+            p.validate()?;
+            encode(&verbs.get_info(p)?)
+        }
+        method::HOST_GET_STATS => encode(&HostStats {
+            storage_domains: verbs.repo_stats(),
+        }),
+        method::HOST_GET_STORAGE_REPO_STATS => encode(&verbs.repo_stats()),
+        other => Err(VdsmError::new(
+            ErrorCode::MethodNotFound,
+            format!("method {other:?} is not served"),
+        )),
+    }
+}
+
+fn decode<T: DeserializeOwned>(params: Value) -> Result<T, VdsmError> {
+    serde_json::from_value(params)
+        .map_err(|e| VdsmError::new(ErrorCode::InvalidParams, e.to_string()))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Value, VdsmError> {
+    serde_json::to_value(v).map_err(|e| VdsmError::new(ErrorCode::InternalError, e.to_string()))
+}
+
+/// The HTTP response for the outcome of [`handle`]: 200 with the JSON-RPC response, or 204 for a
+/// notification. JSON-RPC errors travel with status 200, as in VDSM.
+pub fn into_http(response: Option<Response>) -> HttpResponse {
+    match response {
+        Some(r) => axum::Json(r).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Adds the request body limit (413 beyond it) and the bearer-token check (401 without the right
+/// token, before anything else runs) to every route of `router`.
+pub fn protect<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    token: Token,
+    max_body_bytes: usize,
+) -> Router<S> {
+    router
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(token, require_token))
+}
+
+async fn require_token(State(token): State<Token>, req: Request, next: Next) -> HttpResponse {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| token.matches_header(v.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        tracing::debug!(path = %req.uri().path(), "refused a call without the right token");
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response()
+    }
+}
+
+/// The router of one host: `POST /jsonrpc`, token-checked and body-limited.
+pub fn router(verbs: Arc<dyn Verbs>, token: Token, max_body_bytes: usize) -> Router {
+    let r = Router::new()
+        .route(RPC_PATH, post(rpc))
+        .with_state(verbs);
+    protect(r, token, max_body_bytes)
+}
+
+async fn rpc(State(verbs): State<Arc<dyn Verbs>>, body: Bytes) -> HttpResponse {
+    into_http(handle(verbs.as_ref(), &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    struct Nothing;
+
+    impl Verbs for Nothing {
+        fn connect(&self, _: ConnectParams) -> Result<(), VdsmError> {
+            Ok(())
+        }
+        fn disconnect(&self, _: DisconnectParams) -> Result<(), VdsmError> {
+            Ok(())
+        }
+        fn get_info(&self, _: GetInfoParams) -> Result<PoolInfo, VdsmError> {
+            Err(VdsmError::new(ErrorCode::StoragePoolUnknown, "unknown pool"))
+        }
+        fn repo_stats(&self) -> BTreeMap<String, Vitals> {
+            BTreeMap::new()
+        }
+    }
+
+    fn code_of(body: &str) -> Option<i64> {
+        let r = handle(&Nothing, body.as_bytes()).expect("a response");
+        match r.outcome {
+            super::super::wire::Outcome::Error(e) => Some(e.code),
+            super::super::wire::Outcome::Result(_) => None,
+        }
+    }
+
+    #[test]
+    fn protocol_errors_have_their_codes() {
+        assert_eq!(code_of("{nope"), Some(-32700));
+        assert_eq!(code_of("[]"), Some(-32600));
+        assert_eq!(code_of("3"), Some(-32600));
+        assert_eq!(code_of(r#"{"jsonrpc":"1.0","method":"Host.getStats","id":1}"#), Some(-32600));
+        assert_eq!(code_of(r#"{"jsonrpc":"2.0","method":7,"id":1}"#), Some(-32600));
+        assert_eq!(code_of(r#"{"jsonrpc":"2.0","method":"Nope","id":1}"#), Some(-32601));
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"2.0","method":"StoragePool.connect","params":[1],"id":1}"#),
+            Some(-32602)
+        );
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"2.0","method":"StoragePool.getInfo","params":{"storagepoolID":1},"id":1}"#),
+            Some(-32602)
+        );
+        assert_eq!(code_of(r#"{"jsonrpc":"2.0","method":"Host.getStats","id":"a"}"#), None);
+    }
+
+    #[test]
+    fn notifications_get_no_response_and_ids_are_echoed() {
+        assert!(handle(&Nothing, br#"{"jsonrpc":"2.0","method":"Host.getStats"}"#).is_none());
+        let r = handle(&Nothing, br#"{"jsonrpc":"2.0","method":"Host.getStats","id":"x7"}"#)
+            .expect("a response");
+        assert_eq!(r.id, json!("x7"));
+    }
+}
