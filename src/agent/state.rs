@@ -272,7 +272,10 @@ mod tests {
     fn connected_with_a_map_then_connect_without_map_fails_325() {
         let mut s = connected(&[(A, Active)]);
         let before = s.clone();
-        assert_eq!(code(s.connect(&connect(SP, 1, None))), Some(ErrorCode::StoragePoolConnected));
+        assert_eq!(
+            code(s.connect(&connect(SP, 1, None))),
+            Some(ErrorCode::StoragePoolConnected)
+        );
         assert_eq!(s, before);
     }
 
@@ -314,7 +317,10 @@ mod tests {
         for i in 0..100 {
             map.insert(format!("cccccccc-0000-0000-0000-{i:012}"), Attached);
         }
-        assert_eq!(code(s.connect(&p)), Some(ErrorCode::TooManyDomainsInStoragePool));
+        assert_eq!(
+            code(s.connect(&p)),
+            Some(ErrorCode::TooManyDomainsInStoragePool)
+        );
     }
 
     #[test]
@@ -352,7 +358,13 @@ mod tests {
     fn report_lists_the_map_sorted() {
         let s = connected(&[(B, Attached), (A, Active)]);
         let r = s.report().expect("connected");
-        assert_eq!(r.domain_map.iter().map(|e| e.uuid.as_str()).collect::<Vec<_>>(), vec![A, B]);
+        assert_eq!(
+            r.domain_map
+                .iter()
+                .map(|e| e.uuid.as_str())
+                .collect::<Vec<_>>(),
+            vec![A, B]
+        );
         assert_eq!(r.master_domain.as_deref(), Some(A));
     }
 }

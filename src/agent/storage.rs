@@ -62,7 +62,8 @@ impl Storage for FileStorage {
 
 fn read_file_domain(root: &Path, sd_uuid: &str) -> Result<Vec<u8>, ReadError> {
     let domain_dir = find_domain(root, sd_uuid)?.ok_or(ReadError::NotFound)?;
-    let file = std::fs::File::open(domain_dir.join("dom_md").join("metadata")).map_err(ReadError::Io)?;
+    let file =
+        std::fs::File::open(domain_dir.join("dom_md").join("metadata")).map_err(ReadError::Io)?;
     let mut buf = Vec::new();
     file.take(MAX_METADATA_BYTES)
         .read_to_end(&mut buf)
@@ -115,7 +116,9 @@ pub fn parse_metadata(bytes: &[u8]) -> Metadata {
 
 /// The metadata of a healthy domain as [`make_file_domain`] writes it.
 pub fn metadata_text(sd_uuid: &str) -> String {
-    format!("CLASS=Data\nDESCRIPTION=poolkeeper\nROLE=Regular\nSDUUID={sd_uuid}\nTYPE=LOCALFS\nVERSION=5\n")
+    format!(
+        "CLASS=Data\nDESCRIPTION=poolkeeper\nROLE=Regular\nSDUUID={sd_uuid}\nTYPE=LOCALFS\nVERSION=5\n"
+    )
 }
 
 /// Creates `<root>/<mount>/<sd_uuid>/dom_md/metadata` naming `sd_uuid`; returns the metadata
@@ -140,7 +143,13 @@ mod tests {
         let md = parse_metadata(metadata_text("AAAA").as_bytes());
         assert_eq!(md.sd_uuid.as_deref(), Some("aaaa"));
         assert_eq!(md.version, Some(5));
-        assert_eq!(parse_metadata(b"\xff\xfe garbage"), Metadata { sd_uuid: None, version: None });
+        assert_eq!(
+            parse_metadata(b"\xff\xfe garbage"),
+            Metadata {
+                sd_uuid: None,
+                version: None
+            }
+        );
     }
 
     #[test]

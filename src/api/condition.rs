@@ -107,12 +107,36 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut c = Vec::new();
-        set_condition(&mut c, "Ready", ConditionStatus::False, "A", "a", Some(1), at(10));
-        set_condition(&mut c, "Ready", ConditionStatus::False, "B", "b", Some(2), at(20));
+        set_condition(
+            &mut c,
+            "Ready",
+            ConditionStatus::False,
+            "A",
+            "a",
+            Some(1),
+            at(10),
+        );
+        set_condition(
+            &mut c,
+            "Ready",
+            ConditionStatus::False,
+            "B",
+            "b",
+            Some(2),
+            at(20),
+        );
         assert_eq!(c[0].last_transition_time, Time(at(10)));
         assert_eq!(c[0].reason, "B");
         assert_eq!(c[0].observed_generation, Some(2));
-        set_condition(&mut c, "Ready", ConditionStatus::True, "C", "c", Some(2), at(30));
+        set_condition(
+            &mut c,
+            "Ready",
+            ConditionStatus::True,
+            "C",
+            "c",
+            Some(2),
+            at(30),
+        );
         assert_eq!(c[0].last_transition_time, Time(at(30)));
         assert_eq!(c.len(), 1);
     }

@@ -47,8 +47,8 @@ pub async fn act(ctx: &Context, observed: &Observed, plan: &Plan) -> Result<Vec<
         u64::try_from(observed.pool.spec.sync.connect_timeout_seconds.max(1)).unwrap_or(30),
     );
     let concurrency = usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
-    let outcomes: Vec<CallOutcome> = stream::iter(plan.calls.iter())
-        .map(|call| send(ctx, call, timeout))
+    let calls: Vec<_> = plan.calls.iter().map(|call| send(ctx, call, timeout)).collect();
+    let outcomes: Vec<CallOutcome> = stream::iter(calls)
         .buffer_unordered(concurrency)
         .collect()
         .await;

@@ -162,9 +162,10 @@ pub async fn run_with(
     let server = http::serve(metrics_addr, ctx.clone()).await?;
     info!(addr = %server, "serving metrics and health");
 
-    let config = kube::runtime::controller::Config::default()
-        .concurrency(ctx.settings.concurrency)
-        .debounce(Duration::from_millis(200));
+    // No debounce: kube's debounce restarts its timer on every trigger, so a steady stream of
+    // Lease renewals would starve a pool. The scheduler already merges triggers for a pool that
+    // is waiting, and a reconcile is level-triggered, so bursts cost one extra run at most.
+    let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let domains = orphan_domains(ctx.clone(), shutdown_rx.clone());
     let pools = Controller::for_stream(streams.pools, ctx.stores.pools.clone())
@@ -232,6 +233,7 @@ async fn orphan_domains(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Rec
             _ = shutdown.changed() => return,
         }
         if !ctx.stores.ready() {
+            tracing::debug!("caches not ready; orphan domains wait");
             continue;
         }
         for domain in ctx.stores.domains.state() {

@@ -7,12 +7,7 @@
 //! NonResponsive (it is back) or has not judged it yet. Expiry needs no event: the planner asks for
 //! a reconcile at the earliest expiry.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
-};
-
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -38,18 +33,27 @@ pub struct Stores {
     pub hosts: Store<Host>,
     /// Host Leases in the lease namespace.
     pub leases: Store<Lease>,
-    ready: Arc<AtomicUsize>,
 }
 
 impl Stores {
-    /// Whether every cache has finished its initial list.
+    /// Whether every cache has finished its initial list (an empty cache is not yet ready).
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) >= STORES
+        fn done<K>(store: &Store<K>) -> bool
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+        }
+        let ready = [
+            done(&self.pools),
+            done(&self.domains),
+            done(&self.hosts),
+            done(&self.leases),
+        ];
+        tracing::trace!(?ready, "cache readiness: pools, domains, hosts, leases");
+        ready.iter().all(|r| *r)
     }
 }
-
-/// How many caches [`Stores`] holds.
-const STORES: usize = 4;
 
 /// The watch streams feeding the controller (each already reflected into its store).
 pub struct Streams {
@@ -70,17 +74,8 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
     let (hosts, hosts_stream) = reflect(Api::<Host>::all(client.clone()));
     let (leases, leases_stream) =
         reflect(Api::<Lease>::namespaced(client.clone(), &settings.lease_namespace));
-    let ready = Arc::new(AtomicUsize::new(0));
-    for store in [pools.clone().wait_until_ready_boxed(), domains.clone().wait_until_ready_boxed(), hosts.clone().wait_until_ready_boxed(), leases.clone().wait_until_ready_boxed()] {
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            if store.await.is_ok() {
-                ready.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
     (
-        Stores { pools, domains, hosts, leases, ready },
+        Stores { pools, domains, hosts, leases },
         Streams { pools: pools_stream, domains: domains_stream, hosts: hosts_stream, leases: leases_stream },
     )
 }
@@ -92,7 +87,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, watcher::Config::default().streaming_lists())
         .default_backoff()
         .modify(|o: &mut K| {
             o.managed_fields_mut().clear();
@@ -102,19 +97,6 @@ where
         .touched_objects()
         .boxed();
     (reader, stream)
-}
-
-trait WaitReady {
-    fn wait_until_ready_boxed(self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), reflector::store::WriterDropped>> + Send>>;
-}
-
-impl<K> WaitReady for Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    fn wait_until_ready_boxed(self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), reflector::store::WriterDropped>> + Send>> {
-        Box::pin(async move { self.wait_until_ready().await })
-    }
 }
 
 /// The pools a domain names now (`spec.pool`) and named before (`status.pool`).

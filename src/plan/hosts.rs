@@ -21,8 +21,13 @@ pub fn responsive(lease: Option<&LeaseView>, now: Timestamp) -> bool {
 /// When the Lease expires (`None` without a Lease or a renew time).
 pub fn lease_expiry(lease: Option<&LeaseView>) -> Option<Timestamp> {
     let lease = lease?;
-    let secs = lease.lease_duration_seconds.unwrap_or(DEFAULT_LEASE_DURATION_SECONDS);
-    lease.renew_time?.checked_add(SignedDuration::from_secs(i64::from(secs))).ok()
+    let secs = lease
+        .lease_duration_seconds
+        .unwrap_or(DEFAULT_LEASE_DURATION_SECONDS);
+    lease
+        .renew_time?
+        .checked_add(SignedDuration::from_secs(i64::from(secs)))
+        .ok()
 }
 
 /// The connection a host reports, if its report parsed and names a pool.
@@ -42,46 +47,55 @@ fn names_pool(h: &HostView, pool: &str) -> bool {
 pub fn assign_ids(observed: &Observed, pool_uuid: &str) -> BTreeMap<String, i32> {
     let max = observed.pool.spec.sync.max_hosts.max(1);
     let pool = observed.pool.name.as_str();
-    let mut ids: BTreeMap<String, i32> = BTreeMap::new();
-    let mut taken: BTreeMap<i32, &str> = BTreeMap::new();
-    let needs_id = |h: &HostView| {
-        names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid)
-    };
+    let slots = usize::try_from(max).unwrap_or(0) + 1;
+    // taken[id] and a name → id map with borrowed keys: no allocation per host until the end.
+    let mut taken = vec![false; slots];
+    let mut ids: std::collections::HashMap<&str, i32> =
+        std::collections::HashMap::with_capacity(observed.hosts.len());
+    let slot = |id: i32| usize::try_from(id).ok().filter(|_| (1..=max).contains(&id));
     for (name, h) in &observed.hosts {
         if let Some(c) = connection(h).filter(|c| c.uuid == pool_uuid)
-            && (1..=max).contains(&c.host_id)
-            && !taken.contains_key(&c.host_id)
+            && let Some(i) = slot(c.host_id)
+            && !taken[i]
         {
-            taken.insert(c.host_id, name);
-            ids.insert(name.clone(), c.host_id);
+            taken[i] = true;
+            ids.insert(name, c.host_id);
         }
     }
     for entry in &observed.pool.status.host_ids {
-        let Some((name, h)) = observed.hosts.get_key_value(&entry.host) else { continue };
-        if needs_id(h)
-            && (1..=max).contains(&entry.id)
-            && !ids.contains_key(name)
-            && !taken.contains_key(&entry.id)
+        let Some((name, h)) = observed.hosts.get_key_value(&entry.host) else {
+            continue;
+        };
+        let needs_id = names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid);
+        if needs_id
+            && let Some(i) = slot(entry.id)
+            && !taken[i]
+            && !ids.contains_key(name.as_str())
         {
-            taken.insert(entry.id, name);
-            ids.insert(name.clone(), entry.id);
+            taken[i] = true;
+            ids.insert(name, entry.id);
         }
     }
     let mut next = 1;
     for (name, h) in &observed.hosts {
-        if !names_pool(h, pool) || ids.contains_key(name) {
+        if !names_pool(h, pool) || ids.contains_key(name.as_str()) {
             continue;
         }
-        while taken.contains_key(&next) {
+        while next < slots && taken[next] {
             next += 1;
         }
-        if next > max {
+        if next >= slots {
             break;
         }
-        taken.insert(next, name);
-        ids.insert(name.clone(), next);
+        taken[next] = true;
+        ids.insert(name, i32::try_from(next).unwrap_or(max));
     }
-    ids
+    let mut sorted: Vec<(&str, i32)> = ids.into_iter().collect();
+    sorted.sort_unstable();
+    sorted
+        .into_iter()
+        .map(|(n, id)| (n.to_owned(), id))
+        .collect()
 }
 
 /// The first verdict per host: role, responsiveness, connection. Sync and phase come later.
@@ -117,6 +131,7 @@ pub fn classify(
                 failure: None,
                 unreachable: Default::default(),
                 call_pending: false,
+                told_now: false,
             };
             (name.clone(), verdict)
         })
@@ -127,7 +142,7 @@ pub fn classify(
 /// (oVirt's ConnectedToPool: Up, NonOperational, NonResponsive, PreparingForMaintenance). A host
 /// an operator put in maintenance while it does not respond is released: that is the way out.
 pub fn holds_pool(v: &HostVerdict) -> bool {
-    v.connected_here && !(v.role == HostRole::Maintenance && !v.responsive)
+    v.connected_here && (v.responsive || v.role != HostRole::Maintenance)
 }
 
 /// Whether the host should be connected with the map.
@@ -143,7 +158,9 @@ pub fn rollout_deadline(observed: &Observed, rollout_start: Timestamp) -> Timest
     let hosts = i64::try_from(observed.hosts.len()).unwrap_or(i64::MAX);
     let waves = hosts.div_euclid(cap) + i64::from(hosts.rem_euclid(cap) != 0) + 1;
     let secs = i64::from(sync.connect_timeout_seconds.max(1)).saturating_mul(waves);
-    rollout_start.checked_add(SignedDuration::from_secs(secs)).unwrap_or(rollout_start)
+    rollout_start
+        .checked_add(SignedDuration::from_secs(secs))
+        .unwrap_or(rollout_start)
 }
 
 /// Judges sync by content and sets each host's phase before domain problems are weighed.
@@ -161,7 +178,9 @@ pub fn judge_sync(
 ) {
     let deadline = rollout_deadline(observed, rollout_start);
     for (name, v) in verdicts.iter_mut() {
-        let Some(h) = observed.hosts.get(name) else { continue };
+        let Some(h) = observed.hosts.get(name) else {
+            continue;
+        };
         let conn = connection(h);
         v.in_sync = if v.report_invalid {
             false
@@ -228,11 +247,15 @@ pub fn calls(
     verdicts: &mut BTreeMap<String, HostVerdict>,
     now: Timestamp,
 ) -> (Vec<HostCall>, usize) {
-    let mut disconnects = Vec::new();
-    let mut connects = Vec::new();
+    // Decide who is due first; build the calls (which clone the map) only for those sent now.
+    let mut due: Vec<(CallKind, &HostView)> = Vec::new();
     for (name, v) in verdicts.iter_mut() {
-        let Some(h) = observed.hosts.get(name) else { continue };
-        let Some(call) = due_call(h, v, pool_uuid, desired) else { continue };
+        let Some(h) = observed.hosts.get(name) else {
+            continue;
+        };
+        let Some(kind) = due_kind(h, v, pool_uuid, desired) else {
+            continue;
+        };
         if !v.responsive || v.report_invalid {
             continue;
         }
@@ -240,54 +263,79 @@ pub fn calls(
             v.call_pending = true;
             continue;
         }
-        match call.kind() {
-            CallKind::Disconnect => disconnects.push(call),
-            CallKind::Connect => connects.push(call),
-        }
+        due.push((kind, h));
     }
+    // Disconnects first (stable: host-name order within each kind).
+    due.sort_by_key(|(kind, _)| *kind == CallKind::Connect);
     let cap = usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
-    let mut all = disconnects;
-    all.append(&mut connects);
-    let deferred = all.split_off(cap.min(all.len()));
-    for call in &deferred {
-        if let Some(v) = verdicts.get_mut(call.host()) {
+    let deferred = due.split_off(cap.min(due.len()));
+    for (_, h) in &deferred {
+        if let Some(v) = verdicts.get_mut(&h.name) {
             v.call_pending = true;
         }
     }
-    (all, deferred.len())
+    let calls = due
+        .into_iter()
+        .filter_map(|(kind, h)| {
+            let v = verdicts.get(&h.name)?;
+            build_call(kind, h, v, pool_uuid, desired)
+        })
+        .collect();
+    (calls, deferred.len())
 }
 
-fn due_call(h: &HostView, v: &HostVerdict, pool_uuid: &str, desired: &Desired) -> Option<HostCall> {
+/// Which call the host needs, if any.
+fn due_kind(h: &HostView, v: &HostVerdict, pool_uuid: &str, desired: &Desired) -> Option<CallKind> {
     let conn = connection(h);
-    let disconnect = |c: &PoolConnection| HostCall::Disconnect {
-        host: h.name.clone(),
-        endpoint: h.spec.endpoint.clone(),
-        params: DisconnectParams { pool_uuid: c.uuid.clone(), host_id: c.host_id },
-    };
     if !wants_connection(v, desired) {
         // Maintenance, refused, leaving, or no master: let go of this pool.
-        return conn.filter(|c| c.uuid == pool_uuid).map(disconnect);
+        return conn
+            .filter(|c| c.uuid == pool_uuid)
+            .map(|_| CallKind::Disconnect);
     }
     if v.in_sync {
         return None;
     }
-    if let Some(c) = conn
-        && (c.uuid != pool_uuid || Some(c.host_id) != v.host_id)
-    {
+    match conn {
         // Connected elsewhere (fails 323) or under another id (fails 325): disconnect first.
-        return Some(disconnect(c));
+        Some(c) if c.uuid != pool_uuid || Some(c.host_id) != v.host_id => {
+            Some(CallKind::Disconnect)
+        }
+        _ => Some(CallKind::Connect),
     }
-    Some(HostCall::Connect {
-        host: h.name.clone(),
-        endpoint: h.spec.endpoint.clone(),
-        params: ConnectParams {
-            pool_uuid: pool_uuid.to_owned(),
-            host_id: v.host_id?,
-            master_domain: desired.master_domain.clone()?,
-            master_version: desired.master_version,
-            domain_map: desired.domain_map.clone(),
-        },
-    })
+}
+
+fn build_call(
+    kind: CallKind,
+    h: &HostView,
+    v: &HostVerdict,
+    pool_uuid: &str,
+    desired: &Desired,
+) -> Option<HostCall> {
+    match kind {
+        CallKind::Disconnect => {
+            let c = connection(h)?;
+            Some(HostCall::Disconnect {
+                host: h.name.clone(),
+                endpoint: h.spec.endpoint.clone(),
+                params: DisconnectParams {
+                    pool_uuid: c.uuid.clone(),
+                    host_id: c.host_id,
+                },
+            })
+        }
+        CallKind::Connect => Some(HostCall::Connect {
+            host: h.name.clone(),
+            endpoint: h.spec.endpoint.clone(),
+            params: ConnectParams {
+                pool_uuid: pool_uuid.to_owned(),
+                host_id: v.host_id?,
+                master_domain: desired.master_domain.clone()?,
+                master_version: desired.master_version,
+                domain_map: desired.domain_map.clone(),
+            },
+        }),
+    }
 }
 
 /// How long until `t`, at least one second (a requeue sooner than that only burns CPU).

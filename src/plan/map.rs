@@ -42,11 +42,19 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 /// The desired state as the current status records it (used when the planner is halted).
 pub fn current_desired(status: &StoragePoolStatus) -> Desired {
     Desired {
-        domain_map: status.domain_map.iter().map(|e| (e.uuid.clone(), e.status)).collect(),
+        domain_map: status
+            .domain_map
+            .iter()
+            .map(|e| (e.uuid.clone(), e.status))
+            .collect(),
         map_version: status.map_version,
         master_domain: status.master_domain.clone(),
         master_version: status.master_version,
-        host_ids: status.host_ids.iter().map(|e| (e.host.clone(), e.id)).collect(),
+        host_ids: status
+            .host_ids
+            .iter()
+            .map(|e| (e.host.clone(), e.id))
+            .collect(),
     }
 }
 
@@ -96,13 +104,18 @@ pub fn eligibility(observed: &Observed) -> Eligibility {
 fn flag_duplicates(observed: &Observed, classes: &mut Eligibility) {
     let mut by_uuid: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (name, d) in &observed.domains {
-        by_uuid.entry(d.spec.uuid.as_str()).or_default().insert(name.as_str());
+        by_uuid
+            .entry(d.spec.uuid.as_str())
+            .or_default()
+            .insert(name.as_str());
     }
     for (name, class) in classes.iter_mut() {
         if *class != DomainClass::Member {
             continue;
         }
-        let Some(d) = observed.domains.get(name) else { continue };
+        let Some(d) = observed.domains.get(name) else {
+            continue;
+        };
         let uuid = d.spec.uuid.as_str();
         let mut others: BTreeSet<String> = by_uuid
             .get(uuid)
@@ -122,8 +135,13 @@ fn flag_duplicates(observed: &Observed, classes: &mut Eligibility) {
 
 /// Beyond VDSM's 100 domains, members already in the map are kept first, then by name.
 fn flag_over_limit(observed: &Observed, classes: &mut Eligibility) {
-    let in_map: BTreeSet<&str> =
-        observed.pool.status.domain_map.iter().map(|e| e.uuid.as_str()).collect();
+    let in_map: BTreeSet<&str> = observed
+        .pool
+        .status
+        .domain_map
+        .iter()
+        .map(|e| e.uuid.as_str())
+        .collect();
     let mut members: Vec<(bool, &String)> = classes
         .iter()
         .filter(|(_, c)| **c == DomainClass::Member)
@@ -136,8 +154,10 @@ fn flag_over_limit(observed: &Observed, classes: &mut Eligibility) {
         return;
     }
     members.sort();
-    let over: Vec<String> =
-        members[MAX_DOMAINS_PER_POOL..].iter().map(|(_, n)| (*n).clone()).collect();
+    let over: Vec<String> = members[MAX_DOMAINS_PER_POOL..]
+        .iter()
+        .map(|(_, n)| (*n).clone())
+        .collect();
     for name in over {
         classes.insert(name, DomainClass::Flagged(DomainFlag::TooManyDomains));
     }
@@ -166,7 +186,9 @@ pub fn desired(
     let status = &observed.pool.status;
     let mut domain_map = BTreeMap::new();
     for (name, class) in classes {
-        let Some(d) = observed.domains.get(name) else { continue };
+        let Some(d) = observed.domains.get(name) else {
+            continue;
+        };
         let entry = match class {
             DomainClass::Member if d.spec.maintenance => MapStatus::Attached,
             DomainClass::Member => MapStatus::Active,
@@ -180,7 +202,13 @@ pub fn desired(
     let master_version = status.master_version + i64::from(master_changed);
     let map_changed = !same_map(&status.domain_map, &domain_map);
     let map_version = status.map_version + i64::from(map_changed || master_changed);
-    Desired { domain_map, map_version, master_domain, master_version, host_ids }
+    Desired {
+        domain_map,
+        map_version,
+        master_domain,
+        master_version,
+        host_ids,
+    }
 }
 
 /// The master: the current one while it is an active, healthy data domain; else the preferred one,
@@ -192,7 +220,12 @@ fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
         .filter(|(_, c)| **c == DomainClass::Member)
         .filter_map(|(name, _)| observed.domains.get(name))
         .filter(|d| !d.spec.maintenance && d.spec.type_ == DomainType::Data)
-        .map(|d| (d.spec.uuid.as_str(), d.status.phase != Some(DomainPhase::Inactive)))
+        .map(|d| {
+            (
+                d.spec.uuid.as_str(),
+                d.status.phase != Some(DomainPhase::Inactive),
+            )
+        })
         .collect();
     let current = observed.pool.status.master_domain.as_deref();
     let preferred = observed.pool.spec.master_domain.as_deref();
@@ -218,13 +251,19 @@ pub fn same_map(listed: &[DomainMapEntry], desired: &BTreeMap<String, MapStatus>
         return false;
     }
     // Agents and the controller list maps sorted; compare in one pass then, else fall back.
-    if listed.iter().zip(desired).all(|(e, (u, s))| e.uuid == *u && e.status == *s) {
+    if listed
+        .iter()
+        .zip(desired)
+        .all(|(e, (u, s))| e.uuid == *u && e.status == *s)
+    {
         return true;
     }
     let as_map: BTreeMap<&str, MapStatus> =
         listed.iter().map(|e| (e.uuid.as_str(), e.status)).collect();
     as_map.len() == desired.len()
-        && desired.iter().all(|(u, s)| as_map.get(u.as_str()) == Some(s))
+        && desired
+            .iter()
+            .all(|(u, s)| as_map.get(u.as_str()) == Some(s))
 }
 
 /// The pool status to write before any RPC when the map, master, versions, host ids or the uuid
@@ -236,24 +275,36 @@ pub fn persist_first(
     now: Timestamp,
 ) -> Option<StoragePoolStatus> {
     let current = &observed.pool.status;
-    let domain_map: Vec<DomainMapEntry> = desired
-        .domain_map
-        .iter()
-        .map(|(uuid, status)| DomainMapEntry { uuid: uuid.clone(), status: *status })
-        .collect();
-    let host_ids: Vec<HostIdEntry> = desired
-        .host_ids
-        .iter()
-        .map(|(host, id)| HostIdEntry { host: host.clone(), id: *id })
-        .collect();
     let rollout = desired.map_version != current.map_version;
+    let same_ids = current.host_ids.len() == desired.host_ids.len()
+        && current
+            .host_ids
+            .iter()
+            .zip(&desired.host_ids)
+            .all(|(e, (h, id))| e.host == *h && e.id == *id);
     let unchanged = !rollout
         && current.master_version == desired.master_version
-        && current.host_ids == host_ids
+        && same_ids
         && current.uuid.as_deref() == Some(pool_uuid);
     if unchanged {
         return None;
     }
+    let domain_map: Vec<DomainMapEntry> = desired
+        .domain_map
+        .iter()
+        .map(|(uuid, status)| DomainMapEntry {
+            uuid: uuid.clone(),
+            status: *status,
+        })
+        .collect();
+    let host_ids: Vec<HostIdEntry> = desired
+        .host_ids
+        .iter()
+        .map(|(host, id)| HostIdEntry {
+            host: host.clone(),
+            id: *id,
+        })
+        .collect();
     let mut next = current.clone();
     next.uuid = Some(pool_uuid.to_owned());
     next.domain_map = domain_map;

@@ -24,9 +24,10 @@
 //! - **Progress is written in steps.** The pool's counts and lagging-host list, and a domain's
 //!   counts, blocking-host list and the condition message naming those hosts, are snapshots. The
 //!   planner keeps the current snapshot while the only change is healthy progress inside the same
-//!   tenth of the pool (see [`status`]'s `bucket`); it writes a fresh one when progress crosses a
-//!   tenth, reaches 0 or all, or when anything else changes (a failure, a host added, a phase or
-//!   condition change). A rollout therefore costs at most about a dozen pool writes and a dozen per
+//!   tenth of the pool ([`status::bucket`] of `inSync`, or of a domain's reporting/valid/still
+//!   active counts; `connecting` only matters as zero or not, since it moves against `inSync`); it
+//!   writes a fresh one when progress crosses a tenth, reaches 0 or all, or when anything else
+//!   changes (a failure, a host added, a phase or condition change). A rollout therefore costs at most about a dozen pool writes and a dozen per
 //!   changed domain, whatever N is, and the live view in `kubectl get sp` still moves. We chose this
 //!   over freezing the counts until the end (no live view) and over a debounce in the shell (writes
 //!   grow with the rollout's duration, and a debounce is memory the planner cannot see).
@@ -382,15 +383,24 @@ pub struct ObjectRef {
 impl ObjectRef {
     /// A StoragePool.
     pub fn pool(name: impl Into<String>) -> Self {
-        Self { kind: ObjectKind::StoragePool, name: name.into() }
+        Self {
+            kind: ObjectKind::StoragePool,
+            name: name.into(),
+        }
     }
     /// A StorageDomain.
     pub fn domain(name: impl Into<String>) -> Self {
-        Self { kind: ObjectKind::StorageDomain, name: name.into() }
+        Self {
+            kind: ObjectKind::StorageDomain,
+            name: name.into(),
+        }
     }
     /// A Host.
     pub fn host(name: impl Into<String>) -> Self {
-        Self { kind: ObjectKind::Host, name: name.into() }
+        Self {
+            kind: ObjectKind::Host,
+            name: name.into(),
+        }
     }
 }
 
@@ -428,6 +438,8 @@ pub struct HostVerdict {
     pub unreachable: BTreeSet<String>,
     /// A call is due but was not sent now (backoff or the concurrency cap).
     pub call_pending: bool,
+    /// A call to the host succeeded this round (set by [`report`] from the outcomes).
+    pub told_now: bool,
 }
 
 /// How a host relates to the pool.
@@ -600,12 +612,32 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
     let desired = map::desired(observed, &eligibility, &leaving_held, host_ids);
     let persist_first = map::persist_first(observed, &pool_uuid, &desired, now);
     let rollout_start = status::rollout_start(observed, persist_first.as_ref(), now);
-    hosts::judge_sync(observed, &pool_uuid, &desired, rollout_start, now, &mut hostv);
-    let domainv = domains::judge(observed, &eligibility, &leaving_held, &desired, &mut hostv, now);
+    hosts::judge_sync(
+        observed,
+        &pool_uuid,
+        &desired,
+        rollout_start,
+        now,
+        &mut hostv,
+    );
+    let domainv = domains::judge(
+        observed,
+        &eligibility,
+        &leaving_held,
+        &desired,
+        &mut hostv,
+        now,
+    );
     let (calls, deferred_calls) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
-    let requeue_after =
-        status::requeue_after(observed, &hostv, &domainv, deferred_calls, rollout_start, now);
+    let requeue_after = status::requeue_after(
+        observed,
+        &hostv,
+        &domainv,
+        deferred_calls,
+        rollout_start,
+        now,
+    );
     Plan {
         pool_uuid,
         halted: None,

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde_json::Value;
 
 use super::error::RpcError;
 use super::token::Token;
 use super::wire::{
-    ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, Outcome,
-    PoolInfo, Request, Response, Vitals, method,
+    ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, Outcome, PoolInfo,
+    Request, Response, Vitals, method,
 };
 
 /// The largest response body the client reads (a stats answer for 100 domains is ~20 KiB).
@@ -123,7 +122,11 @@ impl Client {
     ///
     /// # Errors
     /// Transport failures and timeouts, or a malformed answer.
-    pub async fn get_stats(&self, endpoint: &str, timeout: Duration) -> Result<HostStats, RpcError> {
+    pub async fn get_stats(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<HostStats, RpcError> {
         self.call(endpoint, method::HOST_GET_STATS, &EMPTY, timeout)
             .await
     }
@@ -137,8 +140,13 @@ impl Client {
         endpoint: &str,
         timeout: Duration,
     ) -> Result<BTreeMap<String, Vitals>, RpcError> {
-        self.call(endpoint, method::HOST_GET_STORAGE_REPO_STATS, &EMPTY, timeout)
-            .await
+        self.call(
+            endpoint,
+            method::HOST_GET_STORAGE_REPO_STATS,
+            &EMPTY,
+            timeout,
+        )
+        .await
     }
 
     /// Any verb with named `params`; the result is decoded as `R`. The whole exchange (connect,
@@ -183,7 +191,7 @@ impl Client {
             }
             let response: Response =
                 serde_json::from_slice(&body).map_err(|e| bad(&e.to_string()))?;
-            if response.id != Value::from(id) {
+            if response.id != id {
                 return Err(bad("response id does not match the request"));
             }
             match response.outcome {

@@ -19,8 +19,8 @@ use serde_json::Value;
 use super::error::{ErrorCode, VdsmError};
 use super::token::Token;
 use super::wire::{
-    ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, PoolInfo,
-    RPC_PATH, Response, Vitals, method,
+    ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, PoolInfo, RPC_PATH,
+    Response, Vitals, method,
 };
 
 /// The default request body limit: a connect with 100 domains is about 6 KiB.
@@ -74,7 +74,12 @@ pub fn handle(verbs: &dyn Verbs, body: &[u8]) -> Option<Response> {
         None | Some(Value::Null | Value::Number(_) | Value::String(_)) => {
             id.clone().unwrap_or(Value::Null)
         }
-        Some(_) => return Some(invalid(Value::Null, "id must be a string, a number or null")),
+        Some(_) => {
+            return Some(invalid(
+                Value::Null,
+                "id must be a string, a number or null",
+            ));
+        }
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some(JSONRPC_VERSION) {
         return Some(invalid(reply_id, "jsonrpc must be \"2.0\""));
@@ -177,15 +182,17 @@ async fn require_token(State(token): State<Token>, req: Request, next: Next) -> 
         next.run(req).await
     } else {
         tracing::debug!(path = %req.uri().path(), "refused a call without the right token");
-        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response()
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+        )
+            .into_response()
     }
 }
 
 /// The router of one host: `POST /jsonrpc`, token-checked and body-limited.
 pub fn router(verbs: Arc<dyn Verbs>, token: Token, max_body_bytes: usize) -> Router {
-    let r = Router::new()
-        .route(RPC_PATH, post(rpc))
-        .with_state(verbs);
+    let r = Router::new().route(RPC_PATH, post(rpc)).with_state(verbs);
     protect(r, token, max_body_bytes)
 }
 
@@ -208,7 +215,10 @@ mod tests {
             Ok(())
         }
         fn get_info(&self, _: GetInfoParams) -> Result<PoolInfo, VdsmError> {
-            Err(VdsmError::new(ErrorCode::StoragePoolUnknown, "unknown pool"))
+            Err(VdsmError::new(
+                ErrorCode::StoragePoolUnknown,
+                "unknown pool",
+            ))
         }
         fn repo_stats(&self) -> BTreeMap<String, Vitals> {
             BTreeMap::new()
@@ -228,25 +238,42 @@ mod tests {
         assert_eq!(code_of("{nope"), Some(-32700));
         assert_eq!(code_of("[]"), Some(-32600));
         assert_eq!(code_of("3"), Some(-32600));
-        assert_eq!(code_of(r#"{"jsonrpc":"1.0","method":"Host.getStats","id":1}"#), Some(-32600));
-        assert_eq!(code_of(r#"{"jsonrpc":"2.0","method":7,"id":1}"#), Some(-32600));
-        assert_eq!(code_of(r#"{"jsonrpc":"2.0","method":"Nope","id":1}"#), Some(-32601));
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"1.0","method":"Host.getStats","id":1}"#),
+            Some(-32600)
+        );
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"2.0","method":7,"id":1}"#),
+            Some(-32600)
+        );
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"2.0","method":"Nope","id":1}"#),
+            Some(-32601)
+        );
         assert_eq!(
             code_of(r#"{"jsonrpc":"2.0","method":"StoragePool.connect","params":[1],"id":1}"#),
             Some(-32602)
         );
         assert_eq!(
-            code_of(r#"{"jsonrpc":"2.0","method":"StoragePool.getInfo","params":{"storagepoolID":1},"id":1}"#),
+            code_of(
+                r#"{"jsonrpc":"2.0","method":"StoragePool.getInfo","params":{"storagepoolID":1},"id":1}"#
+            ),
             Some(-32602)
         );
-        assert_eq!(code_of(r#"{"jsonrpc":"2.0","method":"Host.getStats","id":"a"}"#), None);
+        assert_eq!(
+            code_of(r#"{"jsonrpc":"2.0","method":"Host.getStats","id":"a"}"#),
+            None
+        );
     }
 
     #[test]
     fn notifications_get_no_response_and_ids_are_echoed() {
         assert!(handle(&Nothing, br#"{"jsonrpc":"2.0","method":"Host.getStats"}"#).is_none());
-        let r = handle(&Nothing, br#"{"jsonrpc":"2.0","method":"Host.getStats","id":"x7"}"#)
-            .expect("a response");
+        let r = handle(
+            &Nothing,
+            br#"{"jsonrpc":"2.0","method":"Host.getStats","id":"x7"}"#,
+        )
+        .expect("a response");
         assert_eq!(r.id, json!("x7"));
     }
 }

@@ -426,7 +426,10 @@ mod tests {
         let p: ConnectParams = serde_json::from_value(json!({"storagepoolID": SP, "hostID": 1,
             "masterSdUUID": SD, "masterVersion": 1, "domainDict": {SD: "Attached"}}))
         .expect("parses");
-        assert_eq!(p.domain_dict, Some(BTreeMap::from([(SD.into(), MapStatus::Attached)])));
+        assert_eq!(
+            p.domain_dict,
+            Some(BTreeMap::from([(SD.into(), MapStatus::Attached)]))
+        );
         let p: ConnectParams = serde_json::from_value(json!({"storagepoolID": SP, "hostID": 1,
             "masterSdUUID": SD, "masterVersion": 1, "domainDict": null}))
         .expect("parses");
@@ -457,10 +460,16 @@ mod tests {
             master_version: 0,
             domain_dict: None,
         };
-        assert_eq!(p.validate().map_err(|e| e.code), Err(ErrorCode::InvalidParams));
+        assert_eq!(
+            p.validate().map_err(|e| e.code),
+            Err(ErrorCode::InvalidParams)
+        );
         p.storagepool_id = SP.into();
         assert_eq!(p.validate(), Ok(()));
         p.host_id = 0;
-        assert_eq!(p.validate().map_err(|e| e.code), Err(ErrorCode::InvalidParams));
+        assert_eq!(
+            p.validate().map_err(|e| e.code),
+            Err(ErrorCode::InvalidParams)
+        );
     }
 }

@@ -14,6 +14,8 @@ use std::{
 
 use poolkeeper::testenv::ControlPlane;
 
+pub mod cluster;
+
 /// The control plane of this test binary. Starting it takes a few seconds; a failure (for example
 /// missing binaries: run `make control-plane`) fails every test that needs it, loudly.
 pub fn control_plane() -> &'static ControlPlane {

@@ -1,0 +1,276 @@
+//! Reports to Kubernetes: registers each Host (create if missing, never touching `spec.pool` or
+//! `spec.maintenance`) and writes `status.report` by server-side apply with field manager
+//! `poolkeeper-agent`, only when the report differs from the last one written.
+//!
+//! One reporter serves every host of the process: it is woken with a host's index when that host
+//! may have changed, writes with bounded concurrency, and retries failures with backoff while the
+//! hosts keep serving calls from memory.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::host::HostAgent;
+use crate::api::{Host, HostReport, HostSpec};
+
+/// The field manager of everything the agent writes.
+pub const FIELD_MANAGER: &str = "poolkeeper-agent";
+
+/// Concurrent report writes in flight (one per host at most).
+const MAX_IN_FLIGHT: usize = 16;
+/// First retry delay after a failed write; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What the reporter remembers per host.
+#[derive(Default)]
+struct Slot {
+    last_written: Option<HostReport>,
+    registered: bool,
+    failures: u32,
+    in_flight: bool,
+    again: bool,
+    backing_off: bool,
+}
+
+/// Why a report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Registering the Host failed.
+    #[error("cannot register host")]
+    Register(#[source] kube::Error),
+    /// Applying `status.report` failed.
+    #[error("cannot apply status.report")]
+    Apply(#[source] kube::Error),
+}
+
+impl ReportError {
+    /// A fixed string for metric labels and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Register(_) => "HostRegister",
+            Self::Apply(_) => "ReportApply",
+        }
+    }
+
+    fn is_not_found(&self) -> bool {
+        matches!(self, Self::Apply(kube::Error::Api(s)) if s.is_not_found())
+    }
+}
+
+/// Writes reports for `hosts` until `shutdown` turns true. `changes` yields host indexes.
+pub async fn run_reporter(
+    client: kube::Client,
+    hosts: Arc<[Arc<HostAgent>]>,
+    mut changes: mpsc::UnboundedReceiver<usize>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let api: Api<Host> = Api::all(client);
+    let mut slots: Vec<Slot> = hosts.iter().map(|_| Slot::default()).collect();
+    let mut ready: VecDeque<usize> = VecDeque::new();
+    let mut retries: BTreeSet<(Instant, usize)> = BTreeSet::new();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < MAX_IN_FLIGHT
+            && let Some(i) = ready.pop_front()
+        {
+            let (Some(host), Some(slot)) = (hosts.get(i), slots.get_mut(i)) else {
+                continue;
+            };
+            host.take_dirty();
+            if host.is_blackholed() {
+                // Cut off: nothing reaches the API server; un-blackholing marks it dirty again.
+                continue;
+            }
+            let report = host.report();
+            if slot.last_written.as_ref() == Some(&report) {
+                continue;
+            }
+            slot.in_flight = true;
+            in_flight.push(write(
+                api.clone(),
+                Arc::clone(host),
+                report,
+                !slot.registered,
+            ));
+        }
+        let next_retry = retries.first().map(|(at, _)| *at);
+        tokio::select! {
+            Some(i) = changes.recv() => {
+                if let Some(slot) = slots.get_mut(i) {
+                    if slot.in_flight {
+                        slot.again = true;
+                    } else if !slot.backing_off {
+                        ready.push_back(i);
+                    }
+                }
+            }
+            Some((i, report, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                let Some(slot) = slots.get_mut(i) else { continue };
+                slot.in_flight = false;
+                match outcome {
+                    Ok(()) => {
+                        if slot.failures > 0 {
+                            tracing::info!(host = %host_name(&hosts, i), "report written again after failures");
+                        }
+                        slot.failures = 0;
+                        slot.registered = true;
+                        slot.last_written = Some(report);
+                        if std::mem::take(&mut slot.again) {
+                            ready.push_back(i);
+                        }
+                    }
+                    Err(e) => {
+                        if e.is_not_found() {
+                            slot.registered = false;
+                        }
+                        slot.failures += 1;
+                        slot.again = false;
+                        slot.backing_off = true;
+                        let delay = backoff(slot.failures);
+                        tracing::warn!(host = %host_name(&hosts, i), error = %e, category = e.category(), failures = slot.failures, retry_in = ?delay, "report write failed");
+                        retries.insert((Instant::now() + delay, i));
+                    }
+                }
+            }
+            _ = sleep_until(next_retry), if next_retry.is_some() => {
+                let now = Instant::now();
+                while let Some(&(at, i)) = retries.first() {
+                    if at > now {
+                        break;
+                    }
+                    retries.pop_first();
+                    if let Some(slot) = slots.get_mut(i) {
+                        slot.backing_off = false;
+                    }
+                    ready.push_back(i);
+                }
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn host_name(hosts: &[Arc<HostAgent>], i: usize) -> &str {
+    hosts.get(i).map_or("", |h| h.name())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+/// Exponential backoff with ±20 % jitter, so many hosts failing together do not retry together.
+fn backoff(failures: u32) -> Duration {
+    let exp = FIRST_BACKOFF.saturating_mul(1u32 << failures.saturating_sub(1).min(10));
+    exp.min(MAX_BACKOFF).mul_f64(rand::random_range(0.8..1.2))
+}
+
+async fn write(
+    api: Api<Host>,
+    host: Arc<HostAgent>,
+    report: HostReport,
+    register: bool,
+) -> (usize, HostReport, Result<(), ReportError>) {
+    let result = async {
+        if register {
+            ensure_registered(&api, &host)
+                .await
+                .map_err(ReportError::Register)?;
+        }
+        apply_report(&api, host.name(), &report)
+            .await
+            .map_err(ReportError::Apply)
+    }
+    .await;
+    (host.index(), report, result)
+}
+
+/// Creates the Host with its endpoint when missing; when it exists, only a changed endpoint is
+/// patched (operators own `spec.pool` and `spec.maintenance`).
+///
+/// # Errors
+/// The API server's error.
+pub async fn ensure_registered(api: &Api<Host>, host: &HostAgent) -> Result<(), kube::Error> {
+    match api.get_opt(host.name()).await? {
+        None => {
+            let object = Host::new(
+                host.name(),
+                HostSpec {
+                    pool: None,
+                    endpoint: host.endpoint().to_owned(),
+                    maintenance: false,
+                },
+            );
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            match api.create(&pp, &object).await {
+                Ok(_) => {
+                    tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "registered host");
+                    Ok(())
+                }
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Some(existing) if existing.spec.endpoint != host.endpoint() => {
+            let patch = json!({"spec": {"endpoint": host.endpoint()}});
+            let pp = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            api.patch(host.name(), &pp, &Patch::Merge(&patch)).await?;
+            tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "updated host endpoint");
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Applies `status.report` (server-side apply, forced, field manager [`FIELD_MANAGER`]).
+///
+/// # Errors
+/// The API server's error (404 when the Host does not exist).
+pub async fn apply_report(
+    api: &Api<Host>,
+    name: &str,
+    report: &HostReport,
+) -> Result<(), kube::Error> {
+    let body = json!({
+        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+        "kind": "Host",
+        "status": {"report": report},
+    });
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+    tracing::debug!(host = %name, "applied report");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_millis(600));
+        assert!(backoff(3) >= Duration::from_millis(1600));
+        assert!(backoff(40) <= MAX_BACKOFF.mul_f64(1.2));
+    }
+}

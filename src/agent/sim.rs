@@ -1,0 +1,427 @@
+//! The simulator's storage and fault-injection control surface.
+//!
+//! Simulated storage holds every domain a host is asked to monitor (its metadata names it
+//! correctly) unless a fault says otherwise; it goes through the same monitor code as file
+//! storage. Faults are set per domain for all hosts or for chosen hosts.
+//!
+//! # Control surface
+//! HTTP on the agent's listener, bearer token as for RPCs, JSON bodies:
+//!
+//! | request | effect |
+//! | --- | --- |
+//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, latencyMillis, pool, domainCount |
+//! | `GET /control/hosts/{host}` | one host, as above |
+//! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease and writes no report |
+//! | `DELETE /control/hosts/{host}/blackhole` | undo |
+//! | `POST /control/hosts/{host}/restart` | memory lost: new bootId, no pool, no monitors |
+//! | `PUT /control/hosts/{host}/latency` `{"millis": 500}` | every RPC of the host waits that long first |
+//! | `DELETE /control/hosts/{host}/latency` | undo |
+//! | `PUT /control/domains/{sdUUID}/fault` `{"kind": K, "seconds": S, "hosts": [..]}` | reads of the domain fail or slow down for the hosts listed (all hosts without `hosts`) |
+//! | `DELETE /control/domains/{sdUUID}/fault` | undo for every host |
+//!
+//! Fault kinds: `unreadable` (379), `missing` (358), `wrong-uuid` (379), `slow` (each read takes
+//! `seconds`; past the monitor's check timeout it is 379 until it returns), `hang` (reads never
+//! return until the fault changes), `healthy` (overrides a fault set for all hosts). Answers: 204
+//! on success, 404 for an unknown host, 400 for a bad body.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::host::HostAgent;
+use super::storage::{ReadError, Storage, metadata_text};
+use crate::api::PoolConnection;
+use crate::protocol::server::{handle, into_http};
+
+/// How long a call to a blackholed host is held before the connection gets a 503 (callers time
+/// out long before).
+const BLACKHOLE_HOLD: Duration = Duration::from_secs(300);
+
+/// What reads of a domain do.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// Reads succeed.
+    Healthy,
+    /// Reads fail with an I/O error (379).
+    Unreadable,
+    /// The domain is not found (358).
+    Missing,
+    /// The metadata names another domain (379).
+    WrongUuid,
+    /// Each read takes `seconds`.
+    Slow {
+        /// Read latency in seconds.
+        seconds: f64,
+    },
+    /// Reads never return until the fault changes.
+    Hang,
+}
+
+#[derive(Debug, Default)]
+struct DomainFaults {
+    all: Option<Fault>,
+    hosts: HashMap<usize, Fault>,
+}
+
+/// Faults of simulated storage, shared by every simulated host.
+#[derive(Debug)]
+pub struct FaultTable {
+    by_domain: RwLock<HashMap<String, DomainFaults>>,
+    /// Bumped on every change, so hung reads re-evaluate.
+    generation: watch::Sender<u64>,
+}
+
+impl Default for FaultTable {
+    fn default() -> Self {
+        Self {
+            by_domain: RwLock::new(HashMap::new()),
+            generation: watch::Sender::new(0),
+        }
+    }
+}
+
+impl FaultTable {
+    /// The fault of `sd` for host `host`.
+    pub fn fault(&self, host: usize, sd: &str) -> Fault {
+        let table = self
+            .by_domain
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        table
+            .get(sd)
+            .and_then(|d| d.hosts.get(&host).copied().or(d.all))
+            .unwrap_or(Fault::Healthy)
+    }
+
+    /// Sets the fault of `sd` for `hosts` (every host when `None`, replacing per-host faults).
+    pub fn set(&self, sd: &str, fault: Fault, hosts: Option<&[usize]>) {
+        {
+            let mut table = self
+                .by_domain
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let entry = table.entry(sd.to_ascii_lowercase()).or_default();
+            match hosts {
+                None => {
+                    entry.all = Some(fault);
+                    entry.hosts.clear();
+                }
+                Some(hosts) => {
+                    for h in hosts {
+                        entry.hosts.insert(*h, fault);
+                    }
+                }
+            }
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Clears every fault of `sd`.
+    pub fn clear(&self, sd: &str) {
+        self.by_domain
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&sd.to_ascii_lowercase());
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// The simulated storage of one host.
+#[derive(Debug)]
+pub struct SimStorage {
+    table: Arc<FaultTable>,
+    host: usize,
+}
+
+impl SimStorage {
+    /// The storage of host number `host`.
+    pub fn new(table: Arc<FaultTable>, host: usize) -> Self {
+        Self { table, host }
+    }
+}
+
+impl Storage for SimStorage {
+    fn read_metadata(&self, sd_uuid: &str) -> BoxFuture<'static, Result<Vec<u8>, ReadError>> {
+        let table = Arc::clone(&self.table);
+        let (host, sd) = (self.host, sd_uuid.to_owned());
+        Box::pin(async move {
+            let started = Instant::now();
+            let mut changes = table.generation.subscribe();
+            loop {
+                match table.fault(host, &sd) {
+                    Fault::Healthy => return Ok(metadata_text(&sd).into_bytes()),
+                    Fault::Unreadable => {
+                        return Err(ReadError::Io(std::io::Error::other("simulated I/O error")));
+                    }
+                    Fault::Missing => return Err(ReadError::NotFound),
+                    Fault::WrongUuid => {
+                        return Ok(
+                            metadata_text("00000000-0000-0000-0000-000000000000").into_bytes()
+                        );
+                    }
+                    Fault::Slow { seconds } => {
+                        let until = started + Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0));
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until.into()) => {
+                                return Ok(metadata_text(&sd).into_bytes());
+                            }
+                            _ = changes.changed() => {}
+                        }
+                    }
+                    Fault::Hang => {
+                        if changes.changed().await.is_err() {
+                            return Err(ReadError::Io(std::io::Error::other("simulator stopped")));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The simulator's shared state for the HTTP handlers.
+#[derive(Clone)]
+pub(crate) struct Sim {
+    pub(crate) hosts: Arc<[Arc<HostAgent>]>,
+    pub(crate) by_name: Arc<HashMap<String, usize>>,
+    pub(crate) faults: Arc<FaultTable>,
+    /// Bumped when a host's reachability changes, so held calls re-check.
+    pub(crate) reachability: watch::Sender<u64>,
+}
+
+impl Sim {
+    fn host(&self, name: &str) -> Option<&Arc<HostAgent>> {
+        self.by_name.get(name).and_then(|i| self.hosts.get(*i))
+    }
+}
+
+/// The simulator's routes: `POST /hosts/{host}/jsonrpc` and `/control/...` (the caller adds the
+/// token check and body limit).
+pub(crate) fn routes(sim: Sim) -> Router {
+    Router::new()
+        .route("/hosts/{host}/jsonrpc", post(rpc))
+        .route("/control/hosts", get(list_hosts))
+        .route("/control/hosts/{host}", get(show_host))
+        .route(
+            "/control/hosts/{host}/blackhole",
+            put(blackhole_on).delete(blackhole_off),
+        )
+        .route("/control/hosts/{host}/restart", post(restart))
+        .route(
+            "/control/hosts/{host}/latency",
+            put(latency_set).delete(latency_clear),
+        )
+        .route(
+            "/control/domains/{sd}/fault",
+            put(fault_set).delete(fault_clear),
+        )
+        .with_state(sim)
+}
+
+async fn rpc(State(sim): State<Sim>, Path(name): Path<String>, body: Bytes) -> Response {
+    let Some(host) = sim.host(&name).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if host.is_blackholed() {
+        let mut changes = sim.reachability.subscribe();
+        let held = tokio::time::timeout(BLACKHOLE_HOLD, async {
+            while host.is_blackholed() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        // Whatever happens, a call sent while cut off is never executed.
+        let _ = held;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let latency = host.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    into_http(handle(host.as_ref(), &body))
+}
+
+/// A host as the control surface shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostView {
+    name: String,
+    endpoint: String,
+    boot_id: String,
+    blackholed: bool,
+    latency_millis: u128,
+    pool: Option<PoolConnection>,
+    domain_count: i32,
+}
+
+fn view(host: &HostAgent) -> HostView {
+    let report = host.report();
+    HostView {
+        name: host.name().to_owned(),
+        endpoint: host.endpoint().to_owned(),
+        boot_id: report.boot_id,
+        blackholed: host.is_blackholed(),
+        latency_millis: host.latency().as_millis(),
+        pool: report.pool,
+        domain_count: report.domain_count,
+    }
+}
+
+async fn list_hosts(State(sim): State<Sim>) -> Json<Vec<HostView>> {
+    Json(sim.hosts.iter().map(|h| view(h)).collect())
+}
+
+async fn show_host(State(sim): State<Sim>, Path(name): Path<String>) -> Response {
+    match sim.host(&name) {
+        Some(h) => Json(view(h)).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn with_host(sim: &Sim, name: &str, f: impl FnOnce(&HostAgent)) -> StatusCode {
+    match sim.host(name) {
+        Some(h) => {
+            f(h);
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+async fn blackhole_on(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    let code = with_host(&sim, &name, |h| h.set_blackholed(true));
+    sim.reachability.send_modify(|g| *g += 1);
+    code
+}
+
+async fn blackhole_off(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    let code = with_host(&sim, &name, |h| h.set_blackholed(false));
+    sim.reachability.send_modify(|g| *g += 1);
+    code
+}
+
+async fn restart(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    with_host(&sim, &name, HostAgent::restart)
+}
+
+#[derive(Deserialize)]
+struct LatencyBody {
+    millis: u64,
+}
+
+async fn latency_set(State(sim): State<Sim>, Path(name): Path<String>, body: Bytes) -> Response {
+    match serde_json::from_slice::<LatencyBody>(&body) {
+        Ok(b) => with_host(&sim, &name, |h| {
+            h.set_latency(Duration::from_millis(b.millis))
+        })
+        .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn latency_clear(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    with_host(&sim, &name, |h| h.set_latency(Duration::ZERO))
+}
+
+#[derive(Deserialize)]
+struct FaultBody {
+    #[serde(flatten)]
+    fault: Fault,
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+}
+
+async fn fault_set(State(sim): State<Sim>, Path(sd): Path<String>, body: Bytes) -> Response {
+    let body = match serde_json::from_slice::<FaultBody>(&body) {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let hosts = match &body.hosts {
+        None => None,
+        Some(names) => {
+            let mut idx = Vec::with_capacity(names.len());
+            for n in names {
+                match sim.by_name.get(n) {
+                    Some(i) => idx.push(*i),
+                    None => {
+                        return (StatusCode::NOT_FOUND, format!("unknown host {n}"))
+                            .into_response();
+                    }
+                }
+            }
+            Some(idx)
+        }
+    };
+    tracing::info!(domain = %sd, fault = ?body.fault, hosts = hosts.as_ref().map_or(0, Vec::len), "storage fault set");
+    sim.faults.set(&sd, body.fault, hosts.as_deref());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn fault_clear(State(sim): State<Sim>, Path(sd): Path<String>) -> StatusCode {
+    tracing::info!(domain = %sd, "storage faults cleared");
+    sim.faults.clear(&sd);
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::storage::parse_metadata;
+
+    const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+
+    #[tokio::test]
+    async fn faults_apply_to_chosen_hosts_and_clear() {
+        let table = Arc::new(FaultTable::default());
+        let h0 = SimStorage::new(Arc::clone(&table), 0);
+        let h1 = SimStorage::new(Arc::clone(&table), 1);
+        table.set(A, Fault::Missing, Some(&[1]));
+        assert!(h0.read_metadata(A).await.is_ok());
+        assert!(matches!(
+            h1.read_metadata(A).await,
+            Err(ReadError::NotFound)
+        ));
+        table.set(A, Fault::WrongUuid, None);
+        let md = parse_metadata(&h0.read_metadata(A).await.expect("reads"));
+        assert_ne!(md.sd_uuid.as_deref(), Some(A));
+        table.clear(A);
+        assert!(h1.read_metadata(A).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_hung_read_returns_when_the_fault_is_cleared() {
+        let table = Arc::new(FaultTable::default());
+        let h0 = SimStorage::new(Arc::clone(&table), 0);
+        table.set(A, Fault::Hang, None);
+        let read = tokio::spawn(h0.read_metadata(A));
+        tokio::task::yield_now().await;
+        assert!(!read.is_finished());
+        table.clear(A);
+        let done = tokio::time::timeout(Duration::from_secs(5), read).await;
+        assert!(matches!(done, Ok(Ok(Ok(_)))));
+    }
+
+    #[test]
+    fn fault_bodies_parse() {
+        let b: FaultBody =
+            serde_json::from_str(r#"{"kind":"slow","seconds":2.5,"hosts":["a"]}"#).expect("parses");
+        assert_eq!(b.fault, Fault::Slow { seconds: 2.5 });
+        let b: FaultBody = serde_json::from_str(r#"{"kind":"wrong-uuid"}"#).expect("parses");
+        assert_eq!(b.fault, Fault::WrongUuid);
+        assert!(b.hosts.is_none());
+    }
+}

@@ -1,0 +1,534 @@
+//! Domains: phases from the hosts' reports (DESIGN.md section 6), the problem grace period kept in
+//! the `Problem` condition's `lastTransitionTime`, blame (hosts NonOperational, or the domain
+//! Inactive), recovery, the hosts that block MovingToMaintenance and Detaching, and finalizers. Pure.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::hosts::{blamed_before, holds_pool};
+use super::map::{DomainClass, Eligibility, leaving_is_moving};
+use super::{
+    DOMAIN_FINALIZER, Desired, DomainFlag, DomainVerdict, DomainView, FinalizerAction,
+    FinalizerChange, HostRole, HostVerdict, MAX_LAST_CHECK_SECONDS, ObjectRef, Observed,
+    POOL_FINALIZER,
+};
+use crate::api::condition::{self, ConditionStatus, reasons, set_condition, types};
+use crate::api::{
+    DomainPhase, DomainType, DomainVitals, HostPhase, StorageDomainSpec, StorageDomainStatus,
+};
+use ConditionStatus::{False, True};
+
+/// How one host's report of one active domain reads (oVirt's `analyzeDomainReport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    /// Valid, actual, checked recently.
+    Fine,
+    /// The monitor has not completed its first check yet: neither fine nor a problem.
+    NotActual,
+    /// Invalid, an error code, or a check older than 30 s.
+    Problem,
+}
+
+fn read(v: &DomainVitals) -> Reading {
+    if !v.actual {
+        Reading::NotActual
+    } else if !v.valid || v.code != 0 || v.last_check_seconds > MAX_LAST_CHECK_SECONDS {
+        Reading::Problem
+    } else {
+        Reading::Fine
+    }
+}
+
+/// The leaving domains that are still moving to maintenance (some host connected to the pool still
+/// monitors them), as opposed to detaching. They stay in the map as `attached`.
+pub fn leaving_still_reported(
+    observed: &Observed,
+    classes: &Eligibility,
+    hosts: &BTreeMap<String, HostVerdict>,
+) -> BTreeSet<String> {
+    let leaving: HashMap<&str, &DomainView> = classes
+        .iter()
+        .filter(|(_, c)| **c == DomainClass::Leaving)
+        .filter_map(|(n, _)| observed.domains.get(n))
+        .map(|d| (d.spec.uuid.as_str(), d))
+        .collect();
+    if leaving.is_empty() {
+        return BTreeSet::new();
+    }
+    let mut reported = BTreeSet::new();
+    for (name, v) in hosts {
+        if !holds_pool(v) {
+            continue;
+        }
+        let Some(report) = observed.hosts.get(name).and_then(|h| h.report.parsed()) else {
+            continue;
+        };
+        for vit in &report.domains {
+            if let Some(d) = leaving.get(vit.uuid.as_str()) {
+                reported.insert(d.name.clone());
+            }
+        }
+    }
+    reported.retain(|n| {
+        let phase = observed.domains.get(n).and_then(|d| d.status.phase);
+        leaving_is_moving(phase, true)
+    });
+    reported
+}
+
+/// What the hosts' reports say about one domain. Host names are pushed in name order (hosts are
+/// walked in order), so the lists turn into sets in linear time.
+#[derive(Default)]
+struct Tally {
+    reporting: i32,
+    valid_up: i32,
+    any_fine_up: bool,
+    problem: Vec<String>,
+    reporters: Vec<String>,
+    holders: Vec<String>,
+}
+
+/// Judges every domain's phase from the reports, runs the problem grace period, and blames hosts
+/// (NonOperational) or the domain (Inactive) when it ends. Updates host verdicts for blame and
+/// recovery.
+pub fn judge(
+    observed: &Observed,
+    classes: &Eligibility,
+    moving: &BTreeSet<String>,
+    desired: &Desired,
+    hosts: &mut BTreeMap<String, HostVerdict>,
+    now: Timestamp,
+) -> BTreeMap<String, DomainVerdict> {
+    let pool = observed.pool.name.as_str();
+    // Index the domains the reports can talk about: members and leaving ones.
+    let tracked: Vec<&DomainView> = classes
+        .iter()
+        .filter(|(_, c)| matches!(c, DomainClass::Member | DomainClass::Leaving))
+        .filter_map(|(n, _)| observed.domains.get(n))
+        .collect();
+    let index: HashMap<&str, usize> = tracked
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.spec.uuid.as_str(), i))
+        .collect();
+    // Active domains whose absence from an in-sync Up host's report is a problem. A domain already
+    // Inactive is left out of a NonOperational host's recovery check, as every host fails it.
+    let active: Vec<bool> = tracked
+        .iter()
+        .map(|d| desired.domain_map.get(&d.spec.uuid) == Some(&crate::api::MapStatus::Active))
+        .collect();
+    let leaving: Vec<bool> = tracked
+        .iter()
+        .map(|d| classes.get(&d.name) == Some(&DomainClass::Leaving))
+        .collect();
+    let any_leaving = leaving.iter().any(|l| *l);
+    let mut tallies: Vec<Tally> = tracked.iter().map(|_| Tally::default()).collect();
+    let mut recovering: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut up_hosts = 0;
+    let mut seen = vec![false; tracked.len()];
+    for (name, v) in hosts.iter() {
+        let Some(h) = observed.hosts.get(name) else {
+            continue;
+        };
+        let Some(report) = h.report.parsed() else {
+            continue;
+        };
+        let up = v.role == HostRole::Member && v.phase == HostPhase::Up;
+        up_hosts += i32::from(up);
+        let judged_for_recovery =
+            v.role == HostRole::Member && v.phase == HostPhase::NonOperational && blamed_before(h);
+        let connected = holds_pool(v);
+        seen.iter_mut().for_each(|s| *s = false);
+        for vit in &report.domains {
+            let Some(&i) = index.get(vit.uuid.as_str()) else {
+                continue;
+            };
+            seen[i] = true;
+            let t = &mut tallies[i];
+            if connected {
+                t.reporting += 1;
+                if !active[i] {
+                    t.reporters.push(name.clone());
+                }
+            }
+            if !active[i] {
+                continue;
+            }
+            let reading = read(vit);
+            if up && reading == Reading::Fine {
+                t.valid_up += 1;
+                t.any_fine_up = true;
+            }
+            if reading == Reading::Problem && v.in_sync {
+                if up {
+                    t.problem.push(name.clone());
+                } else if judged_for_recovery
+                    && tracked[i].status.phase != Some(DomainPhase::Inactive)
+                {
+                    recovering
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(tracked[i].name.clone());
+                }
+            }
+        }
+        if v.in_sync && (up || judged_for_recovery) {
+            for (i, was_seen) in seen.iter().enumerate() {
+                if *was_seen || !active[i] {
+                    continue;
+                }
+                if up {
+                    push_once(&mut tallies[i].problem, name);
+                } else if tracked[i].status.phase != Some(DomainPhase::Inactive) {
+                    recovering
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(tracked[i].name.clone());
+                }
+            }
+        }
+        if connected
+            && any_leaving
+            && let Some(c) = &report.pool
+        {
+            for e in &c.domain_map {
+                if let Some(&i) = index.get(e.uuid.as_str())
+                    && leaving[i]
+                {
+                    tallies[i].holders.push(name.clone());
+                }
+            }
+        }
+        if judged_for_recovery && v.in_sync {
+            recovering.entry(name.clone()).or_default();
+        }
+    }
+    // NonOperational hosts: clean reports bring them back Up; otherwise name what they cannot reach.
+    for (name, unreachable) in recovering {
+        if let Some(v) = hosts.get_mut(&name) {
+            if unreachable.is_empty() {
+                v.phase = HostPhase::Up;
+            }
+            v.unreachable = unreachable;
+        }
+    }
+
+    let grace = SignedDuration::from_secs(i64::from(
+        observed.pool.spec.sync.problem_grace_seconds.max(1),
+    ));
+    let mut verdicts = BTreeMap::new();
+    for (d, tally) in tracked.iter().zip(tallies) {
+        let class = classes.get(&d.name).cloned().unwrap_or(DomainClass::Member);
+        let verdict = match class {
+            DomainClass::Leaving if moving.contains(&d.name) => {
+                moving_verdict(tally, DomainPhase::MovingToMaintenance, Some(pool))
+            }
+            DomainClass::Leaving if tally.holders.is_empty() => {
+                let mut v = moving_verdict(tally, DomainPhase::Unattached, None);
+                v.blocking.clear();
+                v
+            }
+            DomainClass::Leaving => {
+                let Tally {
+                    holders, reporting, ..
+                } = tally;
+                DomainVerdict {
+                    blocking: holders.into_iter().collect(),
+                    reporting,
+                    ..base(DomainPhase::Detaching, Some(pool))
+                }
+            }
+            _ if d.spec.maintenance => {
+                let phase = if tally.reporters.is_empty() {
+                    DomainPhase::Maintenance
+                } else {
+                    DomainPhase::MovingToMaintenance
+                };
+                moving_verdict(tally, phase, Some(pool))
+            }
+            _ => active_verdict(d, tally, up_hosts, desired, grace, hosts, now, pool),
+        };
+        verdicts.insert(d.name.clone(), verdict);
+    }
+    for (name, class) in classes {
+        let Some(d) = observed.domains.get(name) else {
+            continue;
+        };
+        match class {
+            DomainClass::Flagged(flag) => {
+                let mut v = base(DomainPhase::Unattached, d.status.pool.as_deref());
+                v.flag = Some(flag.clone());
+                verdicts.insert(name.clone(), v);
+            }
+            DomainClass::Waiting => {
+                let phase = d.status.phase.unwrap_or(DomainPhase::Unattached);
+                let mut v = base(phase, d.status.pool.as_deref());
+                v.owned = false;
+                verdicts.insert(name.clone(), v);
+            }
+            DomainClass::Member | DomainClass::Leaving => {}
+        }
+    }
+    verdicts
+}
+
+/// Pushes `name` unless it is already the last entry (a host both reports a domain with a problem
+/// and is then checked for the domains it does not report; it is listed once).
+fn push_once(list: &mut Vec<String>, name: &str) {
+    if list.last().map(String::as_str) != Some(name) {
+        list.push(name.to_owned());
+    }
+}
+
+fn base(phase: DomainPhase, pool: Option<&str>) -> DomainVerdict {
+    DomainVerdict {
+        phase,
+        map: None,
+        flag: None,
+        status_pool: pool.map(str::to_owned),
+        owned: true,
+        blocking: BTreeSet::new(),
+        problem_hosts: BTreeSet::new(),
+        reporting: 0,
+        valid: 0,
+        up_hosts: 0,
+        grace_ends: None,
+    }
+}
+
+fn moving_verdict(t: Tally, phase: DomainPhase, pool: Option<&str>) -> DomainVerdict {
+    let map = (phase != DomainPhase::Unattached).then_some(crate::api::MapStatus::Attached);
+    DomainVerdict {
+        map,
+        blocking: t.reporters.into_iter().collect(),
+        reporting: t.reporting,
+        ..base(phase, pool)
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the inputs are the planner's state"
+)]
+fn active_verdict(
+    d: &DomainView,
+    mut t: Tally,
+    up_hosts: i32,
+    desired: &Desired,
+    grace: SignedDuration,
+    hosts: &mut BTreeMap<String, HostVerdict>,
+    now: Timestamp,
+    pool: &str,
+) -> DomainVerdict {
+    let current = d.status.phase;
+    let mut problem_hosts: BTreeSet<String> = std::mem::take(&mut t.problem).into_iter().collect();
+    let mut phase = None;
+    let mut grace_ends = None;
+    if !problem_hosts.is_empty() {
+        let since = condition::find(&d.status.conditions, types::PROBLEM)
+            .filter(|c| c.status == True.as_str())
+            .map_or(now, |c| c.last_transition_time.0);
+        let ends = since.checked_add(grace).unwrap_or(since);
+        let problem = i32::try_from(problem_hosts.len()).unwrap_or(i32::MAX);
+        if now < ends {
+            grace_ends = Some(ends);
+        } else if problem < up_hosts {
+            // Some Up host sees it fine or did not complain: blame the reporting hosts (data
+            // domains only; oVirt only warns for ISO and export domains).
+            if d.spec.type_ == DomainType::Data {
+                for h in std::mem::take(&mut problem_hosts) {
+                    if let Some(v) = hosts.get_mut(&h) {
+                        v.phase = HostPhase::NonOperational;
+                        v.unreachable.insert(d.name.clone());
+                    }
+                }
+            }
+        } else {
+            phase = Some(DomainPhase::Inactive);
+        }
+    }
+    let phase = phase.unwrap_or_else(|| {
+        if desired.master_domain.is_none() || up_hosts == 0 {
+            DomainPhase::Unknown
+        } else if current == Some(DomainPhase::Inactive) {
+            if t.any_fine_up {
+                DomainPhase::Active
+            } else {
+                DomainPhase::Inactive
+            }
+        } else if current == Some(DomainPhase::Active) || t.valid_up >= up_hosts {
+            DomainPhase::Active
+        } else {
+            DomainPhase::Activating
+        }
+    });
+    DomainVerdict {
+        map: Some(crate::api::MapStatus::Active),
+        problem_hosts,
+        reporting: t.reporting,
+        valid: t.valid_up,
+        up_hosts,
+        grace_ends,
+        ..base(phase, Some(pool))
+    }
+}
+
+/// Finalizers: every member domain carries [`DOMAIN_FINALIZER`]; a deleted domain loses it once it
+/// is detached. The pool carries [`POOL_FINALIZER`]; a deleted pool loses it once no domain is
+/// attached and no responsive host is still connected.
+pub fn finalizers(
+    observed: &Observed,
+    hosts: &BTreeMap<String, HostVerdict>,
+    verdicts: &BTreeMap<String, DomainVerdict>,
+) -> Vec<FinalizerChange> {
+    let pool = observed.pool.name.as_str();
+    let mut out = Vec::new();
+    for (name, d) in &observed.domains {
+        let Some(v) = verdicts.get(name).filter(|v| v.owned) else {
+            continue;
+        };
+        if !d.deleting && !d.has_finalizer && d.spec.pool.as_deref() == Some(pool) {
+            out.push(FinalizerChange {
+                object: ObjectRef::domain(name),
+                finalizer: DOMAIN_FINALIZER,
+                action: FinalizerAction::Add,
+            });
+        }
+        if d.deleting && d.has_finalizer && v.phase == DomainPhase::Unattached {
+            out.push(FinalizerChange {
+                object: ObjectRef::domain(name),
+                finalizer: DOMAIN_FINALIZER,
+                action: FinalizerAction::Remove,
+            });
+        }
+    }
+    let p = &observed.pool;
+    if !p.deleting && !p.has_finalizer {
+        out.push(FinalizerChange {
+            object: ObjectRef::pool(pool),
+            finalizer: POOL_FINALIZER,
+            action: FinalizerAction::Add,
+        });
+    }
+    if p.deleting && p.has_finalizer && attached_domains(observed, verdicts).is_empty() {
+        let connected = hosts.values().any(|v| v.connected_here && v.responsive);
+        if !connected {
+            out.push(FinalizerChange {
+                object: ObjectRef::pool(pool),
+                finalizer: POOL_FINALIZER,
+                action: FinalizerAction::Remove,
+            });
+        }
+    }
+    out
+}
+
+/// The domains still attached to the pool: named by `spec.pool` (and not deleted), or not yet
+/// detached.
+pub fn attached_domains(
+    observed: &Observed,
+    verdicts: &BTreeMap<String, DomainVerdict>,
+) -> Vec<String> {
+    let pool = observed.pool.name.as_str();
+    observed
+        .domains
+        .iter()
+        .filter(|(name, d)| {
+            let named =
+                d.spec.pool.as_deref() == Some(pool) && !d.deleting && !d.leaving_other_pool;
+            let held = verdicts
+                .get(*name)
+                .is_some_and(|v| v.owned && v.status_pool.as_deref() == Some(pool));
+            named || held
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The status of a domain that no existing pool owns: `spec.pool` unset or naming a pool that does
+/// not exist, and `status.pool` unset or naming a pool that does not exist. The shell calls it
+/// instead of [`super::plan`] (and removes [`DOMAIN_FINALIZER`] from such a domain if it is deleted).
+/// A missing pool gives `Stalled=True` and `Ready=False`, reason `PoolNotFound`.
+pub fn orphan_domain(
+    generation: Option<i64>,
+    spec: &StorageDomainSpec,
+    current: &StorageDomainStatus,
+    now: Timestamp,
+) -> StorageDomainStatus {
+    let g = generation;
+    let mut status = current.clone();
+    status.observed_generation = g;
+    status.phase = Some(DomainPhase::Unattached);
+    status.pool = None;
+    status.hosts = Default::default();
+    status.blocking_hosts.clear();
+    let c = &mut status.conditions;
+    match spec.pool.as_deref() {
+        Some(pool) => {
+            let msg = format!("StoragePool {pool} does not exist; create it or change spec.pool");
+            set_condition(
+                c,
+                types::READY,
+                False,
+                reasons::POOL_NOT_FOUND,
+                msg.clone(),
+                g,
+                now,
+            );
+            set_condition(
+                c,
+                types::STALLED,
+                True,
+                reasons::POOL_NOT_FOUND,
+                msg,
+                g,
+                now,
+            );
+        }
+        None => {
+            set_condition(
+                c,
+                types::READY,
+                True,
+                reasons::UNATTACHED,
+                "the domain is in no pool",
+                g,
+                now,
+            );
+            set_condition(c, types::STALLED, False, reasons::PROGRESSING, "", g, now);
+        }
+    }
+    set_condition(c, types::RECONCILING, False, reasons::IDLE, "", g, now);
+    set_condition(
+        c,
+        types::MOVING_TO_MAINTENANCE,
+        False,
+        reasons::NO_HOST_REPORTS,
+        "",
+        g,
+        now,
+    );
+    set_condition(c, types::PROBLEM, False, reasons::NO_PROBLEM, "", g, now);
+    status
+}
+
+/// The flag's condition reason and message.
+pub fn flag_reason(flag: &DomainFlag) -> (&'static str, String) {
+    match flag {
+        DomainFlag::DuplicateUuid(others) => (
+            reasons::DUPLICATE_DOMAIN_UUID,
+            format!(
+                "other StorageDomains have the same uuid: {}; the uuid names one domain on storage, so neither is put in the map until only one remains",
+                others.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        DomainFlag::TooManyDomains => (
+            reasons::TOO_MANY_DOMAINS,
+            format!(
+                "the pool already has {} domains (VDSM's limit); this one is left out of the map",
+                crate::api::pool::MAX_DOMAINS_PER_POOL
+            ),
+        ),
+    }
+}

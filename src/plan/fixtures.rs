@@ -1,0 +1,291 @@
+//! Builders for planner tests and benchmarks: a small world (one pool, its domains and hosts) and a
+//! simulated shell and agents that apply a plan, so tests can run several reconciles in a row.
+//! Not part of the API (hidden from the docs); benches cannot see `cfg(test)` code, hence `pub`.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::{
+    CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostBackoff, HostCall,
+    HostControllerStatus, HostView, LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan,
+    PoolView, Report, ReportView,
+};
+use crate::api::{
+    DomainMapEntry, DomainType, DomainVitals, HostReport, HostSpec, PoolConnection,
+    StorageDomainSpec, StorageDomainStatus, StorageKind, StoragePoolSpec, StoragePoolStatus,
+    StorageSpec, SyncSpec,
+};
+
+/// The pool uuid every fixture pool uses.
+pub const POOL_UUID: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
+/// The name of the fixture pool.
+pub const POOL: &str = "pool1";
+
+/// A fixed instant plus `secs` seconds.
+pub fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_700_000_000 + secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A deterministic uuid for a domain name.
+pub fn uuid_of(name: &str) -> String {
+    // FNV-1a: stable across runs and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        h >> 32,
+        (h >> 16) & 0xffff,
+        h & 0xfff,
+        (h >> 52) & 0xfff,
+        h & 0xffff_ffff_ffff
+    )
+}
+
+/// A pool named [`POOL`] with uuid [`POOL_UUID`], compatibility 3.5, default sync knobs.
+pub fn pool() -> PoolView {
+    PoolView {
+        name: POOL.into(),
+        uid: "0b7e5d1e-0000-4000-8000-000000000000".into(),
+        generation: Some(1),
+        deleting: false,
+        has_finalizer: true,
+        spec: StoragePoolSpec {
+            uuid: Some(POOL_UUID.into()),
+            compatibility_version: "3.5".into(),
+            master_domain: None,
+            sync: SyncSpec::default(),
+        },
+        status: StoragePoolStatus::default(),
+    }
+}
+
+/// A data domain in `pool` (or none), with the finalizer already on.
+pub fn domain(name: &str, pool: Option<&str>) -> DomainView {
+    DomainView {
+        name: name.into(),
+        generation: Some(1),
+        deleting: false,
+        has_finalizer: pool.is_some(),
+        leaving_other_pool: false,
+        spec: StorageDomainSpec {
+            uuid: uuid_of(name),
+            type_: DomainType::Data,
+            storage: StorageSpec {
+                kind: StorageKind::File,
+                path: format!("/srv/{name}"),
+            },
+            pool: pool.map(str::to_owned),
+            maintenance: false,
+        },
+        status: StorageDomainStatus::default(),
+    }
+}
+
+/// A host in `pool` (or none) whose Lease was renewed at `renewed`, with no report yet.
+pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
+    HostView {
+        name: name.into(),
+        generation: Some(1),
+        spec: HostSpec {
+            pool: pool.map(str::to_owned),
+            endpoint: format!("http://{name}:54321/jsonrpc"),
+            maintenance: false,
+        },
+        report: ReportView::Parsed(HostReport {
+            agent_version: "0.1.0".into(),
+            boot_id: format!("{name}-boot-1"),
+            ..HostReport::default()
+        }),
+        controller: HostControllerStatus::default(),
+        lease: Some(LeaseView {
+            renew_time: Some(renewed),
+            lease_duration_seconds: Some(40),
+        }),
+        backoff: HostBackoff::default(),
+    }
+}
+
+/// Healthy vitals for a domain.
+pub fn vitals(uuid: &str) -> DomainVitals {
+    DomainVitals {
+        uuid: uuid.into(),
+        valid: true,
+        code: 0,
+        delay_seconds: 0.001,
+        last_check_seconds: 2.0,
+        acquired: true,
+        actual: true,
+        version: 5,
+    }
+}
+
+/// A world of one pool with `domains` data domains `d000..` and `hosts` hosts `h0000..` (and room
+/// for them all in `maxHosts`), nothing reconciled yet.
+pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
+    let mut o = Observed {
+        pool: pool(),
+        domains: BTreeMap::new(),
+        uuids_elsewhere: BTreeMap::new(),
+        hosts: BTreeMap::new(),
+    };
+    // Room for every host (the API allows up to 2000).
+    o.pool.spec.sync.max_hosts = o
+        .pool
+        .spec
+        .sync
+        .max_hosts
+        .max(i32::try_from(hosts).unwrap_or(2000));
+    for i in 0..domains {
+        let d = domain(&format!("d{i:03}"), Some(POOL));
+        o.domains.insert(d.name.clone(), d);
+    }
+    for i in 0..hosts {
+        let h = host(&format!("h{i:04}"), Some(POOL), now);
+        o.hosts.insert(h.name.clone(), h);
+    }
+    o
+}
+
+/// The agent side of a call: the host's report as the agent would write it after the call.
+pub fn obey(h: &mut HostView, call: &HostCall) {
+    let ReportView::Parsed(report) = &mut h.report else {
+        return;
+    };
+    match call {
+        HostCall::Connect { params, .. } => {
+            report.pool = Some(PoolConnection {
+                uuid: params.pool_uuid.clone(),
+                host_id: params.host_id,
+                master_domain: Some(params.master_domain.clone()),
+                master_version: params.master_version,
+                domain_map: params
+                    .domain_map
+                    .iter()
+                    .map(|(uuid, status)| DomainMapEntry {
+                        uuid: uuid.clone(),
+                        status: *status,
+                    })
+                    .collect(),
+            });
+            // Keep the vitals of monitors that keep running (a fault injected by a test stays).
+            let old: BTreeMap<String, DomainVitals> = report
+                .domains
+                .drain(..)
+                .map(|v| (v.uuid.clone(), v))
+                .collect();
+            report.domains = params
+                .domain_map
+                .iter()
+                .filter(|(_, s)| **s == crate::api::MapStatus::Active)
+                .map(|(uuid, _)| old.get(uuid).cloned().unwrap_or_else(|| vitals(uuid)))
+                .collect();
+        }
+        HostCall::Disconnect { .. } => {
+            report.pool = None;
+            report.domains.clear();
+        }
+    }
+    report.domain_count = i32::try_from(report.domains.len()).unwrap_or(0);
+}
+
+/// The shell side after acting: writes the report's statuses and the plan's finalizers back.
+pub fn write_back(o: &mut Observed, plan: &Plan, report: &Report) {
+    o.pool.status = report.pool.clone();
+    for (name, s) in &report.domains {
+        if let Some(d) = o.domains.get_mut(name) {
+            d.status = s.clone();
+        }
+    }
+    for (name, s) in &report.hosts {
+        if let Some(h) = o.hosts.get_mut(name) {
+            h.controller = s.clone();
+        }
+    }
+    for f in &plan.finalizers {
+        let on = f.action == FinalizerAction::Add;
+        match f.object.kind {
+            ObjectKind::StoragePool if f.finalizer == POOL_FINALIZER => o.pool.has_finalizer = on,
+            ObjectKind::StorageDomain if f.finalizer == DOMAIN_FINALIZER => {
+                if let Some(d) = o.domains.get_mut(&f.object.name) {
+                    d.has_finalizer = on;
+                }
+            }
+            _ => {}
+        }
+    }
+    // A deleted domain without finalizers is gone.
+    o.domains.retain(|_, d| !d.deleting || d.has_finalizer);
+}
+
+/// One reconcile in which every call succeeds and every agent obeys at once.
+pub fn step(o: &mut Observed, now: Timestamp) -> (Plan, Report) {
+    let plan = super::plan(o, now);
+    let mut outcomes = Vec::new();
+    for call in &plan.calls {
+        if let Some(h) = o.hosts.get_mut(call.host()) {
+            obey(h, call);
+        }
+        outcomes.push(CallOutcome {
+            host: call.host().into(),
+            kind: call.kind(),
+            result: Ok(()),
+        });
+    }
+    let report = super::report(o, &plan, &outcomes, now);
+    write_back(o, &plan, &report);
+    (plan, report)
+}
+
+/// Reconciles until nothing changes (at most `max` rounds); returns the rounds taken.
+pub fn converge(o: &mut Observed, now: Timestamp, max: usize) -> usize {
+    for round in 1..=max {
+        let before = o.clone();
+        let (plan, _) = step(o, now);
+        if plan.calls.is_empty() && *o == before {
+            return round;
+        }
+    }
+    max
+}
+
+/// Renews every host's Lease at `now`.
+pub fn renew_all(o: &mut Observed, now: Timestamp) {
+    for h in o.hosts.values_mut() {
+        h.lease = Some(LeaseView {
+            renew_time: Some(now),
+            lease_duration_seconds: Some(40),
+        });
+    }
+}
+
+/// A converged world: every host holds the map and reports every domain valid; statuses written.
+pub fn steady(hosts: usize, domains: usize, now: Timestamp) -> Observed {
+    let mut o = world(hosts, domains, now);
+    let cap = o.pool.spec.sync.max_concurrent_connects;
+    o.pool.spec.sync.max_concurrent_connects = i32::try_from(hosts.max(1)).unwrap_or(i32::MAX);
+    converge(&mut o, now, 10);
+    o.pool.spec.sync.max_concurrent_connects = cap;
+    o
+}
+
+/// `now` plus `secs` seconds.
+pub fn later(now: Timestamp, secs: i64) -> Timestamp {
+    now.checked_add(SignedDuration::from_secs(secs))
+        .unwrap_or(now)
+}
+
+/// The outcome of a failed connect.
+pub fn failed(host: &str, code: i64, message: &str) -> CallOutcome {
+    CallOutcome {
+        host: host.into(),
+        kind: CallKind::Connect,
+        result: Err(super::CallFailure {
+            code: Some(code),
+            message: message.into(),
+        }),
+    }
+}

@@ -1,0 +1,277 @@
+//! A controller (one per test binary, in-process on a runtime of its own) and, per test, a pool of
+//! simulated hosts over real sockets, with helpers to read what users read.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use poolkeeper::{
+    agent::{self, Hosts, lease::LeaseConfig, monitor::MonitorConfig},
+    api::{DomainPhase, Host, HostPhase, MapStatus, StorageDomain, StoragePool},
+    controller::{self, Settings},
+    protocol::{self, Token},
+};
+use serde_json::{Value, json};
+
+use super::{client, control_plane, eventually, unique, uuid};
+
+/// The token the test controller and every test's simulated hosts share.
+pub const TOKEN: &str = "poolkeeper-test-token-0123456789";
+/// The namespace of host Leases.
+pub const LEASE_NAMESPACE: &str = "poolkeeper-system";
+/// How long scenario waits may take (generous: a loaded 2-core CI machine).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// Creates the lease namespace (idempotent).
+pub async fn ensure_namespace() {
+    let api: Api<Namespace> = Api::all(client().await);
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
+    api.patch(LEASE_NAMESPACE, &PatchParams::apply("poolkeeper-tests"), &Patch::Apply(&ns))
+        .await
+        .expect("lease namespace");
+}
+
+/// Starts this binary's controller once (on a thread and runtime of its own, so it outlives any
+/// one test's runtime). Returns its metrics address.
+pub fn controller() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let cp = control_plane();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async move {
+                let client = cp.client().await.expect("client");
+                ensure_namespace().await;
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+                let addr = listener.local_addr().expect("addr");
+                drop(listener);
+                let settings = Settings {
+                    lease_namespace: LEASE_NAMESPACE.into(),
+                    concurrency: 8,
+                    rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc client"),
+                };
+                tx.send(addr).expect("send addr");
+                controller::run_with(client, settings, addr, std::future::pending())
+                    .await
+                    .expect("controller");
+            });
+        });
+        rx.recv().expect("controller address")
+    })
+}
+
+/// Options of a simulated pool.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Simulated hosts.
+    pub hosts: usize,
+    /// Data domains (the first is the master).
+    pub domains: usize,
+    /// `problemGraceSeconds`.
+    pub grace_seconds: i32,
+    /// `connectTimeoutSeconds`.
+    pub connect_timeout_seconds: i32,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self { hosts: 3, domains: 2, grace_seconds: 2, connect_timeout_seconds: 2 }
+    }
+}
+
+/// A pool with simulated hosts, all named uniquely for this test.
+pub struct SimPool {
+    /// The StoragePool's name.
+    pub pool: String,
+    /// Domain object names, in order.
+    pub domains: Vec<String>,
+    /// Domain name → uuid.
+    pub uuids: BTreeMap<String, String>,
+    /// Host names, in order.
+    pub hosts: Vec<String>,
+    /// The running simulated hosts.
+    pub agents: agent::Running,
+}
+
+/// Starts the controller (once), `opts.hosts` simulated hosts, and a pool with `opts.domains`
+/// domains that every host joins.
+pub async fn sim_pool(opts: PoolOptions) -> SimPool {
+    controller();
+    ensure_namespace().await;
+    let client = client().await;
+    let prefix = unique("h");
+    let agents = start_hosts(&prefix, opts.hosts).await;
+    let pool = unique("pool");
+    let mut domains = Vec::new();
+    let mut uuids = BTreeMap::new();
+    for _ in 0..opts.domains {
+        let name = unique("sd");
+        uuids.insert(name.clone(), uuid());
+        domains.push(name);
+    }
+    let pools: Api<StoragePool> = Api::all(client.clone());
+    let spec = json!({
+        "sync": {
+            "problemGraceSeconds": opts.grace_seconds,
+            "connectTimeoutSeconds": opts.connect_timeout_seconds,
+        }
+    });
+    let p: StoragePool = serde_json::from_value(obj("StoragePool", &pool, spec)).expect("pool object");
+    pools.create(&PostParams::default(), &p).await.expect("pool");
+    for name in &domains {
+        create_domain(name, &uuids[name], Some(&pool)).await;
+    }
+    let hosts: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
+    for h in &hosts {
+        set_host_pool(h, Some(&pool)).await;
+    }
+    SimPool { pool, domains, uuids, hosts, agents }
+}
+
+/// Starts `count` simulated hosts named `<prefix>-NNNN` with short test timings.
+pub async fn start_hosts(prefix: &str, count: usize) -> agent::Running {
+    agent::start(agent::Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise_url: None,
+        tls: None,
+        token: Token::new(TOKEN).expect("token"),
+        max_body_bytes: 1024 * 1024,
+        monitor: MonitorConfig { period: Duration::from_millis(300), check_timeout: Duration::from_secs(1) },
+        hosts: Hosts::Simulated { count, prefix: prefix.to_owned() },
+        kube: Some((
+            client().await,
+            LeaseConfig {
+                namespace: LEASE_NAMESPACE.into(),
+                duration: Duration::from_secs(6),
+                renew_every: Duration::from_secs(1),
+            },
+        )),
+    })
+    .await
+    .expect("simulated hosts")
+}
+
+/// A poolkeeper object as JSON.
+pub fn obj(kind: &str, name: &str, spec: Value) -> serde_json::Value {
+    json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+}
+
+/// Creates a data domain.
+pub async fn create_domain(name: &str, uuid: &str, pool: Option<&str>) {
+    let api: Api<StorageDomain> = Api::all(client().await);
+    let mut spec = json!({"uuid": uuid, "type": "Data", "storage": {"kind": "File", "path": format!("nfs:/exports/{name}")}});
+    if let Some(pool) = pool {
+        spec["pool"] = json!(pool);
+    }
+    let o: StorageDomain = serde_json::from_value(obj("StorageDomain", name, spec)).expect("domain");
+    api.create(&PostParams::default(), &o).await.expect("create domain");
+}
+
+/// Sets or clears a host's `spec.pool`, once its agent has registered it.
+pub async fn set_host_pool(host: &str, pool: Option<&str>) {
+    let api: Api<Host> = Api::all(client().await);
+    eventually(&format!("host {host} registered"), WAIT, || {
+        let api = api.clone();
+        async move { api.get_opt(host).await.ok().flatten() }
+    })
+    .await;
+    merge_spec::<Host>(host, json!({"pool": pool})).await;
+}
+
+/// Merge-patches an object's spec, as `kubectl patch --type=merge` does.
+pub async fn merge_spec<K>(name: &str, spec: Value)
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client().await);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
+        .await
+        .expect("patch spec");
+}
+
+/// The domain, fresh from the API server.
+pub async fn domain(name: &str) -> StorageDomain {
+    Api::<StorageDomain>::all(client().await).get(name).await.expect("get domain")
+}
+
+/// The pool, fresh from the API server.
+pub async fn pool(name: &str) -> StoragePool {
+    Api::<StoragePool>::all(client().await).get(name).await.expect("get pool")
+}
+
+/// The host, fresh from the API server.
+pub async fn host(name: &str) -> Host {
+    Api::<Host>::all(client().await).get(name).await.expect("get host")
+}
+
+/// The phase of a domain.
+pub async fn domain_phase(name: &str) -> Option<DomainPhase> {
+    domain(name).await.status.and_then(|s| s.phase)
+}
+
+/// The phase of a host.
+pub async fn host_phase(name: &str) -> Option<HostPhase> {
+    host(name).await.status.and_then(|s| s.phase)
+}
+
+/// Waits until the domain reaches `phase`.
+pub async fn wait_domain_phase(name: &str, phase: DomainPhase) {
+    eventually(&format!("domain {name} {phase:?}"), WAIT, || async move {
+        (domain_phase(name).await == Some(phase)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the host reaches `phase`.
+pub async fn wait_host_phase(name: &str, phase: HostPhase) {
+    eventually(&format!("host {name} {phase:?}"), WAIT, || async move {
+        (host_phase(name).await == Some(phase)).then_some(())
+    })
+    .await;
+}
+
+/// The domain map a host reports holding (uuid → status), empty when not connected.
+pub async fn host_map(name: &str) -> BTreeMap<String, MapStatus> {
+    host(name)
+        .await
+        .status
+        .and_then(|s| s.report)
+        .and_then(|r| r.pool)
+        .map(|p| p.domain_map.into_iter().map(|e| (e.uuid, e.status)).collect())
+        .unwrap_or_default()
+}
+
+/// The domains a host reports monitoring.
+pub async fn host_monitors(name: &str) -> Vec<String> {
+    host(name)
+        .await
+        .status
+        .and_then(|s| s.report)
+        .map(|r| r.domains.into_iter().map(|d| d.uuid).collect())
+        .unwrap_or_default()
+}
+
+/// A condition of an object's status, as (status, reason, message).
+pub fn condition(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], type_: &str) -> Option<(String, String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Name of any object.
+pub fn name_of<K: ResourceExt>(o: &K) -> String {
+    o.name_any()
+}
