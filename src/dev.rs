@@ -96,13 +96,21 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
         testenv::install_crds(&client).await?;
         (client, None)
     } else {
-        println!("starting a local control plane (etcd + kube-apiserver {})", testenv::KUBERNETES_VERSION);
+        println!(
+            "starting a local control plane (etcd + kube-apiserver {})",
+            testenv::KUBERNETES_VERSION
+        );
         let cp = ControlPlane::start().await?;
         if let Some(dir) = args.kubeconfig.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
         }
-        std::fs::write(&args.kubeconfig, cp.kubeconfig_yaml())
-            .map_err(|source| Error::Write { path: args.kubeconfig.clone(), source })?;
+        std::fs::write(&args.kubeconfig, cp.kubeconfig_yaml()).map_err(|source| Error::Write {
+            path: args.kubeconfig.clone(),
+            source,
+        })?;
         (cp.client().await?, Some(cp))
     };
     ensure_namespace(&client).await?;
@@ -115,9 +123,21 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
         tls: None,
         token: token.clone(),
         max_body_bytes: 1024 * 1024,
-        monitor: MonitorConfig { period: Duration::from_secs(2), check_timeout: Duration::from_secs(5) },
-        hosts: Hosts::Simulated { count: args.hosts, prefix: "host".into() },
-        kube: Some((client.clone(), LeaseConfig { namespace: LEASE_NAMESPACE.into(), ..LeaseConfig::default() })),
+        monitor: MonitorConfig {
+            period: Duration::from_secs(2),
+            check_timeout: Duration::from_secs(5),
+        },
+        hosts: Hosts::Simulated {
+            count: args.hosts,
+            prefix: "host".into(),
+        },
+        kube: Some((
+            client.clone(),
+            LeaseConfig {
+                namespace: LEASE_NAMESPACE.into(),
+                ..LeaseConfig::default()
+            },
+        )),
     })
     .await?;
     let agent_addr = agents.local_addr();
@@ -129,15 +149,23 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_controller = stop_rx.clone();
-    let controller = tokio::spawn(controller::run_with(client.clone(), settings, args.metrics_addr, async move {
-        let _ = stop_controller.changed().await;
-    }));
+    let controller = tokio::spawn(controller::run_with(
+        client.clone(),
+        settings,
+        args.metrics_addr,
+        async move {
+            let _ = stop_controller.changed().await;
+        },
+    ));
 
     let names: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
     apply_examples(&client, &names).await?;
 
     println!();
-    println!("poolkeeper is running: controller, {} simulated hosts, pool dc1 with 3 domains.", args.hosts);
+    println!(
+        "poolkeeper is running: controller, {} simulated hosts, pool dc1 with 3 domains.",
+        args.hosts
+    );
     if control_plane.is_some() {
         println!("  export KUBECONFIG={}", args.kubeconfig.display());
     }
@@ -145,7 +173,9 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     println!("  kubectl wait --for=condition=Ready storagepool/dc1 --timeout=60s");
     println!("  kubectl patch sd data2 --type=merge -p '{{\"spec\":{{\"maintenance\":true}}}}'");
     println!("  metrics: http://{}/metrics", args.metrics_addr);
-    println!("  fault injection (docs/simulator.md): http://{agent_addr}/control/hosts  (token: {secret})");
+    println!(
+        "  fault injection (docs/simulator.md): http://{agent_addr}/control/hosts  (token: {secret})"
+    );
     println!("Ctrl-C stops everything.");
 
     let _ = tokio::signal::ctrl_c().await;
@@ -161,10 +191,18 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
 
 async fn ensure_namespace(client: &Client) -> Result<(), Error> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
-    api.patch(LEASE_NAMESPACE, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&ns))
-        .await
-        .map_err(|source| Error::Kube { step: "creating the lease namespace", source })?;
+    let ns =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
+    api.patch(
+        LEASE_NAMESPACE,
+        &PatchParams::apply(FIELD_MANAGER),
+        &Patch::Apply(&ns),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        step: "creating the lease namespace",
+        source,
+    })?;
     Ok(())
 }
 
@@ -178,9 +216,13 @@ async fn apply_examples(client: &Client, hosts: &[String]) -> Result<(), Error> 
         "metadata": {"name": "dc1"},
         "spec": {"uuid": "5849b030-626e-47cb-ad90-3ce782d831b3", "masterDomain": "1b6e2d9c-6a3e-4c1f-9d2b-2f0e8a7c4d11"},
     });
-    pools.patch("dc1", &params, &Patch::Apply(&pool))
+    pools
+        .patch("dc1", &params, &Patch::Apply(&pool))
         .await
-        .map_err(|source| Error::Kube { step: "applying the example pool", source })?;
+        .map_err(|source| Error::Kube {
+            step: "applying the example pool",
+            source,
+        })?;
     let domains: Api<StorageDomain> = Api::all(client.clone());
     for (name, uuid, type_) in [
         ("data1", "1b6e2d9c-6a3e-4c1f-9d2b-2f0e8a7c4d11", "Data"),
@@ -192,9 +234,13 @@ async fn apply_examples(client: &Client, hosts: &[String]) -> Result<(), Error> 
             "metadata": {"name": name},
             "spec": {"uuid": uuid, "type": type_, "storage": {"kind": "File", "path": format!("nfs.example.com:/exports/{name}")}, "pool": "dc1"},
         });
-        domains.patch(name, &params, &Patch::Apply(&d))
+        domains
+            .patch(name, &params, &Patch::Apply(&d))
             .await
-            .map_err(|source| Error::Kube { step: "applying an example domain", source })?;
+            .map_err(|source| Error::Kube {
+                step: "applying an example domain",
+                source,
+            })?;
     }
     let host_api: Api<Host> = Api::all(client.clone());
     for name in hosts {
@@ -206,9 +252,13 @@ async fn apply_examples(client: &Client, hosts: &[String]) -> Result<(), Error> 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let patch = json!({"spec": {"pool": "dc1"}});
-        host_api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        host_api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| Error::Kube { step: "putting a host in the pool", source })?;
+            .map_err(|source| Error::Kube {
+                step: "putting a host in the pool",
+                source,
+            })?;
     }
     Ok(())
 }

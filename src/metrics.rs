@@ -163,15 +163,22 @@ impl Metrics {
     /// Counts one finished reconcile.
     pub fn reconciled(&self, result: &'static str, seconds: f64) {
         self.reconcile_total
-            .get_or_create(&ResultLabels { controller: CONTROLLER, result })
+            .get_or_create(&ResultLabels {
+                controller: CONTROLLER,
+                result,
+            })
             .inc();
         if result == "error" {
             self.reconcile_errors
-                .get_or_create(&ControllerLabels { controller: CONTROLLER })
+                .get_or_create(&ControllerLabels {
+                    controller: CONTROLLER,
+                })
                 .inc();
         }
         self.reconcile_time
-            .get_or_create(&ControllerLabels { controller: CONTROLLER })
+            .get_or_create(&ControllerLabels {
+                controller: CONTROLLER,
+            })
             .observe(seconds);
     }
 }

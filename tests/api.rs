@@ -35,7 +35,10 @@ fn api_error(result: Result<DynamicObject, kube::Error>) -> String {
     match result {
         Err(kube::Error::Api(status)) => status.message,
         Err(e) => panic!("expected a rejection by the API server, got {e}"),
-        Ok(o) => panic!("expected a rejection, but {:?} was accepted", o.metadata.name),
+        Ok(o) => panic!(
+            "expected a rejection, but {:?} was accepted",
+            o.metadata.name
+        ),
     }
 }
 
@@ -55,14 +58,27 @@ fn crds_directory_is_current() {
 #[tokio::test]
 async fn crds_are_established_with_names_users_type() {
     let out = kubectl_ok(&["api-resources", "--api-group=poolkeeper.io", "-o", "wide"]);
-    for (name, short) in [("storagepools", "sp"), ("storagedomains", "sd"), ("hosts", "")] {
+    for (name, short) in [
+        ("storagepools", "sp"),
+        ("storagedomains", "sd"),
+        ("hosts", ""),
+    ] {
         let line = out
             .lines()
             .find(|l| l.starts_with(name))
             .unwrap_or_else(|| panic!("{name} missing from api-resources:\n{out}"));
-        assert!(line.contains(short), "{name} lacks short name {short}: {line}");
-        assert!(line.contains("false"), "{name} must be cluster-scoped: {line}");
-        assert!(line.contains("poolkeeper"), "{name} lacks category poolkeeper: {line}");
+        assert!(
+            line.contains(short),
+            "{name} lacks short name {short}: {line}"
+        );
+        assert!(
+            line.contains("false"),
+            "{name} must be cluster-scoped: {line}"
+        );
+        assert!(
+            line.contains("poolkeeper"),
+            "{name} lacks category poolkeeper: {line}"
+        );
     }
 }
 
@@ -70,12 +86,25 @@ async fn crds_are_established_with_names_users_type() {
 async fn examples_apply_and_kubectl_shows_printer_columns() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let applied = kubectl_ok(&["apply", "-f", dir]);
-    assert_eq!(applied.lines().count(), 7, "1 pool, 3 domains, 3 hosts: {applied}");
+    assert_eq!(
+        applied.lines().count(),
+        7,
+        "1 pool, 3 domains, 3 hosts: {applied}"
+    );
 
     let out = kubectl_ok(&["get", "sp,sd,host"]);
     for header in [
-        "COMPAT", "DOMAINS", "HOSTS", "IN-SYNC", "READY", "POOL", "TYPE", "PHASE", "VALID",
-        "REPORTING", "AGE",
+        "COMPAT",
+        "DOMAINS",
+        "HOSTS",
+        "IN-SYNC",
+        "READY",
+        "POOL",
+        "TYPE",
+        "PHASE",
+        "VALID",
+        "REPORTING",
+        "AGE",
     ] {
         assert!(out.contains(header), "column {header} missing:\n{out}");
     }
@@ -84,9 +113,19 @@ async fn examples_apply_and_kubectl_shows_printer_columns() {
     assert!(out.contains("host.poolkeeper.io/host3"), "{out}");
 
     let by_category = kubectl_ok(&["get", "poolkeeper", "-o", "name"]);
-    assert!(by_category.contains("storagedomain.poolkeeper.io/data2"), "{by_category}");
+    assert!(
+        by_category.contains("storagedomain.poolkeeper.io/data2"),
+        "{by_category}"
+    );
 
-    let selected = kubectl_ok(&["get", "sd", "--field-selector", "spec.pool=dc1", "-o", "name"]);
+    let selected = kubectl_ok(&[
+        "get",
+        "sd",
+        "--field-selector",
+        "spec.pool=dc1",
+        "-o",
+        "name",
+    ]);
     assert_eq!(selected.lines().count(), 3, "{selected}");
 }
 
@@ -111,30 +150,145 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str, &'static str)> {
         spec
     };
     vec![
-        ("StoragePool", json!({"uuid": "not-a-uuid"}), "spec.uuid", "lower-case UUID"),
-        ("StoragePool", json!({"uuid": "5849B030-626E-47CB-AD90-3CE782D831B3"}), "spec.uuid", "lower-case UUID"),
-        ("StoragePool", json!({"uuid": "5849b030626e47cbad903ce782d831b3"}), "spec.uuid", "8-4-4-4-12"),
-        ("StoragePool", json!({"compatibilityVersion": "3"}), "spec.compatibilityVersion", "major.minor"),
-        ("StoragePool", json!({"compatibilityVersion": "3.x"}), "spec.compatibilityVersion", "major.minor"),
-        ("StoragePool", json!({"masterDomain": "master"}), "spec.masterDomain", "lower-case UUID"),
-        ("StoragePool", json!({"sync": {"maxHosts": 0}}), "spec.sync.maxHosts", "greater than or equal to 1"),
-        ("StoragePool", json!({"sync": {"maxHosts": 2001}}), "spec.sync.maxHosts", "less than or equal to 2000"),
-        ("StoragePool", json!({"sync": {"maxConcurrentConnects": 0}}), "spec.sync.maxConcurrentConnects", "greater than or equal to 1"),
-        ("StoragePool", json!({"sync": {"connectTimeoutSeconds": 601}}), "spec.sync.connectTimeoutSeconds", "less than or equal to 600"),
-        ("StoragePool", json!({"sync": {"problemGraceSeconds": 0}}), "spec.sync.problemGraceSeconds", "greater than or equal to 1"),
-        ("StoragePool", json!({"sync": {"maxHosts": "many"}}), "spec.sync.maxHosts", "integer"),
-        ("StorageDomain", json!({"storage": {"path": "/srv/d"}}), "spec.uuid", "Required"),
-        ("StorageDomain", domain(json!({"uuid": "xyz"})), "spec.uuid", "lower-case UUID"),
-        ("StorageDomain", domain(json!({"type": "Backup"})), "spec.type", "Unsupported value"),
-        ("StorageDomain", domain(json!({"pool": "Bad_Pool"})), "spec.pool", "name of an object"),
-        ("StorageDomain", domain(json!({"pool": long})), "spec.pool", "Too long"),
-        ("StorageDomain", domain(json!({"storage": {"path": ""}})), "spec.storage.path", "at least 1"),
-        ("StorageDomain", domain(json!({"storage": {"path": long_path}})), "spec.storage.path", "Too long"),
-        ("StorageDomain", domain(json!({"storage": {"kind": "Block", "path": "/d"}})), "spec.storage.kind", "Unsupported value"),
-        ("Host", json!({"endpoint": "ftp://host1:54321/jsonrpc"}), "spec.endpoint", "http:// or https:// URL"),
-        ("Host", json!({"endpoint": "host1 port 54321"}), "spec.endpoint", "http:// or https:// URL"),
+        (
+            "StoragePool",
+            json!({"uuid": "not-a-uuid"}),
+            "spec.uuid",
+            "lower-case UUID",
+        ),
+        (
+            "StoragePool",
+            json!({"uuid": "5849B030-626E-47CB-AD90-3CE782D831B3"}),
+            "spec.uuid",
+            "lower-case UUID",
+        ),
+        (
+            "StoragePool",
+            json!({"uuid": "5849b030626e47cbad903ce782d831b3"}),
+            "spec.uuid",
+            "8-4-4-4-12",
+        ),
+        (
+            "StoragePool",
+            json!({"compatibilityVersion": "3"}),
+            "spec.compatibilityVersion",
+            "major.minor",
+        ),
+        (
+            "StoragePool",
+            json!({"compatibilityVersion": "3.x"}),
+            "spec.compatibilityVersion",
+            "major.minor",
+        ),
+        (
+            "StoragePool",
+            json!({"masterDomain": "master"}),
+            "spec.masterDomain",
+            "lower-case UUID",
+        ),
+        (
+            "StoragePool",
+            json!({"sync": {"maxHosts": 0}}),
+            "spec.sync.maxHosts",
+            "greater than or equal to 1",
+        ),
+        (
+            "StoragePool",
+            json!({"sync": {"maxHosts": 2001}}),
+            "spec.sync.maxHosts",
+            "less than or equal to 2000",
+        ),
+        (
+            "StoragePool",
+            json!({"sync": {"maxConcurrentConnects": 0}}),
+            "spec.sync.maxConcurrentConnects",
+            "greater than or equal to 1",
+        ),
+        (
+            "StoragePool",
+            json!({"sync": {"connectTimeoutSeconds": 601}}),
+            "spec.sync.connectTimeoutSeconds",
+            "less than or equal to 600",
+        ),
+        (
+            "StoragePool",
+            json!({"sync": {"problemGraceSeconds": 0}}),
+            "spec.sync.problemGraceSeconds",
+            "greater than or equal to 1",
+        ),
+        (
+            "StoragePool",
+            json!({"sync": {"maxHosts": "many"}}),
+            "spec.sync.maxHosts",
+            "integer",
+        ),
+        (
+            "StorageDomain",
+            json!({"storage": {"path": "/srv/d"}}),
+            "spec.uuid",
+            "Required",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"uuid": "xyz"})),
+            "spec.uuid",
+            "lower-case UUID",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"type": "Backup"})),
+            "spec.type",
+            "Unsupported value",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"pool": "Bad_Pool"})),
+            "spec.pool",
+            "name of an object",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"pool": long})),
+            "spec.pool",
+            "Too long",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"storage": {"path": ""}})),
+            "spec.storage.path",
+            "at least 1",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"storage": {"path": long_path}})),
+            "spec.storage.path",
+            "Too long",
+        ),
+        (
+            "StorageDomain",
+            domain(json!({"storage": {"kind": "Block", "path": "/d"}})),
+            "spec.storage.kind",
+            "Unsupported value",
+        ),
+        (
+            "Host",
+            json!({"endpoint": "ftp://host1:54321/jsonrpc"}),
+            "spec.endpoint",
+            "http:// or https:// URL",
+        ),
+        (
+            "Host",
+            json!({"endpoint": "host1 port 54321"}),
+            "spec.endpoint",
+            "http:// or https:// URL",
+        ),
         ("Host", json!({"pool": "dc1"}), "spec.endpoint", "Required"),
-        ("Host", json!({"endpoint": "https://h:1/jsonrpc", "pool": "-dc1"}), "spec.pool", "name of an object"),
+        (
+            "Host",
+            json!({"endpoint": "https://h:1/jsonrpc", "pool": "-dc1"}),
+            "spec.pool",
+            "name of an object",
+        ),
     ]
 }
 
@@ -154,9 +308,14 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_field() {
     for (kind, spec, field, fragment) in cases {
         let api = dynamic(kind).await;
         let name = unique("invalid");
-        let msg = api_error(api.create(&PostParams::default(), &object(kind, &name, spec.clone())).await);
+        let msg = api_error(
+            api.create(&PostParams::default(), &object(kind, &name, spec.clone()))
+                .await,
+        );
         if !(msg.contains(field) && msg.contains(fragment)) {
-            failures.push(format!("{kind} {spec}: expected `{field}` and `{fragment}` in: {msg}"));
+            failures.push(format!(
+                "{kind} {spec}: expected `{field}` and `{fragment}` in: {msg}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -169,24 +328,42 @@ async fn create_then_reject_update(kind: &str, spec: Value, change: Value, fragm
         .await
         .expect("valid object is accepted");
     let patch = json!({"spec": change});
-    let msg = api_error(api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await);
+    let msg = api_error(
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
     assert!(msg.contains(fragment), "expected `{fragment}` in: {msg}");
 }
 
 #[tokio::test]
 async fn pool_uuid_cannot_change_or_be_removed() {
     let original = uuid();
-    create_then_reject_update("StoragePool", json!({"uuid": original}), json!({"uuid": uuid()}), "spec.uuid is immutable").await;
-    create_then_reject_update("StoragePool", json!({"uuid": original}), json!({"uuid": null}), "spec.uuid is immutable").await;
+    create_then_reject_update(
+        "StoragePool",
+        json!({"uuid": original}),
+        json!({"uuid": uuid()}),
+        "spec.uuid is immutable",
+    )
+    .await;
+    create_then_reject_update(
+        "StoragePool",
+        json!({"uuid": original}),
+        json!({"uuid": null}),
+        "spec.uuid is immutable",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn pool_uuid_can_be_set_once_when_it_was_unset() {
     let api = dynamic("StoragePool").await;
     let name = unique("late-uuid");
-    api.create(&PostParams::default(), &object("StoragePool", &name, json!({})))
-        .await
-        .expect("created");
+    api.create(
+        &PostParams::default(),
+        &object("StoragePool", &name, json!({})),
+    )
+    .await
+    .expect("created");
     let patch = json!({"spec": {"uuid": uuid()}});
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -195,15 +372,36 @@ async fn pool_uuid_can_be_set_once_when_it_was_unset() {
 
 #[tokio::test]
 async fn compatibility_version_can_be_raised_but_never_lowered() {
-    create_then_reject_update("StoragePool", json!({"compatibilityVersion": "3.6"}), json!({"compatibilityVersion": "3.5"}), "cannot be lowered").await;
-    create_then_reject_update("StoragePool", json!({"compatibilityVersion": "4.0"}), json!({"compatibilityVersion": "3.9"}), "cannot be lowered").await;
-    create_then_reject_update("StoragePool", json!({"compatibilityVersion": "3.10"}), json!({"compatibilityVersion": "3.9"}), "cannot be lowered").await;
+    create_then_reject_update(
+        "StoragePool",
+        json!({"compatibilityVersion": "3.6"}),
+        json!({"compatibilityVersion": "3.5"}),
+        "cannot be lowered",
+    )
+    .await;
+    create_then_reject_update(
+        "StoragePool",
+        json!({"compatibilityVersion": "4.0"}),
+        json!({"compatibilityVersion": "3.9"}),
+        "cannot be lowered",
+    )
+    .await;
+    create_then_reject_update(
+        "StoragePool",
+        json!({"compatibilityVersion": "3.10"}),
+        json!({"compatibilityVersion": "3.9"}),
+        "cannot be lowered",
+    )
+    .await;
 
     let api = dynamic("StoragePool").await;
     let name = unique("raise");
-    api.create(&PostParams::default(), &object("StoragePool", &name, json!({"compatibilityVersion": "3.4"})))
-        .await
-        .expect("created");
+    api.create(
+        &PostParams::default(),
+        &object("StoragePool", &name, json!({"compatibilityVersion": "3.4"})),
+    )
+    .await
+    .expect("created");
     let patch = json!({"spec": {"compatibilityVersion": "3.10"}});
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
@@ -226,7 +424,10 @@ async fn defaults_are_filled_in_by_the_schema() {
     let api = dynamic("StoragePool").await;
     let name = unique("defaults");
     let created = api
-        .create(&PostParams::default(), &object("StoragePool", &name, json!({})))
+        .create(
+            &PostParams::default(),
+            &object("StoragePool", &name, json!({})),
+        )
         .await
         .expect("created");
     let spec = &created.data["spec"];
@@ -241,13 +442,24 @@ async fn defaults_are_filled_in_by_the_schema() {
 async fn oversized_status_lists_are_rejected() {
     let api = dynamic("StoragePool").await;
     let name = unique("biglist");
-    api.create(&PostParams::default(), &object("StoragePool", &name, json!({})))
-        .await
-        .expect("created");
-    let map: Vec<Value> = (0..101).map(|_| json!({"uuid": uuid(), "status": "active"})).collect();
+    api.create(
+        &PostParams::default(),
+        &object("StoragePool", &name, json!({})),
+    )
+    .await
+    .expect("created");
+    let map: Vec<Value> = (0..101)
+        .map(|_| json!({"uuid": uuid(), "status": "active"}))
+        .collect();
     let patch = json!({"status": {"domainMap": map}});
-    let msg = api_error(api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await);
-    assert!(msg.contains("status.domainMap") && msg.contains("Too many"), "{msg}");
+    let msg = api_error(
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
+    assert!(
+        msg.contains("status.domainMap") && msg.contains("Too many"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -260,11 +472,19 @@ async fn spec_and_status_are_written_independently() {
             "apiVersion: poolkeeper.io/v1alpha1\nkind: Host\nmetadata:\n  name: {name}\nspec:\n  endpoint: https://{name}:54321/jsonrpc\n  pool: dc-a\n"
         ),
     );
-    assert!(host.status.success(), "{}", String::from_utf8_lossy(&host.stderr));
+    assert!(
+        host.status.success(),
+        "{}",
+        String::from_utf8_lossy(&host.stderr)
+    );
 
     // A status write does not touch spec, even when the body carries a spec.
     let status = HostStatus {
-        report: Some(HostReport { agent_version: "test".into(), boot_id: uuid(), ..HostReport::default() }),
+        report: Some(HostReport {
+            agent_version: "test".into(),
+            boot_id: uuid(),
+            ..HostReport::default()
+        }),
         ..HostStatus::default()
     };
     let patch = json!({"spec": {"pool": "dc-b"}, "status": status});
@@ -272,8 +492,19 @@ async fn spec_and_status_are_written_independently() {
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("status patch");
-    assert_eq!(after.spec.pool.as_deref(), Some("dc-a"), "status write changed spec");
-    assert_eq!(after.status.as_ref().and_then(|s| s.report.as_ref()).map(|r| r.agent_version.as_str()), Some("test"));
+    assert_eq!(
+        after.spec.pool.as_deref(),
+        Some("dc-a"),
+        "status write changed spec"
+    );
+    assert_eq!(
+        after
+            .status
+            .as_ref()
+            .and_then(|s| s.report.as_ref())
+            .map(|r| r.agent_version.as_str()),
+        Some("test")
+    );
 
     // A spec write does not touch status, even when the body carries a status.
     let patch = json!({"spec": {"maintenance": true}, "status": {"report": {"agentVersion": "overwritten"}}});

@@ -8,27 +8,35 @@ use kube::api::{Api, DeleteParams};
 use poolkeeper::api::{DomainPhase, Host, HostPhase, MapStatus, StorageDomain};
 use serde_json::json;
 use support::{
+    client,
     cluster::{
         PoolOptions, WAIT, condition, create_domain, domain, domain_phase, host, host_map,
         host_monitors, merge_spec, pool, set_host_pool, sim_pool, wait_domain_phase,
         wait_host_phase,
     },
-    client, eventually, kubectl, unique, uuid,
+    eventually, kubectl, unique, uuid,
 };
 
 /// Waits until every host of `hosts` reports holding exactly `expected`.
 async fn wait_maps(hosts: &[String], expected: &std::collections::BTreeMap<String, MapStatus>) {
     for h in hosts {
-        eventually(&format!("host {h} holds the pool map"), WAIT, || async move {
-            (host_map(h).await == *expected).then_some(())
-        })
+        eventually(
+            &format!("host {h} holds the pool map"),
+            WAIT,
+            || async move { (host_map(h).await == *expected).then_some(()) },
+        )
         .await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_hosts_get_the_map_and_kubectl_wait_returns_ready() {
-    let sim = sim_pool(PoolOptions { hosts: 10, domains: 3, ..PoolOptions::default() }).await;
+    let sim = sim_pool(PoolOptions {
+        hosts: 10,
+        domains: 3,
+        ..PoolOptions::default()
+    })
+    .await;
     // kubectl blocks; run it off the runtime that serves the simulated hosts.
     let target = format!("storagepool/{}", sim.pool);
     let out = tokio::task::spawn_blocking(move || {
@@ -45,7 +53,11 @@ async fn ten_hosts_get_the_map_and_kubectl_wait_returns_ready() {
         );
     }
 
-    let expected: std::collections::BTreeMap<_, _> = sim.uuids.values().map(|u| (u.clone(), MapStatus::Active)).collect();
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
     wait_maps(&sim.hosts, &expected).await;
     for d in &sim.domains {
         wait_domain_phase(d, DomainPhase::Active).await;
@@ -56,7 +68,13 @@ async fn ten_hosts_get_the_map_and_kubectl_wait_returns_ready() {
     assert_eq!(status.domain_map.len(), 3);
     assert_eq!(status.observed_generation, p.metadata.generation);
     let ids: Vec<i32> = status.host_ids.iter().map(|h| h.id).collect();
-    assert_eq!(ids.iter().copied().collect::<std::collections::BTreeSet<_>>(), (1..=10).collect(), "ids 1..=10, each once");
+    assert_eq!(
+        ids.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        (1..=10).collect(),
+        "ids 1..=10, each once"
+    );
     for h in &sim.hosts {
         wait_host_phase(h, HostPhase::Up).await;
     }
@@ -72,7 +90,10 @@ async fn maintenance_toggle_stops_and_restarts_monitoring() {
     merge_spec::<StorageDomain>(target, json!({"maintenance": true})).await;
     wait_domain_phase(target, DomainPhase::Maintenance).await;
     for h in &sim.hosts {
-        assert!(!host_monitors(h).await.contains(&uuid), "{h} still monitors {uuid}");
+        assert!(
+            !host_monitors(h).await.contains(&uuid),
+            "{h} still monitors {uuid}"
+        );
         eventually("host holds the domain as attached", WAIT, || async {
             (host_map(h).await.get(&uuid) == Some(&MapStatus::Attached)).then_some(())
         })
@@ -80,13 +101,27 @@ async fn maintenance_toggle_stops_and_restarts_monitoring() {
     }
     let d = domain(target).await;
     let status = d.status.expect("status");
-    assert_eq!(condition(&status.conditions, "Ready").map(|c| c.0).as_deref(), Some("True"), "requested maintenance is Ready");
-    assert_eq!(condition(&status.conditions, "MovingToMaintenance").map(|c| c.0).as_deref(), Some("False"));
+    assert_eq!(
+        condition(&status.conditions, "Ready")
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True"),
+        "requested maintenance is Ready"
+    );
+    assert_eq!(
+        condition(&status.conditions, "MovingToMaintenance")
+            .map(|c| c.0)
+            .as_deref(),
+        Some("False")
+    );
 
     merge_spec::<StorageDomain>(target, json!({"maintenance": false})).await;
     wait_domain_phase(target, DomainPhase::Active).await;
     for h in &sim.hosts {
-        eventually("host monitors the domain again", WAIT, || async { host_monitors(h).await.contains(&uuid).then_some(()) }).await;
+        eventually("host monitors the domain again", WAIT, || async {
+            host_monitors(h).await.contains(&uuid).then_some(())
+        })
+        .await;
     }
 }
 
@@ -100,7 +135,10 @@ async fn detach_and_reattach() {
     merge_spec::<StorageDomain>(target, json!({"pool": null})).await;
     wait_domain_phase(target, DomainPhase::Unattached).await;
     for h in &sim.hosts {
-        eventually("map lacks the detached domain", WAIT, || async { (!host_map(h).await.contains_key(&uuid)).then_some(()) }).await;
+        eventually("map lacks the detached domain", WAIT, || async {
+            (!host_map(h).await.contains_key(&uuid)).then_some(())
+        })
+        .await;
     }
     let p = pool(&sim.pool).await.status.expect("status");
     assert!(p.domain_map.iter().all(|e| e.uuid != uuid));
@@ -108,7 +146,10 @@ async fn detach_and_reattach() {
     merge_spec::<StorageDomain>(target, json!({"pool": sim.pool})).await;
     wait_domain_phase(target, DomainPhase::Active).await;
     for h in &sim.hosts {
-        eventually("map holds the domain again", WAIT, || async { (host_map(h).await.get(&uuid) == Some(&MapStatus::Active)).then_some(()) }).await;
+        eventually("map holds the domain again", WAIT, || async {
+            (host_map(h).await.get(&uuid) == Some(&MapStatus::Active)).then_some(())
+        })
+        .await;
     }
 }
 
@@ -122,13 +163,22 @@ async fn domain_moves_between_pools() {
 
     merge_spec::<StorageDomain>(moving, json!({"pool": b.pool})).await;
     for h in &a.hosts {
-        eventually("pool A's hosts drop the domain", WAIT, || async { (!host_map(h).await.contains_key(&uuid)).then_some(()) }).await;
+        eventually("pool A's hosts drop the domain", WAIT, || async {
+            (!host_map(h).await.contains_key(&uuid)).then_some(())
+        })
+        .await;
     }
     for h in &b.hosts {
-        eventually("pool B's hosts get the domain", WAIT, || async { (host_map(h).await.get(&uuid) == Some(&MapStatus::Active)).then_some(()) }).await;
+        eventually("pool B's hosts get the domain", WAIT, || async {
+            (host_map(h).await.get(&uuid) == Some(&MapStatus::Active)).then_some(())
+        })
+        .await;
     }
     wait_domain_phase(moving, DomainPhase::Active).await;
-    assert_eq!(domain(moving).await.status.and_then(|s| s.pool).as_deref(), Some(b.pool.as_str()));
+    assert_eq!(
+        domain(moving).await.status.and_then(|s| s.pool).as_deref(),
+        Some(b.pool.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,17 +191,24 @@ async fn blackholed_host_holds_deactivation_until_put_in_maintenance() {
 
     merge_spec::<StorageDomain>(target, json!({"maintenance": true})).await;
     wait_domain_phase(target, DomainPhase::MovingToMaintenance).await;
-    let (status, _reason, message) = eventually("MovingToMaintenance names the blocking host", WAIT, || async {
-        let d = domain(target).await;
-        let c = condition(&d.status?.conditions, "MovingToMaintenance")?;
-        c.2.contains(cut.as_str()).then_some(c)
-    })
+    let (status, _reason, message) = eventually(
+        "MovingToMaintenance names the blocking host",
+        WAIT,
+        || async {
+            let d = domain(target).await;
+            let c = condition(&d.status?.conditions, "MovingToMaintenance")?;
+            c.2.contains(cut.as_str()).then_some(c)
+        },
+    )
     .await;
     assert_eq!(status, "True");
     assert!(message.contains(cut.as_str()), "{message}");
     // No timeout: it stays blocked while the host may still use the domain.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    assert_eq!(domain_phase(target).await, Some(DomainPhase::MovingToMaintenance));
+    assert_eq!(
+        domain_phase(target).await,
+        Some(DomainPhase::MovingToMaintenance)
+    );
 
     merge_spec::<Host>(cut, json!({"maintenance": true})).await;
     wait_domain_phase(target, DomainPhase::Maintenance).await;
@@ -160,35 +217,61 @@ async fn blackholed_host_holds_deactivation_until_put_in_maintenance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_is_reconnected_without_help() {
     let sim = sim_pool(PoolOptions::default()).await;
-    let expected: std::collections::BTreeMap<_, _> = sim.uuids.values().map(|u| (u.clone(), MapStatus::Active)).collect();
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
     wait_maps(&sim.hosts, &expected).await;
     let h = &sim.hosts[1];
-    let before = host(h).await.status.and_then(|s| s.report).map(|r| r.boot_id);
+    let before = host(h)
+        .await
+        .status
+        .and_then(|s| s.report)
+        .map(|r| r.boot_id);
     sim.agents.host(h).expect("host").restart();
-    eventually("new bootId reported and the map pushed again", WAIT, || async {
-        let report = host(h).await.status?.report?;
-        (Some(&report.boot_id) != before.as_ref()
-            && report.pool.map(|p| p.domain_map.len()) == Some(expected.len()))
-        .then_some(())
-    })
+    eventually(
+        "new bootId reported and the map pushed again",
+        WAIT,
+        || async {
+            let report = host(h).await.status?.report?;
+            (Some(&report.boot_id) != before.as_ref()
+                && report.pool.map(|p| p.domain_map.len()) == Some(expected.len()))
+            .then_some(())
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_domain_makes_host_nonoperational_then_domain_inactive_then_recovers() {
-    let sim = sim_pool(PoolOptions { hosts: 3, domains: 2, grace_seconds: 2, ..PoolOptions::default() }).await;
+    let sim = sim_pool(PoolOptions {
+        hosts: 3,
+        domains: 2,
+        grace_seconds: 2,
+        ..PoolOptions::default()
+    })
+    .await;
     let target = &sim.domains[1];
     let uuid = sim.uuids[target].clone();
     wait_domain_phase(target, DomainPhase::Active).await;
     let faults = sim.agents.faults().expect("simulator").clone();
     let first = sim.agents.host(&sim.hosts[0]).expect("host").index();
 
-    faults.set(&uuid, poolkeeper::agent::sim::Fault::Unreadable, Some(&[first]));
+    faults.set(
+        &uuid,
+        poolkeeper::agent::sim::Fault::Unreadable,
+        Some(&[first]),
+    );
     wait_host_phase(&sim.hosts[0], HostPhase::NonOperational).await;
     let h = host(&sim.hosts[0]).await.status.expect("status");
     let (_, reason, _) = condition(&h.conditions, "Operational").expect("Operational condition");
     assert_eq!(reason, "StorageDomainUnreachable");
-    assert_eq!(domain_phase(target).await, Some(DomainPhase::Active), "others still see it");
+    assert_eq!(
+        domain_phase(target).await,
+        Some(DomainPhase::Active),
+        "others still see it"
+    );
 
     faults.set(&uuid, poolkeeper::agent::sim::Fault::Unreadable, None);
     wait_domain_phase(target, DomainPhase::Inactive).await;
@@ -220,14 +303,26 @@ async fn deleted_domain_is_held_until_hosts_let_go() {
     let uuid = sim.uuids[&target].clone();
     wait_domain_phase(&target, DomainPhase::Active).await;
     let api: Api<StorageDomain> = Api::all(client().await);
-    api.delete(&target, &DeleteParams::default()).await.expect("delete");
+    api.delete(&target, &DeleteParams::default())
+        .await
+        .expect("delete");
     for h in &sim.hosts {
-        eventually("map lacks the deleted domain", WAIT, || async { (!host_map(h).await.contains_key(&uuid)).then_some(()) }).await;
+        eventually("map lacks the deleted domain", WAIT, || async {
+            (!host_map(h).await.contains_key(&uuid)).then_some(())
+        })
+        .await;
     }
     eventually("domain object gone", WAIT, || {
         let api = api.clone();
         let target = target.clone();
-        async move { api.get_opt(&target).await.ok().flatten().is_none().then_some(()) }
+        async move {
+            api.get_opt(&target)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+                .then_some(())
+        }
     })
     .await;
 }
@@ -235,12 +330,22 @@ async fn deleted_domain_is_held_until_hosts_let_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_leaving_the_pool_is_disconnected() {
     let sim = sim_pool(PoolOptions::default()).await;
-    let expected: std::collections::BTreeMap<_, _> = sim.uuids.values().map(|u| (u.clone(), MapStatus::Active)).collect();
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
     wait_maps(&sim.hosts, &expected).await;
     let leaving = &sim.hosts[2];
     set_host_pool(leaving, None).await;
     eventually("host disconnected", WAIT, || async {
-        host(leaving).await.status?.report?.pool.is_none().then_some(())
+        host(leaving)
+            .await
+            .status?
+            .report?
+            .pool
+            .is_none()
+            .then_some(())
     })
     .await;
     eventually("pool counts one host fewer", WAIT, || async {
@@ -252,4 +357,3 @@ async fn host_leaving_the_pool_is_disconnected() {
 fn super_controller() {
     support::cluster::controller();
 }
-

@@ -9,6 +9,10 @@ pub const FINALIZER: &str = "poolkeeper.io/detach";
 
 /// A storage domain (an NFS export, a LUN group...). `spec.pool` and `spec.maintenance` are the
 /// authoritative membership: the controller turns them into the pool's domain map.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "kube's printcolumn(...) repeats the same keys once per column by design"
+)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "poolkeeper.io",
@@ -22,10 +26,28 @@ pub const FINALIZER: &str = "poolkeeper.io/detach";
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Valid", type_ = "integer", json_path = ".status.hosts.valid", description = "Up hosts that report the domain valid"),
-    printcolumn(name = "Reporting", type_ = "integer", json_path = ".status.hosts.reporting", description = "Hosts that report the domain"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Valid",
+        type_ = "integer",
+        json_path = ".status.hosts.valid",
+        description = "Up hosts that report the domain valid"
+    ),
+    printcolumn(
+        name = "Reporting",
+        type_ = "integer",
+        json_path = ".status.hosts.reporting",
+        description = "Hosts that report the domain"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     selectable = ".spec.pool"
 )]
 #[serde(rename_all = "camelCase")]
@@ -57,7 +79,9 @@ pub struct StorageDomainSpec {
 }
 
 /// The kind of content a domain holds.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum DomainType {
     /// VM disks; can be the pool's master.
     #[default]
@@ -83,7 +107,9 @@ pub struct StorageSpec {
 }
 
 /// Storage kinds.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
 pub enum StorageKind {
     /// A file domain: a directory tree `<mount>/<sdUUID>/dom_md/metadata`.
     #[default]
@@ -142,7 +168,19 @@ pub struct DomainHostCounts {
 }
 
 /// Domain phases (oVirt's StorageDomainStatus, with `MovingToMaintenance` for PreparingForMaintenance).
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 pub enum DomainPhase {
     /// Not in any pool.
     Unattached,

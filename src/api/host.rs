@@ -9,6 +9,10 @@ use super::pool::DomainMapEntry;
 
 /// A host running the poolkeeper agent. The agent registers it (as kubelet registers Nodes) and
 /// reports what it monitors; operators put it in a pool or in maintenance.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "kube's printcolumn(...) repeats the same keys once per column by design"
+)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "poolkeeper.io",
@@ -20,9 +24,22 @@ use super::pool::DomainMapEntry;
     doc = "A host running the poolkeeper agent, and what it reports.",
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "In-Sync", type_ = "string", json_path = ".status.conditions[?(@.type==\"InSync\")].status"),
-    printcolumn(name = "Domains", type_ = "integer", json_path = ".status.report.domainCount", description = "Domains the host monitors"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "In-Sync",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"InSync\")].status"
+    ),
+    printcolumn(
+        name = "Domains",
+        type_ = "integer",
+        json_path = ".status.report.domainCount",
+        description = "Domains the host monitors"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     selectable = ".spec.pool"
 )]
 #[serde(rename_all = "camelCase")]
@@ -149,7 +166,19 @@ pub struct DomainVitals {
 }
 
 /// Host phases (oVirt's VDSStatus subset that matters for pool sync).
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 pub enum HostPhase {
     /// Holds the current map and sees every active domain.
     Up,

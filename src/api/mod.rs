@@ -14,9 +14,7 @@ pub use domain::{
     DomainPhase, DomainType, StorageDomain, StorageDomainSpec, StorageDomainStatus, StorageKind,
     StorageSpec,
 };
-pub use host::{
-    DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolConnection,
-};
+pub use host::{DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolConnection};
 pub use pool::{
     DomainMapEntry, HostCounts, HostIdEntry, LaggingHost, MapStatus, StoragePool, StoragePoolSpec,
     StoragePoolStatus, SyncSpec,
@@ -42,8 +40,7 @@ pub(crate) const UUID_MESSAGE: &str =
 pub(crate) const NAME_RULE: &str =
     "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
 /// What to fix when [`NAME_RULE`] fails.
-pub(crate) const NAME_MESSAGE: &str =
-    "must be the name of an object: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit";
+pub(crate) const NAME_MESSAGE: &str = "must be the name of an object: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit";
 
 /// Every CRD poolkeeper serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {

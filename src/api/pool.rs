@@ -12,6 +12,10 @@ pub const MAX_DOMAINS_PER_POOL: usize = 100;
 /// A storage pool (oVirt's data center): the hosts that name it in `Host.spec.pool` share the storage
 /// domains that name it in `StorageDomain.spec.pool`. The controller pushes the pool's domain map to
 /// every host and reports how many hold it.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "kube's printcolumn(...) repeats the same keys once per column by design"
+)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "poolkeeper.io",
@@ -22,12 +26,32 @@ pub const MAX_DOMAINS_PER_POOL: usize = 100;
     category = "poolkeeper",
     status = "StoragePoolStatus",
     doc = "A storage pool: hosts sharing storage domains, and the authoritative map of those domains.",
-    printcolumn(name = "Compat", type_ = "string", json_path = ".spec.compatibilityVersion"),
-    printcolumn(name = "Domains", type_ = "integer", json_path = ".status.counts.domains"),
+    printcolumn(
+        name = "Compat",
+        type_ = "string",
+        json_path = ".spec.compatibilityVersion"
+    ),
+    printcolumn(
+        name = "Domains",
+        type_ = "integer",
+        json_path = ".status.counts.domains"
+    ),
     printcolumn(name = "Hosts", type_ = "integer", json_path = ".status.counts.hosts"),
-    printcolumn(name = "In-Sync", type_ = "integer", json_path = ".status.counts.inSync"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "In-Sync",
+        type_ = "integer",
+        json_path = ".status.counts.inSync"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new(
     "!has(oldSelf.uuid) || (has(self.uuid) && self.uuid == oldSelf.uuid)"
@@ -194,7 +218,17 @@ pub struct DomainMapEntry {
 
 /// How a domain appears in the map sent to hosts (VDSM's `domainDict` values).
 #[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum MapStatus {

@@ -18,8 +18,8 @@ use crate::{
     api::{StorageDomain, StoragePool, StoragePoolStatus},
     metrics::CallLabels,
     plan::{
-        CallFailure, CallKind, CallOutcome, FinalizerAction, FinalizerChange, HostCall,
-        ObjectKind, Observed, Plan,
+        CallFailure, CallKind, CallOutcome, FinalizerAction, FinalizerChange, HostCall, ObjectKind,
+        Observed, Plan, SyncFailure,
     },
     protocol,
 };
@@ -28,12 +28,19 @@ use crate::{
 ///
 /// # Errors
 /// When the map cannot be persisted (then no host is called) or a finalizer cannot be changed.
-pub async fn act(ctx: &Context, observed: &Observed, plan: &Plan) -> Result<Vec<CallOutcome>, Error> {
+pub async fn act(
+    ctx: &Context,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<Vec<CallOutcome>, Error> {
     let pool = &observed.pool.name;
     if let Some(status) = &plan.persist_first {
         write_pool_status(ctx, pool, status)
             .await
-            .map_err(|source| Error::PersistMap { pool: pool.clone(), source })?;
+            .map_err(|source| Error::PersistMap {
+                pool: pool.clone(),
+                source,
+            })?;
         info!(
             pool = %pool,
             map_version = status.map_version,
@@ -46,12 +53,33 @@ pub async fn act(ctx: &Context, observed: &Observed, plan: &Plan) -> Result<Vec<
     let timeout = Duration::from_secs(
         u64::try_from(observed.pool.spec.sync.connect_timeout_seconds.max(1)).unwrap_or(30),
     );
-    let concurrency = usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
-    let calls: Vec<_> = plan.calls.iter().map(|call| send(ctx, call, timeout)).collect();
+    let concurrency =
+        usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
+    let calls: Vec<_> = plan
+        .calls
+        .iter()
+        .map(|call| send(ctx, call, timeout))
+        .collect();
     let outcomes: Vec<CallOutcome> = stream::iter(calls)
         .buffer_unordered(concurrency)
         .collect()
         .await;
+
+    // A host that accepts connects but never reports the map would otherwise be called on every
+    // reconcile: back it off as if the call had failed.
+    for outcome in &outcomes {
+        let unconfirmed = plan
+            .hosts
+            .get(&outcome.host)
+            .is_some_and(|v| v.failure == Some(SyncFailure::NotConfirmed));
+        if outcome.kind == CallKind::Connect && outcome.result.is_ok() && unconfirmed {
+            ctx.call_failed(
+                &outcome.host,
+                "accepted the map but did not report it".to_owned(),
+                jiff::Timestamp::now(),
+            );
+        }
+    }
 
     for change in &plan.finalizers {
         apply_finalizer(ctx, change).await?;
@@ -71,11 +99,17 @@ pub(crate) async fn write_pool_status(
         "kind": "StoragePool",
         "status": status,
     });
-    api.patch_status(pool, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await?;
+    api.patch_status(
+        pool,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
     ctx.metrics
         .status_writes
-        .get_or_create(&crate::metrics::WriteLabels { kind: "StoragePool" })
+        .get_or_create(&crate::metrics::WriteLabels {
+            kind: "StoragePool",
+        })
         .inc();
     Ok(())
 }
@@ -84,7 +118,9 @@ pub(crate) async fn write_pool_status(
 async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome {
     let rpc = &ctx.settings.rpc;
     let result = match call {
-        HostCall::Connect { endpoint, params, .. } => {
+        HostCall::Connect {
+            endpoint, params, ..
+        } => {
             let wire = protocol::ConnectParams {
                 storagepool_id: params.pool_uuid.clone(),
                 host_id: params.host_id,
@@ -95,7 +131,9 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
             };
             rpc.connect(endpoint, &wire, timeout).await
         }
-        HostCall::Disconnect { endpoint, params, .. } => {
+        HostCall::Disconnect {
+            endpoint, params, ..
+        } => {
             let wire = protocol::DisconnectParams {
                 storagepool_id: params.pool_uuid.clone(),
                 host_id: params.host_id,
@@ -112,7 +150,10 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
         Ok(()) => "ok",
         Err(e) => e.category(),
     };
-    ctx.metrics.host_calls.get_or_create(&CallLabels { verb, outcome }).inc();
+    ctx.metrics
+        .host_calls
+        .get_or_create(&CallLabels { verb, outcome })
+        .inc();
     let result = match result {
         Ok(()) => {
             debug!("host call succeeded");
@@ -129,7 +170,11 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
             Err(failure)
         }
     };
-    CallOutcome { host: call.host().to_owned(), kind: call.kind(), result }
+    CallOutcome {
+        host: call.host().to_owned(),
+        kind: call.kind(),
+        result,
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -147,7 +192,11 @@ pub(crate) async fn apply_finalizer(ctx: &Context, change: &FinalizerChange) -> 
     let name = change.object.name.as_str();
     let (current, rv, kind) = match change.object.kind {
         ObjectKind::StorageDomain => match ctx.stores.domains.get(&StoreRef::new(name)) {
-            Some(d) => (d.finalizers().to_vec(), d.resource_version(), "StorageDomain"),
+            Some(d) => (
+                d.finalizers().to_vec(),
+                d.resource_version(),
+                "StorageDomain",
+            ),
             None => return Ok(()),
         },
         ObjectKind::StoragePool => match ctx.stores.pools.get(&StoreRef::new(name)) {
@@ -180,7 +229,11 @@ pub(crate) async fn apply_finalizer(ctx: &Context, change: &FinalizerChange) -> 
             .await
             .map(drop),
     };
-    result.map_err(|source| Error::Finalizer { kind, name: name.to_owned(), source })?;
+    result.map_err(|source| Error::Finalizer {
+        kind,
+        name: name.to_owned(),
+        source,
+    })?;
     info!(kind, name, finalizer = change.finalizer, action = ?change.action, "finalizer updated");
     Ok(())
 }

@@ -1,11 +1,7 @@
 //! The one `Context` every reconcile shares: client, caches, host RPC client, event recorder,
 //! metrics, settings, and the per-host backoff (the only state kept in memory).
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use jiff::Timestamp;
 use kube::{
@@ -68,7 +64,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +91,10 @@ impl Context {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(
             client.clone(),
-            Reporter { controller: FIELD_MANAGER.into(), instance },
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance,
+            },
         );
         Ok(Self {
             client,
@@ -107,16 +108,23 @@ impl Context {
 
     /// The backoff the planner sees for `host`.
     pub fn backoff(&self, host: &str) -> HostBackoff {
-        let map = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(host).map_or_else(HostBackoff::default, |b| HostBackoff {
-            not_before: Some(b.not_before),
-            last_error: Some(b.last_error.clone()),
-        })
+        let map = self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(host)
+            .map_or_else(HostBackoff::default, |b| HostBackoff {
+                not_before: Some(b.not_before),
+                last_error: Some(b.last_error.clone()),
+            })
     }
 
     /// Records a failed call: the next one waits 1 s, 2 s, 4 s ... up to 5 min, with jitter.
     pub fn call_failed(&self, host: &str, error: String, now: Timestamp) {
-        let mut map = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let failures = map.get(host).map_or(0, |b| b.failures).saturating_add(1);
         let exp = BASE_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16));
         let delay = exp.min(MAX_BACKOFF);
@@ -125,12 +133,22 @@ impl Context {
         let not_before = now
             .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(jiff::SignedDuration::MAX))
             .unwrap_or(now);
-        map.insert(host.to_owned(), Backoff { failures, not_before, last_error: error });
+        map.insert(
+            host.to_owned(),
+            Backoff {
+                failures,
+                not_before,
+                last_error: error,
+            },
+        );
     }
 
     /// Records a successful call: the backoff resets.
     pub fn call_succeeded(&self, host: &str) {
-        let mut map = self.backoff.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.remove(host);
     }
 }

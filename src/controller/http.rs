@@ -15,7 +15,9 @@ pub async fn serve(addr: SocketAddr, ctx: Arc<Context>) -> Result<SocketAddr, Er
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Http { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| Error::Http { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::Http { addr, source })?;
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -117,7 +117,11 @@ impl Error {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControllerArgs {
     /// The namespace holding the hosts' Leases (the agents' heartbeat).
-    #[arg(long, env = "POOLKEEPER_LEASE_NAMESPACE", default_value = "poolkeeper-system")]
+    #[arg(
+        long,
+        env = "POOLKEEPER_LEASE_NAMESPACE",
+        default_value = "poolkeeper-system"
+    )]
     pub lease_namespace: String,
     /// A file holding the bearer token the agents expect (as a mounted Secret).
     #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
@@ -201,7 +205,8 @@ async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Act
         Ok(_) => "success",
         Err(_) => "error",
     };
-    ctx.metrics.reconciled(outcome, started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconciled(outcome, started.elapsed().as_secs_f64());
     result
 }
 
@@ -215,7 +220,9 @@ async fn reconcile(pool: &StoragePool, ctx: &Context) -> Result<Action, Error> {
     report::write(ctx, &observed, &report).await?;
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
-    Ok(Action::requeue(plan.requeue_after.map_or(safety, |d| d.min(safety))))
+    Ok(Action::requeue(
+        plan.requeue_after.map_or(safety, |d| d.min(safety)),
+    ))
 }
 
 fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -245,6 +252,8 @@ async fn orphan_domains(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Rec
 }
 
 /// The object reference events about `obj` carry.
-pub(crate) fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> k8s_openapi::api::core::v1::ObjectReference {
+pub(crate) fn object_ref<K: Resource<DynamicType = ()>>(
+    obj: &K,
+) -> k8s_openapi::api::core::v1::ObjectReference {
     obj.object_ref(&())
 }

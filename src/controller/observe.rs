@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
@@ -39,9 +38,8 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
             continue;
         }
         let leaving_other_pool = spec_pool == Some(name.as_str())
-            && status_pool.is_some_and(|p| {
-                p != name && ctx.stores.pools.get(&ObjectRef::new(p)).is_some()
-            });
+            && status_pool
+                .is_some_and(|p| p != name && ctx.stores.pools.get(&ObjectRef::new(p)).is_some());
         domains.insert(d.name_any(), domain_view(d, leaving_other_pool));
     }
     let ours: BTreeSet<&str> = domains.values().map(|d| d.spec.uuid.as_str()).collect();
@@ -86,13 +84,22 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
                 generation: h.metadata.generation,
                 spec: h.spec.clone(),
                 report,
-                controller: h.status.as_ref().map(HostControllerStatus::from).unwrap_or_default(),
+                controller: h
+                    .status
+                    .as_ref()
+                    .map(HostControllerStatus::from)
+                    .unwrap_or_default(),
                 lease,
                 backoff: ctx.backoff(&host_name),
             },
         );
     }
-    Observed { pool: pool_view, domains, uuids_elsewhere, hosts }
+    Observed {
+        pool: pool_view,
+        domains,
+        uuids_elsewhere,
+        hosts,
+    }
 }
 
 fn domain_view(d: &StorageDomain, leaving_other_pool: bool) -> DomainView {
@@ -112,7 +119,7 @@ fn lease_view(lease: &Lease) -> LeaseView {
     LeaseView {
         renew_time: spec
             .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
-            .map(|t| Timestamp::from(t.0)),
+            .map(|t| t.0),
         lease_duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
     }
 }
@@ -151,14 +158,20 @@ pub fn validate_report(report: &HostReport) -> Result<(), String> {
         let mut seen = BTreeSet::new();
         for e in &pool.domain_map {
             if !is_uuid(&e.uuid) || !seen.insert(e.uuid.as_str()) {
-                return Err(format!("domain map entry {:?} is malformed or repeated", e.uuid));
+                return Err(format!(
+                    "domain map entry {:?} is malformed or repeated",
+                    e.uuid
+                ));
             }
         }
     }
     let mut seen = BTreeSet::new();
     for d in &report.domains {
         if !is_uuid(&d.uuid) || !seen.insert(d.uuid.as_str()) {
-            return Err(format!("domain {:?} is malformed or reported twice", d.uuid));
+            return Err(format!(
+                "domain {:?} is malformed or reported twice",
+                d.uuid
+            ));
         }
     }
     Ok(())

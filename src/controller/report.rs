@@ -13,7 +13,10 @@ use super::{Context, Error, FIELD_MANAGER, act::write_pool_status, object_ref};
 use crate::{
     api::{Host, StorageDomain, StorageDomainStatus},
     metrics::{PoolPhaseLabels, PoolStateLabels, WriteLabels},
-    plan::{self, EventType, HostControllerStatus, ObjectKind, Observed, PlannedEvent, Report, needs_write},
+    plan::{
+        self, EventType, HostControllerStatus, ObjectKind, Observed, PlannedEvent, Report,
+        needs_write,
+    },
 };
 
 /// Writes every changed status of the report and publishes its events.
@@ -25,7 +28,11 @@ pub async fn write(ctx: &Context, observed: &Observed, report: &Report) -> Resul
     if needs_write(Some(&observed.pool.status), &report.pool) {
         write_pool_status(ctx, pool, &report.pool)
             .await
-            .map_err(|source| Error::WriteStatus { kind: "StoragePool", name: pool.clone(), source })?;
+            .map_err(|source| Error::WriteStatus {
+                kind: "StoragePool",
+                name: pool.clone(),
+                source,
+            })?;
         debug!(pool = %pool, "pool status written");
     }
     for (name, status) in &report.domains {
@@ -53,15 +60,33 @@ pub(crate) async fn write_domain_status(
     status: &StorageDomainStatus,
 ) -> Result<(), Error> {
     let api: Api<StorageDomain> = Api::all(ctx.client.clone());
-    let body = json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "status": status});
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::WriteStatus { kind: "StorageDomain", name: name.to_owned(), source })?;
-    ctx.metrics.status_writes.get_or_create(&WriteLabels { kind: "StorageDomain" }).inc();
+    let body =
+        json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        kind: "StorageDomain",
+        name: name.to_owned(),
+        source,
+    })?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&WriteLabels {
+            kind: "StorageDomain",
+        })
+        .inc();
     Ok(())
 }
 
-async fn write_host_status(ctx: &Context, name: &str, status: &HostControllerStatus) -> Result<(), Error> {
+async fn write_host_status(
+    ctx: &Context,
+    name: &str,
+    status: &HostControllerStatus,
+) -> Result<(), Error> {
     let api: Api<Host> = Api::all(ctx.client.clone());
     // Only the controller's fields: the agent owns `status.report` under its own field manager.
     let mut fields = serde_json::Map::new();
@@ -73,19 +98,42 @@ async fn write_host_status(ctx: &Context, name: &str, status: &HostControllerSta
     }
     fields.insert("conditions".into(), json!(status.conditions));
     let body = json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "status": fields});
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
-        .await
-        .map_err(|source| Error::WriteStatus { kind: "Host", name: name.to_owned(), source })?;
-    ctx.metrics.status_writes.get_or_create(&WriteLabels { kind: "Host" }).inc();
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        kind: "Host",
+        name: name.to_owned(),
+        source,
+    })?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&WriteLabels { kind: "Host" })
+        .inc();
     Ok(())
 }
 
 async fn publish(ctx: &Context, event: &PlannedEvent) {
     let name = event.object.name.as_str();
     let reference = match event.object.kind {
-        ObjectKind::StoragePool => ctx.stores.pools.get(&StoreRef::new(name)).map(|o| object_ref(o.as_ref())),
-        ObjectKind::StorageDomain => ctx.stores.domains.get(&StoreRef::new(name)).map(|o| object_ref(o.as_ref())),
-        ObjectKind::Host => ctx.stores.hosts.get(&StoreRef::new(name)).map(|o| object_ref(o.as_ref())),
+        ObjectKind::StoragePool => ctx
+            .stores
+            .pools
+            .get(&StoreRef::new(name))
+            .map(|o| object_ref(o.as_ref())),
+        ObjectKind::StorageDomain => ctx
+            .stores
+            .domains
+            .get(&StoreRef::new(name))
+            .map(|o| object_ref(o.as_ref())),
+        ObjectKind::Host => ctx
+            .stores
+            .hosts
+            .get(&StoreRef::new(name))
+            .map(|o| object_ref(o.as_ref())),
     };
     let Some(reference) = reference else { return };
     let ev = Event {
@@ -114,7 +162,10 @@ fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
     ] {
         ctx.metrics
             .pool_hosts
-            .get_or_create(&PoolStateLabels { pool: pool.to_owned(), state })
+            .get_or_create(&PoolStateLabels {
+                pool: pool.to_owned(),
+                state,
+            })
             .set(i64::from(value));
     }
     let mut phases = std::collections::BTreeMap::new();
@@ -126,7 +177,10 @@ fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
     for phase in crate::api::domain::ALL_PHASES {
         ctx.metrics
             .pool_domains
-            .get_or_create(&PoolPhaseLabels { pool: pool.to_owned(), phase: phase.as_str() })
+            .get_or_create(&PoolPhaseLabels {
+                pool: pool.to_owned(),
+                phase: phase.as_str(),
+            })
             .set(phases.get(phase.as_str()).copied().unwrap_or(0));
     }
 }
@@ -137,18 +191,30 @@ fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
 /// # Errors
 /// When a write fails.
 pub async fn orphan_domain(ctx: &Context, domain: &StorageDomain) -> Result<(), Error> {
-    let pool_exists = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && ctx.stores.pools.get(&StoreRef::new(p)).is_some());
+    let pool_exists = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && ctx.stores.pools.get(&StoreRef::new(p)).is_some())
+    };
     let spec_pool = domain.spec.pool.as_deref();
     let status_pool = domain.status.as_ref().and_then(|s| s.pool.as_deref());
     if pool_exists(spec_pool) || pool_exists(status_pool) {
         return Ok(());
     }
     let current = domain.status.clone().unwrap_or_default();
-    let desired = plan::orphan_domain(domain.metadata.generation, &domain.spec, &current, jiff::Timestamp::now());
+    let desired = plan::orphan_domain(
+        domain.metadata.generation,
+        &domain.spec,
+        &current,
+        jiff::Timestamp::now(),
+    );
     if needs_write(Some(&current), &desired) {
         write_domain_status(ctx, &domain.name_any(), &desired).await?;
     }
-    if domain.metadata.deletion_timestamp.is_some() && domain.finalizers().iter().any(|f| f == plan::DOMAIN_FINALIZER) {
+    if domain.metadata.deletion_timestamp.is_some()
+        && domain
+            .finalizers()
+            .iter()
+            .any(|f| f == plan::DOMAIN_FINALIZER)
+    {
         let change = plan::FinalizerChange {
             object: plan::ObjectRef::domain(domain.name_any()),
             finalizer: plan::DOMAIN_FINALIZER,

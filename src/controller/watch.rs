@@ -42,7 +42,10 @@ impl Stores {
         where
             K: Resource<DynamicType = ()> + Clone + 'static,
         {
-            store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+            store
+                .wait_until_ready()
+                .now_or_never()
+                .is_some_and(|r| r.is_ok())
         }
         let ready = [
             done(&self.pools),
@@ -60,7 +63,8 @@ pub struct Streams {
     /// Pool changes.
     pub pools: std::pin::Pin<Box<dyn Stream<Item = Result<StoragePool, watcher::Error>> + Send>>,
     /// Domain changes (applied and deleted).
-    pub domains: std::pin::Pin<Box<dyn Stream<Item = Result<StorageDomain, watcher::Error>> + Send>>,
+    pub domains:
+        std::pin::Pin<Box<dyn Stream<Item = Result<StorageDomain, watcher::Error>> + Send>>,
     /// Host changes (applied and deleted).
     pub hosts: std::pin::Pin<Box<dyn Stream<Item = Result<Host, watcher::Error>> + Send>>,
     /// Lease changes.
@@ -72,11 +76,23 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
     let (pools, pools_stream) = reflect(Api::<StoragePool>::all(client.clone()));
     let (domains, domains_stream) = reflect(Api::<StorageDomain>::all(client.clone()));
     let (hosts, hosts_stream) = reflect(Api::<Host>::all(client.clone()));
-    let (leases, leases_stream) =
-        reflect(Api::<Lease>::namespaced(client.clone(), &settings.lease_namespace));
+    let (leases, leases_stream) = reflect(Api::<Lease>::namespaced(
+        client.clone(),
+        &settings.lease_namespace,
+    ));
     (
-        Stores { pools, domains, hosts, leases },
-        Streams { pools: pools_stream, domains: domains_stream, hosts: hosts_stream, leases: leases_stream },
+        Stores {
+            pools,
+            domains,
+            hosts,
+            leases,
+        },
+        Streams {
+            pools: pools_stream,
+            domains: domains_stream,
+            hosts: hosts_stream,
+            leases: leases_stream,
+        },
     )
 }
 
@@ -84,7 +100,13 @@ type BoxStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error
 
 fn reflect<K>(api: Api<K>) -> (Store<K>, BoxStream<K>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watcher::Config::default().streaming_lists())
@@ -114,7 +136,9 @@ pub fn domain_pools(domain: StorageDomain) -> Vec<ObjectRef<StoragePool>> {
 }
 
 /// The pools a host names now, is connected to (by the pool uuid it reports), or has an id in.
-pub fn host_pools(pools: Store<StoragePool>) -> impl Fn(Host) -> Vec<ObjectRef<StoragePool>> + Send + Sync + 'static {
+pub fn host_pools(
+    pools: Store<StoragePool>,
+) -> impl Fn(Host) -> Vec<ObjectRef<StoragePool>> + Send + Sync + 'static {
     move |host: Host| pools_of_host(&pools, &host)
 }
 
@@ -136,7 +160,11 @@ fn pools_of_host(pools: &Store<StoragePool>, host: &Host) -> Vec<ObjectRef<Stora
     for pool in pools.state() {
         let status = pool.status.as_ref();
         let has_id = status.is_some_and(|s| s.host_ids.iter().any(|h| h.host == name));
-        let uuid = pool.spec.uuid.as_deref().or(status.and_then(|s| s.uuid.as_deref()));
+        let uuid = pool
+            .spec
+            .uuid
+            .as_deref()
+            .or(status.and_then(|s| s.uuid.as_deref()));
         let connected = reported_uuid.is_some() && uuid == reported_uuid;
         if has_id || connected {
             let r = ObjectRef::from_obj(pool.as_ref());

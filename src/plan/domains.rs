@@ -33,7 +33,7 @@ enum Reading {
 fn read(v: &DomainVitals) -> Reading {
     if !v.actual {
         Reading::NotActual
-    } else if !v.valid || v.code != 0 || v.last_check_seconds > MAX_LAST_CHECK_SECONDS {
+    } else if !v.valid || v.code != 0 || v.last_check_seconds >= MAX_LAST_CHECK_SECONDS {
         Reading::Problem
     } else {
         Reading::Fine

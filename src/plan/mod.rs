@@ -71,7 +71,9 @@ pub use status::report;
 pub const POOL_FINALIZER: &str = "poolkeeper.io/pool-protection";
 /// The finalizer that holds a deleted domain until every host has let go of it.
 pub const DOMAIN_FINALIZER: &str = crate::api::domain::FINALIZER;
-/// A domain check older than this (seconds) counts as a problem (oVirt's `MaxStorageVdsTimeoutCheckSec`).
+/// A domain check this old or older (seconds) counts as a problem (oVirt's `MaxStorageVdsTimeoutCheckSec`).
+/// Agents report `lastCheckSeconds` in steps (0, 30, 60, ...) at or below the real value, so the
+/// comparison is `>=`.
 pub const MAX_LAST_CHECK_SECONDS: f64 = 30.0;
 /// The Lease duration assumed when a Lease does not say (kube-node-lease's default).
 pub const DEFAULT_LEASE_DURATION_SECONDS: i32 = 40;

@@ -2,7 +2,10 @@
 //! (SANs `localhost` and IP 127.0.0.1), an admin client certificate (CN `admin`, O `system:masters`)
 //! and the service-account signing key pair. Generated in-process with rcgen; no openssl.
 
-use std::{fs, path::{Path, PathBuf}};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use rcgen::{

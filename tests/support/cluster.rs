@@ -1,12 +1,7 @@
 //! A controller (one per test binary, in-process on a runtime of its own) and, per test, a pool of
 //! simulated hosts over real sockets, with helpers to read what users read.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::OnceLock, time::Duration};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -33,10 +28,15 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// Creates the lease namespace (idempotent).
 pub async fn ensure_namespace() {
     let api: Api<Namespace> = Api::all(client().await);
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
-    api.patch(LEASE_NAMESPACE, &PatchParams::apply("poolkeeper-tests"), &Patch::Apply(&ns))
-        .await
-        .expect("lease namespace");
+    let ns =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NAMESPACE}});
+    api.patch(
+        LEASE_NAMESPACE,
+        &PatchParams::apply("poolkeeper-tests"),
+        &Patch::Apply(&ns),
+    )
+    .await
+    .expect("lease namespace");
 }
 
 /// Starts this binary's controller once (on a thread and runtime of its own, so it outlives any
@@ -57,7 +57,8 @@ pub fn controller() -> SocketAddr {
                 let settings = Settings {
                     lease_namespace: LEASE_NAMESPACE.into(),
                     concurrency: 8,
-                    rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc client"),
+                    rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None)
+                        .expect("rpc client"),
                 };
                 tx.send(addr).expect("send addr");
                 controller::run_with(client, settings, addr, std::future::pending())
@@ -84,7 +85,12 @@ pub struct PoolOptions {
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { hosts: 3, domains: 2, grace_seconds: 2, connect_timeout_seconds: 2 }
+        Self {
+            hosts: 3,
+            domains: 2,
+            grace_seconds: 2,
+            connect_timeout_seconds: 2,
+        }
     }
 }
 
@@ -125,8 +131,12 @@ pub async fn sim_pool(opts: PoolOptions) -> SimPool {
             "connectTimeoutSeconds": opts.connect_timeout_seconds,
         }
     });
-    let p: StoragePool = serde_json::from_value(obj("StoragePool", &pool, spec)).expect("pool object");
-    pools.create(&PostParams::default(), &p).await.expect("pool");
+    let p: StoragePool =
+        serde_json::from_value(obj("StoragePool", &pool, spec)).expect("pool object");
+    pools
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("pool");
     for name in &domains {
         create_domain(name, &uuids[name], Some(&pool)).await;
     }
@@ -134,7 +144,13 @@ pub async fn sim_pool(opts: PoolOptions) -> SimPool {
     for h in &hosts {
         set_host_pool(h, Some(&pool)).await;
     }
-    SimPool { pool, domains, uuids, hosts, agents }
+    SimPool {
+        pool,
+        domains,
+        uuids,
+        hosts,
+        agents,
+    }
 }
 
 /// Starts `count` simulated hosts named `<prefix>-NNNN` with short test timings.
@@ -145,8 +161,14 @@ pub async fn start_hosts(prefix: &str, count: usize) -> agent::Running {
         tls: None,
         token: Token::new(TOKEN).expect("token"),
         max_body_bytes: 1024 * 1024,
-        monitor: MonitorConfig { period: Duration::from_millis(300), check_timeout: Duration::from_secs(1) },
-        hosts: Hosts::Simulated { count, prefix: prefix.to_owned() },
+        monitor: MonitorConfig {
+            period: Duration::from_millis(300),
+            check_timeout: Duration::from_secs(1),
+        },
+        hosts: Hosts::Simulated {
+            count,
+            prefix: prefix.to_owned(),
+        },
         kube: Some((
             client().await,
             LeaseConfig {
@@ -172,8 +194,11 @@ pub async fn create_domain(name: &str, uuid: &str, pool: Option<&str>) {
     if let Some(pool) = pool {
         spec["pool"] = json!(pool);
     }
-    let o: StorageDomain = serde_json::from_value(obj("StorageDomain", name, spec)).expect("domain");
-    api.create(&PostParams::default(), &o).await.expect("create domain");
+    let o: StorageDomain =
+        serde_json::from_value(obj("StorageDomain", name, spec)).expect("domain");
+    api.create(&PostParams::default(), &o)
+        .await
+        .expect("create domain");
 }
 
 /// Sets or clears a host's `spec.pool`, once its agent has registered it.
@@ -196,24 +221,37 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::all(client().await);
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
-        .await
-        .expect("patch spec");
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": spec})),
+    )
+    .await
+    .expect("patch spec");
 }
 
 /// The domain, fresh from the API server.
 pub async fn domain(name: &str) -> StorageDomain {
-    Api::<StorageDomain>::all(client().await).get(name).await.expect("get domain")
+    Api::<StorageDomain>::all(client().await)
+        .get(name)
+        .await
+        .expect("get domain")
 }
 
 /// The pool, fresh from the API server.
 pub async fn pool(name: &str) -> StoragePool {
-    Api::<StoragePool>::all(client().await).get(name).await.expect("get pool")
+    Api::<StoragePool>::all(client().await)
+        .get(name)
+        .await
+        .expect("get pool")
 }
 
 /// The host, fresh from the API server.
 pub async fn host(name: &str) -> Host {
-    Api::<Host>::all(client().await).get(name).await.expect("get host")
+    Api::<Host>::all(client().await)
+        .get(name)
+        .await
+        .expect("get host")
 }
 
 /// The phase of a domain.
@@ -249,7 +287,12 @@ pub async fn host_map(name: &str) -> BTreeMap<String, MapStatus> {
         .status
         .and_then(|s| s.report)
         .and_then(|r| r.pool)
-        .map(|p| p.domain_map.into_iter().map(|e| (e.uuid, e.status)).collect())
+        .map(|p| {
+            p.domain_map
+                .into_iter()
+                .map(|e| (e.uuid, e.status))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -264,7 +307,10 @@ pub async fn host_monitors(name: &str) -> Vec<String> {
 }
 
 /// A condition of an object's status, as (status, reason, message).
-pub fn condition(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], type_: &str) -> Option<(String, String, String)> {
+pub fn condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<(String, String, String)> {
     conditions
         .iter()
         .find(|c| c.type_ == type_)
