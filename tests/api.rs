@@ -519,3 +519,124 @@ async fn spec_and_status_are_written_independently() {
         "spec write changed status"
     );
 }
+
+#[tokio::test]
+async fn deploy_base_applies_and_grants_least_privilege() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+    kubectl_ok(&["apply", "-f", &format!("{dir}/namespace.yaml")]);
+    let out = kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=poolkeeper-tests",
+        "-k",
+        dir,
+    ]);
+    for kind in [
+        "deployment.apps/poolkeeper-controller",
+        "daemonset.apps/poolkeeper-agent",
+        "clusterrole.rbac.authorization.k8s.io/poolkeeper-controller",
+    ] {
+        assert!(out.contains(kind), "{kind} missing from: {out}");
+    }
+
+    let can = |who: &str, verb: &str, resource: &str, ns: Option<&str>| {
+        let sa = format!("system:serviceaccount:poolkeeper-system:{who}");
+        // `kind/status` means the status subresource here (kubectl would read it as a name).
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let subresource = format!("--subresource={sub}");
+        let mut args = vec!["auth", "can-i", verb, resource, "--as", &sa];
+        if !sub.is_empty() {
+            args.push(&subresource);
+        }
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        let out = support::kubectl(&args);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let controller = "poolkeeper-controller";
+    let agent = "poolkeeper-agent";
+    let expectations = [
+        (
+            controller,
+            "watch",
+            "storagepools.poolkeeper.io",
+            None,
+            true,
+        ),
+        (
+            controller,
+            "patch",
+            "storagepools.poolkeeper.io/status",
+            None,
+            true,
+        ),
+        (
+            controller,
+            "patch",
+            "hosts.poolkeeper.io/status",
+            None,
+            true,
+        ),
+        (controller, "patch", "hosts.poolkeeper.io", None, false),
+        (
+            controller,
+            "delete",
+            "storagedomains.poolkeeper.io",
+            None,
+            false,
+        ),
+        (
+            controller,
+            "create",
+            "events.events.k8s.io",
+            Some("default"),
+            true,
+        ),
+        (
+            controller,
+            "watch",
+            "leases.coordination.k8s.io",
+            Some("poolkeeper-system"),
+            true,
+        ),
+        (
+            controller,
+            "update",
+            "leases.coordination.k8s.io",
+            Some("poolkeeper-system"),
+            false,
+        ),
+        (
+            controller,
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            None,
+            false,
+        ),
+        (agent, "create", "hosts.poolkeeper.io", None, true),
+        (agent, "patch", "hosts.poolkeeper.io/status", None, true),
+        (agent, "patch", "hosts.poolkeeper.io", None, false),
+        (agent, "patch", "storagepools.poolkeeper.io", None, false),
+        (
+            agent,
+            "update",
+            "leases.coordination.k8s.io",
+            Some("poolkeeper-system"),
+            true,
+        ),
+        (
+            agent,
+            "update",
+            "leases.coordination.k8s.io",
+            Some("default"),
+            false,
+        ),
+    ];
+    let wrong: Vec<String> = expectations
+        .iter()
+        .filter(|(who, verb, res, ns, want)| can(who, verb, res, *ns) != *want)
+        .map(|(who, verb, res, ns, want)| format!("{who} {verb} {res} in {ns:?}: expected {want}"))
+        .collect();
+    assert!(wrong.is_empty(), "RBAC differs:\n{}", wrong.join("\n"));
+}

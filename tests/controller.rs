@@ -4,6 +4,7 @@
 
 mod support;
 
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams};
 use poolkeeper::api::{DomainPhase, Host, HostPhase, MapStatus, StorageDomain};
 use serde_json::json;
@@ -209,6 +210,23 @@ async fn blackholed_host_holds_deactivation_until_put_in_maintenance() {
         domain_phase(target).await,
         Some(DomainPhase::MovingToMaintenance)
     );
+
+    // An event about the domain names the blocking host, for `kubectl events`.
+    let events: Api<Event> = Api::namespaced(client().await, "default");
+    eventually("an event naming the blocking host", WAIT, || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(target.as_str())
+                        && e.note.as_deref().is_some_and(|n| n.contains(cut.as_str()))
+                })
+                .then_some(())
+        }
+    })
+    .await;
 
     merge_spec::<Host>(cut, json!({"maintenance": true})).await;
     wait_domain_phase(target, DomainPhase::Maintenance).await;

@@ -25,6 +25,47 @@ pub const LEASE_NAMESPACE: &str = "poolkeeper-system";
 /// How long scenario waits may take (generous: a loaded 2-core CI machine).
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// A client that acts as the deployed ServiceAccount `name` (poolkeeper-controller or
+/// poolkeeper-agent), so the scenarios prove the least-privilege RBAC of `deploy/rbac.yaml` is
+/// enough.
+pub async fn client_as(name: &str) -> kube::Client {
+    install_rbac();
+    let mut config = control_plane().config().await.expect("config");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{LEASE_NAMESPACE}:{name}"));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{LEASE_NAMESPACE}"),
+        "system:authenticated".into(),
+    ]);
+    kube::Client::try_from(config).expect("impersonating client")
+}
+
+/// Applies the namespace and RBAC of `deploy/` once per test binary.
+fn install_rbac() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+        let ns = super::kubectl(&["apply", "-f", &format!("{dir}/namespace.yaml")]);
+        assert!(
+            ns.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ns.stderr)
+        );
+        let rbac = super::kubectl(&[
+            "apply",
+            "-n",
+            LEASE_NAMESPACE,
+            "-f",
+            &format!("{dir}/rbac.yaml"),
+        ]);
+        assert!(
+            rbac.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rbac.stderr)
+        );
+    });
+}
+
 /// Creates the lease namespace (idempotent).
 pub async fn ensure_namespace() {
     let api: Api<Namespace> = Api::all(client().await);
@@ -44,13 +85,12 @@ pub async fn ensure_namespace() {
 pub fn controller() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
-        let cp = control_plane();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async move {
-                let client = cp.client().await.expect("client");
                 ensure_namespace().await;
+                let client = client_as("poolkeeper-controller").await;
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
                 let addr = listener.local_addr().expect("addr");
                 drop(listener);
@@ -170,7 +210,7 @@ pub async fn start_hosts(prefix: &str, count: usize) -> agent::Running {
             prefix: prefix.to_owned(),
         },
         kube: Some((
-            client().await,
+            client_as("poolkeeper-agent").await,
             LeaseConfig {
                 namespace: LEASE_NAMESPACE.into(),
                 duration: Duration::from_secs(6),
