@@ -2,9 +2,9 @@
 //! call, per-host backoff), then apply finalizer changes. Returns what happened to each call so the
 //! report can be built from the plan **and** the outcome.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use futures::{StreamExt, stream};
+use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -29,7 +29,7 @@ use crate::{
 /// # Errors
 /// When the map cannot be persisted (then no host is called) or a finalizer cannot be changed.
 pub async fn act(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     observed: &Observed,
     plan: &Plan,
 ) -> Result<Vec<CallOutcome>, Error> {
@@ -50,20 +50,7 @@ pub async fn act(
         );
     }
 
-    let timeout = Duration::from_secs(
-        u64::try_from(observed.pool.spec.sync.connect_timeout_seconds.max(1)).unwrap_or(30),
-    );
-    let concurrency =
-        usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
-    let calls: Vec<_> = plan
-        .calls
-        .iter()
-        .map(|call| send(ctx, call, timeout))
-        .collect();
-    let outcomes: Vec<CallOutcome> = stream::iter(calls)
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let outcomes = call_hosts(ctx, observed, plan).await;
 
     // A host that accepts connects but never reports the map would otherwise be called on every
     // reconcile: back it off as if the call had failed.
@@ -112,6 +99,63 @@ pub(crate) async fn write_pool_status(
         })
         .inc();
     Ok(())
+}
+
+/// How long a reconcile waits for its calls before it reports. Calls still running then go on in
+/// the background (their host is marked in flight, so no second call is sent) and ask for another
+/// reconcile when they finish: one host that hangs until `connectTimeoutSeconds` does not hold
+/// back the status of every other host and domain.
+const REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts every planned call (bounded per pool by `maxConcurrentConnects`, each with the
+/// `connectTimeoutSeconds` timeout) and returns the outcomes of those that finish within
+/// [`REPORT_WAIT`].
+async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec<CallOutcome> {
+    let sync = &observed.pool.spec.sync;
+    let timeout =
+        Duration::from_secs(u64::try_from(sync.connect_timeout_seconds.max(1)).unwrap_or(30));
+    let limit = usize::try_from(sync.max_concurrent_connects.max(1)).unwrap_or(1);
+    let slots = ctx.call_slots(&observed.pool.name, limit);
+    // The planner must not pick a host again while its call waits for a slot or runs.
+    let until = jiff::Timestamp::now()
+        .checked_add(
+            jiff::SignedDuration::try_from(timeout * 2 + REPORT_WAIT)
+                .unwrap_or(jiff::SignedDuration::MAX),
+        )
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let mut running = futures::stream::FuturesUnordered::new();
+    for call in &plan.calls {
+        ctx.call_started(call.host(), until);
+        let (ctx, call, slots) = (ctx.clone(), call.clone(), slots.clone());
+        running.push(tokio::spawn(async move {
+            // The semaphore is never closed, so acquiring fails only at shutdown.
+            let _permit = slots.acquire_owned().await.ok();
+            send(&ctx, &call, timeout).await
+        }));
+    }
+    let mut outcomes = Vec::new();
+    let deadline = tokio::time::sleep(REPORT_WAIT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = running.next() => match next {
+                Some(Ok(outcome)) => outcomes.push(outcome),
+                Some(Err(e)) => warn!(error = %e, "host call task failed"),
+                None => return outcomes,
+            },
+            () = &mut deadline => break,
+        }
+    }
+    let pending = running.len();
+    let pool = kube::runtime::reflector::ObjectRef::new(&observed.pool.name);
+    let requeue = ctx.requeue.clone();
+    debug!(pool = %observed.pool.name, pending, "calls continue after the report");
+    tokio::spawn(async move {
+        while running.next().await.is_some() {}
+        // The outcomes are in the backoff table; a new reconcile reports them.
+        let _ = requeue.send(pool);
+    });
+    outcomes
 }
 
 #[tracing::instrument(skip_all, fields(host = %call.host(), verb = ?call.kind()))]

@@ -1,17 +1,23 @@
 //! The one `Context` every reconcile shares: client, caches, host RPC client, event recorder,
 //! metrics, settings, and the per-host backoff (the only state kept in memory).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
 use kube::{
     Client,
     runtime::events::{Recorder, Reporter},
 };
 use rand::Rng;
+use tokio::sync::Semaphore;
 
 use super::{ControllerArgs, Error, FIELD_MANAGER, watch::Stores};
-use crate::{metrics::Metrics, plan::HostBackoff, protocol};
+use crate::{api::StoragePool, metrics::Metrics, plan::HostBackoff, protocol};
 
 /// Settings of a controller run.
 #[derive(Clone, Debug)]
@@ -60,6 +66,9 @@ pub struct Context {
     /// Metrics.
     pub metrics: Metrics,
     backoff: Mutex<HashMap<String, Backoff>>,
+    slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    /// Asks the controller to reconcile a pool again (a call finished after its reconcile).
+    pub requeue: tokio::sync::mpsc::UnboundedSender<ObjectRef<StoragePool>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -74,7 +83,7 @@ impl std::fmt::Debug for Context {
 struct Backoff {
     failures: u32,
     not_before: Timestamp,
-    last_error: String,
+    last_error: Option<String>,
 }
 
 /// The first retry delay after a failed call; it doubles per failure up to [`MAX_BACKOFF`].
@@ -87,7 +96,12 @@ impl Context {
     ///
     /// # Errors
     /// Never today; kept fallible for configuration checks.
-    pub fn new(client: Client, settings: Settings, stores: Stores) -> Result<Self, Error> {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        stores: Stores,
+        requeue: tokio::sync::mpsc::UnboundedSender<ObjectRef<StoragePool>>,
+    ) -> Result<Self, Error> {
         let instance = std::env::var("POD_NAME").ok();
         let recorder = Recorder::new(
             client.clone(),
@@ -103,6 +117,8 @@ impl Context {
             recorder,
             metrics: Metrics::default(),
             backoff: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
+            requeue,
         })
     }
 
@@ -115,7 +131,7 @@ impl Context {
         map.get(host)
             .map_or_else(HostBackoff::default, |b| HostBackoff {
                 not_before: Some(b.not_before),
-                last_error: Some(b.last_error.clone()),
+                last_error: b.last_error.clone(),
             })
     }
 
@@ -138,9 +154,41 @@ impl Context {
             Backoff {
                 failures,
                 not_before,
-                last_error: error,
+                last_error: Some(error),
             },
         );
+    }
+
+    /// Records a call that is on its way: no other call goes to `host` until `until` (the call's
+    /// timeout), and an earlier failure stays visible meanwhile.
+    pub fn call_started(&self, host: &str, until: Timestamp) {
+        let mut map = self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map.entry(host.to_owned()).or_insert(Backoff {
+            failures: 0,
+            not_before: until,
+            last_error: None,
+        });
+        entry.not_before = entry.not_before.max(until);
+    }
+
+    /// The semaphore that bounds the calls in flight to the hosts of `pool`, resized to `limit`.
+    pub fn call_slots(&self, pool: &str, limit: usize) -> Arc<Semaphore> {
+        let mut map = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (current, slots) = map
+            .entry(pool.to_owned())
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
+        if *current != limit {
+            // Calls in flight keep their permits from the old semaphore; new calls use the new size.
+            *current = limit;
+            *slots = Arc::new(Semaphore::new(limit));
+        }
+        slots.clone()
     }
 
     /// Records a successful call: the backoff resets.

@@ -162,7 +162,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let (stores, streams) = watch::start(&client, &settings);
-    let ctx = Arc::new(Context::new(client, settings, stores)?);
+    let (requeue_tx, requeue_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(Context::new(client, settings, stores, requeue_tx)?);
     let server = http::serve(metrics_addr, ctx.clone()).await?;
     info!(addr = %server, "serving metrics and health");
 
@@ -180,6 +181,7 @@ pub async fn run_with(
             streams.leases,
             watch::lease_pools(ctx.stores.hosts.clone(), ctx.stores.pools.clone()),
         )
+        .reconcile_on(tokio_stream_from(requeue_rx))
         .graceful_shutdown_on(async move {
             shutdown.await;
             let _ = shutdown_tx.send(true);
@@ -198,6 +200,12 @@ pub async fn run_with(
     Ok(())
 }
 
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = reconcile(&pool, &ctx).await;
@@ -211,7 +219,7 @@ async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Act
 }
 
 #[tracing::instrument(skip_all, fields(pool = %pool.name_any()))]
-async fn reconcile(pool: &StoragePool, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Error> {
     let now = jiff::Timestamp::now();
     let observed = observe::pool(ctx, pool);
     let plan = crate::plan::plan(&observed, now);
