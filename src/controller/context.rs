@@ -17,7 +17,12 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use super::{ControllerArgs, Error, FIELD_MANAGER, watch::Stores};
-use crate::{api::StoragePool, metrics::Metrics, plan::HostBackoff, protocol};
+use crate::{
+    api::StoragePool,
+    metrics::Metrics,
+    plan::{HostBackoff, ObjectKind},
+    protocol,
+};
 
 /// Settings of a controller run.
 #[derive(Clone, Debug)]
@@ -67,6 +72,7 @@ pub struct Context {
     pub metrics: Metrics,
     backoff: Mutex<HashMap<String, Backoff>>,
     slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
+    written: Mutex<HashMap<(ObjectKind, String), Written>>,
     /// Asks the controller to reconcile a pool again (a call finished after its reconcile).
     pub requeue: tokio::sync::mpsc::UnboundedSender<ObjectRef<StoragePool>>,
 }
@@ -77,6 +83,24 @@ impl std::fmt::Debug for Context {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// A status the controller wrote, remembered until the cache catches up with it.
+#[derive(Clone, Debug)]
+struct Written {
+    /// The cached object's resourceVersion when the write was made.
+    seen_version: Option<String>,
+    /// A hash of the status written.
+    content: u64,
+}
+
+fn content_hash(content: &impl serde::Serialize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(content)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +142,7 @@ impl Context {
             metrics: Metrics::default(),
             backoff: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
             requeue,
         })
     }
@@ -133,6 +158,47 @@ impl Context {
                 not_before: Some(b.not_before),
                 last_error: b.last_error.clone(),
             })
+    }
+
+    /// Whether this exact status was already written while the cache still shows the object as it
+    /// was before that write (the watch has not delivered our own write yet). Saves the repeated,
+    /// no-op writes (and repeated events) of reconciles that run on a stale cache. Losing this
+    /// memory costs one extra write, nothing else.
+    pub fn already_written(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        cached_version: Option<&str>,
+        content: &impl serde::Serialize,
+    ) -> bool {
+        let map = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&(kind, name.to_owned())).is_some_and(|w| {
+            w.seen_version.as_deref() == cached_version && w.content == content_hash(content)
+        })
+    }
+
+    /// Remembers a status write (see [`Self::already_written`]).
+    pub fn remember_write(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        cached_version: Option<&str>,
+        content: &impl serde::Serialize,
+    ) {
+        let mut map = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(
+            (kind, name.to_owned()),
+            Written {
+                seen_version: cached_version.map(str::to_owned),
+                content: content_hash(content),
+            },
+        );
     }
 
     /// Records a failed call: the next one waits 1 s, 2 s, 4 s ... up to 5 min, with jitter.

@@ -225,7 +225,7 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     let plan = crate::plan::plan(&observed, now);
     let outcomes = act::act(ctx, &observed, &plan).await?;
     let report = crate::plan::report(&observed, &plan, &outcomes, jiff::Timestamp::now());
-    report::write(ctx, &observed, &report).await?;
+    report::write(ctx, &observed, &report, plan.persist_first.is_some()).await?;
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
     Ok(Action::requeue(

@@ -1,6 +1,8 @@
 //! Write what [`crate::plan::report`] built: each status only when it differs from the cached one
 //! (server-side apply, field manager `poolkeeper-controller`), and publish the planned events.
 
+use std::collections::BTreeSet;
+
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -19,13 +21,37 @@ use crate::{
     },
 };
 
-/// Writes every changed status of the report and publishes its events.
+/// Writes every changed status of the report and publishes the events of the objects whose
+/// status changed in this reconcile (`persisted`: the pool status was already written by act).
+/// Transitions always change a status, so a reconcile that runs on a cache that has not caught up
+/// with our own writes repeats neither the writes nor the events.
 ///
 /// # Errors
 /// When a status write fails (the reconcile is retried).
-pub async fn write(ctx: &Context, observed: &Observed, report: &Report) -> Result<(), Error> {
+pub async fn write(
+    ctx: &Context,
+    observed: &Observed,
+    report: &Report,
+    persisted: bool,
+) -> Result<(), Error> {
     let pool = &observed.pool.name;
-    if needs_write(Some(&observed.pool.status), &report.pool) {
+    let mut written = BTreeSet::new();
+    if persisted {
+        written.insert(plan::ObjectRef::pool(pool));
+    }
+    let version = ctx
+        .stores
+        .pools
+        .get(&StoreRef::new(pool))
+        .and_then(|p| p.resource_version());
+    if needs_write(Some(&observed.pool.status), &report.pool)
+        && !ctx.already_written(
+            ObjectKind::StoragePool,
+            pool,
+            version.as_deref(),
+            &report.pool,
+        )
+    {
         write_pool_status(ctx, pool, &report.pool)
             .await
             .map_err(|source| Error::WriteStatus {
@@ -33,21 +59,47 @@ pub async fn write(ctx: &Context, observed: &Observed, report: &Report) -> Resul
                 name: pool.clone(),
                 source,
             })?;
+        ctx.remember_write(
+            ObjectKind::StoragePool,
+            pool,
+            version.as_deref(),
+            &report.pool,
+        );
+        written.insert(plan::ObjectRef::pool(pool));
         debug!(pool = %pool, "pool status written");
     }
     for (name, status) in &report.domains {
         let current = observed.domains.get(name).map(|d| &d.status);
-        if needs_write(current, status) {
+        let version = ctx
+            .stores
+            .domains
+            .get(&StoreRef::new(name))
+            .and_then(|d| d.resource_version());
+        if needs_write(current, status)
+            && !ctx.already_written(ObjectKind::StorageDomain, name, version.as_deref(), status)
+        {
             write_domain_status(ctx, name, status).await?;
+            ctx.remember_write(ObjectKind::StorageDomain, name, version.as_deref(), status);
+            written.insert(plan::ObjectRef::domain(name));
         }
     }
     for (name, status) in &report.hosts {
         let current = observed.hosts.get(name).map(|h| &h.controller);
-        if needs_write(current, status) {
-            write_host_status(ctx, name, status).await?;
+        let version = ctx
+            .stores
+            .hosts
+            .get(&StoreRef::new(name))
+            .and_then(|h| h.resource_version());
+        let body = host_status_body(status);
+        if needs_write(current, status)
+            && !ctx.already_written(ObjectKind::Host, name, version.as_deref(), &body)
+        {
+            write_host_status(ctx, name, &body).await?;
+            ctx.remember_write(ObjectKind::Host, name, version.as_deref(), &body);
+            written.insert(plan::ObjectRef::host(name));
         }
     }
-    for event in &report.events {
+    for event in report.events.iter().filter(|e| written.contains(&e.object)) {
         publish(ctx, event).await;
     }
     export_gauges(ctx, pool, report);
@@ -82,13 +134,9 @@ pub(crate) async fn write_domain_status(
     Ok(())
 }
 
-async fn write_host_status(
-    ctx: &Context,
-    name: &str,
-    status: &HostControllerStatus,
-) -> Result<(), Error> {
-    let api: Api<Host> = Api::all(ctx.client.clone());
-    // Only the controller's fields: the agent owns `status.report` under its own field manager.
+/// The apply body of the controller's part of a Host status: only the controller's fields, since
+/// the agent owns `status.report` under its own field manager.
+fn host_status_body(status: &HostControllerStatus) -> serde_json::Value {
     let mut fields = serde_json::Map::new();
     if let Some(phase) = status.phase {
         fields.insert("phase".into(), json!(phase));
@@ -97,11 +145,19 @@ async fn write_host_status(
         fields.insert("observedGeneration".into(), json!(generation));
     }
     fields.insert("conditions".into(), json!(status.conditions));
-    let body = json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "status": fields});
+    json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "status": fields})
+}
+
+async fn write_host_status(
+    ctx: &Context,
+    name: &str,
+    body: &serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<Host> = Api::all(ctx.client.clone());
     api.patch_status(
         name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
+        &Patch::Apply(body),
     )
     .await
     .map_err(|source| Error::WriteStatus {
