@@ -26,7 +26,7 @@ control-plane:
 
 ## demo: a local control plane, the controller and simulated hosts; Ctrl-C stops everything
 demo: control-plane
-	$(CARGO) run --release -- dev --hosts 10 --kubeconfig ./.cache/kubeconfig
+	$(CARGO) run -- dev --hosts 10 --kubeconfig .cache/kubeconfig
 
 ## bench: planner benchmarks
 bench:
