@@ -316,14 +316,18 @@ async fn controller_killed_mid_rollout_converges_without_losing_ids_or_map() {
     let expected = p.all_active();
 
     let first = ControllerProcess::start();
-    let held = eventually("some but not all hosts hold the map", WAIT, || async {
-        let held = hosts_holding(&p.hosts, &expected).await;
-        assert!(
-            held.len() < N,
-            "the rollout finished before it could be interrupted"
-        );
-        (!held.is_empty()).then_some(held)
-    })
+    let held = eventually(
+        "a quarter of the hosts, not all, hold the map",
+        WAIT,
+        || async {
+            let held = hosts_holding(&p.hosts, &expected).await;
+            assert!(
+                held.len() < N,
+                "the rollout finished before it could be interrupted"
+            );
+            (held.len() >= N / 4).then_some(held)
+        },
+    )
     .await;
     first.kill().await;
     let killed_at = Instant::now();

@@ -513,7 +513,8 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
     running.run_until(stop_signal()).await
 }
 
-async fn stop_signal() {
+/// Resolves on SIGINT or SIGTERM (what Kubernetes sends to stop a Pod).
+pub async fn stop_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -73,6 +73,9 @@ pub struct Context {
     backoff: Mutex<HashMap<String, Backoff>>,
     slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     written: Mutex<HashMap<(ObjectKind, String), Written>>,
+    /// The leader-election state, when this replica takes part in an election (`None`: always
+    /// leader).
+    pub leader: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
     /// Asks the controller to reconcile a pool again (a call finished after its reconcile).
     pub requeue: tokio::sync::mpsc::UnboundedSender<ObjectRef<StoragePool>>,
 }
@@ -143,6 +146,7 @@ impl Context {
             backoff: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            leader: Mutex::new(None),
             requeue,
         })
     }

@@ -1,5 +1,5 @@
 //! `/metrics` (Prometheus text), `/healthz` (the process serves) and `/readyz` (every cache has
-//! finished its initial list).
+//! finished its initial list, or this replica is a leader-election standby).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -39,7 +39,16 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> ([(&'static str, &'static s
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {
-    if ctx.stores.ready() {
+    let standby = ctx
+        .leader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|rx| !*rx.borrow());
+    if standby {
+        // A standby is ready to take over; reporting it unready would stall rolling updates.
+        (StatusCode::OK, "standby")
+    } else if ctx.stores.ready() {
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")

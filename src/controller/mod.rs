@@ -86,6 +86,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Leader election could not start.
+    #[error("starting leader election")]
+    LeaderElection(#[source] kube_lease_manager::LeaseManagerError),
+    /// This replica lost the leader-election Lease and stopped acting.
+    #[error("lost the leader-election lease")]
+    LeadershipLost,
     /// The metrics and health server could not start.
     #[error("serving metrics on {addr}")]
     Http {
@@ -109,6 +115,8 @@ impl Error {
             Self::Token(_) => "Token",
             Self::CaFile { .. } => "CaFile",
             Self::Http { .. } => "Http",
+            Self::LeaderElection(_) => "LeaderElection",
+            Self::LeadershipLost => "LeadershipLost",
         }
     }
 }
@@ -135,6 +143,12 @@ pub struct ControllerArgs {
     /// How many pools may be reconciled at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// Run as one of several replicas: only the holder of the `poolkeeper-controller` Lease acts.
+    #[arg(long, env = "POOLKEEPER_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// The namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "poolkeeper-system")]
+    pub leader_election_namespace: String,
 }
 
 /// Runs the controller with the ambient Kubernetes configuration until SIGINT/SIGTERM.
@@ -144,10 +158,12 @@ pub struct ControllerArgs {
 pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Config)?;
     let settings = Settings::from_args(&args)?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    run_with(client, settings, args.metrics_addr, shutdown).await
+    let shutdown = crate::agent::stop_signal();
+    if args.leader_elect {
+        run_elected(client, settings, &args, shutdown).await
+    } else {
+        run_with(client, settings, args.metrics_addr, shutdown).await
+    }
 }
 
 /// Runs the controller on `client` until `shutdown` resolves. Used by `run`, `poolkeeper dev` and
@@ -161,11 +177,89 @@ pub async fn run_with(
     metrics_addr: SocketAddr,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
+    run_inner(client, settings, metrics_addr, None, shutdown).await
+}
+
+/// The name of the Lease replicas compete for.
+const LEADER_LEASE: &str = "poolkeeper-controller";
+
+/// Runs as one of several replicas: serves health at once (a standby is live and ready, so a
+/// rolling update can proceed), reconciles only while it holds the `poolkeeper-controller` Lease,
+/// and stops with [`Error::LeadershipLost`] when it loses it (the Pod restarts as a standby; a
+/// replica that may have missed writes never keeps acting).
+///
+/// # Errors
+/// When the election cannot start, the metrics server cannot bind, or the Lease is lost.
+pub async fn run_elected(
+    client: Client,
+    settings: Settings,
+    args: &ControllerArgs,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("poolkeeper-{}", uuid::Uuid::new_v4().simple()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
+        .with_namespace(&args.leader_election_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(Error::LeaderElection)?;
+    let (leader, task) = manager.watch().await;
+    info!(identity = %identity, lease = LEADER_LEASE, "leader election: standing by");
+    let result = run_inner(client, settings, args.metrics_addr, Some(leader), shutdown).await;
+    // Every receiver is gone now: the manager releases the Lease, so a standby takes over at once
+    // instead of after the Lease expires.
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    result
+}
+
+async fn run_inner(
+    client: Client,
+    settings: Settings,
+    metrics_addr: SocketAddr,
+    mut leader: Option<tokio::sync::watch::Receiver<bool>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), Error> {
     let (stores, streams) = watch::start(&client, &settings);
     let (requeue_tx, requeue_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context::new(client, settings, stores, requeue_tx)?);
+    *ctx.leader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = leader.clone();
     let server = http::serve(metrics_addr, ctx.clone()).await?;
     info!(addr = %server, "serving metrics and health");
+
+    let mut shutdown = Box::pin(shutdown);
+    if let Some(rx) = leader.as_mut() {
+        tokio::select! {
+            acquired = rx.wait_for(|is_leader| *is_leader) => {
+                if acquired.is_err() {
+                    return Err(Error::LeadershipLost);
+                }
+                info!("leader election: acquired, reconciling");
+            }
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost_flag = lost.clone();
+    let shutdown = async move {
+        match leader {
+            Some(mut rx) => {
+                tokio::select! {
+                    () = shutdown => {}
+                    _ = rx.wait_for(|is_leader| !*is_leader) => {
+                        lost_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        warn!("leader election: lost the lease, stopping");
+                    }
+                }
+            }
+            None => shutdown.await,
+        }
+    };
 
     // No debounce: kube's debounce restarts its timer on every trigger, so a steady stream of
     // Lease renewals would starve a pool. The scheduler already merges triggers for a pool that
@@ -196,7 +290,14 @@ pub async fn run_with(
             }
         });
     tokio::join!(pools, domains);
+    ctx.leader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
     info!("controller stopped");
+    if lost.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::LeadershipLost);
+    }
     Ok(())
 }
 

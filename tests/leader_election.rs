@@ -1,0 +1,161 @@
+//! Two controller replicas against a real API server, both running as the deployed
+//! ServiceAccount: only the holder of the `poolkeeper-controller` Lease reconciles, the standby
+//! reports ready (so rolling updates proceed), and when the leader stops the standby takes over.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, api::PostParams};
+use poolkeeper::{
+    api::StoragePool,
+    controller::{self, ControllerArgs, Settings},
+    protocol::{self, Token},
+};
+use support::{
+    client,
+    cluster::{LEASE_NAMESPACE, TOKEN, client_as, ensure_namespace, obj},
+    eventually, unique,
+};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Replica {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), controller::Error>>,
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    l.local_addr().expect("addr")
+}
+
+async fn replica() -> Replica {
+    let addr = free_addr();
+    let args = ControllerArgs {
+        lease_namespace: LEASE_NAMESPACE.into(),
+        token_file: "/dev/null".into(),
+        agent_ca_file: None,
+        metrics_addr: addr,
+        concurrency: 4,
+        leader_elect: true,
+        leader_election_namespace: LEASE_NAMESPACE.into(),
+    };
+    let settings = Settings {
+        lease_namespace: LEASE_NAMESPACE.into(),
+        concurrency: 4,
+        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+    };
+    let client = client_as("poolkeeper-controller").await;
+    let (tx, rx) = oneshot::channel();
+    let done = tokio::spawn(async move {
+        controller::run_elected(client, settings, &args, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Replica {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let resp = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.text().await.ok()?))
+}
+
+/// Reconciles counted by the replica's own metrics.
+async fn reconciles(addr: SocketAddr) -> u64 {
+    let (_, body) = get(addr, "/metrics").await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("controller_runtime_reconcile_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn create_pool() -> String {
+    let name = unique("elected");
+    let pool: StoragePool =
+        serde_json::from_value(obj("StoragePool", &name, serde_json::json!({}))).expect("pool");
+    Api::<StoragePool>::all(client().await)
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("create pool");
+    name
+}
+
+async fn wait_reconciled(name: &str) {
+    let api: Api<StoragePool> = Api::all(client().await);
+    eventually(&format!("pool {name} reconciled"), WAIT, || {
+        let api = api.clone();
+        async move {
+            let p = api.get(name).await.ok()?;
+            (p.status?.observed_generation == p.metadata.generation).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn holder() -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client().await, LEASE_NAMESPACE);
+    leases
+        .get_opt("poolkeeper-controller")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_the_standby_takes_over() {
+    ensure_namespace().await;
+    let mut a = replica().await;
+    let first = eventually("a leader", WAIT, || async { holder().await }).await;
+    let mut b = replica().await;
+
+    let pool = create_pool().await;
+    wait_reconciled(&pool).await;
+    let (ra, rb) = (reconciles(a.addr).await, reconciles(b.addr).await);
+    let (leader, standby) = if ra > 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert!(
+        (ra > 0) ^ (rb > 0),
+        "exactly one replica reconciles: a={ra} b={rb}"
+    );
+    let ready = eventually("standby serves /readyz", WAIT, || async {
+        get(standby.addr, "/readyz")
+            .await
+            .filter(|(code, _)| *code == 200)
+    })
+    .await;
+    assert_eq!(ready.1, "standby");
+
+    // The leader stops (as on a rolling update): it releases the Lease and the standby takes over.
+    let _ = leader.stop.take().expect("stop").send(());
+    eventually("the leader stopped", WAIT, || async {
+        leader.done.is_finished().then_some(())
+    })
+    .await;
+    let second = eventually("a new holder", WAIT, || {
+        let first = first.clone();
+        async move { holder().await.filter(|h| *h != first) }
+    })
+    .await;
+    assert_ne!(first, second);
+    let later = create_pool().await;
+    wait_reconciled(&later).await;
+    assert!(
+        reconciles(standby.addr).await > 0,
+        "the former standby reconciles now"
+    );
+    let _ = standby.stop.take().expect("stop").send(());
+}
