@@ -6,7 +6,7 @@ CARGO ?= cargo
 
 ## test: build the control plane if missing, then run every test
 test: control-plane
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 ## lint: formatting, clippy with warnings denied, generated CRDs current
 lint:

@@ -558,17 +558,18 @@ async fn idle_costs_nothing_and_rollout_writes_do_not_grow_with_hosts() {
     let at_60 = rollout_budget(&large, metrics).await;
     assert_budget(&at_60);
 
-    assert!(
-        at_60.pool_status <= at_20.pool_status + 3,
-        "pool status writes grow with N: {} at 20 hosts, {} at 60",
-        at_20.pool_status,
-        at_60.pool_status
-    );
-    assert!(
-        at_60.domain_status <= at_20.domain_status + 3,
-        "domain status writes grow with N: {} at 20 hosts, {} at 60",
-        at_20.domain_status,
-        at_60.domain_status
-    );
+    // Not growing with N: the planner writes a fresh progress snapshot at most once per tenth of
+    // the pool (src/plan/mod.rs, "Write budget"), so the count depends on how many tenths the
+    // reconciles happen to observe, not on N; two rollouts may differ by up to those ten
+    // snapshots (measured: 3 to 7 pool writes), while O(N) writes would be ~40 more at 60 hosts.
+    for (what, small, large) in [
+        ("pool", at_20.pool_status, at_60.pool_status),
+        ("domain", at_20.domain_status, at_60.domain_status),
+    ] {
+        assert!(
+            large <= small + 10,
+            "{what} status writes grow with N: {small} at 20 hosts, {large} at 60"
+        );
+    }
     eprintln!("write budget: N=20 {at_20:?}\nN=60 {at_60:?}");
 }

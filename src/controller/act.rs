@@ -123,14 +123,36 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
                 .unwrap_or(jiff::SignedDuration::MAX),
         )
         .unwrap_or_else(|_| jiff::Timestamp::now());
+    let now = jiff::Timestamp::now();
+    // A host that accepted a call is given `connectTimeoutSeconds` to report it before the same
+    // call goes out again (while its report is on its way, it still looks out of sync).
+    let confirm_by = now
+        .checked_add(jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(now);
     let mut running = futures::stream::FuturesUnordered::new();
     for call in &plan.calls {
+        // Keyed by the host's bootId too: a host that restarted since must be told again at once.
+        let boot_id = observed
+            .hosts
+            .get(call.host())
+            .and_then(|h| h.report.parsed())
+            .map(|r| r.boot_id.clone())
+            .unwrap_or_default();
+        let key = (call.clone(), boot_id);
+        if ctx.recently_told(call.host(), &key, now) {
+            debug!(host = %call.host(), "call accepted recently; waiting for the host's report");
+            continue;
+        }
         ctx.call_started(call.host(), until);
-        let (ctx, call, slots) = (ctx.clone(), call.clone(), slots.clone());
+        let (ctx, slots) = (ctx.clone(), slots.clone());
         running.push(tokio::spawn(async move {
             // The semaphore is never closed, so acquiring fails only at shutdown.
             let _permit = slots.acquire_owned().await.ok();
-            send(&ctx, &call, timeout).await
+            let outcome = send(&ctx, &key.0, timeout).await;
+            if outcome.result.is_ok() {
+                ctx.told(key.0.host(), &key, confirm_by);
+            }
+            outcome
         }));
     }
     let mut outcomes = Vec::new();

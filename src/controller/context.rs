@@ -73,6 +73,7 @@ pub struct Context {
     backoff: Mutex<HashMap<String, Backoff>>,
     slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     written: Mutex<HashMap<(ObjectKind, String), Written>>,
+    told: Mutex<HashMap<String, (u64, Timestamp)>>,
     /// The leader-election state, when this replica takes part in an election (`None`: always
     /// leader).
     pub leader: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
@@ -95,6 +96,13 @@ struct Written {
     seen_version: Option<String>,
     /// A hash of the status written.
     content: u64,
+}
+
+fn call_hash(call: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    call.hash(&mut h);
+    h.finish()
 }
 
 fn content_hash(content: &impl serde::Serialize) -> u64 {
@@ -146,6 +154,7 @@ impl Context {
             backoff: Mutex::new(HashMap::new()),
             slots: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
+            told: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
             requeue,
         })
@@ -203,6 +212,26 @@ impl Context {
                 content: content_hash(content),
             },
         );
+    }
+
+    /// Remembers that `host` accepted `call` until `until`: the host's report may not have reached
+    /// the cache yet, and sending the same call again would only repeat it.
+    pub fn told(&self, host: &str, call: &impl std::hash::Hash, until: Timestamp) {
+        let mut map = self
+            .told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(host.to_owned(), (call_hash(call), until));
+    }
+
+    /// Whether `host` accepted exactly `call` recently (see [`Self::told`]).
+    pub fn recently_told(&self, host: &str, call: &impl std::hash::Hash, now: Timestamp) -> bool {
+        let mut map = self
+            .told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, (_, until)| *until > now);
+        map.get(host).is_some_and(|(h, _)| *h == call_hash(call))
     }
 
     /// Records a failed call: the next one waits 1 s, 2 s, 4 s ... up to 5 min, with jitter.

@@ -321,6 +321,11 @@ async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Act
 
 #[tracing::instrument(skip_all, fields(pool = %pool.name_any()))]
 async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Error> {
+    // Planning from a cache that has not finished its first list would see no domains, hosts or
+    // Leases: it would persist an empty map, drop host ids and restart grace periods.
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let now = jiff::Timestamp::now();
     let observed = observe::pool(ctx, pool);
     let plan = crate::plan::plan(&observed, now);

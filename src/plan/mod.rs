@@ -281,7 +281,7 @@ pub struct Desired {
 }
 
 /// One RPC to one host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostCall {
     /// `StoragePool.connect` with the whole map.
     Connect {
@@ -321,7 +321,7 @@ impl HostCall {
 }
 
 /// `StoragePool.connect` parameters (`scsiKey` is the pool uuid again, as VDSM ignores it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectParams {
     /// `storagepoolID`.
     pub pool_uuid: String,
@@ -336,7 +336,7 @@ pub struct ConnectParams {
 }
 
 /// `StoragePool.disconnect` parameters.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DisconnectParams {
     /// `storagepoolID`: the pool the host reports it is connected to.
     pub pool_uuid: String,

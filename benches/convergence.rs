@@ -1,0 +1,228 @@
+//! Convergence at scale, end to end: a real kube-apiserver and etcd, the real controller and N
+//! simulated hosts over real sockets, in one process. For each N it measures how long a new pool
+//! with 5 domains takes to become Ready (every host holds the map), how long putting one domain
+//! in maintenance takes to finish (every host stopped monitoring it), and the controller's status
+//! writes for each. Prints a table; asserts nothing (speed is measured here, not in tests).
+//!
+//! `cargo bench --bench convergence` (needs `make control-plane`); `POOLKEEPER_BENCH_HOSTS=100,500`
+//! picks the sizes.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use poolkeeper::{
+    agent::{self, Hosts, lease::LeaseConfig, monitor::MonitorConfig},
+    api::{DomainPhase, Host, StorageDomain, StoragePool},
+    controller::{self, Settings},
+    protocol::{self, Token},
+    testenv::ControlPlane,
+};
+use serde_json::json;
+
+const TOKEN: &str = "poolkeeper-bench-token-0123456789";
+const NS: &str = "poolkeeper-system";
+const DOMAINS: usize = 5;
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("POOLKEEPER_BENCH_HOSTS")
+        .unwrap_or_else(|_| "50,200,500".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let cp = match ControlPlane::start().await {
+        Ok(cp) => cp,
+        Err(e) => {
+            eprintln!("cannot start the control plane: {e}");
+            std::process::exit(1);
+        }
+    };
+    let client = cp.client().await.expect("client");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            NS,
+            &PatchParams::apply("bench"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            ),
+        )
+        .await
+        .expect("namespace");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr");
+    let settings = Settings {
+        lease_namespace: NS.into(),
+        concurrency: 8,
+        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+    };
+    tokio::spawn(controller::run_with(
+        client.clone(),
+        settings,
+        metrics,
+        std::future::pending(),
+    ));
+
+    println!();
+    println!(
+        "| hosts | pool Ready | pool writes | domain writes | host writes | maintenance done | pool writes | domain writes | host writes |"
+    );
+    println!(
+        "|------:|-----------:|------------:|--------------:|------------:|-----------------:|------------:|--------------:|------------:|"
+    );
+    for (run, n) in sizes.into_iter().enumerate() {
+        let row = measure(&client, metrics, run, n).await;
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "writes: the controller's own status writes (poolkeeper_status_writes_total) during each phase"
+    );
+}
+
+async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let mut out = [0; 3];
+    for line in body
+        .lines()
+        .filter(|l| l.starts_with("poolkeeper_status_writes_total{"))
+    {
+        let v: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let i = if line.contains("StoragePool") {
+            0
+        } else if line.contains("StorageDomain") {
+            1
+        } else {
+            2
+        };
+        out[i] += v;
+    }
+    out
+}
+
+async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: usize) -> String {
+    let prefix = format!("b{run}");
+    let agents = agent::start(agent::Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise_url: None,
+        tls: None,
+        token: Token::new(TOKEN).expect("token"),
+        max_body_bytes: 1024 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_secs(2),
+            check_timeout: Duration::from_secs(5),
+        },
+        hosts: Hosts::Simulated {
+            count: n,
+            prefix: prefix.clone(),
+        },
+        kube: Some((
+            client.clone(),
+            LeaseConfig {
+                namespace: NS.into(),
+                duration: Duration::from_secs(40),
+                renew_every: Duration::from_secs(10),
+            },
+        )),
+    })
+    .await
+    .expect("simulated hosts");
+    let hosts: Api<Host> = Api::all(client.clone());
+    let pool_name = format!("bench-{run}");
+    // Hosts join first, so the measured interval is the controller's work, not registration.
+    let names: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
+    for name in &names {
+        while hosts.get_opt(name).await.ok().flatten().is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hosts
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"pool": pool_name}})),
+            )
+            .await
+            .expect("join");
+    }
+    let pools: Api<StoragePool> = Api::all(client.clone());
+    let domains: Api<StorageDomain> = Api::all(client.clone());
+    let before = writes(metrics).await;
+    let started = Instant::now();
+    let pool: StoragePool = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": pool_name}, "spec": {"sync": {"maxHosts": 2000}}})).expect("pool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("pool");
+    let mut domain_names = Vec::new();
+    for d in 0..DOMAINS {
+        let name = format!("{pool_name}-sd{d}");
+        let sd: StorageDomain = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "metadata": {"name": name},
+            "spec": {"uuid": uuid::Uuid::new_v4().to_string(), "storage": {"path": format!("nfs:/{name}")}, "pool": pool_name}})).expect("domain");
+        domains
+            .create(&PostParams::default(), &sd)
+            .await
+            .expect("domain");
+        domain_names.push(name);
+    }
+    loop {
+        let p = pools.get(&pool_name).await.expect("pool");
+        let s = p.status.unwrap_or_default();
+        if s.counts.in_sync as usize == n
+            && s.domain_map.len() == DOMAINS
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = started.elapsed();
+    let after_ready = writes(metrics).await;
+
+    let target = &domain_names[DOMAINS - 1];
+    let started = Instant::now();
+    domains
+        .patch(
+            target,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maintenance": true}})),
+        )
+        .await
+        .expect("maintenance");
+    loop {
+        let d = domains.get(target).await.expect("domain");
+        if d.status.and_then(|s| s.phase) == Some(DomainPhase::Maintenance) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let maintenance = started.elapsed();
+    let after_maintenance = writes(metrics).await;
+    agents.shutdown().await;
+    format!(
+        "| {n} | {:.1} s | {} | {} | {} | {:.1} s | {} | {} | {} |",
+        ready.as_secs_f64(),
+        after_ready[0] - before[0],
+        after_ready[1] - before[1],
+        after_ready[2] - before[2],
+        maintenance.as_secs_f64(),
+        after_maintenance[0] - after_ready[0],
+        after_maintenance[1] - after_ready[1],
+        after_maintenance[2] - after_ready[2],
+    )
+}
