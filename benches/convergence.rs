@@ -192,6 +192,23 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ready = started.elapsed();
+    // The reconcile that makes the pool Ready writes the hosts' phases after the pool's status:
+    // let those land so they are not counted as the next phase's writes.
+    let selector = kube::api::ListParams::default().fields(&format!("spec.pool={pool_name}"));
+    loop {
+        let list = hosts.list(&selector).await.expect("hosts");
+        let up = list
+            .items
+            .iter()
+            .filter(|h| {
+                h.status.as_ref().and_then(|s| s.phase) == Some(poolkeeper::api::HostPhase::Up)
+            })
+            .count();
+        if up == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let after_ready = writes(metrics).await;
 
     let target = &domain_names[DOMAINS - 1];

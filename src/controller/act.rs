@@ -130,6 +130,7 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
         .checked_add(jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(now);
     let mut running = futures::stream::FuturesUnordered::new();
+    let mut outcomes = Vec::new();
     for call in &plan.calls {
         // Keyed by the host's bootId too: a host that restarted since must be told again at once.
         let boot_id = observed
@@ -140,7 +141,13 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
             .unwrap_or_default();
         let key = (call.clone(), boot_id);
         if ctx.recently_told(call.host(), &key, now) {
+            // The host accepted exactly this call moments ago: report it as accepted.
             debug!(host = %call.host(), "call accepted recently; waiting for the host's report");
+            outcomes.push(CallOutcome {
+                host: call.host().to_owned(),
+                kind: call.kind(),
+                result: Ok(()),
+            });
             continue;
         }
         ctx.call_started(call.host(), until);
@@ -155,7 +162,6 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
             outcome
         }));
     }
-    let mut outcomes = Vec::new();
     let deadline = tokio::time::sleep(REPORT_WAIT);
     tokio::pin!(deadline);
     loop {
