@@ -158,6 +158,26 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
             .await
             .expect("join");
     }
+    // ... and have their first Lease, so they are responsive from the start.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), NS);
+    loop {
+        let list = leases.list(&Default::default()).await.expect("leases");
+        let ours = list
+            .items
+            .iter()
+            .filter(|l| {
+                l.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|x| x.starts_with(&format!("{prefix}-")))
+            })
+            .count();
+        if ours == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let pools: Api<StoragePool> = Api::all(client.clone());
     let domains: Api<StorageDomain> = Api::all(client.clone());
     let before = writes(metrics).await;

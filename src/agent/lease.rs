@@ -2,7 +2,8 @@
 //! name) in the agent's namespace, renewed every few seconds, like kubelet's node leases.
 //!
 //! One renewer serves every host of the process and spreads the renewals evenly over the renew
-//! interval, so 2,000 simulated hosts cost a steady trickle of small patches, not bursts. A
+//! interval, so 2,000 simulated hosts cost a steady trickle of small patches, not bursts (only the
+//! first round, which creates the Leases, goes out at once). A
 //! failed renewal is retried at the host's next turn; a cut-off (blackholed) host renews nothing.
 
 use std::sync::Arc;
@@ -67,6 +68,10 @@ pub async fn run_renewer(
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cursor = 0usize;
+    // The first round renews every host at once: a host counts as not responding until its
+    // first Lease exists, so spreading that one would make hosts come up one by one (and the
+    // controller report each of them). Later rounds are spread.
+    let mut batch = n;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -77,7 +82,7 @@ pub async fn run_renewer(
                 continue;
             }
         }
-        for _ in 0..per_tick.min(n) {
+        for _ in 0..std::mem::replace(&mut batch, per_tick.min(n)) {
             let i = cursor % n;
             cursor = cursor.wrapping_add(1);
             let Some(host) = hosts.get(i) else { continue };
