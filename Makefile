@@ -28,9 +28,10 @@ control-plane:
 demo: control-plane
 	$(CARGO) run -- dev --hosts 10 --kubeconfig .cache/kubeconfig
 
-## bench: planner benchmarks
-bench:
+## bench: planner benchmarks (criterion) and end-to-end convergence (a table; needs the control plane)
+bench: control-plane
 	$(CARGO) bench --bench plan
+	$(CARGO) bench --bench convergence
 
 fmt:
 	$(CARGO) fmt
