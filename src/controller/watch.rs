@@ -58,17 +58,19 @@ impl Stores {
     }
 }
 
-/// The watch streams feeding the controller (each already reflected into its store).
+/// A watch stream of objects, already reflected into its store.
+pub type BoxStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
+
+/// The watch streams feeding the controller.
 pub struct Streams {
     /// Pool changes.
-    pub pools: std::pin::Pin<Box<dyn Stream<Item = Result<StoragePool, watcher::Error>> + Send>>,
+    pub pools: BoxStream<StoragePool>,
     /// Domain changes (applied and deleted).
-    pub domains:
-        std::pin::Pin<Box<dyn Stream<Item = Result<StorageDomain, watcher::Error>> + Send>>,
+    pub domains: BoxStream<StorageDomain>,
     /// Host changes (applied and deleted).
-    pub hosts: std::pin::Pin<Box<dyn Stream<Item = Result<Host, watcher::Error>> + Send>>,
+    pub hosts: BoxStream<Host>,
     /// Lease changes.
-    pub leases: std::pin::Pin<Box<dyn Stream<Item = Result<Lease, watcher::Error>> + Send>>,
+    pub leases: BoxStream<Lease>,
 }
 
 /// Starts the reflectors (lazily: they run as the controller polls the streams).
@@ -95,8 +97,6 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
         },
     )
 }
-
-type BoxStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<K, watcher::Error>> + Send>>;
 
 fn reflect<K>(api: Api<K>) -> (Store<K>, BoxStream<K>)
 where
