@@ -168,6 +168,8 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     );
     if control_plane.is_some() {
         println!("  export KUBECONFIG={}", args.kubeconfig.display());
+        // A kubectl of the same version was built with the control plane.
+        println!("  export PATH={}:$PATH", testenv::binaries_dir().display());
     }
     println!("  kubectl get sp,sd,host");
     println!("  kubectl wait --for=condition=Ready storagepool/dc1 --timeout=60s");
