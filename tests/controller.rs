@@ -375,3 +375,75 @@ async fn host_leaving_the_pool_is_disconnected() {
 fn super_controller() {
     support::cluster::controller();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonsensical_host_report_is_ignored_and_the_pool_still_converges() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let sim = sim_pool(PoolOptions::default()).await;
+    // A Host with a live Lease whose report makes no sense: a pool "uuid" that is not one and a
+    // domain reported twice. The schema accepts it (types are right), the controller must not.
+    let name = unique("garbage");
+    let hosts: Api<Host> = Api::all(client().await);
+    let h: Host = serde_json::from_value(json!({
+        "apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "metadata": {"name": name},
+        "spec": {"pool": sim.pool, "endpoint": "http://127.0.0.1:9/jsonrpc"},
+    }))
+    .expect("host");
+    hosts
+        .create(&PostParams::default(), &h)
+        .await
+        .expect("create host");
+    let leases: Api<Lease> = Api::namespaced(client().await, support::cluster::LEASE_NAMESPACE);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": 3600, "renewTime": now},
+    }))
+    .expect("lease");
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
+    let sd = sim.uuids.values().next().expect("a domain").clone();
+    let report = json!({"status": {"report": {
+        "agentVersion": "x", "bootId": "b",
+        "pool": {"uuid": "not-a-uuid", "hostId": 1},
+        "domains": [
+            {"uuid": sd, "valid": true, "code": 0, "actual": true},
+            {"uuid": sd, "valid": false, "code": 379, "actual": true}
+        ],
+    }}});
+    hosts
+        .patch_status(
+            &name,
+            &PatchParams::apply("garbage-writer").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "status": report["status"],
+            })),
+        )
+        .await
+        .expect("status");
+
+    let (status, reason, _) = eventually("InSync=Unknown with ReportUnparsable", WAIT, || async {
+        let h = host(&name).await;
+        let c = condition(&h.status?.conditions, "InSync")?;
+        (c.1 == "ReportUnparsable").then_some(c)
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("Unknown", "ReportUnparsable")
+    );
+    // The garbage neither crashed the controller nor stopped the real hosts from converging.
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
+    wait_maps(&sim.hosts, &expected).await;
+    for d in &sim.domains {
+        wait_domain_phase(d, DomainPhase::Active).await;
+    }
+}
