@@ -447,3 +447,39 @@ async fn nonsensical_host_report_is_ignored_and_the_pool_still_converges() {
         wait_domain_phase(d, DomainPhase::Active).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_pool_waits_for_its_domains_to_leave() {
+    use poolkeeper::api::StoragePool;
+
+    let sim = sim_pool(PoolOptions::default()).await;
+    for d in &sim.domains {
+        wait_domain_phase(d, DomainPhase::Active).await;
+    }
+    let pools: Api<StoragePool> = Api::all(client().await);
+    pools
+        .delete(&sim.pool, &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    let (status, _, message) = eventually("Stalled names the attached domains", WAIT, || async {
+        let p = pools.get_opt(&sim.pool).await.ok()??;
+        let c = condition(&p.status?.conditions, "Stalled")?;
+        (c.1 == "DomainsAttached").then_some(c)
+    })
+    .await;
+    assert_eq!(status, "True");
+    assert!(message.contains(sim.domains[0].as_str()), "{message}");
+
+    for d in &sim.domains {
+        merge_spec::<StorageDomain>(d, json!({"pool": null})).await;
+    }
+    eventually("pool deleted once its domains left", WAIT, || {
+        let pools = pools.clone();
+        let name = sim.pool.clone();
+        async move { pools.get_opt(&name).await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    for d in &sim.domains {
+        wait_domain_phase(d, DomainPhase::Unattached).await;
+    }
+}
