@@ -184,8 +184,9 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     info!("stopping");
     let _ = stop_tx.send(true);
     agents.shutdown().await;
-    if let Ok(result) = controller.await {
-        result?;
+    match controller.await {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "the controller task failed"),
     }
     drop(control_plane);
     Ok(())

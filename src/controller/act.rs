@@ -24,18 +24,37 @@ use crate::{
     protocol,
 };
 
-/// Persists, calls and updates finalizers; returns each call's outcome.
+/// What act did: each call's outcome, and the pool's resourceVersion after persisting the map.
+#[derive(Debug)]
+pub struct Acted {
+    /// The outcome of each call that finished in time.
+    pub outcomes: Vec<CallOutcome>,
+    /// The resourceVersion the next pool status write must be based on.
+    pub pool_version: Option<String>,
+}
+
+/// Persists the map, then calls hosts; returns each call's outcome. Finalizers are applied by
+/// [`apply_finalizers`] after the report (removing the pool's last finalizer deletes it).
 ///
 /// # Errors
-/// When the map cannot be persisted (then no host is called) or a finalizer cannot be changed.
-pub async fn act(
-    ctx: &Arc<Context>,
-    observed: &Observed,
-    plan: &Plan,
-) -> Result<Vec<CallOutcome>, Error> {
+/// When the map cannot be persisted (then no host is called).
+pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result<Acted, Error> {
     let pool = &observed.pool.name;
+    let mut pool_version = ctx
+        .stores
+        .pools
+        .get(&StoreRef::new(pool))
+        .and_then(|p| p.resource_version());
+    for (host, verdict) in &plan.hosts {
+        if verdict.in_sync {
+            ctx.host_confirmed(host);
+        }
+    }
     if let Some(status) = &plan.persist_first {
-        write_pool_status(ctx, pool, status)
+        // The resourceVersion makes this a compare-and-swap: a reconcile planned on a cache that
+        // has not seen the previous map write fails here (409) and retries, instead of reusing a
+        // mapVersion or handing out a host id twice.
+        pool_version = write_pool_status(ctx, pool, status, pool_version.as_deref())
             .await
             .map_err(|source| Error::PersistMap {
                 pool: pool.clone(),
@@ -50,6 +69,12 @@ pub async fn act(
         );
     }
 
+    if !plan.calls.is_empty()
+        && let Some(fence) = &ctx.fence
+        && !fence.holds().await
+    {
+        return Err(Error::LeadershipLost);
+    }
     let outcomes = call_hosts(ctx, observed, plan).await;
 
     // A host that accepts connects but never reports the map would otherwise be called on every
@@ -68,37 +93,54 @@ pub async fn act(
         }
     }
 
+    Ok(Acted {
+        outcomes,
+        pool_version,
+    })
+}
+
+/// Applies the plan's finalizer changes.
+///
+/// # Errors
+/// When a finalizer cannot be changed.
+pub async fn apply_finalizers(ctx: &Context, plan: &Plan) -> Result<(), Error> {
     for change in &plan.finalizers {
         apply_finalizer(ctx, change).await?;
     }
-    Ok(outcomes)
+    Ok(())
 }
 
-/// Server-side applies a pool's whole status with the controller's field manager.
+/// Server-side applies a pool's whole status with the controller's field manager, based on
+/// `version` when given (a 409 if the pool changed since); returns the new resourceVersion.
 pub(crate) async fn write_pool_status(
     ctx: &Context,
     pool: &str,
     status: &StoragePoolStatus,
-) -> Result<(), kube::Error> {
+    version: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
     let api: Api<StoragePool> = Api::all(ctx.client.clone());
-    let body = json!({
+    let mut body = json!({
         "apiVersion": "poolkeeper.io/v1alpha1",
         "kind": "StoragePool",
         "status": status,
     });
-    api.patch_status(
-        pool,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await?;
+    if let Some(version) = version {
+        body["metadata"] = json!({"resourceVersion": version});
+    }
+    let written = api
+        .patch_status(
+            pool,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
     ctx.metrics
         .status_writes
         .get_or_create(&crate::metrics::WriteLabels {
             kind: "StoragePool",
         })
         .inc();
-    Ok(())
+    Ok(written.resource_version())
 }
 
 /// How long a reconcile waits for its calls before it reports. Calls still running then go on in
@@ -155,6 +197,15 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
         running.push(tokio::spawn(async move {
             // The semaphore is never closed, so acquiring fails only at shutdown.
             let _permit = slots.acquire_owned().await.ok();
+            // Waiting for a slot may take long: the call is in flight from now on.
+            let now = jiff::Timestamp::now();
+            let until = now
+                .checked_add(
+                    jiff::SignedDuration::try_from(timeout * 2)
+                        .unwrap_or(jiff::SignedDuration::MAX),
+                )
+                .unwrap_or(now);
+            ctx.call_started(key.0.host(), until);
             let outcome = send(&ctx, &key.0, timeout).await;
             if outcome.result.is_ok() {
                 ctx.told(key.0.host(), &key, confirm_by);

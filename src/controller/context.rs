@@ -74,6 +74,9 @@ pub struct Context {
     slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
     written: Mutex<HashMap<(ObjectKind, String), Written>>,
     told: Mutex<HashMap<String, (u64, Timestamp)>>,
+    /// Checks, before hosts are called, that this replica still holds the leader Lease (`None`:
+    /// no election).
+    pub fence: Option<Fence>,
     /// The leader-election state, when this replica takes part in an election (`None`: always
     /// leader).
     pub leader: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
@@ -86,6 +89,46 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+/// The leader Lease as a fence: the lease manager only notices a lost Lease when it can read it
+/// again, so a leader cut off from the API server could keep calling hosts after a standby took
+/// over. Hosts are called only after a fresh read shows this replica holds an unexpired Lease.
+#[derive(Clone)]
+pub struct Fence {
+    /// The Leases of the election's namespace.
+    pub leases: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's identity.
+    pub identity: String,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("name", &self.name)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fence {
+    /// Whether this replica holds the Lease now.
+    pub async fn holds(&self) -> bool {
+        let Ok(Some(lease)) = self.leases.get_opt(&self.name).await else {
+            return false;
+        };
+        let Some(spec) = lease.spec else { return false };
+        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let expires = spec.renew_time.map(|t| t.0).and_then(|t| {
+            t.checked_add(jiff::SignedDuration::from_secs(i64::from(
+                spec.lease_duration_seconds.unwrap_or(0),
+            )))
+            .ok()
+        });
+        ours && expires.is_some_and(|e| e > Timestamp::now())
     }
 }
 
@@ -156,6 +199,7 @@ impl Context {
             written: Mutex::new(HashMap::new()),
             told: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
+            fence: None,
             requeue,
         })
     }
@@ -291,7 +335,57 @@ impl Context {
     }
 
     /// Records a successful call: the backoff resets.
+    /// Records a successful call: the host may be called again at once, but its failure count
+    /// stays until it is seen in sync ([`Self::host_confirmed`]), so a host that accepts maps and
+    /// never reports them still backs off further each time.
     pub fn call_succeeded(&self, host: &str) {
+        let mut map = self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(entry) = map.get_mut(host) {
+            if entry.failures == 0 {
+                map.remove(host);
+            } else {
+                entry.last_error = None;
+                entry.not_before = Timestamp::now();
+            }
+        }
+    }
+
+    /// Drops what is remembered about objects that no longer exist (a deleted host's backoff, a
+    /// deleted object's last write), so memory follows the cluster, not its history.
+    pub fn forget_gone(&self) {
+        let exists = |kind: ObjectKind, name: &str| {
+            let r = ObjectRef::<StoragePool>::new(name);
+            match kind {
+                ObjectKind::StoragePool => self.stores.pools.get(&r).is_some(),
+                ObjectKind::StorageDomain => {
+                    self.stores.domains.get(&ObjectRef::new(name)).is_some()
+                }
+                ObjectKind::Host => self.stores.hosts.get(&ObjectRef::new(name)).is_some(),
+            }
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(kind, name), _| exists(*kind, name));
+        self.backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|host, _| exists(ObjectKind::Host, host));
+        self.told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|host, _| exists(ObjectKind::Host, host));
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|pool, _| exists(ObjectKind::StoragePool, pool));
+    }
+
+    /// The host holds what it should: its backoff resets.
+    pub fn host_confirmed(&self, host: &str) {
         let mut map = self
             .backoff
             .lock()

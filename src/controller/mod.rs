@@ -26,7 +26,7 @@ use kube::{
     Client, Resource, ResourceExt,
     runtime::{Controller, controller::Action},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::StoragePool;
 pub use context::{Context, Settings};
@@ -104,6 +104,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the API server refused a write because the object changed since it was read.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::PersistMap { source, .. }
+            | Self::WriteStatus { source, .. }
+            | Self::Finalizer { source, .. } => {
+                matches!(source, kube::Error::Api(status) if status.code == 409)
+            }
+            _ => false,
+        }
+    }
+
     /// A fixed string for metric labels and event reasons.
     pub fn category(&self) -> &'static str {
         match self {
@@ -209,7 +221,19 @@ pub async fn run_elected(
         .map_err(Error::LeaderElection)?;
     let (leader, task) = manager.watch().await;
     info!(identity = %identity, lease = LEADER_LEASE, "leader election: standing by");
-    let result = run_inner(client, settings, args.metrics_addr, Some(leader), shutdown).await;
+    let fence = context::Fence {
+        leases: kube::Api::namespaced(client.clone(), &args.leader_election_namespace),
+        name: LEADER_LEASE.to_owned(),
+        identity,
+    };
+    let result = run_inner(
+        client,
+        settings,
+        args.metrics_addr,
+        Some((leader, fence)),
+        shutdown,
+    )
+    .await;
     // Every receiver is gone now: the manager releases the Lease, so a standby takes over at once
     // instead of after the Lease expires.
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -220,12 +244,15 @@ async fn run_inner(
     client: Client,
     settings: Settings,
     metrics_addr: SocketAddr,
-    mut leader: Option<tokio::sync::watch::Receiver<bool>>,
+    election: Option<(tokio::sync::watch::Receiver<bool>, context::Fence)>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
     let (stores, streams) = watch::start(&client, &settings);
     let (requeue_tx, requeue_rx) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = Arc::new(Context::new(client, settings, stores, requeue_tx)?);
+    let (mut leader, fence) = election.map_or((None, None), |(rx, fence)| (Some(rx), Some(fence)));
+    let mut ctx = Context::new(client, settings, stores, requeue_tx)?;
+    ctx.fence = fence;
+    let ctx = Arc::new(ctx);
     *ctx.leader
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = leader.clone();
@@ -234,15 +261,19 @@ async fn run_inner(
 
     let mut shutdown = Box::pin(shutdown);
     if let Some(rx) = leader.as_mut() {
-        tokio::select! {
-            acquired = rx.wait_for(|is_leader| *is_leader) => {
-                if acquired.is_err() {
-                    return Err(Error::LeadershipLost);
-                }
-                info!("leader election: acquired, reconciling");
-            }
-            () = &mut shutdown => return Ok(()),
+        let standby = tokio::select! {
+            acquired = rx.wait_for(|is_leader| *is_leader) => acquired.is_err().then_some(Err(Error::LeadershipLost)),
+            () = &mut shutdown => Some(Ok(())),
+        };
+        if let Some(result) = standby {
+            // Dropping every receiver lets the lease manager stop at once.
+            ctx.leader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            return result;
         }
+        info!("leader election: acquired, reconciling");
     }
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lost_flag = lost.clone();
@@ -329,9 +360,18 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     let now = jiff::Timestamp::now();
     let observed = observe::pool(ctx, pool);
     let plan = crate::plan::plan(&observed, now);
-    let outcomes = act::act(ctx, &observed, &plan).await?;
-    let report = crate::plan::report(&observed, &plan, &outcomes, jiff::Timestamp::now());
-    report::write(ctx, &observed, &report, plan.persist_first.is_some()).await?;
+    let acted = act::act(ctx, &observed, &plan).await?;
+    let report = crate::plan::report(&observed, &plan, &acted.outcomes, jiff::Timestamp::now());
+    report::write(
+        ctx,
+        &observed,
+        &report,
+        plan.persist_first.is_some(),
+        acted.pool_version.as_deref(),
+    )
+    .await?;
+    // Last: removing the pool's finalizer may delete it.
+    act::apply_finalizers(ctx, &plan).await?;
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
     Ok(Action::requeue(
@@ -340,6 +380,11 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
 }
 
 fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_conflict() {
+        // Planned on a cache that had not seen our previous write yet: look again soon.
+        debug!(pool = %pool.name_any(), "pool changed since it was read; reconciling again");
+        return Action::requeue(Duration::from_millis(200));
+    }
     warn!(pool = %pool.name_any(), error = %error, category = error.category(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }
@@ -357,6 +402,7 @@ async fn orphan_domains(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Rec
             tracing::debug!("caches not ready; orphan domains wait");
             continue;
         }
+        ctx.forget_gone();
         for domain in ctx.stores.domains.state() {
             if let Err(e) = report::orphan_domain(&ctx, &domain).await {
                 warn!(domain = %domain.name_any(), error = %e, "writing orphan domain status failed");

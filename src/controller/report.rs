@@ -1,8 +1,6 @@
 //! Write what [`crate::plan::report`] built: each status only when it differs from the cached one
 //! (server-side apply, field manager `poolkeeper-controller`), and publish the planned events.
 
-use std::collections::BTreeSet;
-
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -21,52 +19,59 @@ use crate::{
     },
 };
 
-/// Writes every changed status of the report and publishes the events of the objects whose
-/// status changed in this reconcile (`persisted`: the pool status was already written by act).
+/// Writes every changed status of the report and publishes the events of each object right after
+/// its status changed (`persisted`: act already wrote the pool status, based on `pool_version`).
 /// Transitions always change a status, so a reconcile that runs on a cache that has not caught up
-/// with our own writes repeats neither the writes nor the events.
+/// with our own writes repeats neither the writes nor the events. One failed write does not stop
+/// the others; an object deleted meanwhile (404) needs no status.
 ///
 /// # Errors
-/// When a status write fails (the reconcile is retried).
+/// The first status write that failed (the reconcile is retried).
 pub async fn write(
     ctx: &Context,
     observed: &Observed,
     report: &Report,
     persisted: bool,
+    pool_version: Option<&str>,
 ) -> Result<(), Error> {
     let pool = &observed.pool.name;
-    let mut written = BTreeSet::new();
-    if persisted {
-        written.insert(plan::ObjectRef::pool(pool));
-    }
-    let version = ctx
+    let mut first_error = None;
+    let cached = ctx
         .stores
         .pools
         .get(&StoreRef::new(pool))
         .and_then(|p| p.resource_version());
+    let mut pool_written = persisted;
     if needs_write(Some(&observed.pool.status), &report.pool)
         && !ctx.already_written(
             ObjectKind::StoragePool,
             pool,
-            version.as_deref(),
+            cached.as_deref(),
             &report.pool,
         )
     {
-        write_pool_status(ctx, pool, &report.pool)
+        // Based on the version the plan was made from (or act's map write): the pool status
+        // carries the map and host ids, which a stale reconcile must never overwrite.
+        let result = write_pool_status(ctx, pool, &report.pool, pool_version.or(cached.as_deref()))
             .await
             .map_err(|source| Error::WriteStatus {
                 kind: "StoragePool",
                 name: pool.clone(),
                 source,
-            })?;
-        ctx.remember_write(
-            ObjectKind::StoragePool,
-            pool,
-            version.as_deref(),
-            &report.pool,
-        );
-        written.insert(plan::ObjectRef::pool(pool));
-        debug!(pool = %pool, "pool status written");
+            });
+        if settle(result.map(drop), &mut first_error) {
+            ctx.remember_write(
+                ObjectKind::StoragePool,
+                pool,
+                cached.as_deref(),
+                &report.pool,
+            );
+            pool_written = true;
+            debug!(pool = %pool, "pool status written");
+        }
+    }
+    if pool_written {
+        publish_for(ctx, report, &plan::ObjectRef::pool(pool)).await;
     }
     for (name, status) in &report.domains {
         let current = observed.domains.get(name).map(|d| &d.status);
@@ -77,10 +82,13 @@ pub async fn write(
             .and_then(|d| d.resource_version());
         if needs_write(current, status)
             && !ctx.already_written(ObjectKind::StorageDomain, name, version.as_deref(), status)
+            && settle(
+                write_domain_status(ctx, name, status).await,
+                &mut first_error,
+            )
         {
-            write_domain_status(ctx, name, status).await?;
             ctx.remember_write(ObjectKind::StorageDomain, name, version.as_deref(), status);
-            written.insert(plan::ObjectRef::domain(name));
+            publish_for(ctx, report, &plan::ObjectRef::domain(name)).await;
         }
     }
     for (name, status) in &report.hosts {
@@ -93,17 +101,37 @@ pub async fn write(
         let body = host_status_body(status);
         if needs_write(current, status)
             && !ctx.already_written(ObjectKind::Host, name, version.as_deref(), &body)
+            && settle(write_host_status(ctx, name, &body).await, &mut first_error)
         {
-            write_host_status(ctx, name, &body).await?;
             ctx.remember_write(ObjectKind::Host, name, version.as_deref(), &body);
-            written.insert(plan::ObjectRef::host(name));
+            publish_for(ctx, report, &plan::ObjectRef::host(name)).await;
         }
     }
-    for event in report.events.iter().filter(|e| written.contains(&e.object)) {
+    export_gauges(ctx, pool, report);
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Whether a write took effect; a 404 (the object is gone) counts as done, any other error is
+/// kept (the first one) for the caller and the write counts as not done.
+fn settle(result: Result<(), Error>, first_error: &mut Option<Error>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(Error::WriteStatus {
+            source: kube::Error::Api(status),
+            ..
+        }) if status.code == 404 => false,
+        Err(e) => {
+            warn!(error = %e, "status write failed");
+            first_error.get_or_insert(e);
+            false
+        }
+    }
+}
+
+async fn publish_for(ctx: &Context, report: &Report, object: &plan::ObjectRef) {
+    for event in report.events.iter().filter(|e| e.object == *object) {
         publish(ctx, event).await;
     }
-    export_gauges(ctx, pool, report);
-    Ok(())
 }
 
 pub(crate) async fn write_domain_status(
@@ -198,13 +226,25 @@ async fn publish(ctx: &Context, event: &PlannedEvent) {
             EventType::Warning => kube::runtime::events::EventType::Warning,
         },
         reason: event.reason.to_owned(),
-        note: Some(event.note.chars().take(1024).collect()),
+        note: Some(truncate(&event.note, 1024).to_owned()),
         action: event.reason.to_owned(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
         warn!(object = name, reason = event.reason, error = %e, "publishing event failed");
     }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary (events.k8s.io limits `note` in bytes).
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
