@@ -181,6 +181,7 @@ async fn registers_reports_once_per_change_and_not_in_steady_state() {
         r.pool.is_some()
     })
     .await;
+    // The claim is "exactly one write": give a second, unwanted one ten monitor periods to show.
     tokio::time::sleep(PERIOD * 10).await;
     let writes = writes_since(&hosts, &name, &before).await;
     assert_eq!(writes.len(), 1, "one change, one write: {writes:#?}");
@@ -227,6 +228,7 @@ async fn registers_reports_once_per_change_and_not_in_steady_state() {
         r.domains.first().is_some_and(|d| d.code == 358)
     })
     .await;
+    // As above: no second write may follow within ten monitor periods.
     tokio::time::sleep(PERIOD * 10).await;
     let writes = writes_since(&hosts, &name, &steady).await;
     assert_eq!(writes.len(), 1, "one change, one write: {writes:#?}");

@@ -18,6 +18,16 @@ use support::{
     eventually, kubectl, unique, uuid,
 };
 
+/// Waits until every host of `hosts` reports `uuid` in its map as `entry` (`None`: absent).
+async fn wait_entry(hosts: &[String], uuid: &str, entry: Option<MapStatus>, what: &str) {
+    for h in hosts {
+        eventually(&format!("host {h}: {what}"), WAIT, || async move {
+            (host_map(h).await.get(uuid).copied() == entry).then_some(())
+        })
+        .await;
+    }
+}
+
 /// Waits until every host of `hosts` reports holding exactly `expected`.
 async fn wait_maps(hosts: &[String], expected: &std::collections::BTreeMap<String, MapStatus>) {
     for h in hosts {
@@ -95,11 +105,14 @@ async fn maintenance_toggle_stops_and_restarts_monitoring() {
             !host_monitors(h).await.contains(&uuid),
             "{h} still monitors {uuid}"
         );
-        eventually("host holds the domain as attached", WAIT, || async {
-            (host_map(h).await.get(&uuid) == Some(&MapStatus::Attached)).then_some(())
-        })
-        .await;
     }
+    wait_entry(
+        &sim.hosts,
+        &uuid,
+        Some(MapStatus::Attached),
+        "holds the domain as attached",
+    )
+    .await;
     let d = domain(target).await;
     let status = d.status.expect("status");
     assert_eq!(
@@ -135,23 +148,19 @@ async fn detach_and_reattach() {
 
     merge_spec::<StorageDomain>(target, json!({"pool": null})).await;
     wait_domain_phase(target, DomainPhase::Unattached).await;
-    for h in &sim.hosts {
-        eventually("map lacks the detached domain", WAIT, || async {
-            (!host_map(h).await.contains_key(&uuid)).then_some(())
-        })
-        .await;
-    }
+    wait_entry(&sim.hosts, &uuid, None, "map lacks the detached domain").await;
     let p = pool(&sim.pool).await.status.expect("status");
     assert!(p.domain_map.iter().all(|e| e.uuid != uuid));
 
     merge_spec::<StorageDomain>(target, json!({"pool": sim.pool})).await;
     wait_domain_phase(target, DomainPhase::Active).await;
-    for h in &sim.hosts {
-        eventually("map holds the domain again", WAIT, || async {
-            (host_map(h).await.get(&uuid) == Some(&MapStatus::Active)).then_some(())
-        })
-        .await;
-    }
+    wait_entry(
+        &sim.hosts,
+        &uuid,
+        Some(MapStatus::Active),
+        "map holds the domain again",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,18 +172,14 @@ async fn domain_moves_between_pools() {
     wait_domain_phase(moving, DomainPhase::Active).await;
 
     merge_spec::<StorageDomain>(moving, json!({"pool": b.pool})).await;
-    for h in &a.hosts {
-        eventually("pool A's hosts drop the domain", WAIT, || async {
-            (!host_map(h).await.contains_key(&uuid)).then_some(())
-        })
-        .await;
-    }
-    for h in &b.hosts {
-        eventually("pool B's hosts get the domain", WAIT, || async {
-            (host_map(h).await.get(&uuid) == Some(&MapStatus::Active)).then_some(())
-        })
-        .await;
-    }
+    wait_entry(&a.hosts, &uuid, None, "pool A's hosts drop the domain").await;
+    wait_entry(
+        &b.hosts,
+        &uuid,
+        Some(MapStatus::Active),
+        "pool B's hosts get the domain",
+    )
+    .await;
     wait_domain_phase(moving, DomainPhase::Active).await;
     assert_eq!(
         domain(moving).await.status.and_then(|s| s.pool).as_deref(),
@@ -324,12 +329,7 @@ async fn deleted_domain_is_held_until_hosts_let_go() {
     api.delete(&target, &DeleteParams::default())
         .await
         .expect("delete");
-    for h in &sim.hosts {
-        eventually("map lacks the deleted domain", WAIT, || async {
-            (!host_map(h).await.contains_key(&uuid)).then_some(())
-        })
-        .await;
-    }
+    wait_entry(&sim.hosts, &uuid, None, "map lacks the deleted domain").await;
     eventually("domain object gone", WAIT, || {
         let api = api.clone();
         let target = target.clone();

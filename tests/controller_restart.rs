@@ -250,16 +250,25 @@ fn ids(status: &StoragePoolStatus) -> BTreeMap<String, i32> {
         .collect()
 }
 
-/// Records every version of a pool's status the API server sends from now on.
-struct StatusLog {
-    versions: Arc<Mutex<Vec<StoragePoolStatus>>>,
+/// Records, from now on, what `extract` takes from every version of the object `name` the API
+/// server sends (consecutive repeats once).
+struct WatchLog<T> {
+    versions: Arc<Mutex<Vec<T>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl StatusLog {
-    async fn start(pool: &str) -> Self {
-        let api: Api<StoragePool> = Api::all(client().await);
-        let config = watcher::Config::default().fields(&format!("metadata.name={pool}"));
+impl<T: Clone + PartialEq + Send + 'static> WatchLog<T> {
+    async fn start<K>(name: &str, extract: impl Fn(K) -> Option<T> + Send + 'static) -> Self
+    where
+        K: kube::Resource<DynamicType = (), Scope = kube::core::ClusterResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + 'static,
+    {
+        let api: Api<K> = Api::all(client().await);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let versions = Arc::new(Mutex::new(Vec::new()));
         let (listed_tx, listed_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn({
@@ -267,11 +276,14 @@ impl StatusLog {
             async move {
                 let mut listed = Some(listed_tx);
                 let mut events = watcher(api, config).boxed();
-                while let Some(event) = events.try_next().await.expect("pool watch") {
+                while let Some(event) = events.try_next().await.expect("watch") {
                     match event {
-                        watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
-                            if let Some(s) = p.status {
-                                versions.lock().expect("versions").push(s);
+                        watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
+                            if let Some(entry) = extract(o) {
+                                let mut v = versions.lock().expect("versions");
+                                if v.last() != Some(&entry) {
+                                    v.push(entry);
+                                }
                             }
                         }
                         watcher::Event::InitDone => {
@@ -284,11 +296,11 @@ impl StatusLog {
                 }
             }
         });
-        listed_rx.await.expect("pool watch listed");
+        listed_rx.await.expect("watch listed");
         Self { versions, task }
     }
 
-    fn stop(self) -> Vec<StoragePoolStatus> {
+    fn stop(self) -> Vec<T> {
         self.task.abort();
         let v = self.versions.lock().expect("versions");
         v.clone()
@@ -379,7 +391,7 @@ async fn controller_killed_mid_rollout_converges_without_losing_ids_or_map() {
 
     // Every status the new controller writes is recorded: nothing may be lost even for a moment
     // (a reconcile on half-filled caches would drop ids or the map).
-    let log = StatusLog::start(&p.name).await;
+    let log = WatchLog::start(&p.name, |p: StoragePool| p.status).await;
     let second = ControllerProcess::start();
     let startup = second.ready().await;
     for h in &p.hosts {
@@ -499,7 +511,16 @@ async fn problem_grace_period_survives_a_controller_restart() {
         "the grace period is not over yet"
     );
     first.kill().await;
-    let problem_log = ProblemLog::start(target).await;
+    // The `Problem` condition (status, lastTransitionTime) of every version of the domain.
+    let problem_log = WatchLog::start(target, |d: StorageDomain| {
+        let c = d
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Problem")?;
+        Some((c.status, c.last_transition_time.0))
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second = ControllerProcess::start();
     second.ready().await;
@@ -549,59 +570,6 @@ async fn problem_grace_period_survives_a_controller_restart() {
         "NonOperational at {blamed}: later than the grace end {grace_ends} (or the restart at \
          {restarted}) allows; the grace period was restarted"
     );
-}
-
-/// Records the `Problem` condition (status, lastTransitionTime) of every version of a domain the
-/// API server sends from now on.
-struct ProblemLog {
-    versions: Arc<Mutex<Vec<(String, Timestamp)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ProblemLog {
-    async fn start(name: &str) -> Self {
-        let api: Api<StorageDomain> = Api::all(client().await);
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let versions = Arc::new(Mutex::new(Vec::new()));
-        let (listed_tx, listed_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let versions = Arc::clone(&versions);
-            async move {
-                let mut listed = Some(listed_tx);
-                let mut events = watcher(api, config).boxed();
-                while let Some(event) = events.try_next().await.expect("domain watch") {
-                    match event {
-                        watcher::Event::InitApply(d) | watcher::Event::Apply(d) => {
-                            let problem = d.status.and_then(|s| {
-                                s.conditions.into_iter().find(|c| c.type_ == "Problem")
-                            });
-                            if let Some(c) = problem {
-                                let entry = (c.status, c.last_transition_time.0);
-                                let mut v = versions.lock().expect("versions");
-                                if v.last() != Some(&entry) {
-                                    v.push(entry);
-                                }
-                            }
-                        }
-                        watcher::Event::InitDone => {
-                            if let Some(tx) = listed.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                        watcher::Event::Init | watcher::Event::Delete(_) => {}
-                    }
-                }
-            }
-        });
-        listed_rx.await.expect("domain watch listed");
-        Self { versions, task }
-    }
-
-    fn stop(self) -> Vec<(String, Timestamp)> {
-        self.task.abort();
-        let v = self.versions.lock().expect("versions");
-        v.clone()
-    }
 }
 
 /// The host's phase right now.
