@@ -72,8 +72,10 @@ pub struct Metrics {
     pub pool_hosts: Family<PoolStateLabels, Gauge>,
     /// `poolkeeper_pool_domains`.
     pub pool_domains: Family<PoolPhaseLabels, Gauge>,
-    /// `poolkeeper_status_writes_total`.
+    /// `poolkeeper_status_writes_total`: status writes that took effect.
     pub status_writes: Family<WriteLabels, Counter>,
+    /// `poolkeeper_api_writes_total`: every API write, by outcome.
+    pub api_writes: Family<ApiWriteLabels, Counter>,
 }
 
 /// `{kind}` labels of status writes.
@@ -81,6 +83,17 @@ pub struct Metrics {
 pub struct WriteLabels {
     /// `StoragePool`, `StorageDomain` or `Host`.
     pub kind: &'static str,
+}
+
+/// `{kind, op, outcome}` labels of every API write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiWriteLabels {
+    /// `StoragePool`, `StorageDomain` or `Host`.
+    pub kind: &'static str,
+    /// `status`, `finalizers` or `event`.
+    pub op: &'static str,
+    /// `ok`, `conflict`, `not_found`, `timeout` or `error`.
+    pub outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +116,7 @@ impl Default for Metrics {
         let pool_hosts = Family::<PoolStateLabels, Gauge>::default();
         let pool_domains = Family::<PoolPhaseLabels, Gauge>::default();
         let status_writes = Family::<WriteLabels, Counter>::default();
+        let api_writes = Family::<ApiWriteLabels, Counter>::default();
         registry.register(
             "controller_runtime_reconcile",
             "Total number of reconciliations per controller",
@@ -138,6 +152,11 @@ impl Default for Metrics {
             "Status writes by the controller, by kind",
             status_writes.clone(),
         );
+        registry.register(
+            "poolkeeper_api_writes",
+            "API writes by the controller (statuses, finalizers, events), by outcome",
+            api_writes.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconcile_total,
@@ -147,6 +166,7 @@ impl Default for Metrics {
             pool_hosts,
             pool_domains,
             status_writes,
+            api_writes,
         }
     }
 }

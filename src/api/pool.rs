@@ -291,3 +291,9 @@ pub struct LaggingHost {
     /// Why it lags, e.g. `connect failed: error 323: ...` or `not responding`.
     pub reason: String,
 }
+
+/// The pool uuid in use: `spec.uuid`, else the one recorded in `status.uuid`, else `metadata.uid`
+/// (empty when none is known).
+pub fn effective_uuid(spec: Option<&str>, status: Option<&str>, uid: Option<&str>) -> String {
+    spec.or(status).or(uid).unwrap_or_default().to_owned()
+}

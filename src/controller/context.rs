@@ -1,11 +1,7 @@
-//! The one `Context` every reconcile shares: client, caches, host RPC client, event recorder,
-//! metrics, settings, and the per-host backoff (the only state kept in memory).
+//! The one `Context` every reconcile shares: caches, the writer, host RPC settings, metrics, the
+//! leader fence, and the call ledger (the only state kept in memory).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::sync::Mutex;
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -13,16 +9,9 @@ use kube::{
     Client,
     runtime::events::{Recorder, Reporter},
 };
-use rand::Rng;
-use tokio::sync::Semaphore;
 
-use super::{ControllerArgs, Error, FIELD_MANAGER, watch::Stores};
-use crate::{
-    api::StoragePool,
-    metrics::Metrics,
-    plan::{HostBackoff, ObjectKind},
-    protocol,
-};
+use super::{ControllerArgs, Error, FIELD_MANAGER, ledger::Ledger, watch::Stores, write::Writer};
+use crate::{api::StoragePool, metrics::Metrics, protocol};
 
 /// Settings of a controller run.
 #[derive(Clone, Debug)]
@@ -60,20 +49,16 @@ impl Settings {
 
 /// Shared state of the controller.
 pub struct Context {
-    /// The Kubernetes client.
-    pub client: Client,
+    /// Every API write goes through it.
+    pub writer: Writer,
     /// The caches.
     pub stores: Stores,
     /// Settings.
     pub settings: Settings,
-    /// Publishes events.k8s.io events.
-    pub recorder: Recorder,
     /// Metrics.
     pub metrics: Metrics,
-    backoff: Mutex<HashMap<String, Backoff>>,
-    slots: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
-    written: Mutex<HashMap<(ObjectKind, String), Written>>,
-    told: Mutex<HashMap<String, (u64, Timestamp)>>,
+    /// What was sent to which host and what became of it.
+    pub ledger: Ledger,
     /// Checks, before hosts are called, that this replica still holds the leader Lease (`None`:
     /// no election).
     pub fence: Option<Fence>,
@@ -132,43 +117,6 @@ impl Fence {
     }
 }
 
-/// A status the controller wrote, remembered until the cache catches up with it.
-#[derive(Clone, Debug)]
-struct Written {
-    /// The cached object's resourceVersion when the write was made.
-    seen_version: Option<String>,
-    /// A hash of the status written.
-    content: u64,
-}
-
-fn call_hash(call: &impl std::hash::Hash) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    call.hash(&mut h);
-    h.finish()
-}
-
-fn content_hash(content: &impl serde::Serialize) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(content)
-        .unwrap_or_default()
-        .hash(&mut h);
-    h.finish()
-}
-
-#[derive(Clone, Debug)]
-struct Backoff {
-    failures: u32,
-    not_before: Timestamp,
-    last_error: Option<String>,
-}
-
-/// The first retry delay after a failed call; it doubles per failure up to [`MAX_BACKOFF`].
-const BASE_BACKOFF: Duration = Duration::from_secs(1);
-/// The longest retry delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
 impl Context {
     /// A context over started caches.
     ///
@@ -188,208 +136,16 @@ impl Context {
                 instance,
             },
         );
+        let metrics = Metrics::default();
         Ok(Self {
-            client,
+            writer: Writer::new(client, recorder, metrics.clone()),
             stores,
             settings,
-            recorder,
-            metrics: Metrics::default(),
-            backoff: Mutex::new(HashMap::new()),
-            slots: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
-            told: Mutex::new(HashMap::new()),
+            metrics,
+            ledger: Ledger::default(),
             leader: Mutex::new(None),
             fence: None,
             requeue,
         })
-    }
-
-    /// The backoff the planner sees for `host`.
-    pub fn backoff(&self, host: &str) -> HostBackoff {
-        let map = self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(host)
-            .map_or_else(HostBackoff::default, |b| HostBackoff {
-                not_before: Some(b.not_before),
-                last_error: b.last_error.clone(),
-            })
-    }
-
-    /// Whether this exact status was already written while the cache still shows the object as it
-    /// was before that write (the watch has not delivered our own write yet). Saves the repeated,
-    /// no-op writes (and repeated events) of reconciles that run on a stale cache. Losing this
-    /// memory costs one extra write, nothing else.
-    pub fn already_written(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-        cached_version: Option<&str>,
-        content: &impl serde::Serialize,
-    ) -> bool {
-        let map = self
-            .written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&(kind, name.to_owned())).is_some_and(|w| {
-            w.seen_version.as_deref() == cached_version && w.content == content_hash(content)
-        })
-    }
-
-    /// Remembers a status write (see [`Self::already_written`]).
-    pub fn remember_write(
-        &self,
-        kind: ObjectKind,
-        name: &str,
-        cached_version: Option<&str>,
-        content: &impl serde::Serialize,
-    ) {
-        let mut map = self
-            .written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(
-            (kind, name.to_owned()),
-            Written {
-                seen_version: cached_version.map(str::to_owned),
-                content: content_hash(content),
-            },
-        );
-    }
-
-    /// Remembers that `host` accepted `call` until `until`: the host's report may not have reached
-    /// the cache yet, and sending the same call again would only repeat it.
-    pub fn told(&self, host: &str, call: &impl std::hash::Hash, until: Timestamp) {
-        let mut map = self
-            .told
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(host.to_owned(), (call_hash(call), until));
-    }
-
-    /// Whether `host` accepted exactly `call` recently (see [`Self::told`]).
-    pub fn recently_told(&self, host: &str, call: &impl std::hash::Hash, now: Timestamp) -> bool {
-        let mut map = self
-            .told
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|_, (_, until)| *until > now);
-        map.get(host).is_some_and(|(h, _)| *h == call_hash(call))
-    }
-
-    /// Records a failed call: the next one waits 1 s, 2 s, 4 s ... up to 5 min, with jitter.
-    pub fn call_failed(&self, host: &str, error: String, now: Timestamp) {
-        let mut map = self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let failures = map.get(host).map_or(0, |b| b.failures).saturating_add(1);
-        let exp = BASE_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(16));
-        let delay = exp.min(MAX_BACKOFF);
-        let jitter = rand::rng().random_range(0.0..0.2);
-        let delay = delay.mul_f64(1.0 + jitter);
-        let not_before = now
-            .checked_add(jiff::SignedDuration::try_from(delay).unwrap_or(jiff::SignedDuration::MAX))
-            .unwrap_or(now);
-        map.insert(
-            host.to_owned(),
-            Backoff {
-                failures,
-                not_before,
-                last_error: Some(error),
-            },
-        );
-    }
-
-    /// Records a call that is on its way: no other call goes to `host` until `until` (the call's
-    /// timeout), and an earlier failure stays visible meanwhile.
-    pub fn call_started(&self, host: &str, until: Timestamp) {
-        let mut map = self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = map.entry(host.to_owned()).or_insert(Backoff {
-            failures: 0,
-            not_before: until,
-            last_error: None,
-        });
-        entry.not_before = entry.not_before.max(until);
-    }
-
-    /// The semaphore that bounds the calls in flight to the hosts of `pool`, resized to `limit`.
-    pub fn call_slots(&self, pool: &str, limit: usize) -> Arc<Semaphore> {
-        let mut map = self
-            .slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (current, slots) = map
-            .entry(pool.to_owned())
-            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit))));
-        if *current != limit {
-            // Calls in flight keep their permits from the old semaphore; new calls use the new size.
-            *current = limit;
-            *slots = Arc::new(Semaphore::new(limit));
-        }
-        slots.clone()
-    }
-
-    /// Records a successful call: the backoff resets.
-    /// Records a successful call: the host may be called again at once, but its failure count
-    /// stays until it is seen in sync ([`Self::host_confirmed`]), so a host that accepts maps and
-    /// never reports them still backs off further each time.
-    pub fn call_succeeded(&self, host: &str) {
-        let mut map = self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(entry) = map.get_mut(host) {
-            if entry.failures == 0 {
-                map.remove(host);
-            } else {
-                entry.last_error = None;
-                entry.not_before = Timestamp::now();
-            }
-        }
-    }
-
-    /// Drops what is remembered about objects that no longer exist (a deleted host's backoff, a
-    /// deleted object's last write), so memory follows the cluster, not its history.
-    pub fn forget_gone(&self) {
-        let exists = |kind: ObjectKind, name: &str| {
-            let r = ObjectRef::<StoragePool>::new(name);
-            match kind {
-                ObjectKind::StoragePool => self.stores.pools.get(&r).is_some(),
-                ObjectKind::StorageDomain => {
-                    self.stores.domains.get(&ObjectRef::new(name)).is_some()
-                }
-                ObjectKind::Host => self.stores.hosts.get(&ObjectRef::new(name)).is_some(),
-            }
-        };
-        self.written
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|(kind, name), _| exists(*kind, name));
-        self.backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|host, _| exists(ObjectKind::Host, host));
-        self.told
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|host, _| exists(ObjectKind::Host, host));
-        self.slots
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|pool, _| exists(ObjectKind::StoragePool, pool));
-    }
-
-    /// The host holds what it should: its backoff resets.
-    pub fn host_confirmed(&self, host: &str) {
-        let mut map = self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.remove(host);
     }
 }

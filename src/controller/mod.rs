@@ -1,35 +1,48 @@
 //! The controller (`poolkeeper controller`): one reconcile per StoragePool, observe → plan → act →
 //! report. This module is the I/O shell around [`crate::plan`]; every decision lives there.
 //!
+//! A pool reconcile reads top to bottom: [`observe`] → [`crate::plan::plan`] → [`act`] →
+//! [`crate::plan::report`] → [`report`] → [`finalize`].
+//!
 //! - [`watch`]: reflectors over pools, domains, hosts and host Leases, and the mappers that turn a
-//!   change of any of them into the pools to reconcile (the pool a domain or host names now **and**
-//!   the one it named before).
-//! - [`observe`]: narrows the caches into a [`crate::plan::Observed`] (the only place that reads raw
-//!   objects).
-//! - [`act`]: persists the new map first, then calls hosts with bounded concurrency, timeouts and
-//!   per-host backoff, and applies finalizer changes.
+//!   change of any of them into the pools to reconcile.
+//! - [`index`]: pool membership, decided in one place (observe, the mappers, the domain controller).
+//! - [`observe`]: narrows the caches and the call ledger into a [`crate::plan::Observed`] (the
+//!   only place that reads raw objects).
+//! - [`act`]: records the plan's ledger changes, persists the new map first, then sends the planned
+//!   calls with timeouts, recording each in the ledger.
 //! - [`report`]: writes the statuses [`crate::plan::report`] built, only when they changed, and
 //!   publishes events.
+//! - [`finalize`]: the plan's finalizer changes, last.
+//! - [`domains`]: the second controller, for domains no existing pool owns.
+//! - [`ledger`]: the call ledger, the only state kept in memory.
+//! - [`write`]: every API write (statuses, finalizers, events), with a timeout and an outcome metric.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod act;
 pub mod context;
+pub mod domains;
+pub mod finalize;
 pub mod http;
+pub mod index;
+pub mod ledger;
 pub mod observe;
 pub mod report;
 pub mod watch;
+pub mod write;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use kube::{
-    Client, Resource, ResourceExt,
+    Client, ResourceExt,
     runtime::{Controller, controller::Action},
 };
 use tracing::{debug, info, warn};
 
 use crate::api::StoragePool;
 pub use context::{Context, Settings};
+use write::WriteError;
 
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "poolkeeper-controller";
@@ -47,7 +60,7 @@ pub enum Error {
         pool: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: WriteError,
     },
     /// A status write failed.
     #[error("writing the status of {kind} {name}")]
@@ -58,7 +71,7 @@ pub enum Error {
         name: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: WriteError,
     },
     /// A finalizer change failed.
     #[error("updating finalizers of {kind} {name}")]
@@ -69,7 +82,7 @@ pub enum Error {
         name: String,
         /// The cause.
         #[source]
-        source: kube::Error,
+        source: WriteError,
     },
     /// The host RPC client could not be built.
     #[error("building the host RPC client")]
@@ -109,9 +122,7 @@ impl Error {
         match self {
             Self::PersistMap { source, .. }
             | Self::WriteStatus { source, .. }
-            | Self::Finalizer { source, .. } => {
-                matches!(source, kube::Error::Api(status) if status.code == 409)
-            }
+            | Self::Finalizer { source, .. } => source.is_conflict(),
             _ => false,
         }
     }
@@ -297,10 +308,18 @@ async fn run_inner(
     // is waiting, and a reconcile is level-triggered, so bursts cost one extra run at most.
     let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let domains = orphan_domains(ctx.clone(), shutdown_rx.clone());
-    let pools = Controller::for_stream(streams.pools, ctx.stores.pools.clone())
+    // The domain controller sees the same domain and pool changes as the pool controller.
+    let (domain_changes, domains_too) = watch::tee(streams.domains);
+    let (pool_changes, pools_too) = watch::tee(streams.pools);
+    let domains = Controller::for_stream(domains_too, ctx.stores.domains.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(2))
+        .watches_stream(pools_too, watch::pool_domains(ctx.stores.domains.clone()))
+        .graceful_shutdown_on(stopped(shutdown_rx))
+        .run(domains::reconcile, domains::error_policy, ctx.clone())
+        .for_each(log_failure);
+    let pools = Controller::for_stream(pool_changes, ctx.stores.pools.clone())
         .with_config(config)
-        .watches_stream(streams.domains, watch::domain_pools)
+        .watches_stream(domain_changes, watch::domain_pools)
         .watches_stream(streams.hosts, watch::host_pools(ctx.stores.pools.clone()))
         .watches_stream(
             streams.leases,
@@ -312,14 +331,7 @@ async fn run_inner(
             let _ = shutdown_tx.send(true);
         })
         .run(reconcile_pool, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    e => warn!(error = %e, "reconcile failed"),
-                }
-            }
-        });
+        .for_each(log_failure);
     tokio::join!(pools, domains);
     ctx.leader
         .lock()
@@ -330,6 +342,19 @@ async fn run_inner(
         return Err(Error::LeadershipLost);
     }
     Ok(())
+}
+
+async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn log_failure<K, E: std::fmt::Display>(
+    result: Result<K, kube::runtime::controller::Error<E, kube::runtime::watcher::Error>>,
+) {
+    match result {
+        Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+        Err(e) => warn!(error = %e, "reconcile failed"),
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -366,12 +391,11 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
         ctx,
         &observed,
         &report,
+        &acted,
         plan.persist_first.is_some(),
-        acted.pool_version.as_deref(),
     )
     .await?;
-    // Last: removing the pool's finalizer may delete it.
-    act::apply_finalizers(ctx, &plan).await?;
+    finalize::finalize(ctx, &plan.finalizers).await?;
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
     Ok(Action::requeue(
@@ -380,40 +404,16 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
 }
 
 fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    retry_after(&pool.name_any(), error)
+}
+
+/// When to retry a failed reconcile: soon after a conflict (planned on a cache that had not seen
+/// the latest write yet), else after a pause.
+fn retry_after(object: &str, error: &Error) -> Action {
     if error.is_conflict() {
-        // Planned on a cache that had not seen our previous write yet: look again soon.
-        debug!(pool = %pool.name_any(), "pool changed since it was read; reconciling again");
+        debug!(object, "object changed since it was read; reconciling again");
         return Action::requeue(Duration::from_millis(200));
     }
-    warn!(pool = %pool.name_any(), error = %error, category = error.category(), "reconcile failed; retrying");
+    warn!(object, error = %error, category = error.category(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
-}
-
-/// Domains that no existing pool owns (unattached, or naming a pool that does not exist) get their
-/// status from here; the pool reconciler owns every other domain.
-async fn orphan_domains(ctx: Arc<Context>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        if !ctx.stores.ready() {
-            tracing::debug!("caches not ready; orphan domains wait");
-            continue;
-        }
-        ctx.forget_gone();
-        for domain in ctx.stores.domains.state() {
-            if let Err(e) = report::orphan_domain(&ctx, &domain).await {
-                warn!(domain = %domain.name_any(), error = %e, "writing orphan domain status failed");
-            }
-        }
-    }
-}
-
-/// The object reference events about `obj` carry.
-pub(crate) fn object_ref<K: Resource<DynamicType = ()>>(
-    obj: &K,
-) -> k8s_openapi::api::core::v1::ObjectReference {
-    obj.object_ref(&())
 }

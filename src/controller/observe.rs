@@ -1,12 +1,13 @@
-//! Narrows the caches into the planner's [`Observed`] value for one pool. After this, nothing reads
-//! a raw object: a host report that makes no sense is turned into [`ReportView::Invalid`] here.
+//! Narrows the caches and the call ledger into the planner's [`Observed`] value for one pool. After
+//! this, nothing reads a raw object: a host report that makes no sense is turned into
+//! [`ReportView::Invalid`] here. Which objects belong to the pool is [`super::index`]'s to say.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
-use super::Context;
+use super::{Context, index::Members};
 use crate::{
     api::{Host, HostReport, StorageDomain, StoragePool},
     plan::{
@@ -27,16 +28,16 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         spec: pool.spec.clone(),
         status: pool.status.clone().unwrap_or_default(),
     };
-    let pool_uuid = crate::plan::map::pool_uuid(&pool_view);
+    let members = Members::of(pool);
 
     let all_domains = ctx.stores.domains.state();
     let mut domains = BTreeMap::new();
     for d in &all_domains {
-        let spec_pool = d.spec.pool.as_deref();
-        let status_pool = d.status.as_ref().and_then(|s| s.pool.as_deref());
-        if spec_pool != Some(name.as_str()) && status_pool != Some(name.as_str()) {
+        if !members.has_domain(d) {
             continue;
         }
+        let spec_pool = d.spec.pool.as_deref();
+        let status_pool = d.status.as_ref().and_then(|s| s.pool.as_deref());
         let leaving_other_pool = spec_pool == Some(name.as_str())
             && status_pool
                 .is_some_and(|p| p != name && ctx.stores.pools.get(&ObjectRef::new(p)).is_some());
@@ -53,25 +54,13 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         }
     }
 
-    let with_id: BTreeSet<&str> = pool
-        .status
-        .iter()
-        .flat_map(|s| s.host_ids.iter().map(|h| h.host.as_str()))
-        .collect();
     let mut hosts = BTreeMap::new();
     for h in ctx.stores.hosts.state() {
-        let host_name = h.name_any();
-        let report = report_view(&h);
-        let connected_here = report
-            .parsed()
-            .and_then(|r| r.pool.as_ref())
-            .is_some_and(|p| p.uuid == pool_uuid);
-        if h.spec.pool.as_deref() != Some(name.as_str())
-            && !connected_here
-            && !with_id.contains(host_name.as_str())
-        {
+        if !members.has_host(&h) {
             continue;
         }
+        let host_name = h.name_any();
+        let report = report_view(&h);
         let lease = ctx
             .stores
             .leases
@@ -90,15 +79,16 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
                     .map(HostControllerStatus::from)
                     .unwrap_or_default(),
                 lease,
-                backoff: ctx.backoff(&host_name),
             },
         );
     }
+    let ledger = ctx.ledger.snapshot(hosts.keys().map(String::as_str));
     Observed {
         pool: pool_view,
         domains,
         uuids_elsewhere,
         hosts,
+        ledger,
     }
 }
 

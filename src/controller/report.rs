@@ -1,29 +1,32 @@
 //! Write what [`crate::plan::report`] built: each status only when it differs from the cached one
-//! (server-side apply, field manager `poolkeeper-controller`), and publish the planned events.
+//! (through the [`super::write::Writer`]), publish the planned events, and export the pool gauges.
+
+use std::time::Duration;
 
 use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::{events::Event, reflector::ObjectRef as StoreRef},
+    ResourceExt,
+    runtime::reflector::{ObjectRef as StoreRef, Store},
 };
-use serde_json::json;
 use tracing::{debug, warn};
 
-use super::{Context, Error, FIELD_MANAGER, act::write_pool_status, object_ref};
+use super::{
+    Context, Error,
+    act::Acted,
+    watch::Stores,
+    write::{WriteError, object_ref},
+};
 use crate::{
-    api::{Host, StorageDomain, StorageDomainStatus},
-    metrics::{PoolPhaseLabels, PoolStateLabels, WriteLabels},
-    plan::{
-        self, EventType, HostControllerStatus, ObjectKind, Observed, PlannedEvent, Report,
-        needs_write,
-    },
+    api::{Host, StorageDomain, StoragePool},
+    metrics::{PoolPhaseLabels, PoolStateLabels},
+    plan::{self, HostControllerStatus, ObjectKind, Observed, PlannedEvent, Report, needs_write},
 };
 
 /// Writes every changed status of the report and publishes the events of each object right after
-/// its status changed (`persisted`: act already wrote the pool status, based on `pool_version`).
-/// Transitions always change a status, so a reconcile that runs on a cache that has not caught up
-/// with our own writes repeats neither the writes nor the events. One failed write does not stop
-/// the others; an object deleted meanwhile (404) needs no status.
+/// its status changed (`acted.pool_version`: the pool's resourceVersion after act, which may have
+/// written the pool status already). Transitions always change a status, so events are never
+/// repeated. One failed write does not stop the others; an object deleted meanwhile (404) needs no
+/// status. Before it returns, it waits (briefly) until the caches show its own writes, so the next
+/// reconcile of the pool does not plan from statuses older than the ones just written.
 ///
 /// # Errors
 /// The first status write that failed (the reconcile is retried).
@@ -31,41 +34,31 @@ pub async fn write(
     ctx: &Context,
     observed: &Observed,
     report: &Report,
+    acted: &Acted,
     persisted: bool,
-    pool_version: Option<&str>,
 ) -> Result<(), Error> {
     let pool = &observed.pool.name;
     let mut first_error = None;
-    let cached = ctx
-        .stores
-        .pools
-        .get(&StoreRef::new(pool))
-        .and_then(|p| p.resource_version());
+    let mut written = Written::default();
     let mut pool_written = persisted;
-    if needs_write(Some(&observed.pool.status), &report.pool)
-        && !ctx.already_written(
-            ObjectKind::StoragePool,
-            pool,
-            cached.as_deref(),
-            &report.pool,
-        )
-    {
+    if let Some(version) = acted.pool_version.as_deref().filter(|_| persisted) {
+        written.pools.push((pool.clone(), version.to_owned()));
+    }
+    if needs_write(Some(&observed.pool.status), &report.pool) {
         // Based on the version the plan was made from (or act's map write): the pool status
         // carries the map and host ids, which a stale reconcile must never overwrite.
-        let result = write_pool_status(ctx, pool, &report.pool, pool_version.or(cached.as_deref()))
-            .await
-            .map_err(|source| Error::WriteStatus {
-                kind: "StoragePool",
-                name: pool.clone(),
-                source,
-            });
-        if settle(result.map(drop), &mut first_error) {
-            ctx.remember_write(
-                ObjectKind::StoragePool,
-                pool,
-                cached.as_deref(),
-                &report.pool,
-            );
+        let base = acted.pool_version.clone().or_else(|| {
+            ctx.stores
+                .pools
+                .get(&StoreRef::new(pool))
+                .and_then(|p| p.resource_version())
+        });
+        let result = ctx
+            .writer
+            .status::<StoragePool>(pool, &report.pool, base.as_deref())
+            .await;
+        if let Some(version) = settle("StoragePool", pool, result, &mut first_error) {
+            written.pools.extend(version.map(|v| (pool.clone(), v)));
             pool_written = true;
             debug!(pool = %pool, "pool status written");
         }
@@ -75,55 +68,115 @@ pub async fn write(
     }
     for (name, status) in &report.domains {
         let current = observed.domains.get(name).map(|d| &d.status);
-        let version = ctx
-            .stores
-            .domains
-            .get(&StoreRef::new(name))
-            .and_then(|d| d.resource_version());
-        if needs_write(current, status)
-            && !ctx.already_written(ObjectKind::StorageDomain, name, version.as_deref(), status)
-            && settle(
-                write_domain_status(ctx, name, status).await,
-                &mut first_error,
-            )
-        {
-            ctx.remember_write(ObjectKind::StorageDomain, name, version.as_deref(), status);
+        if !needs_write(current, status) {
+            continue;
+        }
+        let result = ctx
+            .writer
+            .status::<StorageDomain>(name, status, None)
+            .await;
+        if let Some(version) = settle("StorageDomain", name, result, &mut first_error) {
+            written.domains.extend(version.map(|v| (name.clone(), v)));
             publish_for(ctx, report, &plan::ObjectRef::domain(name)).await;
         }
     }
     for (name, status) in &report.hosts {
         let current = observed.hosts.get(name).map(|h| &h.controller);
-        let version = ctx
-            .stores
-            .hosts
-            .get(&StoreRef::new(name))
-            .and_then(|h| h.resource_version());
-        let body = host_status_body(status);
-        if needs_write(current, status)
-            && !ctx.already_written(ObjectKind::Host, name, version.as_deref(), &body)
-            && settle(write_host_status(ctx, name, &body).await, &mut first_error)
-        {
-            ctx.remember_write(ObjectKind::Host, name, version.as_deref(), &body);
+        if !needs_write(current, status) {
+            continue;
+        }
+        let result = ctx
+            .writer
+            .status::<Host>(name, &HostControllerFields::from(status), None)
+            .await;
+        if let Some(version) = settle("Host", name, result, &mut first_error) {
+            written.hosts.extend(version.map(|v| (name.clone(), v)));
             publish_for(ctx, report, &plan::ObjectRef::host(name)).await;
         }
     }
     export_gauges(ctx, pool, report);
+    written.caught_up(&ctx.stores).await;
     first_error.map_or(Ok(()), Err)
 }
 
-/// Whether a write took effect; a 404 (the object is gone) counts as done, any other error is
-/// kept (the first one) for the caller and the write counts as not done.
-fn settle(result: Result<(), Error>, first_error: &mut Option<Error>) -> bool {
+/// The objects a reconcile wrote, with the resourceVersion each write produced.
+#[derive(Debug, Default)]
+pub struct Written {
+    pools: Vec<(String, String)>,
+    domains: Vec<(String, String)>,
+    hosts: Vec<(String, String)>,
+}
+
+/// How long a reconcile waits for the caches to show its own writes. The watch delivers them in
+/// milliseconds; if it does not, the next reconcile may repeat a write (a no-op for the API
+/// server), nothing worse.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
+impl Written {
+    /// Records a status write of a domain (the domain controller's writes).
+    pub fn domain(&mut self, name: &str, version: Option<String>) {
+        self.domains
+            .extend(version.map(|v| (name.to_owned(), v)));
+    }
+
+    /// Waits until every cache shows these writes (or something newer), at most [`CATCH_UP_WAIT`].
+    pub async fn caught_up(mut self, stores: &Stores) {
+        let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            self.pools.retain(|(n, v)| !seen(&stores.pools, n, v));
+            self.domains.retain(|(n, v)| !seen(&stores.domains, n, v));
+            self.hosts.retain(|(n, v)| !seen(&stores.hosts, n, v));
+            let left = self.pools.len() + self.domains.len() + self.hosts.len();
+            if left == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                debug!(left, "caches did not show every write in time");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Whether the cache holds `name` at resourceVersion `version` or later (or no longer holds it).
+/// resourceVersions are etcd revisions: integers that only grow. Should one not parse, only the
+/// exact version counts.
+fn seen<K>(store: &Store<K>, name: &str, version: &str) -> bool
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let Some(obj) = store.get(&StoreRef::new(name)) else {
+        return true;
+    };
+    let cached = obj.meta().resource_version.as_deref();
+    match (cached.map(str::parse::<u64>), version.parse::<u64>()) {
+        (Some(Ok(c)), Ok(w)) => c >= w,
+        _ => cached == Some(version),
+    }
+}
+
+/// The written resourceVersion when a write took effect (`Some(None)` if the server named none);
+/// `None` when it did not. A 404 (the object is gone) needs nothing more; any other error is kept
+/// (the first one) for the caller.
+fn settle(
+    kind: &'static str,
+    name: &str,
+    result: Result<Option<String>, WriteError>,
+    first_error: &mut Option<Error>,
+) -> Option<Option<String>> {
     match result {
-        Ok(()) => true,
-        Err(Error::WriteStatus {
-            source: kube::Error::Api(status),
-            ..
-        }) if status.code == 404 => false,
-        Err(e) => {
+        Ok(version) => Some(version),
+        Err(e) if e.is_not_found() => None,
+        Err(source) => {
+            let e = Error::WriteStatus {
+                kind,
+                name: name.to_owned(),
+                source,
+            };
             warn!(error = %e, "status write failed");
             first_error.get_or_insert(e);
-            false
+            None
         }
     }
 }
@@ -134,73 +187,30 @@ async fn publish_for(ctx: &Context, report: &Report, object: &plan::ObjectRef) {
     }
 }
 
-pub(crate) async fn write_domain_status(
-    ctx: &Context,
-    name: &str,
-    status: &StorageDomainStatus,
-) -> Result<(), Error> {
-    let api: Api<StorageDomain> = Api::all(ctx.client.clone());
-    let body =
-        json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "status": status});
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus {
-        kind: "StorageDomain",
-        name: name.to_owned(),
-        source,
-    })?;
-    ctx.metrics
-        .status_writes
-        .get_or_create(&WriteLabels {
-            kind: "StorageDomain",
-        })
-        .inc();
-    Ok(())
+/// The controller's part of a Host status, as applied: only its own fields, since the agent owns
+/// `status.report` under its own field manager.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HostControllerFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phase: Option<crate::api::HostPhase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    observed_generation: Option<i64>,
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 }
 
-/// The apply body of the controller's part of a Host status: only the controller's fields, since
-/// the agent owns `status.report` under its own field manager.
-fn host_status_body(status: &HostControllerStatus) -> serde_json::Value {
-    let mut fields = serde_json::Map::new();
-    if let Some(phase) = status.phase {
-        fields.insert("phase".into(), json!(phase));
+impl<'a> From<&'a HostControllerStatus> for HostControllerFields<'a> {
+    fn from(s: &'a HostControllerStatus) -> Self {
+        Self {
+            phase: s.phase,
+            observed_generation: s.observed_generation,
+            conditions: &s.conditions,
+        }
     }
-    if let Some(generation) = status.observed_generation {
-        fields.insert("observedGeneration".into(), json!(generation));
-    }
-    fields.insert("conditions".into(), json!(status.conditions));
-    json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "status": fields})
 }
 
-async fn write_host_status(
-    ctx: &Context,
-    name: &str,
-    body: &serde_json::Value,
-) -> Result<(), Error> {
-    let api: Api<Host> = Api::all(ctx.client.clone());
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(|source| Error::WriteStatus {
-        kind: "Host",
-        name: name.to_owned(),
-        source,
-    })?;
-    ctx.metrics
-        .status_writes
-        .get_or_create(&WriteLabels { kind: "Host" })
-        .inc();
-    Ok(())
-}
-
-async fn publish(ctx: &Context, event: &PlannedEvent) {
+/// Publishes `event` about its object, if the object is still in the cache.
+pub async fn publish(ctx: &Context, event: &PlannedEvent) {
     let name = event.object.name.as_str();
     let reference = match event.object.kind {
         ObjectKind::StoragePool => ctx
@@ -219,32 +229,9 @@ async fn publish(ctx: &Context, event: &PlannedEvent) {
             .get(&StoreRef::new(name))
             .map(|o| object_ref(o.as_ref())),
     };
-    let Some(reference) = reference else { return };
-    let ev = Event {
-        type_: match event.type_ {
-            EventType::Normal => kube::runtime::events::EventType::Normal,
-            EventType::Warning => kube::runtime::events::EventType::Warning,
-        },
-        reason: event.reason.to_owned(),
-        note: Some(truncate(&event.note, 1024).to_owned()),
-        action: event.reason.to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-        warn!(object = name, reason = event.reason, error = %e, "publishing event failed");
+    if let Some(reference) = reference {
+        ctx.writer.event(&reference, event).await;
     }
-}
-
-/// `s` cut to at most `max` bytes at a character boundary (events.k8s.io limits `note` in bytes).
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
@@ -279,44 +266,4 @@ fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
             })
             .set(phases.get(phase.as_str()).copied().unwrap_or(0));
     }
-}
-
-/// Writes the status of a domain no existing pool owns (unattached, or naming a missing pool), and
-/// releases its finalizer when it is being deleted: with no pool there is nothing to detach from.
-///
-/// # Errors
-/// When a write fails.
-pub async fn orphan_domain(ctx: &Context, domain: &StorageDomain) -> Result<(), Error> {
-    let pool_exists = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && ctx.stores.pools.get(&StoreRef::new(p)).is_some())
-    };
-    let spec_pool = domain.spec.pool.as_deref();
-    let status_pool = domain.status.as_ref().and_then(|s| s.pool.as_deref());
-    if pool_exists(spec_pool) || pool_exists(status_pool) {
-        return Ok(());
-    }
-    let current = domain.status.clone().unwrap_or_default();
-    let desired = plan::orphan_domain(
-        domain.metadata.generation,
-        &domain.spec,
-        &current,
-        jiff::Timestamp::now(),
-    );
-    if needs_write(Some(&current), &desired) {
-        write_domain_status(ctx, &domain.name_any(), &desired).await?;
-    }
-    if domain.metadata.deletion_timestamp.is_some()
-        && domain
-            .finalizers()
-            .iter()
-            .any(|f| f == plan::DOMAIN_FINALIZER)
-    {
-        let change = plan::FinalizerChange {
-            object: plan::ObjectRef::domain(domain.name_any()),
-            finalizer: plan::DOMAIN_FINALIZER,
-            action: plan::FinalizerAction::Remove,
-        };
-        super::act::apply_finalizer(ctx, &change).await?;
-    }
-    Ok(())
 }

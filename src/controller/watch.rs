@@ -19,7 +19,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::Settings;
+use super::{Settings, index};
 use crate::api::{Host, HostPhase, StorageDomain, StoragePool};
 
 /// The caches the controller reads.
@@ -121,59 +121,47 @@ where
     (reader, stream)
 }
 
-/// The pools a domain names now (`spec.pool`) and named before (`status.pool`).
+/// The pools a domain belongs to ([`index::domain_pools`]).
 pub fn domain_pools(domain: StorageDomain) -> Vec<ObjectRef<StoragePool>> {
-    let mut pools: Vec<_> = domain
-        .spec
-        .pool
-        .iter()
-        .chain(domain.status.as_ref().and_then(|s| s.pool.as_ref()))
-        .filter(|p| !p.is_empty())
-        .map(|p| ObjectRef::new(p))
-        .collect();
-    pools.dedup();
-    pools
+    index::domain_pools(&domain)
+        .into_iter()
+        .map(ObjectRef::new)
+        .collect()
 }
 
-/// The pools a host names now, is connected to (by the pool uuid it reports), or has an id in.
+/// The pools a host belongs to ([`index::host_pools`]).
 pub fn host_pools(
     pools: Store<StoragePool>,
 ) -> impl Fn(Host) -> Vec<ObjectRef<StoragePool>> + Send + Sync + 'static {
-    move |host: Host| pools_of_host(&pools, &host)
+    move |host: Host| index::host_pools(&pools, &host)
 }
 
-fn pools_of_host(pools: &Store<StoragePool>, host: &Host) -> Vec<ObjectRef<StoragePool>> {
-    let name = host.name_any();
-    let reported_uuid = host
-        .status
-        .as_ref()
-        .and_then(|s| s.report.as_ref())
-        .and_then(|r| r.pool.as_ref())
-        .map(|p| p.uuid.as_str());
-    let mut out: Vec<ObjectRef<StoragePool>> = host
-        .spec
-        .pool
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| ObjectRef::new(p))
-        .collect();
-    for pool in pools.state() {
-        let status = pool.status.as_ref();
-        let has_id = status.is_some_and(|s| s.host_ids.iter().any(|h| h.host == name));
-        let uuid = pool
-            .spec
-            .uuid
-            .as_deref()
-            .or(status.and_then(|s| s.uuid.as_deref()));
-        let connected = reported_uuid.is_some() && uuid == reported_uuid;
-        if has_id || connected {
-            let r = ObjectRef::from_obj(pool.as_ref());
-            if !out.contains(&r) {
-                out.push(r);
+/// The domains a changed pool concerns (for the domain controller: a pool created or deleted
+/// changes who owns them).
+pub fn pool_domains(
+    domains: Store<StorageDomain>,
+) -> impl Fn(StoragePool) -> Vec<ObjectRef<StorageDomain>> + Send + Sync + 'static {
+    move |pool: StoragePool| index::pool_domains(&domains, &pool.name_any())
+}
+
+/// Splits a watch stream in two: the returned stream yields what `stream` yields, and the second
+/// one a copy of every object, for a second controller. The copy is fed as the first is polled.
+pub fn tee<K>(stream: BoxStream<K>) -> (BoxStream<K>, BoxStream<K>)
+where
+    K: Clone + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let first = stream
+        .inspect(move |item| {
+            if let Ok(obj) = item {
+                let _ = tx.send(obj.clone());
             }
-        }
-    }
-    out
+        })
+        .boxed();
+    let second = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .map(Ok)
+        .boxed();
+    (first, second)
 }
 
 /// The pools whose decisions a Lease change can affect (see the module doc).
@@ -189,6 +177,6 @@ pub fn lease_pools(
         if matches!(phase, Some(p) if p != HostPhase::NonResponsive) {
             return Vec::new();
         }
-        pools_of_host(&pools, &host)
+        index::host_pools(&pools, &host)
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostBackoff, HostCall,
+    CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall,
     HostControllerStatus, HostView, LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan,
     PoolView, Report, ReportView,
 };
@@ -105,7 +105,6 @@ pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
             renew_time: Some(renewed),
             lease_duration_seconds: Some(40),
         }),
-        backoff: HostBackoff::default(),
     }
 }
 
@@ -131,6 +130,7 @@ pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
         domains: BTreeMap::new(),
         uuids_elsewhere: BTreeMap::new(),
         hosts: BTreeMap::new(),
+        ledger: BTreeMap::new(),
     };
     // Room for every host (the API allows up to 2000).
     o.pool.spec.sync.max_hosts = o

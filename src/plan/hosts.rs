@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::ledger::{self, CallKey, Gate, LedgerOp};
 use super::{
     CallKind, ConnectParams, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall,
     HostRole, HostVerdict, HostView, LeaseView, Observed, SyncFailure,
@@ -131,6 +132,7 @@ pub fn classify(
                 failure: None,
                 unreachable: Default::default(),
                 call_pending: false,
+                retry_at: None,
                 told_now: false,
             };
             (name.clone(), verdict)
@@ -197,8 +199,8 @@ pub fn judge_sync(
             !v.connected_here
         };
         if v.role == HostRole::Member && v.responsive && !v.in_sync && !v.report_invalid {
-            v.failure = match &h.backoff.last_error {
-                Some(e) => Some(SyncFailure::ConnectFailed(e.clone())),
+            v.failure = match ledger::last_error(observed.ledger.get(name)) {
+                Some(e) => Some(SyncFailure::ConnectFailed(e.to_string())),
                 None if now >= deadline => Some(SyncFailure::NotConfirmed),
                 None => None,
             };
@@ -237,38 +239,73 @@ pub fn blamed_before(h: &HostView) -> bool {
 }
 
 /// The RPCs to send now: disconnects first, then connects, each in host-name order, at most
-/// `maxConcurrentConnects` in all. Skips hosts that do not respond, whose report did not parse, or
-/// that back off; marks every host with a due call that was not sent as `call_pending`. Returns
-/// the calls and how many due calls the cap deferred.
+/// `maxConcurrentConnects` in flight in all (calls still running from earlier reconciles count).
+/// Skips hosts that do not respond or whose report did not parse; asks the call ledger ([`gate`])
+/// whether a host that needs a call gets it now, waits for one it accepted (`told_now`), or backs
+/// off. Marks every host with a due call that was not sent as `call_pending`. Returns the calls,
+/// how many due calls the cap deferred, and what the ledger must record: hosts in sync are
+/// confirmed (their failures forgotten), hosts that let a confirmation window pass have lapsed.
 pub fn calls(
     observed: &Observed,
     pool_uuid: &str,
     desired: &Desired,
     verdicts: &mut BTreeMap<String, HostVerdict>,
     now: Timestamp,
-) -> (Vec<HostCall>, usize) {
+) -> (Vec<HostCall>, usize, Vec<LedgerOp>) {
+    let timeout = ledger::connect_timeout(&observed.pool.spec.sync);
+    let digest = ledger::map_digest(&desired.domain_map);
+    let mut ops = Vec::new();
+    let mut in_flight = 0_usize;
     // Decide who is due first; build the calls (which clone the map) only for those sent now.
     let mut due: Vec<(CallKind, &HostView)> = Vec::new();
     for (name, v) in verdicts.iter_mut() {
         let Some(h) = observed.hosts.get(name) else {
             continue;
         };
+        let entry = observed.ledger.get(name);
+        if v.in_sync && entry.is_some() {
+            ops.push(LedgerOp::Confirmed { host: name.clone() });
+        }
+        let gate_now = |key: &CallKey, boot_id: &str| {
+            ledger::gate(entry, name, key, boot_id, timeout, now)
+        };
+        if ledger::in_flight(entry, timeout, now) {
+            in_flight += 1;
+        }
         let Some(kind) = due_kind(h, v, pool_uuid, desired) else {
             continue;
         };
         if !v.responsive || v.report_invalid {
             continue;
         }
-        if h.backoff.not_before.is_some_and(|t| t > now) {
-            v.call_pending = true;
+        let Some(key) = call_key(kind, h, v, pool_uuid, desired, digest) else {
             continue;
+        };
+        let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
+        match gate_now(&key, boot_id) {
+            Gate::Send => due.push((kind, h)),
+            Gate::InFlight => {
+                v.call_pending = true;
+                v.retry_at = entry.map(|e| plus(e.last.sent_at, ledger::in_flight_limit(timeout)));
+            }
+            Gate::Awaiting { until } => {
+                v.told_now = true;
+                v.retry_at = Some(until);
+            }
+            Gate::BackingOff { until } => {
+                if ledger::lapsed(entry, &key, boot_id, timeout, now) {
+                    ops.push(LedgerOp::Lapsed { host: name.clone() });
+                }
+                v.call_pending = true;
+                v.retry_at = Some(until);
+            }
         }
-        due.push((kind, h));
     }
     // Disconnects first (stable: host-name order within each kind).
     due.sort_by_key(|(kind, _)| *kind == CallKind::Connect);
     let cap = usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
-    let deferred = due.split_off(cap.min(due.len()));
+    let free = cap.saturating_sub(in_flight);
+    let deferred = due.split_off(free.min(due.len()));
     for (_, h) in &deferred {
         if let Some(v) = verdicts.get_mut(&h.name) {
             v.call_pending = true;
@@ -281,7 +318,42 @@ pub fn calls(
             build_call(kind, h, v, pool_uuid, desired)
         })
         .collect();
-    (calls, deferred.len())
+    (calls, deferred.len(), ops)
+}
+
+/// The ledger key of the call the host needs (without building the call).
+fn call_key(
+    kind: CallKind,
+    h: &HostView,
+    v: &HostVerdict,
+    pool_uuid: &str,
+    desired: &Desired,
+    digest: u64,
+) -> Option<CallKey> {
+    match kind {
+        CallKind::Disconnect => {
+            let c = connection(h)?;
+            Some(CallKey {
+                kind,
+                pool_uuid: c.uuid.clone(),
+                host_id: c.host_id,
+                master: None,
+                map_digest: 0,
+            })
+        }
+        CallKind::Connect => Some(CallKey::connect(
+            pool_uuid,
+            v.host_id?,
+            desired.master_domain.as_deref()?,
+            desired.master_version,
+            digest,
+        )),
+    }
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(t)
 }
 
 /// Which call the host needs, if any.

@@ -17,11 +17,11 @@ const MEMORY_BACKEND_VERSION: (u32, u32) = (3, 5);
 
 /// The pool uuid in use: `spec.uuid`, else the one recorded in status, else `metadata.uid`.
 pub fn pool_uuid(pool: &PoolView) -> String {
-    pool.spec
-        .uuid
-        .clone()
-        .or_else(|| pool.status.uuid.clone())
-        .unwrap_or_else(|| pool.uid.clone())
+    crate::api::pool::effective_uuid(
+        pool.spec.uuid.as_deref(),
+        pool.status.uuid.as_deref(),
+        Some(&pool.uid),
+    )
 }
 
 /// Why the planner must not touch the pool at all, if it must not.

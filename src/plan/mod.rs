@@ -9,8 +9,10 @@
 //! blamed for a domain keeps `Operational=False` (reason `StorageDomainUnreachable`) until its reports
 //! are clean; the start of the current rollout is the `lastTransitionTime` of the pool's
 //! `Reconciling` condition (forced to `now` whenever the map or master changes). The only in-memory
-//! input is the per-host connect backoff ([`HostBackoff`]); losing it costs at most one extra
-//! connect per host.
+//! input is the shell's call ledger ([`Observed::ledger`]: what was sent to which host, when, with
+//! what outcome); the planner decides from it whether a host is called, waits for a call it
+//! accepted, or backs off ([`ledger`]), and tells the shell what to record ([`Plan::ledger`]).
+//! Losing it costs at most one repeated call per host.
 //!
 //! # Write budget (issue 4, rule 12)
 //! A healthy rollout of a map change to N hosts must cost O(1) controller writes per pool and changed
@@ -58,6 +60,7 @@ pub mod domains;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod hosts;
+pub mod ledger;
 pub mod map;
 pub mod status;
 
@@ -65,6 +68,7 @@ pub mod status;
 mod tests;
 
 pub use domains::orphan_domain;
+pub use ledger::connect_timeout;
 pub use status::report;
 
 /// The finalizer that holds a deleted pool while domains are still attached to it.
@@ -97,6 +101,8 @@ pub struct Observed {
     /// Every Host whose `spec.pool` names this pool, or whose report says it is connected to this
     /// pool's uuid, or that appears in `status.hostIds`, by object name.
     pub hosts: BTreeMap<String, HostView>,
+    /// The call ledger's entries for these hosts (hosts without an entry have none).
+    pub ledger: BTreeMap<String, ledger::HostCalls>,
 }
 
 /// The pool as the planner sees it.
@@ -153,8 +159,6 @@ pub struct HostView {
     pub controller: HostControllerStatus,
     /// The host's Lease; `None` when it has none (never heard from).
     pub lease: Option<LeaseView>,
-    /// The shell's in-memory backoff for this host (the only in-memory input).
-    pub backoff: HostBackoff,
 }
 
 /// `Host.status.report` as the shell found it.
@@ -209,15 +213,6 @@ pub struct LeaseView {
     pub lease_duration_seconds: Option<i32>,
 }
 
-/// The shell's per-host backoff, kept in memory and reset when a call succeeds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostBackoff {
-    /// No call may go to the host before this instant.
-    pub not_before: Option<Timestamp>,
-    /// The error of the last failed call, cleared on success.
-    pub last_error: Option<String>,
-}
-
 // ---------------------------------------------------------------------------------------------
 // Output of `plan`
 // ---------------------------------------------------------------------------------------------
@@ -239,6 +234,8 @@ pub struct Plan {
     pub calls: Vec<HostCall>,
     /// Calls that were due but left for a later reconcile because of the cap.
     pub deferred_calls: usize,
+    /// What the shell must record in the call ledger (before it sends `calls`).
+    pub ledger: Vec<ledger::LedgerOp>,
     /// Finalizers to add or remove.
     pub finalizers: Vec<FinalizerChange>,
     /// When to reconcile again even if nothing changes (grace end, backoff end, Lease expiry,
@@ -417,6 +414,17 @@ pub enum ObjectKind {
     Host,
 }
 
+impl ObjectKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StoragePool => "StoragePool",
+            Self::StorageDomain => "StorageDomain",
+            Self::Host => "Host",
+        }
+    }
+}
+
 /// What the planner concluded about one host (before the calls' outcomes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostVerdict {
@@ -438,9 +446,14 @@ pub struct HostVerdict {
     pub failure: Option<SyncFailure>,
     /// Active domains this host cannot reach although others can (it is or becomes NonOperational).
     pub unreachable: BTreeSet<String>,
-    /// A call is due but was not sent now (backoff or the concurrency cap).
+    /// A call is due but was not sent now (backoff, a call still in flight, or the concurrency
+    /// cap).
     pub call_pending: bool,
-    /// A call to the host succeeded this round (set by [`report`] from the outcomes).
+    /// When the planner must look at the host's call again (a backoff ends, a confirmation window
+    /// closes, an in-flight marker expires).
+    pub retry_at: Option<Timestamp>,
+    /// The host accepted the call it needs and its report is on its way: this round (set by
+    /// [`report`] from the outcomes) or within the confirmation window of an earlier call.
     pub told_now: bool,
 }
 
@@ -461,7 +474,7 @@ pub enum HostRole {
 /// Why a host does not hold the map, when that is a failure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SyncFailure {
-    /// The last connect failed (from the backoff, or this round's outcome).
+    /// The last connect failed (from the call ledger, or this round's outcome).
     ConnectFailed(String),
     /// Connected fine but the host did not report the map by the rollout deadline.
     NotConfirmed,
@@ -601,6 +614,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
             persist_first: None,
             calls: Vec::new(),
             deferred_calls: 0,
+            ledger: Vec::new(),
             finalizers: Vec::new(),
             requeue_after: None,
             hosts: BTreeMap::new(),
@@ -630,7 +644,8 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         &mut hostv,
         now,
     );
-    let (calls, deferred_calls) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
+    let (calls, deferred_calls, ledger) =
+        hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
     let requeue_after = status::requeue_after(
         observed,
@@ -647,6 +662,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         persist_first,
         calls,
         deferred_calls,
+        ledger,
         finalizers,
         requeue_after,
         hosts: hostv,

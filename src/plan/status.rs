@@ -104,9 +104,7 @@ pub(super) fn requeue_after(
         let Some(h) = observed.hosts.get(name) else {
             continue;
         };
-        if v.call_pending
-            && let Some(t) = h.backoff.not_before
-        {
+        if let Some(t) = v.retry_at {
             consider(t);
         }
         if v.responsive
