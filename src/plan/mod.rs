@@ -12,7 +12,7 @@
 //! input is the per-host connect backoff ([`HostBackoff`]); losing it costs at most one extra
 //! connect per host.
 //!
-//! # Write budget (issue 4, rule 12)
+//! # Write budget
 //! A healthy rollout of a map change to N hosts must cost O(1) controller writes per pool and changed
 //! domain. Three choices make that hold:
 //! - **Host statuses do not move while a host merely catches up.** A host that was `Up` stays `Up`
@@ -55,6 +55,7 @@ use crate::api::{
 };
 
 pub mod domains;
+#[cfg(any(test, doc, feature = "fixtures"))]
 #[doc(hidden)]
 pub mod fixtures;
 pub mod hosts;
