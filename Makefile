@@ -8,10 +8,11 @@ CARGO ?= cargo
 test: control-plane
 	$(CARGO) test
 
-## lint: formatting, clippy with warnings denied, generated CRDs current
+## lint: formatting, clippy with warnings denied, plan and api pure, generated CRDs current
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) test --test layering
 	$(CARGO) run --quiet -- crds | diff -u crds/poolkeeper.yaml - || { echo "crds/ is stale: run make crds"; exit 1; }
 	diff -u crds/poolkeeper.yaml deploy/crds.yaml || { echo "deploy/crds.yaml is stale: run make crds"; exit 1; }
 

@@ -1,6 +1,6 @@
 //! `poolkeeper dev`: a local control plane (or the cluster of `$KUBECONFIG` with `--use-kubeconfig`),
 //! the controller and `--hosts N` simulated hosts in one process, with an example pool of three
-//! domains applied, until Ctrl-C. Everything it started stops with it.
+//! domains applied, until Ctrl-C or SIGTERM. Everything it started stops with it.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -180,7 +180,7 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     );
     println!("Ctrl-C stops everything.");
 
-    let _ = tokio::signal::ctrl_c().await;
+    crate::shutdown::signal().await;
     info!("stopping");
     let _ = stop_tx.send(true);
     agents.shutdown().await;

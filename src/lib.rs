@@ -15,6 +15,7 @@
 //! - [`protocol`]: the JSON-RPC wire format, VDSM error codes, client and server.
 //! - [`agent`]: the host agent and the simulator.
 //! - [`controller`]: the reconciler shell around [`plan`].
+//! - [`shutdown`]: the stop signal (SIGINT, SIGTERM) every long-running subcommand waits for.
 //! - [`testenv`]: a real local control plane (etcd + kube-apiserver) for tests and [`dev`].
 
 pub mod agent;
@@ -24,5 +25,6 @@ pub mod dev;
 pub mod metrics;
 pub mod plan;
 pub mod protocol;
+pub mod shutdown;
 pub mod telemetry;
 pub mod testenv;

@@ -1,8 +1,10 @@
-//! Issue 4's scenario "Kill the controller in the middle of a rollout and start it again: it
-//! converges, nothing lost, grace timers continue" (rules 4, 8 and the level-triggered design of
-//! DESIGN.md section 5), against this binary's own control plane and its own controller, which the
-//! tests kill and start again. Killing means what a crash or `kill -9` does: the controller's
-//! runtime is dropped with its reconciles, calls and writes wherever they stand.
+//! Killing the controller in the middle of a rollout and starting it again: it converges, nothing
+//! is lost, grace timers continue. That holds because the map and host ids are persisted before
+//! any host is told, a grace period runs from a condition's `lastTransitionTime`, and each
+//! reconcile starts from what the objects say, not from memory. Run against this binary's own
+//! control plane and its own controller, which the tests kill and start again. Killing means what
+//! a crash or `kill -9` does: the controller's runtime is dropped with its reconciles, calls and
+//! writes wherever they stand.
 
 mod support;
 
@@ -344,8 +346,8 @@ async fn controller_killed_mid_rollout_converges_without_losing_ids_or_map() {
     first.kill().await;
     let killed_at = Instant::now();
 
-    // What the dead controller left behind: the map and every id were persisted before any host
-    // was told (rule 1), so they are all there although only part of the hosts got the map.
+    // What the dead controller left behind: the map and every id are persisted before any host is
+    // told, so they are all there although only part of the hosts got the map.
     let before = pool(&p.name)
         .await
         .status

@@ -1,4 +1,5 @@
-//! Issue 4, rule 12, counted where it costs: at the API server. Its `/metrics`
+//! The write budget (a healthy rollout of a map change to N hosts costs O(1) controller writes per
+//! pool and changed domain), counted where it costs: at the API server. Its `/metrics`
 //! (`apiserver_request_total` by verb, resource and subresource) counts every request this test
 //! binary's control plane served, so the numbers below are what an operator would see on a real
 //! cluster's dashboards:
@@ -476,7 +477,9 @@ async fn rollout_budget(sim: &SimPool, metrics: SocketAddr) -> Budget {
     }
 }
 
-/// Asserts rule 12 on one rollout's cost.
+/// Asserts the write budget on one rollout's cost: about one connect per host, pool and domain
+/// status writes that do not grow with the number of hosts, and no Host status writes by the
+/// controller.
 fn assert_budget(b: &Budget) {
     let n = u64::try_from(b.hosts).expect("n");
     eprintln!("{b:#?}");

@@ -216,11 +216,6 @@ impl HostAgent {
             self.mark_dirty();
         }
     }
-
-    /// How many domains are monitored now.
-    pub fn monitored_count(&self) -> usize {
-        self.lock().monitors.len()
-    }
 }
 
 impl Verbs for HostAgent {

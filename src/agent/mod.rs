@@ -1,12 +1,14 @@
 //! The host agent: serves VDSM's pool verbs, holds the pool connection in memory only, runs domain
 //! monitors, reports into `Host.status.report`, renews its Lease; and the many-host simulator.
 //!
-//! Layout: [`state`] is the pure connect decision table; [`monitor`] the domain monitors and their
-//! shared ticker; [`storage`] where metadata is read from; [`host`] one host tying them together
-//! behind the [`Verbs`](crate::protocol::Verbs); [`report`] and [`lease`] the only code that
-//! talks to Kubernetes; [`sim`] simulated storage and fault injection. Calls are served from
-//! memory whatever the API server does.
+//! Layout: [`state`] is the pure connect decision table; [`monitor`] the pure domain monitor
+//! table; [`storage`] where metadata is read from; [`host`] one host tying them together behind
+//! the [`Verbs`](crate::protocol::Verbs); [`driver`] the shared ticker that reads metadata and
+//! feeds each host's monitors; [`report`] and [`lease`] the only code that talks to Kubernetes;
+//! [`sim`] simulated storage and fault injection. Calls are served from memory whatever the API
+//! server does.
 
+pub mod driver;
 pub mod host;
 pub mod lease;
 pub mod monitor;
@@ -355,7 +357,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     tracing::info!(addr = %addr, base_url = %base, hosts = hosts.len(), tls = opts.tls.is_some(), "agent serving");
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = vec![tokio::spawn(monitor::run_driver(
+    let mut tasks = vec![tokio::spawn(driver::run_driver(
         Arc::clone(&hosts),
         opts.monitor,
         shutdown_rx.clone(),
@@ -510,24 +512,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
     let client = kube::Client::try_default().await.map_err(Error::Kube)?;
     opts.kube = Some((client, lease_config(&args)?));
     let running = start(opts).await?;
-    running.run_until(stop_signal()).await
-}
-
-/// Resolves on SIGINT or SIGTERM (what Kubernetes sends to stop a Pod).
-pub async fn stop_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("stopping agent");
+    running.run_until(crate::shutdown::signal()).await
 }
 
 /// Creates a file-domain layout.

@@ -1,20 +1,14 @@
-//! Domain monitors: one per `active` domain of a host, checked every period (VDSM's
-//! `sd_health_check_delay`, 10 s), each check a metadata read with a deadline.
+//! The domain monitor table of one host: which domains are monitored, their vitals, and what a
+//! finished (or hung) metadata read means for them. VDSM checks each `active` domain every period
+//! (`sd_health_check_delay`, 10 s); a read that passes its deadline makes the domain invalid (379)
+//! and `lastCheck` keeps growing until the read returns.
 //!
-//! One shared ticker ([`run_driver`]) drives the monitors of every host in the process, so a
-//! simulator with thousands of hosts has no task per monitor: a check runs inline when storage
-//! answers at once (simulated storage) and in a short-lived task otherwise. At most one read per
-//! monitor is in flight; while it hangs past the deadline the domain is invalid (379) and
-//! `lastCheck` keeps growing until the read returns.
+//! Pure: no tokio, no clock (every method takes `now`), no I/O. [`super::driver`] does the reads
+//! on a ticker and feeds the results back through the host.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use tokio::sync::watch;
-
-use super::host::HostAgent;
 use super::storage::{ReadError, parse_metadata};
 use crate::api::DomainVitals;
 use crate::protocol::{ErrorCode, Vitals};
@@ -299,51 +293,6 @@ impl Monitors {
             })
             .collect()
     }
-}
-
-/// Drives the monitors of `hosts` until `shutdown` turns true: one ticker for all of them.
-pub async fn run_driver(
-    hosts: Arc<[Arc<HostAgent>]>,
-    config: MonitorConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(config.tick());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        for host in hosts.iter() {
-            for (sd, generation) in host.poll_monitors(Instant::now()) {
-                start_check(host, sd, generation, config);
-            }
-        }
-    }
-}
-
-fn start_check(host: &Arc<HostAgent>, sd: String, generation: u64, config: MonitorConfig) {
-    let started = Instant::now();
-    let mut read = host.storage().read_metadata(&sd);
-    if let Some(result) = (&mut read).now_or_never() {
-        host.record_check(&sd, generation, result, started.elapsed(), config.period);
-        return;
-    }
-    let host = Arc::clone(host);
-    tokio::spawn(async move {
-        let result = match tokio::time::timeout(config.check_timeout, &mut read).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(host = %host.name(), domain = %sd, timeout = ?config.check_timeout, "domain check hung");
-                host.record_hung(&sd, generation);
-                read.await
-            }
-        };
-        host.record_check(&sd, generation, result, started.elapsed(), config.period);
-    });
 }
 
 #[cfg(test)]

@@ -24,11 +24,6 @@ impl ConditionStatus {
             Self::Unknown => "Unknown",
         }
     }
-
-    /// `True` when `b`, else `False`.
-    pub fn from_bool(b: bool) -> Self {
-        if b { Self::True } else { Self::False }
-    }
 }
 
 /// Condition types.
@@ -205,10 +200,6 @@ pub mod reasons {
     pub const HOSTS_NOT_RESPONDING: &str = "HostsNotResponding";
     /// `spec.pool` names a StoragePool that does not exist.
     pub const POOL_NOT_FOUND: &str = "PoolNotFound";
-    /// The domain waits to leave the pool it was in before.
-    pub const LEAVING_OTHER_POOL: &str = "LeavingOtherPool";
-    /// The domain phase changed (event).
-    pub const PHASE_CHANGED: &str = "PhaseChanged";
 
     // Host.
     /// The Lease is current.

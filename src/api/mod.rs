@@ -27,8 +27,6 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "poolkeeper.io";
 /// The API version served and stored.
 pub const VERSION: &str = "v1alpha1";
-/// The category that `kubectl get poolkeeper` lists.
-pub const CATEGORY: &str = "poolkeeper";
 
 /// CEL rule for a canonical lower-case UUID (VDSM's sdUUID / spUUID form).
 pub(crate) const UUID_RULE: &str =

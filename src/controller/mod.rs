@@ -181,7 +181,7 @@ pub struct ControllerArgs {
 pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Config)?;
     let settings = Settings::from_args(&args)?;
-    let shutdown = crate::agent::stop_signal();
+    let shutdown = crate::shutdown::signal();
     if args.leader_elect {
         run_elected(client, settings, &args, shutdown).await
     } else {

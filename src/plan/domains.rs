@@ -1,6 +1,6 @@
-//! Domains: phases from the hosts' reports (DESIGN.md section 6), the problem grace period kept in
-//! the `Problem` condition's `lastTransitionTime`, blame (hosts NonOperational, or the domain
-//! Inactive), recovery, the hosts that block MovingToMaintenance and Detaching, and finalizers. Pure.
+//! Domains: phases from the hosts' reports, the problem grace period kept in the `Problem`
+//! condition's `lastTransitionTime`, blame (hosts NonOperational, or the domain Inactive),
+//! recovery, the hosts that block MovingToMaintenance and Detaching, and finalizers. Pure.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

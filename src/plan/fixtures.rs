@@ -1,6 +1,8 @@
 //! Builders for planner tests and benchmarks: a small world (one pool, its domains and hosts) and a
 //! simulated shell and agents that apply a plan, so tests can run several reconciles in a row.
-//! Not part of the API (hidden from the docs); benches cannot see `cfg(test)` code, hence `pub`.
+//! Not part of the API (hidden from the docs) and not in the shipped binary: compiled for unit tests
+//! and with the `fixtures` feature, which benches and integration tests get through the crate's
+//! dev-dependency on itself (they cannot see `cfg(test)` code, hence `pub`).
 
 use std::collections::BTreeMap;
 

@@ -14,7 +14,7 @@
 //! accepted, or backs off ([`ledger`]), and tells the shell what to record ([`Plan::ledger`]).
 //! Losing it costs at most one repeated call per host.
 //!
-//! # Write budget (issue 4, rule 12)
+//! # Write budget
 //! A healthy rollout of a map change to N hosts must cost O(1) controller writes per pool and changed
 //! domain. Three choices make that hold:
 //! - **Host statuses do not move while a host merely catches up.** A host that was `Up` stays `Up`
@@ -57,6 +57,7 @@ use crate::api::{
 };
 
 pub mod domains;
+#[cfg(any(test, doc, feature = "fixtures"))]
 #[doc(hidden)]
 pub mod fixtures;
 pub mod hosts;

@@ -1,7 +1,6 @@
 //! The controller side of the protocol: a typed JSON-RPC client with a bearer token, an optional
 //! CA for the agents' TLS certificates, and a timeout on every call.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use super::error::RpcError;
 use super::token::Token;
 use super::wire::{
     ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, Outcome, PoolInfo,
-    Request, Response, Vitals, method,
+    Request, Response, method,
 };
 
 /// The largest response body the client reads (a stats answer for 100 domains is ~20 KiB).
@@ -129,24 +128,6 @@ impl Client {
     ) -> Result<HostStats, RpcError> {
         self.call(endpoint, method::HOST_GET_STATS, &EMPTY, timeout)
             .await
-    }
-
-    /// `Host.getStorageRepoStats`: the vitals of every monitored domain.
-    ///
-    /// # Errors
-    /// Transport failures and timeouts, or a malformed answer.
-    pub async fn get_storage_repo_stats(
-        &self,
-        endpoint: &str,
-        timeout: Duration,
-    ) -> Result<BTreeMap<String, Vitals>, RpcError> {
-        self.call(
-            endpoint,
-            method::HOST_GET_STORAGE_REPO_STATS,
-            &EMPTY,
-            timeout,
-        )
-        .await
     }
 
     /// Any verb with named `params`; the result is decoded as `R`. The whole exchange (connect,
