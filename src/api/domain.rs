@@ -143,7 +143,7 @@ pub struct StorageDomainStatus {
     #[serde(default)]
     pub hosts: DomainHostCounts,
 
-    /// Up to 10 hosts that block the current transition, with the reason.
+    /// Up to 10 hosts that block the current transition, with the reason; problems first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub blocking_hosts: Vec<super::pool::LaggingHost>,

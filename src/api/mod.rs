@@ -16,8 +16,8 @@ pub use domain::{
 };
 pub use host::{DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolConnection};
 pub use pool::{
-    DomainMapEntry, HostCounts, HostIdEntry, LaggingHost, MapStatus, StoragePool, StoragePoolSpec,
-    StoragePoolStatus, SyncSpec,
+    DomainMapEntry, HostCounts, HostIdEntry, LagReason, LaggingHost, MapStatus, StoragePool,
+    StoragePoolSpec, StoragePoolStatus, SyncSpec,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -200,7 +200,7 @@ pub struct StoragePoolStatus {
     #[serde(default)]
     pub counts: HostCounts,
 
-    /// Up to 10 hosts that do not hold the current map yet, with the reason.
+    /// Up to 10 hosts that do not hold the current map yet, with the reason; problems first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub lagging_hosts: Vec<LaggingHost>,
@@ -282,18 +282,119 @@ pub struct HostCounts {
     pub unresponsive: i32,
 }
 
-/// A host that does not hold the current map yet.
+/// A host that does not hold the current map yet, or that blocks a domain's transition.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LaggingHost {
     /// The Host's name.
     pub host: String,
-    /// Why it lags, e.g. `connect failed: error 323: ...` or `not responding`.
-    pub reason: String,
+    /// Why it lags or blocks. `NotResponding`, `ConnectFailing`, `NotConfirming` and
+    /// `ReportUnparsable` are problems that may need a person; `BeingDisconnected`, `NotToldYet`,
+    /// `WaitingForReport`, `WaitingTurn` and `Connecting` are progress.
+    pub reason: LagReason,
+    /// Why, for people, e.g. `connect failing: error 323: ...` or `not responding`.
+    #[schemars(length(max = LaggingHost::MAX_MESSAGE_CHARS))]
+    pub message: String,
+}
+
+impl LaggingHost {
+    /// The most characters [`LaggingHost::message`] holds (the schema's `maxLength`).
+    pub const MAX_MESSAGE_CHARS: usize = 256;
+
+    /// An entry whose message is cut to [`Self::MAX_MESSAGE_CHARS`] characters, ending in `...`
+    /// when cut, so a long error from a host never makes the status invalid.
+    pub fn new(host: impl Into<String>, reason: LagReason, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.chars().count() > Self::MAX_MESSAGE_CHARS {
+            message = message.chars().take(Self::MAX_MESSAGE_CHARS - 3).collect();
+            message.push_str("...");
+        }
+        Self {
+            host: host.into(),
+            reason,
+            message,
+        }
+    }
+}
+
+/// Why a host lags behind the pool's map or blocks a domain's transition.
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
+pub enum LagReason {
+    /// The host's Lease expired: its agent does not answer.
+    NotResponding,
+    /// The last `StoragePool.connect` failed; the message carries the error.
+    ConnectFailing,
+    /// The host took the connect but did not report the map by the rollout deadline.
+    NotConfirming,
+    /// The host's report does not parse.
+    ReportUnparsable,
+    /// The host is being disconnected from the pool (maintenance, or it left the pool).
+    BeingDisconnected,
+    /// The host has not been given the current map yet.
+    NotToldYet,
+    /// The host was given the map; its report does not show it yet.
+    WaitingForReport,
+    /// The host waits for a free connect slot or for its backoff to end.
+    WaitingTurn,
+    /// The host is being given the current map.
+    Connecting,
+}
+
+impl LagReason {
+    /// Whether the reason is a problem that may need a person, rather than healthy progress.
+    pub fn is_problem(self) -> bool {
+        match self {
+            Self::NotResponding
+            | Self::ConnectFailing
+            | Self::NotConfirming
+            | Self::ReportUnparsable => true,
+            Self::BeingDisconnected
+            | Self::NotToldYet
+            | Self::WaitingForReport
+            | Self::WaitingTurn
+            | Self::Connecting => false,
+        }
+    }
 }
 
 /// The pool uuid in use: `spec.uuid`, else the one recorded in `status.uuid`, else `metadata.uid`
 /// (empty when none is known).
 pub fn effective_uuid(spec: Option<&str>, status: Option<&str>, uid: Option<&str>) -> String {
     spec.or(status).or(uid).unwrap_or_default().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lag_message_is_cut_to_the_schema_bound() {
+        let short = LaggingHost::new("h", LagReason::ConnectFailing, "connect failing: é");
+        assert_eq!(short.message, "connect failing: é");
+        let long = LaggingHost::new("h", LagReason::ConnectFailing, "é".repeat(1000));
+        assert_eq!(long.message.chars().count(), LaggingHost::MAX_MESSAGE_CHARS);
+        assert!(long.message.ends_with("..."));
+    }
+
+    #[test]
+    fn lag_reasons_serialise_as_their_names() {
+        let entry = LaggingHost::new("h0001", LagReason::NotToldYet, "not told yet");
+        let json = serde_json::to_value(&entry).expect("serialises");
+        assert_eq!(
+            json,
+            serde_json::json!({"host": "h0001", "reason": "NotToldYet", "message": "not told yet"})
+        );
+    }
 }

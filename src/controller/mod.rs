@@ -411,7 +411,10 @@ fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Ac
 /// the latest write yet), else after a pause.
 fn retry_after(object: &str, error: &Error) -> Action {
     if error.is_conflict() {
-        debug!(object, "object changed since it was read; reconciling again");
+        debug!(
+            object,
+            "object changed since it was read; reconciling again"
+        );
         return Action::requeue(Duration::from_millis(200));
     }
     warn!(object, error = %error, category = error.category(), "reconcile failed; retrying");

@@ -71,10 +71,7 @@ pub async fn write(
         if !needs_write(current, status) {
             continue;
         }
-        let result = ctx
-            .writer
-            .status::<StorageDomain>(name, status, None)
-            .await;
+        let result = ctx.writer.status::<StorageDomain>(name, status, None).await;
         if let Some(version) = settle("StorageDomain", name, result, &mut first_error) {
             written.domains.extend(version.map(|v| (name.clone(), v)));
             publish_for(ctx, report, &plan::ObjectRef::domain(name)).await;
@@ -115,8 +112,7 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 impl Written {
     /// Records a status write of a domain (the domain controller's writes).
     pub fn domain(&mut self, name: &str, version: Option<String>) {
-        self.domains
-            .extend(version.map(|v| (name.to_owned(), v)));
+        self.domains.extend(version.map(|v| (name.to_owned(), v)));
     }
 
     /// Waits until every cache shows these writes (or something newer), at most [`CATCH_UP_WAIT`].

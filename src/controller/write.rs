@@ -141,7 +141,11 @@ impl Writer {
         let api: Api<K> = Api::all(self.client.clone());
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let written = self
-            .timed(kind, "status", api.patch_status(name, &params, &Patch::Apply(&body)))
+            .timed(
+                kind,
+                "status",
+                api.patch_status(name, &params, &Patch::Apply(&body)),
+            )
             .await?;
         self.metrics
             .status_writes

@@ -9,15 +9,12 @@ use jiff::{SignedDuration, Timestamp};
 use super::hosts::{blamed_before, holds_pool};
 use super::map::{DomainClass, Eligibility, leaving_is_moving};
 use super::{
-    DOMAIN_FINALIZER, Desired, DomainFlag, DomainVerdict, DomainView, FinalizerAction,
-    FinalizerChange, HostRole, HostVerdict, MAX_LAST_CHECK_SECONDS, ObjectRef, Observed,
-    POOL_FINALIZER,
+    DOMAIN_FINALIZER, Desired, DomainVerdict, DomainView, FinalizerAction, FinalizerChange,
+    HostRole, HostVerdict, MAX_LAST_CHECK_SECONDS, ObjectRef, Observed, POOL_FINALIZER,
 };
-use crate::api::condition::{self, ConditionStatus, reasons, set_condition, types};
-use crate::api::{
-    DomainPhase, DomainType, DomainVitals, HostPhase, StorageDomainSpec, StorageDomainStatus,
-};
-use ConditionStatus::{False, True};
+use crate::api::condition::{self, ConditionStatus, types};
+use crate::api::{DomainPhase, DomainType, DomainVitals, HostPhase};
+use ConditionStatus::True;
 
 /// How one host's report of one active domain reads (oVirt's `analyzeDomainReport`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -444,91 +441,4 @@ pub fn attached_domains(
         })
         .map(|(name, _)| name.clone())
         .collect()
-}
-
-/// The status of a domain that no existing pool owns: `spec.pool` unset or naming a pool that does
-/// not exist, and `status.pool` unset or naming a pool that does not exist. The shell calls it
-/// instead of [`super::plan`] (and removes [`DOMAIN_FINALIZER`] from such a domain if it is deleted).
-/// A missing pool gives `Stalled=True` and `Ready=False`, reason `PoolNotFound`.
-pub fn orphan_domain(
-    generation: Option<i64>,
-    spec: &StorageDomainSpec,
-    current: &StorageDomainStatus,
-    now: Timestamp,
-) -> StorageDomainStatus {
-    let g = generation;
-    let mut status = current.clone();
-    status.observed_generation = g;
-    status.phase = Some(DomainPhase::Unattached);
-    status.pool = None;
-    status.hosts = Default::default();
-    status.blocking_hosts.clear();
-    let c = &mut status.conditions;
-    match spec.pool.as_deref() {
-        Some(pool) => {
-            let msg = format!("StoragePool {pool} does not exist; create it or change spec.pool");
-            set_condition(
-                c,
-                types::READY,
-                False,
-                reasons::POOL_NOT_FOUND,
-                msg.clone(),
-                g,
-                now,
-            );
-            set_condition(
-                c,
-                types::STALLED,
-                True,
-                reasons::POOL_NOT_FOUND,
-                msg,
-                g,
-                now,
-            );
-        }
-        None => {
-            set_condition(
-                c,
-                types::READY,
-                True,
-                reasons::UNATTACHED,
-                "the domain is in no pool",
-                g,
-                now,
-            );
-            set_condition(c, types::STALLED, False, reasons::PROGRESSING, "", g, now);
-        }
-    }
-    set_condition(c, types::RECONCILING, False, reasons::IDLE, "", g, now);
-    set_condition(
-        c,
-        types::MOVING_TO_MAINTENANCE,
-        False,
-        reasons::NO_HOST_REPORTS,
-        "",
-        g,
-        now,
-    );
-    set_condition(c, types::PROBLEM, False, reasons::NO_PROBLEM, "", g, now);
-    status
-}
-
-/// The flag's condition reason and message.
-pub fn flag_reason(flag: &DomainFlag) -> (&'static str, String) {
-    match flag {
-        DomainFlag::DuplicateUuid(others) => (
-            reasons::DUPLICATE_DOMAIN_UUID,
-            format!(
-                "other StorageDomains have the same uuid: {}; the uuid names one domain on storage, so neither is put in the map until only one remains",
-                others.iter().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        ),
-        DomainFlag::TooManyDomains => (
-            reasons::TOO_MANY_DOMAINS,
-            format!(
-                "the pool already has {} domains (VDSM's limit); this one is left out of the map",
-                crate::api::pool::MAX_DOMAINS_PER_POOL
-            ),
-        ),
-    }
 }

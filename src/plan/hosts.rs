@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::ledger::{self, CallKey, Gate, LedgerOp};
 use super::{
     CallKind, ConnectParams, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall,
-    HostRole, HostVerdict, HostView, LeaseView, Observed, SyncFailure,
+    HostRole, HostVerdict, HostView, LeaseView, Observed, SyncFailure, rollout,
 };
 use crate::api::condition::{self, ConditionStatus, reasons, types};
 use crate::api::{HostPhase, PoolConnection};
@@ -152,19 +152,6 @@ fn wants_connection(v: &HostVerdict, desired: &Desired) -> bool {
     v.role == HostRole::Member && desired.master_domain.is_some()
 }
 
-/// When hosts that merely wait their turn must have confirmed the map: the rollout start plus one
-/// `connectTimeoutSeconds` per wave of `maxConcurrentConnects` hosts, plus one.
-pub fn rollout_deadline(observed: &Observed, rollout_start: Timestamp) -> Timestamp {
-    let sync = &observed.pool.spec.sync;
-    let cap = i64::from(sync.max_concurrent_connects.max(1));
-    let hosts = i64::try_from(observed.hosts.len()).unwrap_or(i64::MAX);
-    let waves = hosts.div_euclid(cap) + i64::from(hosts.rem_euclid(cap) != 0) + 1;
-    let secs = i64::from(sync.connect_timeout_seconds.max(1)).saturating_mul(waves);
-    rollout_start
-        .checked_add(SignedDuration::from_secs(secs))
-        .unwrap_or(rollout_start)
-}
-
 /// Judges sync by content and sets each host's phase before domain problems are weighed.
 ///
 /// A member that was `Up` stays `Up` while it merely catches up (the write budget); it turns
@@ -178,7 +165,7 @@ pub fn judge_sync(
     now: Timestamp,
     verdicts: &mut BTreeMap<String, HostVerdict>,
 ) {
-    let deadline = rollout_deadline(observed, rollout_start);
+    let deadline = rollout::deadline(observed, rollout_start);
     for (name, v) in verdicts.iter_mut() {
         let Some(h) = observed.hosts.get(name) else {
             continue;
@@ -266,9 +253,8 @@ pub fn calls(
         if v.in_sync && entry.is_some() {
             ops.push(LedgerOp::Confirmed { host: name.clone() });
         }
-        let gate_now = |key: &CallKey, boot_id: &str| {
-            ledger::gate(entry, name, key, boot_id, timeout, now)
-        };
+        let gate_now =
+            |key: &CallKey, boot_id: &str| ledger::gate(entry, name, key, boot_id, timeout, now);
         if ledger::in_flight(entry, timeout, now) {
             in_flight += 1;
         }
@@ -408,10 +394,4 @@ fn build_call(
             },
         }),
     }
-}
-
-/// How long until `t`, at least one second (a requeue sooner than that only burns CPU).
-pub fn until(t: Timestamp, now: Timestamp) -> Duration {
-    let d = t.duration_since(now).max(SignedDuration::from_secs(1));
-    Duration::try_from(d).unwrap_or(Duration::from_secs(1))
 }

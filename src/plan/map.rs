@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
-use super::{Desired, DomainFlag, Halt, Observed, PoolView};
+use super::{Desired, DomainFlag, Halt, Observed, PoolView, rollout};
 use crate::api::pool::MAX_DOMAINS_PER_POOL;
 use crate::api::{
     DomainMapEntry, DomainPhase, DomainType, HostIdEntry, MapStatus, StoragePoolSpec,
@@ -314,7 +314,7 @@ pub fn persist_first(
     next.host_ids = host_ids;
     next.counts.domains = i32::try_from(desired.domain_map.len()).unwrap_or(i32::MAX);
     if rollout {
-        super::status::start_rollout(
+        rollout::start(
             &mut next.conditions,
             desired.map_version,
             observed.pool.generation,
@@ -322,9 +322,4 @@ pub fn persist_first(
         );
     }
     Some(next)
-}
-
-/// Builds the `Reconciling` condition that starts a rollout (shared with [`super::status`]).
-pub(super) fn rollout_message(map_version: i64) -> String {
-    format!("rolling out map version {map_version} to the pool's hosts")
 }

@@ -40,8 +40,10 @@
 //! - [`map`]: pool identity, domain eligibility (duplicates, the 100-domain limit), the desired map,
 //!   the master and the versions.
 //! - [`hosts`]: responsiveness, host ids, sync judgement, phases, and the RPCs to send.
+//! - [`rollout`]: the rollout clock: when the current rollout started and its deadline.
 //! - [`domains`]: domain phases, the problem grace period, blame, blocking hosts.
-//! - [`status`]: [`report`]: statuses, conditions, counts snapshots and events.
+//! - [`requeue`]: when to look again without a watch event.
+//! - [`status`]: [`report`]: statuses, conditions, counts snapshots and events, by kind.
 //! - [`fixtures`]: builders for tests and benchmarks (hidden from the docs).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,14 +65,15 @@ pub mod fixtures;
 pub mod hosts;
 pub mod ledger;
 pub mod map;
+pub mod requeue;
+pub mod rollout;
 pub mod status;
 
 #[cfg(test)]
 mod tests;
 
-pub use domains::orphan_domain;
 pub use ledger::connect_timeout;
-pub use status::report;
+pub use status::{orphan_domain, report};
 
 /// The finalizer that holds a deleted pool while domains are still attached to it.
 pub const POOL_FINALIZER: &str = "poolkeeper.io/pool-protection";
@@ -628,7 +631,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
     let leaving_held = domains::leaving_still_reported(observed, &eligibility, &hostv);
     let desired = map::desired(observed, &eligibility, &leaving_held, host_ids);
     let persist_first = map::persist_first(observed, &pool_uuid, &desired, now);
-    let rollout_start = status::rollout_start(observed, persist_first.as_ref(), now);
+    let rollout_start = rollout::started(observed, persist_first.as_ref(), now);
     hosts::judge_sync(
         observed,
         &pool_uuid,
@@ -648,7 +651,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
     let (calls, deferred_calls, ledger) =
         hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
-    let requeue_after = status::requeue_after(
+    let requeue_after = requeue::after(
         observed,
         &hostv,
         &domainv,

@@ -1,0 +1,58 @@
+//! When to reconcile again without a watch event: the earliest instant at which the planner's answer
+//! could change by the clock alone (a deferred call, a backoff ending, a Lease expiring, a grace
+//! period ending, the rollout deadline). Pure; it only reads verdicts the other rules produced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::hosts::lease_expiry;
+use super::{DomainVerdict, HostRole, HostVerdict, Observed, rollout};
+
+/// When to look again without a watch event: the earliest of a deferred call, a backoff ending, a
+/// Lease expiring, a grace period ending, and the rollout deadline.
+pub fn after(
+    observed: &Observed,
+    hosts: &BTreeMap<String, HostVerdict>,
+    domains: &BTreeMap<String, DomainVerdict>,
+    deferred: usize,
+    rollout_start: Timestamp,
+    now: Timestamp,
+) -> Option<Duration> {
+    let mut next: Option<Timestamp> = None;
+    let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
+    if deferred > 0 {
+        consider(now);
+    }
+    let mut waiting = false;
+    for (name, v) in hosts {
+        let Some(h) = observed.hosts.get(name) else {
+            continue;
+        };
+        if let Some(t) = v.retry_at {
+            consider(t);
+        }
+        if v.responsive
+            && let Some(t) = lease_expiry(h.lease.as_ref())
+        {
+            consider(t);
+        }
+        waiting |= v.role == HostRole::Member && v.responsive && !v.in_sync && v.failure.is_none();
+    }
+    for v in domains.values() {
+        if let Some(t) = v.grace_ends {
+            consider(t);
+        }
+    }
+    if waiting {
+        consider(rollout::deadline(observed, rollout_start));
+    }
+    next.map(|t| until(t, now))
+}
+
+/// How long until `t`, at least one second (a requeue sooner than that only burns CPU).
+fn until(t: Timestamp, now: Timestamp) -> Duration {
+    let d = t.duration_since(now).max(SignedDuration::from_secs(1));
+    Duration::try_from(d).unwrap_or(Duration::from_secs(1))
+}

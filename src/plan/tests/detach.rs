@@ -1,0 +1,111 @@
+//! Detach, finalizers and pool deletion: a leaving domain goes through maintenance and detaching,
+//! finalizers hold deleted objects until hosts let go, and a domain moving between pools waits
+//! for the old one.
+
+use super::*;
+
+#[test]
+fn detached_active_domain_moves_to_maintenance_then_detaches_then_is_unattached() {
+    let mut o = steady(2, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.pool = None;
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::MovingToMaintenance);
+    assert_eq!(
+        p.desired.domain_map.get(&uuid_of("d001")),
+        Some(&MapStatus::Attached)
+    );
+    // Hosts stopped monitoring it: now it leaves the map.
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::Detaching);
+    assert!(!p.desired.domain_map.contains_key(&uuid_of("d001")));
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Unattached));
+    assert_eq!(o.domains["d001"].status.pool, None);
+    assert!(is_true(&o.domains["d001"].status.conditions, types::READY));
+}
+
+#[test]
+fn deleted_domain_keeps_its_finalizer_until_detached() {
+    let mut o = steady(2, 2, t0());
+    o.domains.get_mut("d001").expect("d").deleting = true;
+    let (p, _) = step(&mut o, t0());
+    assert!(p.finalizers.is_empty(), "{:?}", p.finalizers);
+    let (p, _) = step(&mut o, t0());
+    assert!(p.finalizers.is_empty());
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(
+        p.finalizers,
+        vec![FinalizerChange {
+            object: ObjectRef::domain("d001"),
+            finalizer: DOMAIN_FINALIZER,
+            action: FinalizerAction::Remove,
+        }]
+    );
+    assert!(
+        !o.domains.contains_key("d001"),
+        "gone once the finalizer is removed"
+    );
+}
+
+#[test]
+fn member_domain_and_pool_get_their_finalizers() {
+    let mut o = world(1, 1, t0());
+    o.domains.get_mut("d000").expect("d").has_finalizer = false;
+    o.pool.has_finalizer = false;
+    let p = plan(&o, t0());
+    assert_eq!(
+        p.finalizers,
+        vec![
+            FinalizerChange {
+                object: ObjectRef::domain("d000"),
+                finalizer: DOMAIN_FINALIZER,
+                action: FinalizerAction::Add
+            },
+            FinalizerChange {
+                object: ObjectRef::pool(POOL),
+                finalizer: POOL_FINALIZER,
+                action: FinalizerAction::Add
+            },
+        ]
+    );
+}
+
+#[test]
+fn deleting_pool_with_attached_domains_is_held_and_says_why() {
+    let mut o = steady(1, 2, t0());
+    o.pool.deleting = true;
+    let (p, r) = step(&mut o, t0());
+    assert!(!p.finalizers.iter().any(|f| f.finalizer == POOL_FINALIZER));
+    let stalled = cond(&r.pool.conditions, types::STALLED);
+    assert_eq!(stalled.reason, reasons::DOMAINS_ATTACHED);
+    assert!(stalled.message.contains("d000") && stalled.message.contains("d001"));
+}
+
+#[test]
+fn deleting_pool_without_domains_disconnects_hosts_then_drops_its_finalizer() {
+    let mut o = steady(2, 1, t0());
+    o.pool.deleting = true;
+    o.domains.get_mut("d000").expect("d").spec.pool = None;
+    converge(&mut o, t0(), 8);
+    assert!(!o.pool.has_finalizer);
+    assert!(
+        o.hosts
+            .values()
+            .all(|h| h.report.parsed().is_some_and(|r| r.pool.is_none()))
+    );
+    assert_eq!(phase(&o, "d000"), Some(DomainPhase::Unattached));
+}
+
+#[test]
+fn domain_moving_between_pools_waits_until_the_old_pool_lets_go() {
+    let mut o = world(1, 1, t0());
+    let mut d = domain("moved", Some(POOL));
+    d.leaving_other_pool = true;
+    d.status.pool = Some("old".into());
+    d.status.phase = Some(DomainPhase::MovingToMaintenance);
+    o.domains.insert("moved".into(), d);
+    let p = plan(&o, t0());
+    assert!(!p.desired.domain_map.contains_key(&uuid_of("moved")));
+    assert!(!p.domains["moved"].owned);
+    assert!(!report(&o, &p, &[], t0()).domains.contains_key("moved"));
+}

@@ -1,0 +1,174 @@
+//! Maintenance and activation: a domain moves to maintenance while any connected host still
+//! reports it (naming each blocking host and why), and activates once every Up host reports it valid.
+
+use super::*;
+use crate::api::LagReason;
+
+#[test]
+fn domain_moves_to_maintenance_then_maintenance_once_no_host_reports_it() {
+    let mut o = steady(3, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::MovingToMaintenance);
+    let r = report(&o, &p, &[], t0());
+    let s = &r.domains["d001"];
+    assert_eq!(s.blocking_hosts.len(), 3);
+    assert!(s.blocking_hosts.iter().all(|b| b.message == "not told yet"));
+    let c = cond(&s.conditions, types::MOVING_TO_MAINTENANCE);
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("h0000 (not told yet)"));
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+    let s = &o.domains["d001"].status;
+    assert!(is_true(&s.conditions, types::READY));
+    assert_eq!(
+        cond(&s.conditions, types::MOVING_TO_MAINTENANCE).status,
+        "False"
+    );
+    assert!(s.blocking_hosts.is_empty());
+}
+
+#[test]
+fn domain_stays_moving_while_unresponsive_host_reports_it() {
+    let mut o = steady(3, 2, t0());
+    expire_lease(&mut o, "h0002");
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::MovingToMaintenance));
+    let s = &o.domains["d001"].status;
+    assert_eq!(
+        s.blocking_hosts,
+        vec![lagging("h0002", LagReason::NotResponding, "not responding")]
+    );
+    let stalled = cond(&s.conditions, types::STALLED);
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", reasons::HOSTS_NOT_RESPONDING)
+    );
+    assert!(stalled.message.contains("h0002"));
+    // No timeout: still there an hour later.
+    let mut o2 = o.clone();
+    renew_all(&mut o2, later(t0(), 3600));
+    expire_lease(&mut o2, "h0002");
+    converge(&mut o2, later(t0(), 3600), 3);
+    assert_eq!(phase(&o2, "d001"), Some(DomainPhase::MovingToMaintenance));
+    // Putting the host in maintenance releases the domain.
+    o.hosts.get_mut("h0002").expect("h").spec.maintenance = true;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+    assert_eq!(host_phase(&o, "h0002"), Some(HostPhase::Maintenance));
+}
+
+/// A `LaggingHost` with less typing.
+fn lagging(host: &str, reason: LagReason, message: &str) -> crate::api::LaggingHost {
+    crate::api::LaggingHost {
+        host: host.into(),
+        reason,
+        message: message.into(),
+    }
+}
+
+#[test]
+fn moving_domain_names_host_whose_connect_fails_with_its_error() {
+    let mut o = steady(2, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    let (_, r) = step_with(
+        &mut o,
+        t0(),
+        &[failed("h0001", 323, "connected to another pool")],
+    );
+    let s = &r.domains["d001"];
+    assert_eq!(s.phase, Some(DomainPhase::MovingToMaintenance));
+    assert_eq!(
+        s.blocking_hosts,
+        vec![
+            lagging(
+                "h0001",
+                LagReason::ConnectFailing,
+                "connect failing: error 323: connected to another pool"
+            ),
+            lagging(
+                "h0000",
+                LagReason::WaitingForReport,
+                "waiting for its report"
+            ),
+        ]
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.reason == reasons::HOSTS_STILL_REPORTING
+                && e.type_ == EventType::Warning
+                && e.note.contains("h0001"))
+    );
+}
+
+#[test]
+fn preparing_for_maintenance_host_still_blocks_until_it_stops_reporting() {
+    let mut o = steady(2, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    o.hosts.get_mut("h0001").expect("h").spec.maintenance = true;
+    // The disconnect to h0001 fails: it keeps reporting d001.
+    let fail = CallOutcome {
+        host: "h0001".into(),
+        kind: CallKind::Disconnect,
+        result: Err(CallFailure {
+            code: None,
+            message: "timed out".into(),
+        }),
+    };
+    let (_, r) = step_with(&mut o, t0(), &[fail]);
+    assert_eq!(
+        r.hosts["h0001"].phase,
+        Some(HostPhase::PreparingForMaintenance)
+    );
+    assert_eq!(
+        r.domains["d001"].phase,
+        Some(DomainPhase::MovingToMaintenance)
+    );
+    assert!(
+        r.domains["d001"]
+            .blocking_hosts
+            .iter()
+            .any(|b| b.host == "h0001")
+    );
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.reason == reasons::DISCONNECT_FAILED)
+    );
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+}
+
+#[test]
+fn domain_is_activating_until_every_up_host_reports_it_valid_and_actual() {
+    let mut o = steady(3, 1, t0());
+    o.domains.insert("d001".into(), domain("d001", Some(POOL)));
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::Activating);
+    // Every host took the map; h0002's monitor has not completed its first check.
+    set_vitals(&mut o, "h0002", "d001", |v| v.actual = false);
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::Activating);
+    assert!(
+        p.domains["d001"].problem_hosts.is_empty(),
+        "not actual is no problem"
+    );
+    set_vitals(&mut o, "h0002", "d001", |v| v.actual = true);
+    step(&mut o, t0());
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Active));
+    assert!(is_true(&o.domains["d001"].status.conditions, types::READY));
+}
+
+#[test]
+fn maintenance_domain_reactivated_goes_back_through_activating() {
+    let mut o = steady(2, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 5);
+    o.domains.get_mut("d001").expect("d").spec.maintenance = false;
+    let p = plan(&o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::Activating);
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Active));
+}

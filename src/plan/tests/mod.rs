@@ -1,0 +1,175 @@
+//! Behaviour tests of the planner: each rule as small synchronous scenarios built from
+//! [`super::fixtures`], one file per rule; this module holds the helpers they share.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::fixtures::{
+    POOL, POOL_UUID, at, converge, domain, failed, host, later, obey, pool, renew_all, steady,
+    step, uuid_of, vitals, world, write_back,
+};
+use super::*;
+use crate::api::condition::{find, is_true, reasons, types};
+use crate::api::{DomainPhase, DomainType, HostPhase, MapStatus, PoolConnection};
+
+mod bad_input;
+mod detach;
+mod host_ids;
+mod ledger;
+mod maintenance;
+mod map;
+mod master;
+mod problems;
+mod sync;
+mod write_budget;
+
+fn t0() -> Timestamp {
+    at(0)
+}
+
+fn cond<'a>(c: &'a [Condition], type_: &str) -> &'a Condition {
+    find(c, type_).unwrap_or_else(|| panic!("no {type_} condition in {c:?}"))
+}
+
+fn connects(plan: &Plan) -> Vec<&str> {
+    plan.calls
+        .iter()
+        .filter(|c| c.kind() == CallKind::Connect)
+        .map(HostCall::host)
+        .collect()
+}
+
+fn disconnects(plan: &Plan) -> Vec<&str> {
+    plan.calls
+        .iter()
+        .filter(|c| c.kind() == CallKind::Disconnect)
+        .map(HostCall::host)
+        .collect()
+}
+
+fn report_of<'a>(o: &'a mut Observed, name: &str) -> &'a mut crate::api::HostReport {
+    match &mut o.hosts.get_mut(name).expect("host").report {
+        ReportView::Parsed(r) => r,
+        other => panic!("no parsed report: {other:?}"),
+    }
+}
+
+fn set_vitals(
+    o: &mut Observed,
+    host: &str,
+    domain: &str,
+    f: impl Fn(&mut crate::api::DomainVitals),
+) {
+    let uuid = uuid_of(domain);
+    let r = report_of(o, host);
+    match r.domains.iter_mut().find(|v| v.uuid == uuid) {
+        Some(v) => f(v),
+        None => {
+            let mut v = vitals(&uuid);
+            f(&mut v);
+            r.domains.push(v);
+        }
+    }
+}
+
+fn drop_domain_report(o: &mut Observed, host: &str, domain: &str) {
+    let uuid = uuid_of(domain);
+    report_of(o, host).domains.retain(|v| v.uuid != uuid);
+}
+
+fn expire_lease(o: &mut Observed, host: &str) {
+    o.hosts.get_mut(host).expect("host").lease = Some(LeaseView {
+        renew_time: Some(at(-1000)),
+        lease_duration_seconds: Some(40),
+    });
+}
+
+fn phase(o: &Observed, d: &str) -> Option<DomainPhase> {
+    o.domains[d].status.phase
+}
+
+fn host_phase(o: &Observed, h: &str) -> Option<HostPhase> {
+    o.hosts[h].controller.phase
+}
+
+/// Runs one reconcile with the given outcomes replacing success for the named hosts; agents obey
+/// only the calls that succeeded.
+fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> (Plan, Report) {
+    let plan = plan(o, now);
+    let mut outcomes = Vec::new();
+    for call in &plan.calls {
+        if let Some(f) = failures.iter().find(|f| f.host == call.host()) {
+            outcomes.push(f.clone());
+            continue;
+        }
+        if let Some(h) = o.hosts.get_mut(call.host()) {
+            obey(h, call);
+        }
+        outcomes.push(CallOutcome {
+            host: call.host().into(),
+            kind: call.kind(),
+            result: Ok(()),
+        });
+    }
+    let report = report(o, &plan, &outcomes, now);
+    write_back(o, &plan, &report);
+    (plan, report)
+}
+
+/// Records in the call ledger that `call` was sent at `sent_at` and ended in `state`.
+fn record(
+    o: &mut Observed,
+    call: &HostCall,
+    failures: u32,
+    sent_at: Timestamp,
+    state: super::ledger::CallState,
+) {
+    let boot_id = o.hosts[call.host()]
+        .report
+        .parsed()
+        .map(|r| r.boot_id.clone())
+        .unwrap_or_default();
+    o.ledger.insert(
+        call.host().to_owned(),
+        super::ledger::HostCalls {
+            pool: POOL.into(),
+            failures,
+            last: super::ledger::SentCall {
+                key: super::ledger::CallKey::of(call),
+                boot_id,
+                sent_at,
+                state,
+            },
+        },
+    );
+}
+
+/// A failed call's state in the ledger.
+fn connect_failed(at: Timestamp, code: i64, message: &str) -> super::ledger::CallState {
+    super::ledger::CallState::Failed {
+        at,
+        failure: CallFailure {
+            code: Some(code),
+            message: message.into(),
+        },
+    }
+}
+
+/// The call the plan at `now` sends to `host`.
+fn call_to(o: &Observed, host: &str, now: Timestamp) -> HostCall {
+    plan(o, now)
+        .calls
+        .into_iter()
+        .find(|c| c.host() == host)
+        .unwrap_or_else(|| panic!("no call to {host}"))
+}
+
+/// A Lease that outlives every deadline in a test, so requeue times are the ledger's.
+fn long_lease(o: &mut Observed) {
+    for h in o.hosts.values_mut() {
+        h.lease = Some(LeaseView {
+            renew_time: Some(t0()),
+            lease_duration_seconds: Some(3600),
+        });
+    }
+}
