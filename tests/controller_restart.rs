@@ -233,7 +233,7 @@ async fn hosts_holding(hosts: &[String], expected: &BTreeMap<String, MapStatus>)
                 .map(|p| {
                     p.domain_map
                         .iter()
-                        .map(|e| (e.uuid.clone(), e.status))
+                        .map(|(uuid, status)| (uuid.clone(), *status))
                         .collect()
                 })
                 .unwrap_or_default();

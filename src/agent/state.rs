@@ -4,39 +4,22 @@
 //! Every call either succeeds or leaves the state unchanged (VDSM may half-apply a map before its
 //! master check fails; we check first, so a refused connect never changes what the host holds).
 
-use std::collections::BTreeMap;
-
-use crate::api::{DomainMapEntry, MapStatus, PoolConnection};
+use crate::api::{DomainMap, MapStatus, PoolConnection};
 use crate::protocol::wire::{
     ConnectParams, DisconnectParams, MAX_DOMAINS_IN_POOL, PoolDomainInfo, PoolInfo,
     PoolInfoDetails, vdsm_status_name,
 };
 use crate::protocol::{ErrorCode, VdsmError};
 
-/// A pool connection held in memory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Connection {
-    /// The pool's UUID (lower case).
-    pub pool: String,
-    /// The host's id in the pool.
-    pub host_id: i32,
-    /// The master domain (lower case); `None` when the call named none.
-    pub master: Option<String>,
-    /// The master version.
-    pub master_version: i64,
-    /// The whole domain map (sdUUID in lower case).
-    pub map: BTreeMap<String, MapStatus>,
-}
-
 /// What a host holds: at most one pool connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolState {
-    conn: Option<Connection>,
+    conn: Option<PoolConnection>,
 }
 
 impl PoolState {
     /// The connection, if any.
-    pub fn connection(&self) -> Option<&Connection> {
+    pub fn connection(&self) -> Option<&PoolConnection> {
         self.conn.as_ref()
     }
 
@@ -68,10 +51,10 @@ impl PoolState {
             ));
         }
         if let Some(c) = &self.conn {
-            if c.pool != pool {
+            if c.uuid != pool {
                 return Err(VdsmError::new(
                     ErrorCode::CannotConnectMultiplePools,
-                    format!("connected to pool {}", c.pool),
+                    format!("connected to pool {}", c.uuid),
                 ));
             }
             if c.host_id != p.host_id {
@@ -94,7 +77,7 @@ impl PoolState {
                 )
             });
         };
-        let map: BTreeMap<String, MapStatus> = dict
+        let map: DomainMap = dict
             .iter()
             .map(|(sd, s)| (sd.to_ascii_lowercase(), *s))
             .collect();
@@ -107,12 +90,12 @@ impl PoolState {
                 format!("master domain {m} is not active in the map"),
             ));
         }
-        self.conn = Some(Connection {
-            pool,
+        self.conn = Some(PoolConnection {
+            uuid: pool,
             host_id: p.host_id,
-            master,
+            master_domain: master,
             master_version: p.master_version,
-            map,
+            domain_map: map,
         });
         Ok(())
     }
@@ -121,7 +104,7 @@ impl PoolState {
     /// success that changes nothing (as VDSM). Returns whether the state changed.
     pub fn disconnect(&mut self, p: &DisconnectParams) -> bool {
         let pool = p.storagepool_id.to_ascii_lowercase();
-        if self.conn.as_ref().is_some_and(|c| c.pool == pool) {
+        if self.conn.as_ref().is_some_and(|c| c.uuid == pool) {
             self.conn = None;
             true
         } else {
@@ -135,14 +118,14 @@ impl PoolState {
     /// 309 when not connected to that pool.
     pub fn info(&self, pool: &str) -> Result<PoolInfo, VdsmError> {
         let pool = pool.to_ascii_lowercase();
-        let Some(c) = self.conn.as_ref().filter(|c| c.pool == pool) else {
+        let Some(c) = self.conn.as_ref().filter(|c| c.uuid == pool) else {
             return Err(VdsmError::new(
                 ErrorCode::StoragePoolUnknown,
                 format!("unknown pool id, pool not connected: {pool}"),
             ));
         };
         let domains = c
-            .map
+            .domain_map
             .iter()
             .map(|(sd, s)| format!("{sd}:{}", vdsm_status_name(*s)))
             .collect::<Vec<_>>()
@@ -151,14 +134,14 @@ impl PoolState {
             info: PoolInfoDetails {
                 name: "No Description".to_owned(),
                 pool_status: "connected".to_owned(),
-                master_uuid: c.master.clone().unwrap_or_default(),
+                master_uuid: c.master_domain.clone().unwrap_or_default(),
                 master_ver: c.master_version,
                 lver: -1,
                 spm_id: -1,
                 domains,
             },
             dominfo: c
-                .map
+                .domain_map
                 .iter()
                 .map(|(sd, s)| {
                     let info = PoolDomainInfo {
@@ -172,30 +155,12 @@ impl PoolState {
 
     /// The domains to monitor: the map's `active` entries (none when not connected).
     pub fn active_domains(&self) -> impl Iterator<Item = &str> {
-        self.conn.iter().flat_map(|c| {
-            c.map
-                .iter()
-                .filter(|(_, s)| **s == MapStatus::Active)
-                .map(|(sd, _)| sd.as_str())
-        })
+        self.conn.iter().flat_map(|c| c.domain_map.active())
     }
 
     /// The connection as the report shows it.
     pub fn report(&self) -> Option<PoolConnection> {
-        self.conn.as_ref().map(|c| PoolConnection {
-            uuid: c.pool.clone(),
-            host_id: c.host_id,
-            master_domain: c.master.clone(),
-            master_version: c.master_version,
-            domain_map: c
-                .map
-                .iter()
-                .map(|(sd, s)| DomainMapEntry {
-                    uuid: sd.clone(),
-                    status: *s,
-                })
-                .collect(),
-        })
+        self.conn.clone()
     }
 }
 
@@ -306,7 +271,7 @@ mod tests {
         let mut p = connect(SP, 1, Some(&[(B, Attached)]));
         p.master_sd_uuid.clear();
         s.connect(&p).expect("connects");
-        assert_eq!(s.connection().and_then(|c| c.master.clone()), None);
+        assert_eq!(s.connection().and_then(|c| c.master_domain.clone()), None);
     }
 
     #[test]
@@ -359,10 +324,7 @@ mod tests {
         let s = connected(&[(B, Attached), (A, Active)]);
         let r = s.report().expect("connected");
         assert_eq!(
-            r.domain_map
-                .iter()
-                .map(|e| e.uuid.as_str())
-                .collect::<Vec<_>>(),
+            r.domain_map.keys().map(String::as_str).collect::<Vec<_>>(),
             vec![A, B]
         );
         assert_eq!(r.master_domain.as_deref(), Some(A));

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::pool::DomainMapEntry;
+use super::DomainMap;
 
 /// A host running the poolkeeper agent. The agent registers it (as kubelet registers Nodes) and
 /// reports what it monitors; operators put it in a pool or in maintenance.
@@ -131,9 +131,9 @@ pub struct PoolConnection {
     #[serde(default)]
     pub master_version: i64,
     /// The domain map the host holds.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "DomainMap::is_empty")]
     #[schemars(length(max = 128))]
-    pub domain_map: Vec<DomainMapEntry>,
+    pub domain_map: DomainMap,
 }
 
 /// One domain monitor's vitals (VDSM's `StorageDomainVitals`).

@@ -1,10 +1,11 @@
 //! The domain map, one type wherever it appears: a pool's status, a host's report, the planner's
 //! desired map, a connect call and the agent's memory. In the API it is a list of `{uuid, status}`
 //! sorted by uuid and keyed by it (the API server refuses a repeated uuid); on VDSM's wire it is the
-//! object `domainDict` (`{sdUUID: "active" | "attached"}`, see [`as_object`]).
+//! object `domainDict` (`{sdUUID: "active" | "attached"}`, written by [`crate::protocol::wire`]).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeSeq};
@@ -21,46 +22,32 @@ impl DomainMap {
         Self::default()
     }
 
-    /// The status of `uuid` in the map.
-    pub fn get(&self, uuid: &str) -> Option<MapStatus> {
-        self.0.get(uuid).copied()
-    }
-
-    /// Whether `uuid` is in the map.
-    pub fn contains(&self, uuid: &str) -> bool {
-        self.0.contains_key(uuid)
-    }
-
-    /// Puts `uuid` in the map with `status`.
-    pub fn insert(&mut self, uuid: String, status: MapStatus) {
-        self.0.insert(uuid, status);
-    }
-
-    /// Takes `uuid` out of the map.
-    pub fn remove(&mut self, uuid: &str) -> Option<MapStatus> {
-        self.0.remove(uuid)
-    }
-
-    /// The entries, sorted by uuid.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, MapStatus)> {
-        self.0.iter().map(|(u, s)| (u.as_str(), *s))
-    }
-
     /// The uuids of the `active` entries (the domains hosts monitor), sorted.
     pub fn active(&self) -> impl Iterator<Item = &str> {
-        self.iter()
-            .filter(|(_, s)| *s == MapStatus::Active)
-            .map(|(u, _)| u)
-    }
-
-    /// How many domains the map holds.
-    pub fn len(&self) -> usize {
-        self.0.len()
+        self.0
+            .iter()
+            .filter(|(_, s)| **s == MapStatus::Active)
+            .map(|(u, _)| u.as_str())
     }
 
     /// Whether the map holds no domain.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// The map is a sorted map in every respect but its serialized forms.
+impl Deref for DomainMap {
+    type Target = BTreeMap<String, MapStatus>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for DomainMap {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -118,36 +105,6 @@ impl JsonSchema for DomainMap {
     }
 }
 
-/// VDSM's wire form of a map, `domainDict`: a JSON object `{sdUUID: status}`. For
-/// `#[serde(with = "as_object")]` on an `Option<DomainMap>` (absent: the disk backend).
-pub mod as_object {
-    use super::{BTreeMap, Deserialize, Deserializer, DomainMap, MapStatus, Serializer};
-
-    /// Writes the map as an object.
-    ///
-    /// # Errors
-    /// When the serializer fails.
-    pub fn serialize<S: Serializer>(
-        map: &Option<DomainMap>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match map {
-            Some(m) => serializer.collect_map(m.0.iter()),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    /// Reads the map from an object.
-    ///
-    /// # Errors
-    /// When the value is not an object of domain statuses.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<DomainMap>, D::Error> {
-        Ok(Option::<BTreeMap<String, MapStatus>>::deserialize(deserializer)?.map(DomainMap))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,24 +127,6 @@ mod tests {
         );
         let back: DomainMap = serde_json::from_value(json).expect("back");
         assert_eq!(back, map());
-    }
-
-    #[test]
-    fn wire_form_is_vdsms_object() {
-        #[derive(Serialize, Deserialize, PartialEq, Debug)]
-        struct Params {
-            #[serde(with = "as_object", default)]
-            dict: Option<DomainMap>,
-        }
-        let json = serde_json::to_value(Params { dict: Some(map()) }).expect("json");
-        assert_eq!(
-            json,
-            serde_json::json!({"dict": {"a": "active", "b": "attached"}})
-        );
-        let back: Params = serde_json::from_value(json).expect("back");
-        assert_eq!(back.dict, Some(map()));
-        let none: Params = serde_json::from_value(serde_json::json!({})).expect("none");
-        assert_eq!(none.dict, None);
     }
 
     #[test]

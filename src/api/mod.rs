@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod domain;
 pub mod host;
+pub mod map;
 pub mod pool;
 
 pub use condition::{ConditionStatus, set_condition};
@@ -15,6 +16,7 @@ pub use domain::{
     StorageSpec,
 };
 pub use host::{DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolConnection};
+pub use map::DomainMap;
 pub use pool::{
     DomainMapEntry, HostCounts, HostIdEntry, LagReason, LaggingHost, MapStatus, StoragePool,
     StoragePoolSpec, StoragePoolStatus, SyncSpec,

@@ -174,9 +174,9 @@ pub struct StoragePoolStatus {
 
     /// The domain map every host must hold: each domain attached to the pool and whether hosts
     /// monitor it (`active`) or only know it (`attached`). Recorded here before any host is told.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "super::DomainMap::is_empty")]
     #[schemars(length(max = 100))]
-    pub domain_map: Vec<DomainMapEntry>,
+    pub domain_map: super::DomainMap,
 
     /// Grows by one whenever the map or the master changes. For people and metrics; not sent to hosts.
     #[serde(default)]

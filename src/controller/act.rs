@@ -140,17 +140,7 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
     let result = match call {
         HostCall::Connect {
             endpoint, params, ..
-        } => {
-            let wire = protocol::ConnectParams {
-                storagepool_id: params.pool_uuid.clone(),
-                host_id: params.host_id,
-                scsi_key: params.pool_uuid.clone(),
-                master_sd_uuid: params.master_domain.clone(),
-                master_version: params.master_version,
-                domain_dict: Some(params.domain_map.clone()),
-            };
-            rpc.connect(endpoint, &wire, timeout).await
-        }
+        } => rpc.connect(endpoint, &params.into(), timeout).await,
         HostCall::Disconnect {
             endpoint, params, ..
         } => {

@@ -189,8 +189,8 @@ pub fn judge(
             && any_leaving
             && let Some(c) = &report.pool
         {
-            for e in &c.domain_map {
-                if let Some(&i) = index.get(e.uuid.as_str())
+            for (uuid, _) in c.domain_map.iter() {
+                if let Some(&i) = index.get(uuid.as_str())
                     && leaving[i]
                 {
                     tallies[i].holders.push(name.clone());

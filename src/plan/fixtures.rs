@@ -14,9 +14,8 @@ use super::{
     PoolView, Report, ReportView,
 };
 use crate::api::{
-    DomainMapEntry, DomainType, DomainVitals, HostReport, HostSpec, PoolConnection,
-    StorageDomainSpec, StorageDomainStatus, StorageKind, StoragePoolSpec, StoragePoolStatus,
-    StorageSpec, SyncSpec,
+    DomainType, DomainVitals, HostReport, HostSpec, StorageDomainSpec, StorageDomainStatus,
+    StorageKind, StoragePoolSpec, StoragePoolStatus, StorageSpec, SyncSpec,
 };
 
 /// The pool uuid every fixture pool uses.
@@ -159,20 +158,7 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
     };
     match call {
         HostCall::Connect { params, .. } => {
-            report.pool = Some(PoolConnection {
-                uuid: params.pool_uuid.clone(),
-                host_id: params.host_id,
-                master_domain: Some(params.master_domain.clone()),
-                master_version: params.master_version,
-                domain_map: params
-                    .domain_map
-                    .iter()
-                    .map(|(uuid, status)| DomainMapEntry {
-                        uuid: uuid.clone(),
-                        status: *status,
-                    })
-                    .collect(),
-            });
+            report.pool = Some(params.clone());
             // Keep the vitals of monitors that keep running (a fault injected by a test stays).
             let old: BTreeMap<String, DomainVitals> = report
                 .domains
@@ -181,9 +167,8 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
                 .collect();
             report.domains = params
                 .domain_map
-                .iter()
-                .filter(|(_, s)| **s == crate::api::MapStatus::Active)
-                .map(|(uuid, _)| old.get(uuid).cloned().unwrap_or_else(|| vitals(uuid)))
+                .active()
+                .map(|uuid| old.get(uuid).cloned().unwrap_or_else(|| vitals(uuid)))
                 .collect();
         }
         HostCall::Disconnect { .. } => {

@@ -8,8 +8,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::ledger::{self, CallKey, Gate, LedgerOp};
 use super::{
-    CallKind, ConnectParams, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall,
-    HostRole, HostVerdict, HostView, LeaseView, Observed, SyncFailure, rollout,
+    CallKind, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall, HostRole,
+    HostVerdict, HostView, LeaseView, Observed, SyncFailure, rollout,
 };
 use crate::api::condition::{self, ConditionStatus, reasons, types};
 use crate::api::{HostPhase, PoolConnection};
@@ -180,7 +180,7 @@ pub fn judge_sync(
                         && Some(c.host_id) == v.host_id
                         && c.master_domain == desired.master_domain
                         && c.master_version == desired.master_version
-                        && super::map::same_map(&c.domain_map, &desired.domain_map)
+                        && c.domain_map == desired.domain_map
                 })
         } else {
             !v.connected_here
@@ -385,10 +385,10 @@ fn build_call(
         CallKind::Connect => Some(HostCall::Connect {
             host: h.name.clone(),
             endpoint: h.spec.endpoint.clone(),
-            params: ConnectParams {
-                pool_uuid: pool_uuid.to_owned(),
+            params: PoolConnection {
+                uuid: pool_uuid.to_owned(),
                 host_id: v.host_id?,
-                master_domain: desired.master_domain.clone()?,
+                master_domain: Some(desired.master_domain.clone()?),
                 master_version: desired.master_version,
                 domain_map: desired.domain_map.clone(),
             },

@@ -10,13 +10,12 @@
 //! differs (the map changed, the host restarted), when the host did not confirm it within
 //! `connectTimeoutSeconds`, or after a backoff that follows failures.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::{CallFailure, CallKind, HostCall};
-use crate::api::{MapStatus, SyncSpec};
+use crate::api::{DomainMap, MapStatus, SyncSpec};
 
 /// The first retry delay after a failure; it doubles per consecutive failure up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
@@ -69,9 +68,9 @@ impl CallKey {
     pub fn of(call: &HostCall) -> Self {
         match call {
             HostCall::Connect { params, .. } => Self::connect(
-                &params.pool_uuid,
+                &params.uuid,
                 params.host_id,
-                &params.master_domain,
+                params.master_domain.as_deref().unwrap_or_default(),
                 params.master_version,
                 map_digest(&params.domain_map),
             ),
@@ -104,7 +103,7 @@ impl CallKey {
 }
 
 /// A stable digest of a domain map (FNV-1a over its sorted entries), the same in every process.
-pub fn map_digest(map: &BTreeMap<String, MapStatus>) -> u64 {
+pub fn map_digest(map: &DomainMap) -> u64 {
     map.iter().fold(FNV_OFFSET, |h, (uuid, status)| {
         let h = fnv(h, uuid.as_bytes());
         fnv(h, &[u8::from(*status == MapStatus::Active), b';'])

@@ -8,8 +8,7 @@ use jiff::Timestamp;
 use super::{Desired, DomainFlag, Halt, Observed, PoolView, rollout};
 use crate::api::pool::MAX_DOMAINS_PER_POOL;
 use crate::api::{
-    DomainMapEntry, DomainPhase, DomainType, HostIdEntry, MapStatus, StoragePoolSpec,
-    StoragePoolStatus,
+    DomainMap, DomainPhase, DomainType, HostIdEntry, MapStatus, StoragePoolSpec, StoragePoolStatus,
 };
 
 /// The first compatibility version that pushes the map on connect (this design).
@@ -42,11 +41,7 @@ fn parse_version(v: &str) -> Option<(u32, u32)> {
 /// The desired state as the current status records it (used when the planner is halted).
 pub fn current_desired(status: &StoragePoolStatus) -> Desired {
     Desired {
-        domain_map: status
-            .domain_map
-            .iter()
-            .map(|e| (e.uuid.clone(), e.status))
-            .collect(),
+        domain_map: status.domain_map.clone(),
         map_version: status.map_version,
         master_domain: status.master_domain.clone(),
         master_version: status.master_version,
@@ -135,19 +130,13 @@ fn flag_duplicates(observed: &Observed, classes: &mut Eligibility) {
 
 /// Beyond VDSM's 100 domains, members already in the map are kept first, then by name.
 fn flag_over_limit(observed: &Observed, classes: &mut Eligibility) {
-    let in_map: BTreeSet<&str> = observed
-        .pool
-        .status
-        .domain_map
-        .iter()
-        .map(|e| e.uuid.as_str())
-        .collect();
+    let in_map = &observed.pool.status.domain_map;
     let mut members: Vec<(bool, &String)> = classes
         .iter()
         .filter(|(_, c)| **c == DomainClass::Member)
         .filter_map(|(name, _)| {
             let d = observed.domains.get(name)?;
-            Some((!in_map.contains(d.spec.uuid.as_str()), name))
+            Some((!in_map.contains_key(d.spec.uuid.as_str()), name))
         })
         .collect();
     if members.len() <= MAX_DOMAINS_PER_POOL {
@@ -184,7 +173,7 @@ pub fn desired(
     host_ids: BTreeMap<String, i32>,
 ) -> Desired {
     let status = &observed.pool.status;
-    let mut domain_map = BTreeMap::new();
+    let mut domain_map = DomainMap::new();
     for (name, class) in classes {
         let Some(d) = observed.domains.get(name) else {
             continue;
@@ -200,7 +189,7 @@ pub fn desired(
     let master_domain = master(observed, classes);
     let master_changed = master_domain != status.master_domain;
     let master_version = status.master_version + i64::from(master_changed);
-    let map_changed = !same_map(&status.domain_map, &domain_map);
+    let map_changed = status.domain_map != domain_map;
     let map_version = status.map_version + i64::from(map_changed || master_changed);
     Desired {
         domain_map,
@@ -245,27 +234,6 @@ fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
     pick.map(str::to_owned)
 }
 
-/// Whether a map as listed in a status or report equals the desired one, whatever the list order.
-pub fn same_map(listed: &[DomainMapEntry], desired: &BTreeMap<String, MapStatus>) -> bool {
-    if listed.len() != desired.len() {
-        return false;
-    }
-    // Agents and the controller list maps sorted; compare in one pass then, else fall back.
-    if listed
-        .iter()
-        .zip(desired)
-        .all(|(e, (u, s))| e.uuid == *u && e.status == *s)
-    {
-        return true;
-    }
-    let as_map: BTreeMap<&str, MapStatus> =
-        listed.iter().map(|e| (e.uuid.as_str(), e.status)).collect();
-    as_map.len() == desired.len()
-        && desired
-            .iter()
-            .all(|(u, s)| as_map.get(u.as_str()) == Some(s))
-}
-
 /// The pool status to write before any RPC when the map, master, versions, host ids or the uuid
 /// changed. It starts a rollout: `Reconciling=True` with `lastTransitionTime = now`.
 pub fn persist_first(
@@ -289,14 +257,6 @@ pub fn persist_first(
     if unchanged {
         return None;
     }
-    let domain_map: Vec<DomainMapEntry> = desired
-        .domain_map
-        .iter()
-        .map(|(uuid, status)| DomainMapEntry {
-            uuid: uuid.clone(),
-            status: *status,
-        })
-        .collect();
     let host_ids: Vec<HostIdEntry> = desired
         .host_ids
         .iter()
@@ -307,7 +267,7 @@ pub fn persist_first(
         .collect();
     let mut next = current.clone();
     next.uuid = Some(pool_uuid.to_owned());
-    next.domain_map = domain_map;
+    next.domain_map = desired.domain_map.clone();
     next.map_version = desired.map_version;
     next.master_domain = desired.master_domain.clone();
     next.master_version = desired.master_version;

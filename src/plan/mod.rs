@@ -54,8 +54,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{
-    DomainPhase, HostPhase, HostReport, HostSpec, HostStatus, MapStatus, StorageDomainSpec,
-    StorageDomainStatus, StoragePoolSpec, StoragePoolStatus,
+    DomainMap, DomainPhase, HostPhase, HostReport, HostSpec, HostStatus, MapStatus, PoolConnection,
+    StorageDomainSpec, StorageDomainStatus, StoragePoolSpec, StoragePoolStatus,
 };
 
 pub mod domains;
@@ -270,7 +270,7 @@ pub enum Halt {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     /// sdUUID → `active` or `attached`.
-    pub domain_map: BTreeMap<String, MapStatus>,
+    pub domain_map: DomainMap,
     /// `status.mapVersion`.
     pub map_version: i64,
     /// The master domain (`masterSdUUID`); `None` when the pool has no active data domain.
@@ -282,7 +282,7 @@ pub struct Desired {
 }
 
 /// One RPC to one host.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostCall {
     /// `StoragePool.connect` with the whole map.
     Connect {
@@ -290,8 +290,9 @@ pub enum HostCall {
         host: String,
         /// `Host.spec.endpoint`.
         endpoint: String,
-        /// The call's parameters.
-        params: ConnectParams,
+        /// The connection the host must hold (`scsiKey` is the pool uuid again on the wire, as
+        /// VDSM ignores it).
+        params: PoolConnection,
     },
     /// `StoragePool.disconnect`.
     Disconnect {
@@ -321,22 +322,7 @@ impl HostCall {
     }
 }
 
-/// `StoragePool.connect` parameters (`scsiKey` is the pool uuid again, as VDSM ignores it).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ConnectParams {
-    /// `storagepoolID`.
-    pub pool_uuid: String,
-    /// `hostID`.
-    pub host_id: i32,
-    /// `masterSdUUID`.
-    pub master_domain: String,
-    /// `masterVersion`.
-    pub master_version: i64,
-    /// `domainDict`: sdUUID → `active` or `attached`.
-    pub domain_map: BTreeMap<String, MapStatus>,
-}
-
-/// `StoragePool.disconnect` parameters.
+/// `StoragePool.disconnect` parameters: which connection the host must drop.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DisconnectParams {
     /// `storagepoolID`: the pool the host reports it is connected to.

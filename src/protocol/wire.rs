@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::error::{ErrorCode, VdsmError};
-use crate::api::MapStatus;
+use crate::api::{DomainMap, MapStatus, PoolConnection};
 
 /// The JSON-RPC version every request and response carries.
 pub const JSONRPC_VERSION: &str = "2.0";
@@ -140,9 +140,25 @@ pub struct ConnectParams {
         rename = "domainDict",
         default,
         skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_domain_dict",
         deserialize_with = "de_domain_dict"
     )]
-    pub domain_dict: Option<BTreeMap<String, MapStatus>>,
+    pub domain_dict: Option<DomainMap>,
+}
+
+impl From<&PoolConnection> for ConnectParams {
+    /// The call that makes a host hold `pool` (VDSM ignores `scsiKey`; the engine sends the pool
+    /// uuid, and so do we).
+    fn from(pool: &PoolConnection) -> Self {
+        Self {
+            storagepool_id: pool.uuid.clone(),
+            host_id: pool.host_id,
+            scsi_key: pool.uuid.clone(),
+            master_sd_uuid: pool.master_domain.clone().unwrap_or_default(),
+            master_version: pool.master_version,
+            domain_dict: Some(pool.domain_map.clone()),
+        }
+    }
 }
 
 impl ConnectParams {
@@ -157,7 +173,7 @@ impl ConnectParams {
             check_uuid("masterSdUUID", &self.master_sd_uuid)?;
         }
         if let Some(map) = &self.domain_dict {
-            for sd in map.keys() {
+            for (sd, _) in map.iter() {
                 check_uuid("domainDict key", sd)?;
             }
         }
@@ -343,9 +359,15 @@ enum WireMapStatus {
     Attached,
 }
 
-fn de_domain_dict<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<BTreeMap<String, MapStatus>>, D::Error> {
+/// `domainDict` is a JSON object on VDSM's wire (the API lists maps instead).
+fn ser_domain_dict<S: Serializer>(map: &Option<DomainMap>, s: S) -> Result<S::Ok, S::Error> {
+    match map {
+        Some(m) => s.collect_map(m.iter()),
+        None => s.serialize_none(),
+    }
+}
+
+fn de_domain_dict<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DomainMap>, D::Error> {
     let raw = Option::<BTreeMap<String, WireMapStatus>>::deserialize(d)?;
     Ok(raw.map(|m| {
         m.into_iter()
@@ -411,7 +433,7 @@ mod tests {
             scsi_key: SP.into(),
             master_sd_uuid: SD.into(),
             master_version: 2,
-            domain_dict: Some(BTreeMap::from([(SD.into(), MapStatus::Active)])),
+            domain_dict: Some([(SD.into(), MapStatus::Active)].into_iter().collect()),
         };
         let v = serde_json::to_value(&p).expect("serialises");
         assert_eq!(
@@ -428,7 +450,7 @@ mod tests {
         .expect("parses");
         assert_eq!(
             p.domain_dict,
-            Some(BTreeMap::from([(SD.into(), MapStatus::Attached)]))
+            Some([(SD.into(), MapStatus::Attached)].into_iter().collect())
         );
         let p: ConnectParams = serde_json::from_value(json!({"storagepoolID": SP, "hostID": 1,
             "masterSdUUID": SD, "masterVersion": 1, "domainDict": null}))

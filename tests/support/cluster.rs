@@ -329,8 +329,8 @@ pub async fn host_map(name: &str) -> BTreeMap<String, MapStatus> {
         .and_then(|r| r.pool)
         .map(|p| {
             p.domain_map
-                .into_iter()
-                .map(|e| (e.uuid, e.status))
+                .iter()
+                .map(|(uuid, status)| (uuid.clone(), *status))
                 .collect()
         })
         .unwrap_or_default()

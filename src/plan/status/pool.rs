@@ -55,7 +55,7 @@ pub(super) fn status(
 
     let members = || hosts.values().filter(|v| v.role == HostRole::Member);
     let fresh = HostCounts {
-        domains: count(&plan.desired.domain_map),
+        domains: count(plan.desired.domain_map.iter()),
         hosts: count(hosts.values().filter(|v| v.role != HostRole::Leaving)),
         in_sync: count(members().filter(|v| v.in_sync)),
         connecting: count(

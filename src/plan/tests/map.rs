@@ -29,20 +29,21 @@ fn new_pool_persists_map_master_and_ids_before_telling_hosts() {
         (rec.status.as_str(), rec.last_transition_time.0),
         ("True", t0())
     );
-    let map: BTreeMap<String, MapStatus> = [
+    let map: DomainMap = [
         (uuid_of("d000"), MapStatus::Active),
         (uuid_of("d001"), MapStatus::Active),
     ]
-    .into();
+    .into_iter()
+    .collect();
     assert_eq!(
         p.calls[0],
         HostCall::Connect {
             host: "h0000".into(),
             endpoint: "http://h0000:54321/jsonrpc".into(),
-            params: ConnectParams {
-                pool_uuid: POOL_UUID.into(),
+            params: PoolConnection {
+                uuid: POOL_UUID.into(),
                 host_id: 1,
-                master_domain: uuid_of("d000"),
+                master_domain: Some(uuid_of("d000")),
                 master_version: 1,
                 domain_map: map,
             },
