@@ -6,7 +6,6 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use jiff::Timestamp;
 use kube::{ResourceExt, runtime::reflector::ObjectRef as StoreRef};
 use tracing::{debug, info, warn};
 
@@ -40,12 +39,9 @@ pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result
         .pools
         .get(&StoreRef::new(pool))
         .and_then(|p| p.resource_version());
-    ctx.ledger.apply(&plan.ledger, Timestamp::now());
-    if !ctx.ledger.is_empty() && ctx.ledger.len() > ctx.stores.hosts.state().len() {
-        // Some entries belong to deleted hosts.
-        ctx.ledger
-            .retain_hosts(|h| ctx.stores.hosts.get(&StoreRef::new(h)).is_some());
-    }
+    ctx.ledger.apply(&plan.ledger);
+    ctx.ledger
+        .retain_hosts(|h| ctx.stores.hosts.get(&StoreRef::new(h)).is_some());
     if let Some(status) = &plan.persist_first {
         // The resourceVersion makes this a compare-and-swap: a reconcile planned on a cache that
         // has not seen the previous map write fails here (409) and retries, instead of reusing a
@@ -99,13 +95,11 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
             .and_then(|h| h.report.parsed())
             .map(|r| r.boot_id.as_str())
             .unwrap_or_default();
-        ctx.ledger
-            .started(&observed.pool.name, call, boot_id, Timestamp::now());
+        let sent_at = ctx.ledger.started(&observed.pool.name, call, boot_id);
         let (ctx, call) = (ctx.clone(), call.clone());
         running.push(tokio::spawn(async move {
             let outcome = send(&ctx, &call, timeout).await;
-            ctx.ledger
-                .finished(&outcome.host, &outcome.result, Timestamp::now());
+            ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
             outcome
         }));
     }
@@ -127,9 +121,11 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
     let requeue = ctx.requeue.clone();
     debug!(pool = %observed.pool.name, pending, "calls continue after the report");
     tokio::spawn(async move {
-        while running.next().await.is_some() {}
-        // The outcomes are in the ledger; a new reconcile reports them.
-        let _ = requeue.send(pool);
+        // The outcomes are in the ledger; a new reconcile reports each one and, since the call no
+        // longer counts against the cap, sends the next (the scheduler merges these requests).
+        while running.next().await.is_some() {
+            let _ = requeue.send(pool.clone());
+        }
     });
     outcomes
 }

@@ -29,7 +29,7 @@ pub async fn reconcile(domain: Arc<StorageDomain>, ctx: Arc<Context>) -> Result<
         .into_iter()
         .any(|p| ctx.stores.pools.get(&ObjectRef::new(p)).is_some());
     if owned {
-        return Ok(Action::await_change());
+        return Ok(Action::requeue(SAFETY_LOOK));
     }
     let name = domain.name_any();
     let current = domain.status.clone().unwrap_or_default();
@@ -61,8 +61,12 @@ pub async fn reconcile(domain: Arc<StorageDomain>, ctx: Arc<Context>) -> Result<
         };
         finalize(&ctx, &[release]).await?;
     }
-    Ok(Action::await_change())
+    Ok(Action::requeue(SAFETY_LOOK))
 }
+
+/// A periodic look even when nothing changes: a pool deleted during a watch gap (a relist) wakes
+/// none of its domains, so they would keep a stale status, and a deleted domain its finalizer.
+const SAFETY_LOOK: Duration = Duration::from_secs(300);
 
 /// What to do after a failed domain reconcile.
 pub fn error_policy(domain: Arc<StorageDomain>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -1,7 +1,8 @@
 //! The call ledger: what was sent to which host, when, and what became of it. It is the
 //! controller's only state outside the API server. The planner reads a snapshot of it (part of
-//! [`crate::plan::Observed`]) and decides from it whether to call, wait or back off, and when to
-//! forget; this module only records and applies, it decides nothing.
+//! [`crate::plan::Observed`]) and decides from it whether to call, wait or back off, and what to
+//! record or forget ([`crate::plan::Plan::ledger`]); how an entry changes is
+//! [`crate::plan::ledger::HostCalls`]'s to say. This module only keeps the entries under a lock.
 //!
 //! Losing the ledger (a restart, a new leader) costs at most one repeated call per host.
 
@@ -12,7 +13,7 @@ use jiff::Timestamp;
 
 use crate::plan::{
     CallFailure, HostCall,
-    ledger::{CallKey, CallState, HostCalls, LedgerOp, SentCall},
+    ledger::{HostCalls, LedgerOp},
 };
 
 /// The ledger of host calls.
@@ -41,77 +42,47 @@ impl Ledger {
             .collect()
     }
 
-    /// Applies what the plan asked for.
-    pub fn apply(&self, ops: &[LedgerOp], now: Timestamp) {
+    /// Applies what the plan decided.
+    pub fn apply(&self, ops: &[LedgerOp]) {
         if ops.is_empty() {
             return;
         }
         let mut map = self.lock();
         for op in ops {
-            match op {
-                LedgerOp::Confirmed { host } => {
-                    map.remove(host);
-                }
-                LedgerOp::Lapsed { host } => {
-                    if let Some(entry) = map.get_mut(host) {
-                        entry.failures = entry.failures.saturating_add(1);
-                        entry.last.state = CallState::Lapsed { at: now };
-                    }
-                }
+            let host = match op {
+                LedgerOp::Confirmed { host } | LedgerOp::Lapsed { host, .. } => host,
+            };
+            if let Some(entry) = map.remove(host)
+                && let Some(kept) = entry.apply(op)
+            {
+                map.insert(host.clone(), kept);
             }
         }
     }
 
-    /// Records a call that starts now (sent by `pool`'s reconcile, to a host with `boot_id`).
-    pub fn started(&self, pool: &str, call: &HostCall, boot_id: &str, now: Timestamp) {
+    /// Records a call that starts now; returns the instant that identifies it.
+    pub fn started(&self, pool: &str, call: &HostCall, boot_id: &str) -> Timestamp {
+        let now = Timestamp::now();
         let mut map = self.lock();
-        let failures = map.get(call.host()).map_or(0, |e| e.failures);
-        map.insert(
-            call.host().to_owned(),
-            HostCalls {
-                pool: pool.to_owned(),
-                failures,
-                last: SentCall {
-                    key: CallKey::of(call),
-                    boot_id: boot_id.to_owned(),
-                    sent_at: now,
-                    state: CallState::InFlight,
-                },
-            },
-        );
+        let previous = map.remove(call.host());
+        let entry = HostCalls::started(previous, pool, call, boot_id, now);
+        map.insert(call.host().to_owned(), entry);
+        now
     }
 
-    /// Records the answer to the host's call: accepted, or a failure (counted).
-    pub fn finished(&self, host: &str, result: &Result<(), CallFailure>, now: Timestamp) {
-        let mut map = self.lock();
-        let Some(entry) = map.get_mut(host) else {
-            return;
-        };
-        entry.last.state = match result {
-            Ok(()) => CallState::Accepted { at: now },
-            Err(failure) => {
-                entry.failures = entry.failures.saturating_add(1);
-                CallState::Failed {
-                    at: now,
-                    failure: failure.clone(),
-                }
-            }
-        };
+    /// Records the answer to the host's call that started at `sent_at`.
+    pub fn finished(&self, host: &str, sent_at: Timestamp, result: &Result<(), CallFailure>) {
+        if let Some(entry) = self.lock().get_mut(host) {
+            entry.finished(sent_at, result, Timestamp::now());
+        }
     }
 
     /// Drops the entries of hosts that no longer exist, so the ledger follows the cluster, not its
-    /// history.
+    /// history (O(entries), and most hosts have none: an entry goes once its host is in sync).
     pub fn retain_hosts(&self, exists: impl Fn(&str) -> bool) {
-        self.lock().retain(|host, _| exists(host));
-    }
-
-    /// How many hosts have an entry.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no host has an entry.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        let mut map = self.lock();
+        if !map.is_empty() {
+            map.retain(|host, _| exists(host));
+        }
     }
 }

@@ -23,10 +23,11 @@ use crate::{
 
 /// Writes every changed status of the report and publishes the events of each object right after
 /// its status changed (`acted.pool_version`: the pool's resourceVersion after act, which may have
-/// written the pool status already). Transitions always change a status, so events are never
-/// repeated. One failed write does not stop the others; an object deleted meanwhile (404) needs no
-/// status. Before it returns, it waits (briefly) until the caches show its own writes, so the next
-/// reconcile of the pool does not plan from statuses older than the ones just written.
+/// written the pool status already). Transitions always change a status, and an event goes out
+/// only with its status write. One failed write does not stop the others; an object deleted
+/// meanwhile (404) needs no status. Before it returns, it waits (briefly) until the caches show
+/// its own writes, so the next reconcile of the pool does not plan from statuses older than the
+/// ones just written (which would repeat writes and their events).
 ///
 /// # Errors
 /// The first status write that failed (the reconcile is retried).
@@ -105,8 +106,8 @@ pub struct Written {
 }
 
 /// How long a reconcile waits for the caches to show its own writes. The watch delivers them in
-/// milliseconds; if it does not, the next reconcile may repeat a write (a no-op for the API
-/// server), nothing worse.
+/// milliseconds; if it does not, the next reconcile plans from the older statuses and may repeat a
+/// write (a no-op for the object) and the events that came with it.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 impl Written {
@@ -136,8 +137,9 @@ impl Written {
 }
 
 /// Whether the cache holds `name` at resourceVersion `version` or later (or no longer holds it).
-/// resourceVersions are etcd revisions: integers that only grow. Should one not parse, only the
-/// exact version counts.
+/// Kubernetes calls resourceVersions opaque; with etcd (the only storage kube-apiserver has) they
+/// are its revisions, integers that only grow, and that is what this relies on. Should one not
+/// parse, the wait is skipped rather than risk waiting for a version that never comes.
 fn seen<K>(store: &Store<K>, name: &str, version: &str) -> bool
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
@@ -145,10 +147,10 @@ where
     let Some(obj) = store.get(&StoreRef::new(name)) else {
         return true;
     };
-    let cached = obj.meta().resource_version.as_deref();
-    match (cached.map(str::parse::<u64>), version.parse::<u64>()) {
-        (Some(Ok(c)), Ok(w)) => c >= w,
-        _ => cached == Some(version),
+    let cached = obj.meta().resource_version.as_deref().unwrap_or_default();
+    match (cached.parse::<u64>(), version.parse::<u64>()) {
+        (Ok(c), Ok(w)) => c >= w,
+        _ => true,
     }
 }
 

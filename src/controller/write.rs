@@ -30,8 +30,8 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a write did not take effect.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The API server refused it.
-    #[error("the API server refused it")]
+    /// The API call failed (refused, or the server could not be reached).
+    #[error("the API call failed")]
     Api(#[source] kube::Error),
     /// No answer in time.
     #[error("no answer within {0:?}")]
@@ -56,8 +56,8 @@ impl WriteError {
         }
     }
 
-    /// A fixed string for the outcome label.
-    pub fn outcome(&self) -> &'static str {
+    /// A fixed string for metric labels (the `outcome` of `poolkeeper_api_writes_total`).
+    pub fn category(&self) -> &'static str {
         match self {
             _ if self.is_conflict() => "conflict",
             _ if self.is_not_found() => "not_found",
@@ -106,7 +106,7 @@ impl Writer {
             Ok(Err(e)) => Err(WriteError::Api(e)),
             Err(_) => Err(WriteError::Timeout(self.timeout)),
         };
-        let outcome = result.as_ref().map_or_else(WriteError::outcome, |_| "ok");
+        let outcome = result.as_ref().map_or_else(WriteError::category, |_| "ok");
         self.metrics
             .api_writes
             .get_or_create(&ApiWriteLabels { kind, op, outcome })

@@ -186,8 +186,11 @@ pub fn judge_sync(
             !v.connected_here
         };
         if v.role == HostRole::Member && v.responsive && !v.in_sync && !v.report_invalid {
-            v.failure = match ledger::last_error(observed.ledger.get(name)) {
-                Some(e) => Some(SyncFailure::ConnectFailed(e.to_string())),
+            v.failure = match ledger::failure(observed.ledger.get(name)) {
+                Some(ledger::Failure::Refused(e)) => {
+                    Some(SyncFailure::ConnectFailed(e.to_string()))
+                }
+                Some(ledger::Failure::Unconfirmed) => Some(SyncFailure::NotConfirmed),
                 None if now >= deadline => Some(SyncFailure::NotConfirmed),
                 None => None,
             };
@@ -227,11 +230,14 @@ pub fn blamed_before(h: &HostView) -> bool {
 
 /// The RPCs to send now: disconnects first, then connects, each in host-name order, at most
 /// `maxConcurrentConnects` in flight in all (calls still running from earlier reconciles count).
-/// Skips hosts that do not respond or whose report did not parse; asks the call ledger ([`gate`])
-/// whether a host that needs a call gets it now, waits for one it accepted (`told_now`), or backs
-/// off. Marks every host with a due call that was not sent as `call_pending`. Returns the calls,
-/// how many due calls the cap deferred, and what the ledger must record: hosts in sync are
-/// confirmed (their failures forgotten), hosts that let a confirmation window pass have lapsed.
+/// Skips hosts that do not respond or whose report did not parse; asks the call ledger
+/// ([`ledger::gate`]) whether a host that needs a call gets it now, is still being called, waits
+/// for the report of a call it accepted (`told_now`), or backs off. Marks a host whose call is
+/// due but not sent (in flight, backing off, or over the cap) as `call_pending`, and sets
+/// `retry_at` when the clock alone will change that. Returns the calls, how many due calls the cap
+/// deferred, and what the ledger must record: hosts in sync are confirmed (their failures
+/// forgotten; only by the pool whose call the entry records), hosts that let a confirmation window
+/// pass have lapsed.
 pub fn calls(
     observed: &Observed,
     pool_uuid: &str,
@@ -250,7 +256,7 @@ pub fn calls(
             continue;
         };
         let entry = observed.ledger.get(name);
-        if v.in_sync && entry.is_some() {
+        if v.in_sync && entry.is_some_and(|e| e.pool == observed.pool.name) {
             ops.push(LedgerOp::Confirmed { host: name.clone() });
         }
         let gate_now =
@@ -279,9 +285,7 @@ pub fn calls(
                 v.retry_at = Some(until);
             }
             Gate::BackingOff { until } => {
-                if ledger::lapsed(entry, &key, boot_id, timeout, now) {
-                    ops.push(LedgerOp::Lapsed { host: name.clone() });
-                }
+                ops.extend(ledger::lapse(entry, name, &key, boot_id, timeout, now));
                 v.call_pending = true;
                 v.retry_at = Some(until);
             }

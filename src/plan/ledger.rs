@@ -22,17 +22,98 @@ pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// What the ledger holds about one host: the last call sent to it and how many calls in a row
-/// failed to get it in sync.
+/// What the ledger holds about one host: the last call sent to it, how many calls in a row failed
+/// to get it in sync, and why it is failing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostCalls {
-    /// The pool whose reconcile sent the last call.
+    /// The pool whose reconcile sent the last call (only that pool confirms the entry).
     pub pool: String,
     /// Consecutive calls that failed or were accepted and never confirmed; reset once the host is
     /// seen in sync.
     pub failures: u32,
+    /// Why the host is failing. Kept while a retry is in flight (the host is still failing until a
+    /// call is accepted, or, after a lapse, until it is seen in sync).
+    pub failure: Option<Failure>,
     /// The last call.
     pub last: SentCall,
+}
+
+/// Why a host's calls fail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The host refused the call, or did not answer in time.
+    Refused(CallFailure),
+    /// The host accepted the call but did not confirm it (in its report) in time.
+    Unconfirmed,
+}
+
+impl HostCalls {
+    /// The entry after a call starts at `now` (sent by `pool`'s reconcile to a host reporting
+    /// `boot_id`): failures and their reason carry over from `previous`.
+    pub fn started(
+        previous: Option<Self>,
+        pool: &str,
+        call: &HostCall,
+        boot_id: &str,
+        now: Timestamp,
+    ) -> Self {
+        let (failures, failure) = previous.map_or((0, None), |p| (p.failures, p.failure));
+        Self {
+            pool: pool.to_owned(),
+            failures,
+            failure,
+            last: SentCall {
+                key: CallKey::of(call),
+                boot_id: boot_id.to_owned(),
+                sent_at: now,
+                state: CallState::InFlight,
+            },
+        }
+    }
+
+    /// Records the answer at `now` to the call sent at `sent_at` (an answer to an older call is
+    /// ignored): accepted, or a failure, counted.
+    pub fn finished(
+        &mut self,
+        sent_at: Timestamp,
+        result: &Result<(), CallFailure>,
+        now: Timestamp,
+    ) {
+        if self.last.sent_at != sent_at || self.last.state != CallState::InFlight {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.last.state = CallState::Accepted { at: now };
+                // A lapse is only over once the host confirms; a refusal is over now.
+                if matches!(self.failure, Some(Failure::Refused(_))) {
+                    self.failure = None;
+                }
+            }
+            Err(failure) => {
+                self.failures = self.failures.saturating_add(1);
+                self.failure = Some(Failure::Refused(failure.clone()));
+                self.last.state = CallState::Failed { at: now };
+            }
+        }
+    }
+
+    /// Applies a plan's decision about this host; `None` when the entry is to be dropped.
+    pub fn apply(mut self, op: &LedgerOp) -> Option<Self> {
+        match op {
+            LedgerOp::Confirmed { .. } => None,
+            LedgerOp::Lapsed { sent_at, at, .. } => {
+                if self.last.sent_at == *sent_at
+                    && matches!(self.last.state, CallState::Accepted { .. })
+                {
+                    self.failures = self.failures.saturating_add(1);
+                    self.failure = Some(Failure::Unconfirmed);
+                    self.last.state = CallState::Lapsed { at: *at };
+                }
+                Some(self)
+            }
+        }
+    }
 }
 
 /// One call sent to a host.
@@ -42,7 +123,7 @@ pub struct SentCall {
     pub key: CallKey,
     /// The host's `bootId` when the call was sent: a host that restarted since lost what it was told.
     pub boot_id: String,
-    /// When the call started.
+    /// When the call started (it also identifies the call).
     pub sent_at: Timestamp,
     /// What became of it.
     pub state: CallState,
@@ -128,12 +209,10 @@ pub enum CallState {
         /// When the answer came.
         at: Timestamp,
     },
-    /// The host refused it, or it timed out, at this instant.
+    /// The host refused it, or it timed out, at this instant (why: [`HostCalls::failure`]).
     Failed {
         /// When the failure was seen.
         at: Timestamp,
-        /// Why.
-        failure: CallFailure,
     },
     /// The host accepted it but did not confirm it (in its report) within the confirmation window,
     /// which ended at this instant.
@@ -151,10 +230,15 @@ pub enum LedgerOp {
         /// The host.
         host: String,
     },
-    /// The host accepted a call and did not confirm it in time: count a failure (it backs off).
+    /// The host accepted the call sent at `sent_at` and did not confirm it by `at`: count a
+    /// failure (it backs off from `at`).
     Lapsed {
         /// The host.
         host: String,
+        /// Which call.
+        sent_at: Timestamp,
+        /// When the confirmation window was found closed (the plan's `now`).
+        at: Timestamp,
     },
 }
 
@@ -214,7 +298,7 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
 /// has no failure).
 pub fn backoff_until(entry: &HostCalls, host: &str) -> Option<Timestamp> {
     let at = match &entry.last.state {
-        CallState::Failed { at, .. } | CallState::Lapsed { at } => *at,
+        CallState::Failed { at } | CallState::Lapsed { at } => *at,
         CallState::InFlight | CallState::Accepted { .. } => return None,
     };
     Some(plus(at, backoff_delay(entry.failures, host)))
@@ -222,8 +306,10 @@ pub fn backoff_until(entry: &HostCalls, host: &str) -> Option<Timestamp> {
 
 /// The gate for a host that needs the call `key` now, given what the ledger holds about it.
 ///
-/// `confirm_window` is `connectTimeoutSeconds`: a host that accepted exactly this call (and has not
-/// restarted since) gets that long to report it before it counts as lapsed.
+/// `timeout` is `connectTimeoutSeconds`, also the confirmation window: a host that accepted exactly
+/// this call (and has not restarted since) gets that long to report it before it counts as lapsed.
+/// A host that backs off does so even if the call it needs changed meanwhile (the backoff is the
+/// host's, not the call's); a restart or a changed call only matters to a host awaiting a report.
 pub fn gate(
     entry: Option<&HostCalls>,
     host: &str,
@@ -258,33 +344,30 @@ pub fn gate(
     }
 }
 
-/// Whether the host accepted exactly `key` and let the confirmation window pass: the plan records a
-/// failure for it ([`LedgerOp::Lapsed`]).
-pub fn lapsed(
+/// The lapse to record when the host accepted exactly `key` (and did not restart since) and let the
+/// confirmation window pass.
+pub fn lapse(
     entry: Option<&HostCalls>,
+    host: &str,
     key: &CallKey,
     boot_id: &str,
     timeout: Duration,
     now: Timestamp,
-) -> bool {
-    entry.is_some_and(|e| {
-        matches!(e.last.state, CallState::Accepted { at } if now >= plus(at, timeout))
-            && e.last.key == *key
-            && e.last.boot_id == boot_id
+) -> Option<LedgerOp> {
+    let e = entry?;
+    let lapsed = matches!(e.last.state, CallState::Accepted { at } if now >= plus(at, timeout))
+        && e.last.key == *key
+        && e.last.boot_id == boot_id;
+    lapsed.then(|| LedgerOp::Lapsed {
+        host: host.to_owned(),
+        sent_at: e.last.sent_at,
+        at: now,
     })
 }
 
-/// The error of the host's last call, when it failed (the host is `ConnectFailed` meanwhile).
-pub fn last_error(entry: Option<&HostCalls>) -> Option<&CallFailure> {
-    match &entry?.last.state {
-        CallState::Failed { failure, .. } => Some(failure),
-        _ => None,
-    }
-}
-
-/// Whether the host accepted a call that it has not confirmed yet (its report is on its way).
-pub fn awaiting_report(entry: Option<&HostCalls>) -> bool {
-    entry.is_some_and(|e| matches!(e.last.state, CallState::Accepted { .. }))
+/// Why the host's calls fail, if they do (it is failing meanwhile, even while a retry is in flight).
+pub fn failure(entry: Option<&HostCalls>) -> Option<&Failure> {
+    entry?.failure.as_ref()
 }
 
 /// A call's timeout, which is also how long a host may take to confirm a call it accepted:

@@ -637,14 +637,10 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
     let (calls, deferred_calls, ledger) =
         hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
-    let requeue_after = requeue::after(
-        observed,
-        &hostv,
-        &domainv,
-        deferred_calls,
-        rollout_start,
-        now,
-    );
+    // Calls deferred while earlier calls fill the cap wait for those to finish (each finished
+    // call asks for a reconcile); only a wave sent now makes the next one due at once.
+    let next_wave = if calls.is_empty() { 0 } else { deferred_calls };
+    let requeue_after = requeue::after(observed, &hostv, &domainv, next_wave, rollout_start, now);
     Plan {
         pool_uuid,
         halted: None,

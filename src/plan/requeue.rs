@@ -1,6 +1,7 @@
 //! When to reconcile again without a watch event: the earliest instant at which the planner's answer
-//! could change by the clock alone (a deferred call, a backoff ending, a Lease expiring, a grace
-//! period ending, the rollout deadline). Pure; it only reads verdicts the other rules produced.
+//! could change by the clock alone (the next wave of calls, a backoff ending, a confirmation window
+//! closing, an in-flight marker expiring, a Lease expiring, a grace period ending, the rollout
+//! deadline). Pure; it only reads verdicts the other rules produced.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use jiff::{SignedDuration, Timestamp};
 use super::hosts::lease_expiry;
 use super::{DomainVerdict, HostRole, HostVerdict, Observed, rollout};
 
-/// When to look again without a watch event: the earliest of a deferred call, a backoff ending, a
-/// Lease expiring, a grace period ending, and the rollout deadline.
+/// When to look again without a watch event: the earliest of the next wave of calls (`deferred`
+/// calls waiting for a wave sent now), a host's `retry_at` (backoff end, confirmation window,
+/// in-flight marker expiry), a Lease expiring, a grace period ending, and the rollout deadline.
 pub fn after(
     observed: &Observed,
     hosts: &BTreeMap<String, HostVerdict>,

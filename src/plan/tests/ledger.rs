@@ -1,18 +1,24 @@
 //! The call ledger's rules: a host is not called again while its report of an accepted call is on
 //! its way, is called again when the call changed or it restarted, backs off after failures and
-//! after a call it never confirmed, and is forgotten once in sync.
+//! after a call it never confirmed, stays failing while a retry is in flight, and is forgotten once
+//! in sync. Entries are built through the ledger's own transitions, as the shell builds them.
 
 use jiff::SignedDuration;
 
 use super::*;
-use crate::plan::ledger::{CallState, LedgerOp, backoff_delay};
+use crate::plan::ledger::{LedgerOp, backoff_delay};
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).expect("duration"))
+        .expect("instant")
+}
 
 #[test]
 fn host_that_accepted_the_same_call_is_not_called_again_while_its_report_is_on_its_way() {
     let mut o = world(1, 1, t0());
     long_lease(&mut o);
     let call = call_to(&o, "h0000", t0());
-    record(&mut o, &call, 0, t0(), CallState::Accepted { at: t0() });
+    accept(&mut o, &call, t0());
     let p = plan(&o, later(t0(), 5));
     assert!(p.calls.is_empty());
     let v = &p.hosts["h0000"];
@@ -26,10 +32,21 @@ fn host_that_accepted_the_same_call_is_not_called_again_while_its_report_is_on_i
 }
 
 #[test]
+fn disconnect_awaiting_its_report_is_not_repeated() {
+    let mut o = steady(1, 1, t0());
+    long_lease(&mut o);
+    o.hosts.get_mut("h0000").expect("h").spec.maintenance = true;
+    let call = call_to(&o, "h0000", t0());
+    assert_eq!(call.kind(), CallKind::Disconnect);
+    accept(&mut o, &call, t0());
+    assert!(plan(&o, later(t0(), 5)).calls.is_empty());
+}
+
+#[test]
 fn host_that_restarted_after_accepting_a_call_is_called_again_at_once() {
     let mut o = world(1, 1, t0());
     let call = call_to(&o, "h0000", t0());
-    record(&mut o, &call, 0, t0(), CallState::Accepted { at: t0() });
+    accept(&mut o, &call, t0());
     report_of(&mut o, "h0000").boot_id = "h0000-boot-2".into();
     assert_eq!(connects(&plan(&o, later(t0(), 5))), vec!["h0000"]);
 }
@@ -38,41 +55,54 @@ fn host_that_restarted_after_accepting_a_call_is_called_again_at_once() {
 fn changed_map_is_sent_even_to_a_host_awaiting_an_older_one() {
     let mut o = world(1, 2, t0());
     let call = call_to(&o, "h0000", t0());
-    record(&mut o, &call, 0, t0(), CallState::Accepted { at: t0() });
+    accept(&mut o, &call, t0());
     o.domains.get_mut("d001").expect("d").spec.maintenance = true;
     assert_eq!(connects(&plan(&o, later(t0(), 5))), vec!["h0000"]);
 }
 
 #[test]
-fn host_that_accepted_but_never_confirmed_lapses_and_backs_off() {
+fn host_that_accepted_but_never_confirmed_lapses_backs_off_and_shows_it() {
     let mut o = world(1, 1, t0());
     long_lease(&mut o);
     let call = call_to(&o, "h0000", t0());
-    record(&mut o, &call, 0, t0(), CallState::Accepted { at: t0() });
+    accept(&mut o, &call, t0());
     let now = later(t0(), 31);
     let p = plan(&o, now);
     assert!(p.calls.is_empty());
     assert_eq!(
         p.ledger,
         vec![LedgerOp::Lapsed {
-            host: "h0000".into()
+            host: "h0000".into(),
+            sent_at: t0(),
+            at: now,
         }]
     );
     assert!(p.hosts["h0000"].call_pending);
-    // The first failure waits 1 s (plus up to 20 % jitter).
-    let retry = p.hosts["h0000"].retry_at.expect("retry");
-    let until = now
-        .checked_add(SignedDuration::try_from(backoff_delay(1, "h0000")).expect("delay"))
-        .expect("until");
-    assert_eq!(retry, until);
+    // The first failure waits 1 s, stretched by up to 20 %; the plan looks again right then.
+    let until = plus(now, backoff_delay(1, "h0000"));
+    assert_eq!(p.hosts["h0000"].retry_at, Some(until));
     assert!(until >= later(now, 1) && until <= later(now, 2));
-    // Once the shell recorded the lapse, the host is called again when the backoff ends.
-    record(&mut o, &call, 1, t0(), CallState::Lapsed { at: now });
+    apply_ledger(&mut o, &p);
+    // From now on the host is not confirming the map, even while the next call is on its way.
     let before = until
         .checked_sub(SignedDuration::from_millis(1))
         .expect("before");
-    assert!(plan(&o, before).calls.is_empty());
-    assert_eq!(connects(&plan(&o, until)), vec!["h0000"]);
+    let p = plan(&o, before);
+    assert!(p.calls.is_empty());
+    assert_eq!(p.hosts["h0000"].failure, Some(SyncFailure::NotConfirmed));
+    let p = plan(&o, until);
+    assert_eq!(connects(&p), vec!["h0000"]);
+    let sent = start(&mut o, &call, until);
+    assert_eq!(
+        plan(&o, until).hosts["h0000"].failure,
+        Some(SyncFailure::NotConfirmed)
+    );
+    // Accepting again does not end the lapse: only confirming does.
+    answer(&mut o, "h0000", sent, &Ok(()), until);
+    assert_eq!(
+        plan(&o, until).hosts["h0000"].failure,
+        Some(SyncFailure::NotConfirmed)
+    );
 }
 
 #[test]
@@ -81,7 +111,7 @@ fn failed_call_backs_off_doubling_and_is_retried_after() {
     long_lease(&mut o);
     let call = call_to(&o, "h0000", t0());
     // The third failure in a row waits 4 s (plus up to 20 %).
-    record(&mut o, &call, 3, t0(), connect_failed(t0(), 379, "boom"));
+    refuse(&mut o, &call, 3, t0(), 379, "boom");
     let p = plan(&o, later(t0(), 3));
     assert!(p.calls.is_empty());
     assert!(p.hosts["h0000"].call_pending);
@@ -90,6 +120,48 @@ fn failed_call_backs_off_doubling_and_is_retried_after() {
         Some(SyncFailure::ConnectFailed("error 379: boom".into()))
     );
     assert_eq!(connects(&plan(&o, later(t0(), 5))), vec!["h0000"]);
+}
+
+#[test]
+fn failing_host_stays_failing_while_its_retry_is_in_flight() {
+    let mut o = world(1, 1, t0());
+    long_lease(&mut o);
+    let call = call_to(&o, "h0000", t0());
+    refuse(&mut o, &call, 1, t0(), 323, "connected to another pool");
+    let failing = Some(SyncFailure::ConnectFailed(
+        "error 323: connected to another pool".into(),
+    ));
+    let retry = later(t0(), 5);
+    let sent = start(&mut o, &call, retry);
+    let p = plan(&o, later(t0(), 6));
+    assert!(p.calls.is_empty(), "one call at a time");
+    assert_eq!(p.hosts["h0000"].failure, failing);
+    let r = report(&o, &p, &[], later(t0(), 6));
+    assert_eq!(r.pool.counts.failing, 1);
+    // The retry is accepted: the refusal is over.
+    answer(&mut o, "h0000", sent, &Ok(()), later(t0(), 6));
+    assert_eq!(plan(&o, later(t0(), 6)).hosts["h0000"].failure, None);
+}
+
+#[test]
+fn answer_to_an_older_call_is_ignored() {
+    let mut o = world(1, 1, t0());
+    let call = call_to(&o, "h0000", t0());
+    let first = start(&mut o, &call, t0());
+    let second = start(&mut o, &call, later(t0(), 61));
+    answer(
+        &mut o,
+        "h0000",
+        first,
+        &Err(CallFailure {
+            code: None,
+            message: "timed out".into(),
+        }),
+        later(t0(), 62),
+    );
+    let entry = &o.ledger["h0000"];
+    assert_eq!(entry.last.sent_at, second);
+    assert_eq!((entry.failures, entry.failure.is_none()), (0, true));
 }
 
 #[test]
@@ -116,8 +188,7 @@ fn call_in_flight_is_not_repeated_and_counts_against_the_cap() {
     let mut o = world(3, 1, t0());
     o.pool.spec.sync.max_concurrent_connects = 2;
     let call = call_to(&o, "h0000", t0());
-    assert_eq!(call.host(), "h0000");
-    record(&mut o, &call, 0, t0(), CallState::InFlight);
+    start(&mut o, &call, t0());
     let p = plan(&o, later(t0(), 1));
     assert_eq!(connects(&p), vec!["h0001"]);
     assert_eq!(p.deferred_calls, 1);
@@ -125,11 +196,28 @@ fn call_in_flight_is_not_repeated_and_counts_against_the_cap() {
 }
 
 #[test]
+fn calls_in_flight_filling_the_cap_wait_for_one_to_finish_not_the_clock() {
+    let mut o = world(3, 1, t0());
+    long_lease(&mut o);
+    o.pool.spec.sync.max_concurrent_connects = 2;
+    for host in ["h0000", "h0001"] {
+        let call = call_to(&o, host, t0());
+        start(&mut o, &call, t0());
+    }
+    let p = plan(&o, later(t0(), 1));
+    assert!(p.calls.is_empty());
+    assert_eq!(p.deferred_calls, 1);
+    // No reconcile every second: a finished call asks for one; the clock only guards against a
+    // call that never reports back (twice connectTimeoutSeconds).
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(59)));
+}
+
+#[test]
 fn stale_in_flight_marker_does_not_block_a_host_forever() {
     let mut o = world(1, 1, t0());
     long_lease(&mut o);
     let call = call_to(&o, "h0000", t0());
-    record(&mut o, &call, 0, t0(), CallState::InFlight);
+    start(&mut o, &call, t0());
     // Twice connectTimeoutSeconds (30 s) later the call has certainly ended.
     assert!(plan(&o, later(t0(), 59)).calls.is_empty());
     assert_eq!(connects(&plan(&o, later(t0(), 61))), vec!["h0000"]);
@@ -137,22 +225,30 @@ fn stale_in_flight_marker_does_not_block_a_host_forever() {
 
 #[test]
 fn host_seen_in_sync_is_confirmed_and_its_failures_forgotten() {
-    let mut o = steady(2, 1, t0());
-    let call = HostCall::Disconnect {
-        host: "h0001".into(),
-        endpoint: String::new(),
-        params: DisconnectParams {
-            pool_uuid: POOL_UUID.into(),
-            host_id: 2,
-        },
-    };
-    record(&mut o, &call, 2, t0(), CallState::Accepted { at: t0() });
+    let mut o = world(1, 1, t0());
+    let call = call_to(&o, "h0000", t0());
+    refuse(&mut o, &call, 2, later(t0(), -10), 379, "boom");
+    accept(&mut o, &call, t0());
+    obey(o.hosts.get_mut("h0000").expect("h"), &call);
     let p = plan(&o, later(t0(), 1));
     assert!(p.calls.is_empty());
     assert_eq!(
         p.ledger,
         vec![LedgerOp::Confirmed {
-            host: "h0001".into()
+            host: "h0000".into()
         }]
     );
+    apply_ledger(&mut o, &p);
+    assert!(o.ledger.is_empty());
+}
+
+#[test]
+fn only_the_pool_that_sent_a_call_confirms_it() {
+    let mut o = world(1, 1, t0());
+    let call = call_to(&o, "h0000", t0());
+    accept(&mut o, &call, t0());
+    obey(o.hosts.get_mut("h0000").expect("h"), &call);
+    // The entry records another pool's call (the host moved here meanwhile).
+    o.ledger.get_mut("h0000").expect("entry").pool = "other-pool".into();
+    assert!(plan(&o, later(t0(), 1)).ledger.is_empty());
 }

@@ -116,42 +116,63 @@ fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> (Pla
     (plan, report)
 }
 
-/// Records in the call ledger that `call` was sent at `sent_at` and ended in `state`.
-fn record(
-    o: &mut Observed,
-    call: &HostCall,
-    failures: u32,
-    sent_at: Timestamp,
-    state: super::ledger::CallState,
-) {
+/// The shell records that `call` started at `at` (as the real shell does, through the ledger's
+/// own transitions); returns the instant that identifies the call.
+fn start(o: &mut Observed, call: &HostCall, at: Timestamp) -> Timestamp {
     let boot_id = o.hosts[call.host()]
         .report
         .parsed()
         .map(|r| r.boot_id.clone())
         .unwrap_or_default();
-    o.ledger.insert(
-        call.host().to_owned(),
-        super::ledger::HostCalls {
-            pool: POOL.into(),
-            failures,
-            last: super::ledger::SentCall {
-                key: super::ledger::CallKey::of(call),
-                boot_id,
-                sent_at,
-                state,
-            },
-        },
-    );
+    let previous = o.ledger.remove(call.host());
+    let entry = super::ledger::HostCalls::started(previous, POOL, call, &boot_id, at);
+    o.ledger.insert(call.host().to_owned(), entry);
+    at
 }
 
-/// A failed call's state in the ledger.
-fn connect_failed(at: Timestamp, code: i64, message: &str) -> super::ledger::CallState {
-    super::ledger::CallState::Failed {
-        at,
-        failure: CallFailure {
-            code: Some(code),
-            message: message.into(),
-        },
+/// The shell records the host's answer, at `at`, to the call it started at `sent_at`.
+fn answer(
+    o: &mut Observed,
+    host: &str,
+    sent_at: Timestamp,
+    result: &Result<(), CallFailure>,
+    at: Timestamp,
+) {
+    if let Some(entry) = o.ledger.get_mut(host) {
+        entry.finished(sent_at, result, at);
+    }
+}
+
+/// `call` accepted at `at`.
+fn accept(o: &mut Observed, call: &HostCall, at: Timestamp) {
+    let sent = start(o, call, at);
+    answer(o, call.host(), sent, &Ok(()), at);
+}
+
+/// `n` calls like `call` in a row refused at `at` with VDSM's `code`.
+fn refuse(o: &mut Observed, call: &HostCall, n: u32, at: Timestamp, code: i64, message: &str) {
+    let failure = CallFailure {
+        code: Some(code),
+        message: message.into(),
+    };
+    for _ in 0..n {
+        let sent = start(o, call, at);
+        answer(o, call.host(), sent, &Err(failure.clone()), at);
+    }
+}
+
+/// The shell applies what the plan decided about the ledger.
+fn apply_ledger(o: &mut Observed, plan: &Plan) {
+    for op in &plan.ledger {
+        let host = match op {
+            super::ledger::LedgerOp::Confirmed { host }
+            | super::ledger::LedgerOp::Lapsed { host, .. } => host,
+        };
+        if let Some(entry) = o.ledger.remove(host)
+            && let Some(kept) = entry.apply(op)
+        {
+            o.ledger.insert(host.clone(), kept);
+        }
     }
 }
 

@@ -181,7 +181,7 @@ fn backing_off_host_is_skipped_and_requeued_at_backoff_end() {
     long_lease(&mut o);
     let call = call_to(&o, "h0000", t0());
     // The fourth failure in a row: 8 s, stretched by the host's jitter.
-    record(&mut o, &call, 4, t0(), connect_failed(t0(), 379, "boom"));
+    refuse(&mut o, &call, 4, t0(), 379, "boom");
     let p = plan(&o, t0());
     assert!(p.calls.is_empty());
     assert!(p.hosts["h0000"].call_pending);
@@ -247,13 +247,7 @@ fn failed_connect_marks_host_out_of_sync_and_pool_failing() {
     );
     // The call ledger remembers the error (its backoff over by now); a later success clears it.
     let call = call_to(&o, "h0001", t0());
-    record(
-        &mut o,
-        &call,
-        1,
-        later(t0(), -10),
-        connect_failed(later(t0(), -10), 379, "domain unreadable"),
-    );
+    refuse(&mut o, &call, 1, later(t0(), -10), 379, "domain unreadable");
     let p = plan(&o, t0());
     assert_eq!(
         p.hosts["h0001"].failure,
@@ -263,7 +257,7 @@ fn failed_connect_marks_host_out_of_sync_and_pool_failing() {
     );
     let (_, r) = step_with(&mut o, t0(), &[]);
     assert_eq!(r.hosts["h0001"].phase, Some(HostPhase::Connecting));
-    o.ledger.remove("h0001");
+    accept(&mut o, &call, t0());
     converge(&mut o, t0(), 5);
     assert_eq!(host_phase(&o, "h0001"), Some(HostPhase::Up));
     assert!(is_true(&o.pool.status.conditions, types::READY));
