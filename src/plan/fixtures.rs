@@ -210,9 +210,19 @@ pub fn write_back(o: &mut Observed, plan: &Plan, report: &Report) {
 
 /// One reconcile in which every call succeeds and every agent obeys at once.
 pub fn step(o: &mut Observed, now: Timestamp) -> (Plan, Report) {
+    step_with(o, now, &[])
+}
+
+/// One reconcile with the given outcomes replacing success for the named hosts; agents obey only
+/// the calls that succeeded.
+pub fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> (Plan, Report) {
     let plan = super::plan(o, now);
     let mut outcomes = Vec::new();
     for call in &plan.calls {
+        if let Some(f) = failures.iter().find(|f| f.host == call.host()) {
+            outcomes.push(f.clone());
+            continue;
+        }
         if let Some(h) = o.hosts.get_mut(call.host()) {
             obey(h, call);
         }

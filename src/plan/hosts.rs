@@ -285,7 +285,15 @@ pub fn calls(
                 v.retry_at = Some(until);
             }
             Gate::BackingOff { until } => {
-                ops.extend(ledger::lapse(entry, name, &key, boot_id, timeout, now));
+                v.call_pending = true;
+                v.retry_at = Some(until);
+            }
+            Gate::Lapsed { sent_at, until } => {
+                ops.push(LedgerOp::Lapsed {
+                    host: name.clone(),
+                    sent_at,
+                    at: now,
+                });
                 v.call_pending = true;
                 v.retry_at = Some(until);
             }

@@ -259,6 +259,14 @@ pub enum Gate {
         /// No call before this instant.
         until: Timestamp,
     },
+    /// The host accepted this very call (sent at `sent_at`) and let the confirmation window pass:
+    /// the plan records a lapse ([`LedgerOp::Lapsed`]), and the host backs off until `until`.
+    Lapsed {
+        /// Which call.
+        sent_at: Timestamp,
+        /// No call before this instant.
+        until: Timestamp,
+    },
 }
 
 /// How long a call may be in flight before the ledger stops trusting the marker (the call itself
@@ -331,8 +339,8 @@ pub fn gate(
             if now < until {
                 Gate::Awaiting { until }
             } else {
-                // Lapsed: the plan records it ([`lapsed`]) and the host backs off from now.
-                Gate::BackingOff {
+                Gate::Lapsed {
+                    sent_at: last.sent_at,
                     until: plus(now, backoff_delay(entry.failures.saturating_add(1), host)),
                 }
             }
@@ -342,27 +350,6 @@ pub fn gate(
             _ => Gate::Send,
         },
     }
-}
-
-/// The lapse to record when the host accepted exactly `key` (and did not restart since) and let the
-/// confirmation window pass.
-pub fn lapse(
-    entry: Option<&HostCalls>,
-    host: &str,
-    key: &CallKey,
-    boot_id: &str,
-    timeout: Duration,
-    now: Timestamp,
-) -> Option<LedgerOp> {
-    let e = entry?;
-    let lapsed = matches!(e.last.state, CallState::Accepted { at } if now >= plus(at, timeout))
-        && e.last.key == *key
-        && e.last.boot_id == boot_id;
-    lapsed.then(|| LedgerOp::Lapsed {
-        host: host.to_owned(),
-        sent_at: e.last.sent_at,
-        at: now,
-    })
 }
 
 /// Why the host's calls fail, if they do (it is failing meanwhile, even while a retry is in flight).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::fixtures::{
     POOL, POOL_UUID, at, converge, domain, failed, host, later, obey, pool, renew_all, steady,
-    step, uuid_of, vitals, world, write_back,
+    step, step_with, uuid_of, vitals, world, write_back,
 };
 use super::*;
 use crate::api::condition::{find, is_true, reasons, types};
@@ -90,30 +90,6 @@ fn phase(o: &Observed, d: &str) -> Option<DomainPhase> {
 
 fn host_phase(o: &Observed, h: &str) -> Option<HostPhase> {
     o.hosts[h].controller.phase
-}
-
-/// Runs one reconcile with the given outcomes replacing success for the named hosts; agents obey
-/// only the calls that succeeded.
-fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> (Plan, Report) {
-    let plan = plan(o, now);
-    let mut outcomes = Vec::new();
-    for call in &plan.calls {
-        if let Some(f) = failures.iter().find(|f| f.host == call.host()) {
-            outcomes.push(f.clone());
-            continue;
-        }
-        if let Some(h) = o.hosts.get_mut(call.host()) {
-            obey(h, call);
-        }
-        outcomes.push(CallOutcome {
-            host: call.host().into(),
-            kind: call.kind(),
-            result: Ok(()),
-        });
-    }
-    let report = report(o, &plan, &outcomes, now);
-    write_back(o, &plan, &report);
-    (plan, report)
 }
 
 /// The shell records that `call` started at `at` (as the real shell does, through the ledger's
