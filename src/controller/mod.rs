@@ -313,18 +313,15 @@ async fn run_inner(
     let (pool_changes, pools_too) = watch::tee(streams.pools);
     let domains = Controller::for_stream(domains_too, ctx.stores.domains.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(2))
-        .watches_stream(pools_too, watch::pool_domains(ctx.stores.domains.clone()))
+        .watches_stream(pools_too, watch::pool_domains(ctx.stores.clone()))
         .graceful_shutdown_on(stopped(shutdown_rx))
         .run(domains::reconcile, domains::error_policy, ctx.clone())
         .for_each(log_failure);
     let pools = Controller::for_stream(pool_changes, ctx.stores.pools.clone())
         .with_config(config)
         .watches_stream(domain_changes, watch::domain_pools)
-        .watches_stream(streams.hosts, watch::host_pools(ctx.stores.pools.clone()))
-        .watches_stream(
-            streams.leases,
-            watch::lease_pools(ctx.stores.hosts.clone(), ctx.stores.pools.clone()),
-        )
+        .watches_stream(streams.hosts, watch::host_pools(ctx.stores.clone()))
+        .watches_stream(streams.leases, watch::lease_pools(ctx.stores.clone()))
         .reconcile_on(tokio_stream_from(requeue_rx))
         .graceful_shutdown_on(async move {
             shutdown.await;

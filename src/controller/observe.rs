@@ -1,6 +1,7 @@
 //! Narrows the caches and the call ledger into the planner's [`Observed`] value for one pool. After
 //! this, nothing reads a raw object: a host report that makes no sense is turned into
-//! [`ReportView::Invalid`] here. Which objects belong to the pool is [`super::index`]'s to say.
+//! [`ReportView::Invalid`] here. Which objects belong to the pool is [`super::index`]'s to say;
+//! its index makes this O(members of the pool), not O(all domains and hosts).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,24 +30,21 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         status: pool.status.clone().unwrap_or_default(),
     };
     let members = Members::of(pool);
+    let index = &ctx.stores.index;
 
-    let all_domains = ctx.stores.domains.state();
     let mut domains = BTreeMap::new();
-    for d in &all_domains {
-        if !members.has_domain(d) {
-            continue;
-        }
+    for d in index.domains(&ctx.stores.domains, &members) {
         let spec_pool = d.spec.pool.as_deref();
         let status_pool = d.status.as_ref().and_then(|s| s.pool.as_deref());
         let leaving_other_pool = spec_pool == Some(name.as_str())
             && status_pool
                 .is_some_and(|p| p != name && ctx.stores.pools.get(&ObjectRef::new(p)).is_some());
-        domains.insert(d.name_any(), domain_view(d, leaving_other_pool));
+        domains.insert(d.name_any(), domain_view(&d, leaving_other_pool));
     }
     let ours: BTreeSet<&str> = domains.values().map(|d| d.spec.uuid.as_str()).collect();
     let mut uuids_elsewhere: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for d in &all_domains {
-        if !domains.contains_key(&d.name_any()) && ours.contains(d.spec.uuid.as_str()) {
+    for d in index.domains_with_uuid(&ctx.stores.domains, &ours) {
+        if !domains.contains_key(&d.name_any()) {
             uuids_elsewhere
                 .entry(d.spec.uuid.clone())
                 .or_default()
@@ -55,10 +53,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
     }
 
     let mut hosts = BTreeMap::new();
-    for h in ctx.stores.hosts.state() {
-        if !members.has_host(&h) {
-            continue;
-        }
+    for h in index.hosts(&ctx.stores.hosts, &members) {
         let host_name = h.name_any();
         let report = report_view(&h);
         let lease = ctx

@@ -6,6 +6,11 @@
 //! wakes a pool only when it can change a decision: the controller has marked the host
 //! NonResponsive (it is back) or has not judged it yet. Expiry needs no event: the planner asks for
 //! a reconcile at the earliest expiry.
+//!
+//! Every pool, domain and host watch event also feeds the [`PoolIndex`], here and nowhere else:
+//! after the reflector applied it to its store and before a mapper sees the object.
+
+use std::sync::Arc;
 
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -19,7 +24,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{Settings, index};
+use super::{Settings, index, index::PoolIndex};
 use crate::api::{Host, HostPhase, StorageDomain, StoragePool};
 
 /// The caches the controller reads.
@@ -33,6 +38,8 @@ pub struct Stores {
     pub hosts: Store<Host>,
     /// Host Leases in the lease namespace.
     pub leases: Store<Lease>,
+    /// Pool membership of the pools, domains and hosts above, kept by their watch events.
+    pub index: Arc<PoolIndex>,
 }
 
 impl Stores {
@@ -75,19 +82,30 @@ pub struct Streams {
 
 /// Starts the reflectors (lazily: they run as the controller polls the streams).
 pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
-    let (pools, pools_stream) = reflect(Api::<StoragePool>::all(client.clone()));
-    let (domains, domains_stream) = reflect(Api::<StorageDomain>::all(client.clone()));
-    let (hosts, hosts_stream) = reflect(Api::<Host>::all(client.clone()));
-    let (leases, leases_stream) = reflect(Api::<Lease>::namespaced(
-        client.clone(),
-        &settings.lease_namespace,
-    ));
+    let index = Arc::new(PoolIndex::default());
+    let (pools, pools_stream) = reflect(Api::<StoragePool>::all(client.clone()), {
+        let index = index.clone();
+        move |event| index.pool_event(event)
+    });
+    let (domains, domains_stream) = reflect(Api::<StorageDomain>::all(client.clone()), {
+        let index = index.clone();
+        move |event| index.domain_event(event)
+    });
+    let (hosts, hosts_stream) = reflect(Api::<Host>::all(client.clone()), {
+        let index = index.clone();
+        move |event| index.host_event(event)
+    });
+    let (leases, leases_stream) = reflect(
+        Api::<Lease>::namespaced(client.clone(), &settings.lease_namespace),
+        |_| {},
+    );
     (
         Stores {
             pools,
             domains,
             hosts,
             leases,
+            index,
         },
         Streams {
             pools: pools_stream,
@@ -98,7 +116,12 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
     )
 }
 
-fn reflect<K>(api: Api<K>) -> (Store<K>, BoxStream<K>)
+/// A reflector over `api`; `on_event` sees each event once it is in the store (an applied or
+/// deleted object, a relist's start, objects and end) and before the object is yielded.
+fn reflect<K>(
+    api: Api<K>,
+    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> (Store<K>, BoxStream<K>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -116,6 +139,11 @@ where
             o.annotations_mut().clear();
         })
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                on_event(event);
+            }
+        })
         .touched_objects()
         .boxed();
     (reader, stream)
@@ -129,19 +157,19 @@ pub fn domain_pools(domain: StorageDomain) -> Vec<ObjectRef<StoragePool>> {
         .collect()
 }
 
-/// The pools a host belongs to ([`index::host_pools`]).
+/// The pools a host belongs to ([`PoolIndex::host_pools`]).
 pub fn host_pools(
-    pools: Store<StoragePool>,
+    stores: Stores,
 ) -> impl Fn(Host) -> Vec<ObjectRef<StoragePool>> + Send + Sync + 'static {
-    move |host: Host| index::host_pools(&pools, &host)
+    move |host: Host| stores.index.host_pools(&stores.pools, &host)
 }
 
 /// The domains a changed pool concerns (for the domain controller: a pool created or deleted
-/// changes who owns them).
+/// changes who owns them; [`PoolIndex::pool_domains`]).
 pub fn pool_domains(
-    domains: Store<StorageDomain>,
+    stores: Stores,
 ) -> impl Fn(StoragePool) -> Vec<ObjectRef<StorageDomain>> + Send + Sync + 'static {
-    move |pool: StoragePool| index::pool_domains(&domains, &pool.name_any())
+    move |pool: StoragePool| stores.index.pool_domains(&stores.domains, &pool.name_any())
 }
 
 /// Splits a watch stream in two: the returned stream yields what `stream` yields, and the second
@@ -166,17 +194,16 @@ where
 
 /// The pools whose decisions a Lease change can affect (see the module doc).
 pub fn lease_pools(
-    hosts: Store<Host>,
-    pools: Store<StoragePool>,
+    stores: Stores,
 ) -> impl Fn(Lease) -> Vec<ObjectRef<StoragePool>> + Send + Sync + 'static {
     move |lease: Lease| {
-        let Some(host) = hosts.get(&ObjectRef::new(&lease.name_any())) else {
+        let Some(host) = stores.hosts.get(&ObjectRef::new(&lease.name_any())) else {
             return Vec::new();
         };
         let phase = host.status.as_ref().and_then(|s| s.phase);
         if matches!(phase, Some(p) if p != HostPhase::NonResponsive) {
             return Vec::new();
         }
-        index::host_pools(&pools, &host)
+        stores.index.host_pools(&stores.pools, &host)
     }
 }
