@@ -7,6 +7,9 @@
 //! Files are read as Rust tokens, so comments and string literals are not code (a module doc may
 //! say what the module must not use), and a grouped import (`use kube::{Api, Client}`) is read as
 //! the paths it names. Needs no control plane; `make lint` runs it.
+//!
+//! And no two modules of `src/` import each other in a circle (a module naming its ancestors, where
+//! the shared types live, does not count), so each can be read and changed from the bottom up.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,6 +103,128 @@ use crate::protocol::*;
     );
 }
 
+#[test]
+fn no_two_modules_of_src_import_each_other_in_a_circle() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let modules: Vec<(Vec<String>, PathBuf)> = files
+        .iter()
+        .map(|f| {
+            (
+                module_path(f.strip_prefix(root.join("src")).unwrap_or(f)),
+                f.clone(),
+            )
+        })
+        .collect();
+    let known: std::collections::BTreeSet<Vec<String>> =
+        modules.iter().map(|(m, _)| m.clone()).collect();
+    let mut edges: std::collections::BTreeMap<
+        Vec<String>,
+        std::collections::BTreeSet<Vec<String>>,
+    > = Default::default();
+    for (module, file) in &modules {
+        let source = fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        let deps = edges.entry(module.clone()).or_default();
+        visit_paths(&file.display().to_string(), &source, &mut |path, _| {
+            if let Some(target) = resolve(module, path, &known)
+                // A module may name its ancestors (their shared types); that is not a circle.
+                && !module.starts_with(&target)
+            {
+                deps.insert(target);
+            }
+        });
+    }
+    let circles = circles(&edges);
+    assert!(
+        circles.is_empty(),
+        "modules of src/ that import each other in a circle:\n{}",
+        circles.join("\n")
+    );
+}
+
+/// `a/b.rs` and `a/b/mod.rs` are module `a::b`; `lib.rs` is the crate root.
+fn module_path(relative: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = relative
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts
+        .last()
+        .is_some_and(|p| p == "mod" || p == "lib" || p == "main")
+    {
+        parts.pop();
+    }
+    parts
+}
+
+/// The module of the crate a `crate::`/`super::`/`self::` path names (its longest module prefix).
+fn resolve(
+    module: &[String],
+    path: &[Segment],
+    known: &std::collections::BTreeSet<Vec<String>>,
+) -> Option<Vec<String>> {
+    let names: Vec<&str> = path.iter().map(|s| s.name.as_str()).collect();
+    let (mut base, mut rest) = match names.first()? {
+        &"crate" => (Vec::new(), &names[1..]),
+        &"self" => (module.to_vec(), &names[1..]),
+        // In `a/b.rs` (module a::b) `super` is `a`; in `a/mod.rs` (module a) it is the root.
+        &"super" => (
+            module[..module.len().saturating_sub(1)].to_vec(),
+            &names[1..],
+        ),
+        _ => return None,
+    };
+    while rest.first() == Some(&"super") {
+        base.pop();
+        rest = &rest[1..];
+    }
+    (0..=rest.len())
+        .rev()
+        .map(|n| {
+            let mut m = base.clone();
+            m.extend(rest[..n].iter().map(|s| (*s).to_owned()));
+            m
+        })
+        .find(|m| known.contains(m))
+}
+
+/// Each circle in `edges`, as `a -> b -> a`.
+fn circles(
+    edges: &std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<Vec<String>>>,
+) -> Vec<String> {
+    fn visit(
+        node: &Vec<String>,
+        edges: &std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<Vec<String>>>,
+        stack: &mut Vec<Vec<String>>,
+        done: &mut std::collections::BTreeSet<Vec<String>>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(at) = stack.iter().position(|n| n == node) {
+            let mut circle: Vec<String> = stack[at..].iter().map(|m| m.join("::")).collect();
+            circle.push(node.join("::"));
+            found.push(circle.join(" -> "));
+            return;
+        }
+        if !done.insert(node.clone()) {
+            return;
+        }
+        stack.push(node.clone());
+        for next in edges.get(node).into_iter().flatten() {
+            visit(next, edges, stack, done, found);
+        }
+        stack.pop();
+    }
+    let mut found = Vec::new();
+    let mut done = std::collections::BTreeSet::new();
+    for node in edges.keys() {
+        visit(node, edges, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
 /// Every `.rs` file under `dir`, recursively.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let entries =
@@ -135,15 +260,26 @@ struct Segment {
 
 /// The forbidden paths `source` names, as `file:line: what`.
 fn violations(file: &str, source: &str) -> Vec<String> {
-    let tokens = TokenStream::from_str(source)
-        .unwrap_or_else(|e| panic!("{file} does not parse as Rust tokens: {e}"));
     let mut found = Vec::new();
-    scan(tokens, &[], file, &mut found);
+    visit_paths(file, source, &mut |path, glob| {
+        if glob {
+            check_glob(path, file, &mut found);
+        } else {
+            check(path, file, &mut found);
+        }
+    });
     found
 }
 
+/// Calls `visit` with every path `source` names outside test-only items (`glob`: it ends in `::*`).
+fn visit_paths(file: &str, source: &str, visit: &mut dyn FnMut(&[Segment], bool)) {
+    let tokens = TokenStream::from_str(source)
+        .unwrap_or_else(|e| panic!("{file} does not parse as Rust tokens: {e}"));
+    scan(tokens, &[], visit);
+}
+
 /// Scans `tokens`; `prefix` is the path of the enclosing use-tree group (`kube::{...}`), if any.
-fn scan(tokens: TokenStream, prefix: &[Segment], file: &str, found: &mut Vec<String>) {
+fn scan(tokens: TokenStream, prefix: &[Segment], visit: &mut dyn FnMut(&[Segment], bool)) {
     let tokens: Vec<TokenTree> = tokens.into_iter().collect();
     let mut i = 0;
     while let Some(token) = tokens.get(i) {
@@ -172,18 +308,18 @@ fn scan(tokens: TokenStream, prefix: &[Segment], file: &str, found: &mut Vec<Str
                 match tokens.get(i) {
                     Some(TokenTree::Group(g)) if open && g.delimiter() == Delimiter::Brace => {
                         // `path::{...}`: a use-tree group; every path in it starts with `path`.
-                        scan(g.stream(), &path, file, found);
+                        scan(g.stream(), &path, visit);
                         i += 1;
                     }
                     Some(TokenTree::Punct(p)) if open && p.as_char() == '*' => {
-                        check_glob(&path, file, found);
+                        visit(&path, true);
                         i += 1;
                     }
-                    _ => check(&path, file, found),
+                    _ => visit(&path, false),
                 }
             }
             TokenTree::Group(g) => {
-                scan(g.stream(), &[], file, found);
+                scan(g.stream(), &[], visit);
                 i += 1;
             }
             _ => i += 1,
