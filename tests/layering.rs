@@ -167,9 +167,9 @@ fn resolve(
     known: &std::collections::BTreeSet<Vec<String>>,
 ) -> Option<Vec<String>> {
     let names: Vec<&str> = path.iter().map(|s| s.name.as_str()).collect();
-    let (mut base, mut rest) = match names.first()? {
-        &"crate" => (Vec::new(), &names[1..]),
-        &"self" => (module.to_vec(), &names[1..]),
+    let (mut base, mut rest) = match *names.first()? {
+        "crate" => (Vec::new(), &names[1..]),
+        "self" => (module.to_vec(), &names[1..]),
         // In `a/b.rs` (module a::b) `super` is `a`; in `a/mod.rs` (module a) it is the root.
         &"super" => (
             module[..module.len().saturating_sub(1)].to_vec(),
