@@ -171,7 +171,7 @@ fn resolve(
         "crate" => (Vec::new(), &names[1..]),
         "self" => (module.to_vec(), &names[1..]),
         // In `a/b.rs` (module a::b) `super` is `a`; in `a/mod.rs` (module a) it is the root.
-        &"super" => (
+        "super" => (
             module[..module.len().saturating_sub(1)].to_vec(),
             &names[1..],
         ),
