@@ -259,6 +259,20 @@ async fn controller_host_writes(addr: SocketAddr) -> u64 {
     controller_counter(addr, "poolkeeper_status_writes_total", &[("kind", "Host")]).await
 }
 
+/// Pool and domain status writes the controller's writer counted, whatever their outcome.
+async fn writer_pool_domain_status(addr: SocketAddr) -> u64 {
+    let mut total = 0;
+    for kind in ["StoragePool", "StorageDomain"] {
+        total += controller_counter(
+            addr,
+            "poolkeeper_api_writes_total",
+            &[("kind", kind), ("op", "status")],
+        )
+        .await;
+    }
+    total
+}
+
 // ---------------------------------------------------------------------------------------------
 // Telling the agents' Host status writes from the controller's.
 
@@ -420,6 +434,8 @@ struct Budget {
     agent_reports: u64,
     controller_host_writes: u64,
     controller_host_writes_self_count: u64,
+    /// Pool and domain status writes the controller's writer counted (every outcome).
+    writer_pool_domain_status: u64,
     connects: u64,
     events: u64,
 }
@@ -433,6 +449,7 @@ async fn rollout_budget(sim: &SimPool, metrics: SocketAddr) -> Budget {
     let watch = ReportWatch::start(&sim.hosts).await;
     let connects_before = connects_ok(metrics).await;
     let self_count_before = controller_host_writes(metrics).await;
+    let writer_before = writer_pool_domain_status(metrics).await;
     let before = Requests::scrape().await;
 
     merge_spec::<StorageDomain>(target, json!({"maintenance": true})).await;
@@ -456,6 +473,7 @@ async fn rollout_budget(sim: &SimPool, metrics: SocketAddr) -> Budget {
     let agent_reports = watch.finish(&sim.hosts).await;
     let connects = connects_ok(metrics).await - connects_before;
     let self_count = controller_host_writes(metrics).await - self_count_before;
+    let writer = writer_pool_domain_status(metrics).await - writer_before;
     eprintln!(
         "rollout to {n} hosts: writes at the API server:\n{}",
         cost.writes_table()
@@ -472,6 +490,7 @@ async fn rollout_budget(sim: &SimPool, metrics: SocketAddr) -> Budget {
         // any agent write that changed nothing (there should be none), so an upper bound.
         controller_host_writes: host_status_total.saturating_sub(agent_reports),
         controller_host_writes_self_count: self_count,
+        writer_pool_domain_status: writer,
         connects,
         events: cost.writes_any("events"),
     }
@@ -524,6 +543,13 @@ fn assert_budget(b: &Budget) {
         b.events <= 15,
         "events written during the rollout: {}",
         b.events
+    );
+    // Only the controller writes pool and domain statuses, all through its one writer: its count
+    // is the API server's.
+    assert_eq!(
+        b.writer_pool_domain_status,
+        b.pool_status + b.domain_status,
+        "the writer's count of pool and domain status writes against the API server's: {b:?}"
     );
 }
 
