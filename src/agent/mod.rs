@@ -127,11 +127,12 @@ pub struct AgentArgs {
         default_value = "poolkeeper-system"
     )]
     pub lease_namespace: String,
-    /// `leaseDurationSeconds` of the host Leases.
-    #[arg(long, default_value_t = 20)]
+    /// `leaseDurationSeconds` of the host Leases (kube-node-lease's 40 s by default).
+    #[arg(long, default_value_t = 40)]
     pub lease_duration_seconds: u32,
-    /// Seconds between Lease renewals of each host.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds between Lease renewals of each host (kube-node-lease's 10 s by default: one write
+    /// per renewal, 0.1 writes per second per idle host).
+    #[arg(long, default_value_t = 10.0)]
     pub lease_renew_seconds: f64,
     /// Run N simulated hosts instead of one real host.
     #[arg(long, value_name = "N")]
