@@ -8,7 +8,7 @@ CARGO ?= cargo
 test: control-plane
 	$(CARGO) test
 
-## lint: formatting, clippy with warnings denied, plan and api pure, generated CRDs current
+## lint: formatting, clippy with warnings denied, plan and api pure, no import circle, generated CRDs current
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -7,7 +7,9 @@
 //!   ┌────────── API server ◄──────────── agent: Host.status.report, Lease
 //!   │ watch         ▲ status, events       ▲
 //!   ▼               │                      │ JSON-RPC (StoragePool.connect, ...)
-//! controller: observe → plan (pure) → act ─┘ → report
+//! controller: observe → plan (pure) → act ─┘ → report → finalize
+//!                  ▲                       │
+//!                  └──── call ledger ◄─────┘
 //! ```
 //!
 //! - [`api`]: the custom resources (types only; no client).
@@ -16,7 +18,9 @@
 //! - [`agent`]: the host agent and the simulator.
 //! - [`controller`]: the reconciler shell around [`plan`].
 //! - [`shutdown`]: the stop signal (SIGINT, SIGTERM) every long-running subcommand waits for.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
 //! - [`testenv`]: a real local control plane (etcd + kube-apiserver) for tests and [`dev`].
+//! - [`dev`]: `poolkeeper dev`, the control plane, controller and simulated hosts in one command.
 
 pub mod agent;
 pub mod api;

@@ -3,7 +3,7 @@
 //!
 //! Layout: [`state`] is the pure connect decision table; [`monitor`] the pure domain monitor
 //! table; [`storage`] where metadata is read from; [`host`] one host tying them together behind
-//! the [`Verbs`](crate::protocol::Verbs); [`driver`] the shared ticker that reads metadata and
+//! the [`crate::protocol::Verbs`] trait; [`driver`] the shared ticker that reads metadata and
 //! feeds each host's monitors; [`report`] and [`lease`] the only code that talks to Kubernetes;
 //! [`sim`] simulated storage and fault injection. Calls are served from memory whatever the API
 //! server does.

@@ -104,13 +104,15 @@ fn default_compatibility_version() -> String {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncSpec {
-    /// How many `StoragePool.connect` calls may be in flight at once for this pool (at least 1).
+    /// How many host calls (`StoragePool.connect` and `disconnect`) may be in flight at once for
+    /// this pool (at least 1).
     #[serde(default = "default_max_concurrent_connects")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_concurrent_connects: i32,
 
-    /// How long a host may take to answer one connect call, in seconds (1 to 600). A host that does
-    /// not answer in time is marked `InSync=False` and retried with backoff.
+    /// How long a host may take to answer one call, in seconds (1 to 600), and then to confirm a
+    /// connect it accepted in its report. A host that does neither in time is marked
+    /// `InSync=False` and retried with backoff.
     #[serde(default = "default_connect_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub connect_timeout_seconds: i32,

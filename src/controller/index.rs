@@ -27,8 +27,9 @@
 //!   and a host indexed before its pool was seen is found once the pool is. A new value of an
 //!   object replaces the keys it was last indexed under.
 //! - **It is a hint, never the answer.** It may name objects that are gone: every name is looked up
-//!   in the store; a missing one is skipped and pruned, and the predicate is checked again on the
-//!   stored object. It must never miss a member: until a kind's first list has completed, the
+//!   in the store; a missing one is skipped and pruned, and (for domains and a pool's hosts) the
+//!   predicate is checked again on the stored object; a host's pools are named by the host itself,
+//!   so the store only confirms they exist. It must never miss a member: until a kind's first list has completed, the
 //!   answers come from a full scan of the store instead.
 
 use std::collections::{BTreeMap, BTreeSet};

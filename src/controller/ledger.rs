@@ -2,9 +2,11 @@
 //! controller's only state outside the API server. The planner reads a snapshot of it (part of
 //! [`crate::plan::Observed`]) and decides from it whether to call, wait or back off, and what to
 //! record or forget ([`crate::plan::Plan::ledger`]); how an entry changes is
-//! [`crate::plan::ledger::HostCalls`]'s to say. This module only keeps the entries under a lock.
+//! [`crate::plan::ledger::HostCalls`]'s to say. This module only keeps the entries under a lock,
+//! and drops those of hosts that no longer exist.
 //!
-//! Losing the ledger (a restart, a new leader) costs at most one repeated call per host.
+//! Losing the ledger (a restart, a new leader) costs at most one repeated call per host, and a
+//! failing host starts its backoff again from 1 s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};

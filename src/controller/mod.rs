@@ -8,15 +8,17 @@
 //!   change of any of them into the pools to reconcile.
 //! - [`index`]: pool membership, decided in one place (observe, the mappers, the domain controller).
 //! - [`observe`]: narrows the caches and the call ledger into a [`crate::plan::Observed`] (the
-//!   only place that reads raw objects).
+//!   only place that turns raw objects into decision inputs; the other steps read the caches only
+//!   for resourceVersions, finalizers and event references).
 //! - [`act`]: records the plan's ledger changes, persists the new map first, then sends the planned
 //!   calls with timeouts, recording each in the ledger.
 //! - [`report`]: writes the statuses [`crate::plan::report`] built, only when they changed, and
 //!   publishes events.
 //! - [`finalize`]: the plan's finalizer changes, last.
 //! - [`domains`]: the second controller, for domains no existing pool owns.
-//! - [`ledger`]: the call ledger, the only state kept in memory.
-//! - [`write`]: every API write (statuses, finalizers, events), with a timeout and an outcome metric.
+//! - [`ledger`]: the call ledger, the only state not rebuilt from the API server.
+//! - [`context`]: the one `Context` every reconcile shares.
+//! - [`write`](mod@write): every API write (statuses, finalizers, events), with a timeout and an outcome metric.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod act;

@@ -1,5 +1,5 @@
 //! Narrows the caches and the call ledger into the planner's [`Observed`] value for one pool. After
-//! this, nothing reads a raw object: a host report that makes no sense is turned into
+//! this, no decision reads a raw object: a host report that makes no sense is turned into
 //! [`ReportView::Invalid`] here. Which objects belong to the pool is [`super::index`]'s to say;
 //! its index makes this O(members of the pool), not O(all domains and hosts).
 

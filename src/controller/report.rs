@@ -116,7 +116,7 @@ impl Written {
         self.domains.extend(version.map(|v| (name.to_owned(), v)));
     }
 
-    /// Waits until every cache shows these writes (or something newer), at most [`CATCH_UP_WAIT`].
+    /// Waits until every cache shows these writes (or something newer), at most 2 s.
     pub async fn caught_up(mut self, stores: &Stores) {
         let deadline = tokio::time::Instant::now() + CATCH_UP_WAIT;
         loop {

@@ -1,7 +1,8 @@
 //! The pure planner: from an [`Observed`] pool to the map, RPCs and statuses to write. No I/O, no
 //! clock (`now` is passed in), no client, no tokio: the controller shell narrows its caches into an
-//! [`Observed`], calls [`plan`], acts on the [`Plan`] (persist first, then RPCs), and hands the
-//! outcomes to [`report`], whose statuses it writes only when they differ ([`needs_write`]).
+//! [`Observed`], calls [`plan`], acts on the [`Plan`] (ledger changes, then persist first, then
+//! RPCs), and hands the outcomes to [`report`], whose statuses it writes only when they differ
+//! ([`needs_write`]).
 //!
 //! # Where state lives
 //! Everything that must survive a controller restart is read back from the objects' statuses:
@@ -12,7 +13,7 @@
 //! input is the shell's call ledger ([`Observed::ledger`]: what was sent to which host, when, with
 //! what outcome); the planner decides from it whether a host is called, waits for a call it
 //! accepted, or backs off ([`ledger`]), and tells the shell what to record ([`Plan::ledger`]).
-//! Losing it costs at most one repeated call per host.
+//! Losing it costs at most one repeated call per host, and a failing host starts its backoff again.
 //!
 //! # Write budget
 //! A healthy rollout of a map change to N hosts must cost O(1) controller writes per pool and changed
@@ -40,6 +41,7 @@
 //! - [`map`]: pool identity, domain eligibility (duplicates, the 100-domain limit), the desired map,
 //!   the master and the versions.
 //! - [`hosts`]: responsiveness, host ids, sync judgement, phases, and the RPCs to send.
+//! - [`ledger`]: the call ledger's rules: send, wait, back off, lapse; how an entry changes.
 //! - [`rollout`]: the rollout clock: when the current rollout started and its deadline.
 //! - [`domains`]: domain phases, the problem grace period, blame, blocking hosts.
 //! - [`requeue`]: when to look again without a watch event.

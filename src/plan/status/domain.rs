@@ -1,7 +1,8 @@
 //! Domain statuses: the phase, the host counts and blocking-host snapshot, the conditions
 //! (`Ready`/`Reconciling`/`Stalled`, `MovingToMaintenance`, `Problem`) and the domain events; also
-//! the status of a domain no pool owns. Pure; phases, blame and the blocking hosts come from
-//! [`crate::plan::domains`], this only writes them down.
+//! the status of a domain no pool owns (`Unattached` or `PoolNotFound`, decided here). Pure; for a
+//! pool's domains, phases, blame and the blocking hosts come from [`crate::plan::domains`], this
+//! only writes them down.
 
 use std::collections::BTreeMap;
 

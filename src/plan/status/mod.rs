@@ -1,6 +1,7 @@
 //! [`report`]: the statuses to write and the events to emit, from the plan and the outcome of the
 //! calls. Pure: it applies the outcomes to the verdicts, then hands each kind to its room
-//! (`host`, `domain`, `pool`); it sends nothing and decides no phase.
+//! (`host`, `domain`, `pool`); it sends nothing. The only phase it changes is a host's whose connect
+//! failed this round (`Connecting`); every other phase comes from the plan's verdicts.
 //!
 //! Counts and host lists are snapshots refreshed in steps (see the write budget in [`super`]):
 //! [`bucket`] says which tenth of the pool a number falls in; a snapshot is rewritten only when a
