@@ -52,7 +52,7 @@ impl Ledger {
         let mut map = self.lock();
         for op in ops {
             let host = match op {
-                LedgerOp::Confirmed { host } | LedgerOp::Lapsed { host, .. } => host,
+                LedgerOp::Confirmed { host, .. } | LedgerOp::Lapsed { host, .. } => host,
             };
             if let Some(entry) = map.remove(host)
                 && let Some(kept) = entry.apply(op)

@@ -256,8 +256,13 @@ pub fn calls(
             continue;
         };
         let entry = observed.ledger.get(name);
-        if v.in_sync && entry.is_some_and(|e| e.pool == observed.pool.name) {
-            ops.push(LedgerOp::Confirmed { host: name.clone() });
+        if v.in_sync
+            && let Some(e) = entry.filter(|e| e.pool == observed.pool.name)
+        {
+            ops.push(LedgerOp::Confirmed {
+                host: name.clone(),
+                sent_at: e.last.sent_at,
+            });
         }
         let gate_now =
             |key: &CallKey, boot_id: &str| ledger::gate(entry, name, key, boot_id, timeout, now);

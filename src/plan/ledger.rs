@@ -101,7 +101,7 @@ impl HostCalls {
     /// Applies a plan's decision about this host; `None` when the entry is to be dropped.
     pub fn apply(mut self, op: &LedgerOp) -> Option<Self> {
         match op {
-            LedgerOp::Confirmed { .. } => None,
+            LedgerOp::Confirmed { sent_at, .. } => (self.last.sent_at != *sent_at).then_some(self),
             LedgerOp::Lapsed { sent_at, at, .. } => {
                 if self.last.sent_at == *sent_at
                     && matches!(self.last.state, CallState::Accepted { .. })
@@ -229,6 +229,8 @@ pub enum LedgerOp {
     Confirmed {
         /// The host.
         host: String,
+        /// Which call the confirmation is about (a call started since is kept).
+        sent_at: Timestamp,
     },
     /// The host accepted the call sent at `sent_at` and did not confirm it by `at`: count a
     /// failure (it backs off from `at`).

@@ -235,11 +235,25 @@ fn host_seen_in_sync_is_confirmed_and_its_failures_forgotten() {
     assert_eq!(
         p.ledger,
         vec![LedgerOp::Confirmed {
-            host: "h0000".into()
+            host: "h0000".into(),
+            sent_at: t0(),
         }]
     );
     apply_ledger(&mut o, &p);
     assert!(o.ledger.is_empty());
+}
+
+#[test]
+fn confirmation_does_not_drop_a_call_started_since() {
+    let mut o = world(1, 1, t0());
+    let call = call_to(&o, "h0000", t0());
+    accept(&mut o, &call, t0());
+    obey(o.hosts.get_mut("h0000").expect("h"), &call);
+    let p = plan(&o, later(t0(), 1));
+    // Meanwhile (another pool's reconcile, say) a new call to the host started.
+    let newer = start(&mut o, &call, later(t0(), 2));
+    apply_ledger(&mut o, &p);
+    assert_eq!(o.ledger["h0000"].last.sent_at, newer);
 }
 
 #[test]

@@ -141,7 +141,7 @@ fn refuse(o: &mut Observed, call: &HostCall, n: u32, at: Timestamp, code: i64, m
 fn apply_ledger(o: &mut Observed, plan: &Plan) {
     for op in &plan.ledger {
         let host = match op {
-            super::ledger::LedgerOp::Confirmed { host }
+            super::ledger::LedgerOp::Confirmed { host, .. }
             | super::ledger::LedgerOp::Lapsed { host, .. } => host,
         };
         if let Some(entry) = o.ledger.remove(host)
