@@ -215,6 +215,18 @@ fn host_events(
     events: &mut Vec<PlannedEvent>,
 ) {
     let previous = h.controller.phase;
+    let host = ObjectRef::host(name);
+    // A call that failed after its reconcile had reported (it ran in the background) shows up
+    // through the ledger: its event goes out with the status that first shows the failure.
+    let reported_now = events
+        .iter()
+        .any(|ev| ev.object == host && ev.reason == reasons::CONNECT_FAILED);
+    let background_failure = match &v.failure {
+        Some(SyncFailure::ConnectFailed(e)) if !reported_now => {
+            Some(format!("StoragePool.connect failed: {e}"))
+        }
+        _ => None,
+    };
     let mut push = |type_, reason, note: String| {
         events.push(PlannedEvent {
             object: ObjectRef::host(name),
@@ -255,6 +267,11 @@ fn host_events(
             reasons::REPORT_UNPARSABLE,
             msg.to_owned(),
         );
+    }
+    if let Some(note) = background_failure
+        && !was(reasons::CONNECT_FAILED)
+    {
+        push(EventType::Warning, reasons::CONNECT_FAILED, note);
     }
     if v.role == HostRole::Refused && !was(reasons::TOO_MANY_HOSTS) {
         push(

@@ -266,3 +266,26 @@ fn only_the_pool_that_sent_a_call_confirms_it() {
     o.ledger.get_mut("h0000").expect("entry").pool = "other-pool".into();
     assert!(plan(&o, later(t0(), 1)).ledger.is_empty());
 }
+
+#[test]
+fn call_that_failed_in_the_background_gets_its_event_once() {
+    let mut o = steady(1, 1, t0());
+    long_lease(&mut o);
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    let call = call_to(&o, "h0000", t0());
+    // The call outlived its reconcile's report and failed afterwards: no outcome this round, only
+    // the ledger knows.
+    refuse(&mut o, &call, 1, t0(), 379, "domain unreadable");
+    let (p, r) = step(&mut o, later(t0(), 1));
+    assert!(p.calls.is_empty(), "backing off");
+    let failed: Vec<_> = r
+        .events
+        .iter()
+        .filter(|e| e.reason == reasons::CONNECT_FAILED)
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", r.events);
+    assert!(failed[0].note.contains("error 379: domain unreadable"));
+    // Still failing a moment later: the status says so already, no second event.
+    let (_, r) = step(&mut o, later(t0(), 1));
+    assert!(r.events.iter().all(|e| e.reason != reasons::CONNECT_FAILED));
+}
