@@ -83,6 +83,53 @@ async fn main() {
     println!(
         "writes: the controller's own status writes (poolkeeper_status_writes_total) during each phase"
     );
+    println!();
+    println!("| reconcile step | runs | total | mean |");
+    println!("|---|---:|---:|---:|");
+    for (step, runs, seconds) in steps(metrics).await {
+        let mean = seconds / f64::from(u32::try_from(runs.max(1)).unwrap_or(u32::MAX));
+        println!(
+            "| {step} | {runs} | {seconds:.2} s | {:.1} ms |",
+            mean * 1000.0
+        );
+    }
+}
+
+/// Per reconcile step: how many runs and how long in all (`poolkeeper_reconcile_step_seconds`).
+async fn steps(metrics: std::net::SocketAddr) -> Vec<(String, u64, f64)> {
+    let body = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let mut out: Vec<(String, u64, f64)> = Vec::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("poolkeeper_reconcile_step_seconds_") else {
+            continue;
+        };
+        let (series, value) = rest.rsplit_once(' ').unwrap_or((rest, "0"));
+        let Some((field, labels)) = series.split_once('{') else {
+            continue;
+        };
+        let step = labels
+            .trim_start_matches("step=\"")
+            .trim_end_matches("\"}")
+            .to_owned();
+        let index = out
+            .iter()
+            .position(|(s, _, _)| *s == step)
+            .unwrap_or_else(|| {
+                out.push((step.clone(), 0, 0.0));
+                out.len() - 1
+            });
+        match field {
+            "count" => out[index].1 = value.parse().unwrap_or(0),
+            "sum" => out[index].2 = value.parse().unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    out
 }
 
 async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {

@@ -76,6 +76,8 @@ pub struct Metrics {
     pub status_writes: Family<WriteLabels, Counter>,
     /// `poolkeeper_api_writes_total`: every API write, by outcome.
     pub api_writes: Family<ApiWriteLabels, Counter>,
+    /// `poolkeeper_reconcile_step_seconds`: where a pool reconcile spends its time.
+    pub reconcile_steps: Family<StepLabels, Histogram>,
 }
 
 /// `{kind}` labels of status writes.
@@ -83,6 +85,13 @@ pub struct Metrics {
 pub struct WriteLabels {
     /// `StoragePool`, `StorageDomain` or `Host`.
     pub kind: &'static str,
+}
+
+/// `{step}` labels of a reconcile's steps.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// `observe`, `plan`, `act`, `report` or `finalize`.
+    pub step: &'static str,
 }
 
 /// `{kind, op, outcome}` labels of every API write.
@@ -117,6 +126,11 @@ impl Default for Metrics {
         let pool_domains = Family::<PoolPhaseLabels, Gauge>::default();
         let status_writes = Family::<WriteLabels, Counter>::default();
         let api_writes = Family::<ApiWriteLabels, Counter>::default();
+        let reconcile_steps = Family::<StepLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
+        });
         registry.register(
             "controller_runtime_reconcile",
             "Total number of reconciliations per controller",
@@ -157,6 +171,11 @@ impl Default for Metrics {
             "API writes by the controller (statuses, finalizers, events), by outcome",
             api_writes.clone(),
         );
+        registry.register(
+            "poolkeeper_reconcile_step_seconds",
+            "Time a pool reconcile spends in each step (observe, plan, act, report, finalize)",
+            reconcile_steps.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconcile_total,
@@ -167,6 +186,7 @@ impl Default for Metrics {
             pool_domains,
             status_writes,
             api_writes,
+            reconcile_steps,
         }
     }
 }
@@ -178,6 +198,13 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Records how long one step of a pool reconcile took.
+    pub fn step(&self, step: &'static str, started: std::time::Instant) {
+        self.reconcile_steps
+            .get_or_create(&StepLabels { step })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Counts one finished reconcile.

@@ -33,7 +33,12 @@ pub mod report;
 pub mod watch;
 pub mod write;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use kube::{
@@ -381,10 +386,18 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     if !ctx.stores.ready() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
+    let metrics = &ctx.metrics;
     let now = jiff::Timestamp::now();
+    let started = Instant::now();
     let observed = observe::pool(ctx, pool);
+    metrics.step("observe", started);
+    let started = Instant::now();
     let plan = crate::plan::plan(&observed, now);
+    metrics.step("plan", started);
+    let started = Instant::now();
     let acted = act::act(ctx, &observed, &plan).await?;
+    metrics.step("act", started);
+    let started = Instant::now();
     let report = crate::plan::report(&observed, &plan, &acted.outcomes, jiff::Timestamp::now());
     report::write(
         ctx,
@@ -394,7 +407,10 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
         plan.persist_first.is_some(),
     )
     .await?;
+    metrics.step("report", started);
+    let started = Instant::now();
     finalize::finalize(ctx, &plan.finalizers).await?;
+    metrics.step("finalize", started);
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
     Ok(Action::requeue(
