@@ -112,6 +112,9 @@ async fn steps(metrics: std::net::SocketAddr) -> Vec<(String, u64, f64)> {
         let Some((field, labels)) = series.split_once('{') else {
             continue;
         };
+        if field != "count" && field != "sum" {
+            continue;
+        }
         let step = labels
             .trim_start_matches("step=\"")
             .trim_end_matches("\"}")
