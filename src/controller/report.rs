@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::{StreamExt, stream::FuturesUnordered};
+
 use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef as StoreRef, Store},
@@ -78,24 +80,58 @@ pub async fn write(
             publish_for(ctx, report, &plan::ObjectRef::domain(name)).await;
         }
     }
+    // Hosts are many (a new pool of 2,000 writes 2,000 first phases): their writes go out side by
+    // side, each followed by its own events.
+    let mut due = Vec::new();
     for (name, status) in &report.hosts {
-        let current = observed.hosts.get(name).map(|h| &h.controller);
-        if !needs_write(current, status) {
-            continue;
+        if needs_write(observed.hosts.get(name).map(|h| &h.controller), status) {
+            due.push((name, status));
         }
-        let result = ctx
-            .writer
-            .status::<Host>(name, &HostControllerFields::from(status), None)
-            .await;
+    }
+    let mut due = due.into_iter();
+    let mut running = FuturesUnordered::new();
+    let mut results = Vec::new();
+    loop {
+        while running.len() < HOST_WRITES_IN_FLIGHT {
+            let Some((name, status)) = due.next() else {
+                break;
+            };
+            running.push(write_host(ctx, report, name, status));
+        }
+        let Some(done) = running.next().await else {
+            break;
+        };
+        results.push(done);
+    }
+    for (name, result) in results {
         if let Some(version) = settle("Host", name, result, &mut first_error) {
             written.hosts.extend(version.map(|v| (name.clone(), v)));
-            publish_for(ctx, report, &plan::ObjectRef::host(name)).await;
         }
     }
     export_gauges(ctx, pool, report);
     written.caught_up(&ctx.stores).await;
     first_error.map_or(Ok(()), Err)
 }
+
+/// Writes one host's status and, once it took effect, publishes the host's events.
+async fn write_host<'a>(
+    ctx: &Context,
+    report: &Report,
+    name: &'a String,
+    status: &HostControllerStatus,
+) -> (&'a String, Result<Option<String>, WriteError>) {
+    let result = ctx
+        .writer
+        .status::<Host>(name, &HostControllerFields::from(status), None)
+        .await;
+    if result.is_ok() {
+        publish_for(ctx, report, &plan::ObjectRef::host(name)).await;
+    }
+    (name, result)
+}
+
+/// Host status writes in flight at once within one reconcile.
+const HOST_WRITES_IN_FLIGHT: usize = 32;
 
 /// The objects a reconcile wrote, with the resourceVersion each write produced.
 #[derive(Debug, Default)]
