@@ -1,5 +1,6 @@
 //! Convergence at scale, end to end: a real kube-apiserver and etcd, the real controller and N
-//! simulated hosts over real sockets, in one process. For each N it measures how long a new pool
+//! simulated hosts over real sockets, in one process. For each N it measures how long the N hosts
+//! take to register (every Host created with its first report), how long a new pool
 //! with 5 domains takes to become Ready (every host holds the map), how long putting one domain
 //! in maintenance takes to finish (every host stopped monitoring it), and the controller's status
 //! writes for each. Prints a table; asserts nothing (speed is measured here, not in tests).
@@ -70,10 +71,10 @@ async fn main() {
 
     println!();
     println!(
-        "| hosts | pool Ready | pool writes | domain writes | host writes | maintenance done | pool writes | domain writes | host writes |"
+        "| hosts | registered | pool Ready | pool writes | domain writes | host writes | maintenance done | pool writes | domain writes | host writes |"
     );
     println!(
-        "|------:|-----------:|------------:|--------------:|------------:|-----------------:|------------:|--------------:|------------:|"
+        "|------:|-----------:|-----------:|------------:|--------------:|------------:|-----------------:|------------:|--------------:|------------:|"
     );
     for (run, n) in sizes.into_iter().enumerate() {
         let row = measure(&client, metrics, run, n).await;
@@ -166,6 +167,7 @@ async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {
 
 async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: usize) -> String {
     let prefix = format!("b{run}");
+    let starting = Instant::now();
     let agents = agent::start(agent::Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise_url: None,
@@ -195,6 +197,29 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
     let pool_name = format!("bench-{run}");
     // Hosts join first, so the measured interval is the controller's work, not registration.
     let names: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
+    // Registration: every Host exists with its first report.
+    loop {
+        let listed = hosts
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("hosts");
+        let reported = listed
+            .items
+            .iter()
+            .filter(|h| {
+                h.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .filter(|h| h.status.as_ref().is_some_and(|s| s.report.is_some()))
+            .count();
+        if reported == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let registered = starting.elapsed();
     for name in &names {
         while hosts.get_opt(name).await.ok().flatten().is_none() {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -302,7 +327,8 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
     let after_maintenance = writes(metrics).await;
     agents.shutdown().await;
     format!(
-        "| {n} | {:.1} s | {} | {} | {} | {:.1} s | {} | {} | {} |",
+        "| {n} | {:.1} s | {:.1} s | {} | {} | {} | {:.1} s | {} | {} | {} |",
+        registered.as_secs_f64(),
         ready.as_secs_f64(),
         after_ready[0] - before[0],
         after_ready[1] - before[1],
