@@ -98,12 +98,7 @@ async fn main() {
 
 /// Per reconcile step: how many runs and how long in all (`poolkeeper_reconcile_step_seconds`).
 async fn steps(metrics: std::net::SocketAddr) -> Vec<(String, u64, f64)> {
-    let body = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let body = metrics_text(metrics).await;
     let mut out: Vec<(String, u64, f64)> = Vec::new();
     for line in body.lines() {
         let Some(rest) = line.strip_prefix("poolkeeper_reconcile_step_seconds_") else {
@@ -136,13 +131,18 @@ async fn steps(metrics: std::net::SocketAddr) -> Vec<(String, u64, f64)> {
     out
 }
 
-async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {
-    let body = reqwest::get(format!("http://{metrics}/metrics"))
+/// The controller's `/metrics` page.
+async fn metrics_text(metrics: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{metrics}/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("body");
+        .expect("body")
+}
+
+async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {
+    let body = metrics_text(metrics).await;
     let mut out = [0; 3];
     for line in body
         .lines()

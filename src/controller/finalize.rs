@@ -2,10 +2,17 @@
 //! because removing the pool's own finalizer may delete it). Each change is a compare-and-swap on
 //! the cached object's resourceVersion, so finalizers others added are never lost.
 
-use kube::{ResourceExt, runtime::reflector::ObjectRef as StoreRef};
+use kube::{
+    Resource, ResourceExt,
+    runtime::reflector::{ObjectRef as StoreRef, Store},
+};
+use serde::de::DeserializeOwned;
 use tracing::info;
 
-use super::{Context, Error, write::with_finalizer};
+use super::{
+    Context, Error,
+    write::{WriteError, with_finalizer},
+};
 use crate::{
     api::{StorageDomain, StoragePool},
     plan::{FinalizerAction, FinalizerChange, ObjectKind},
@@ -27,34 +34,17 @@ async fn apply(ctx: &Context, change: &FinalizerChange) -> Result<(), Error> {
     let present = change.action == FinalizerAction::Add;
     let result = match change.object.kind {
         ObjectKind::StorageDomain => {
-            let Some(obj) = ctx.stores.domains.get(&StoreRef::new(name)) else {
-                return Ok(());
-            };
-            let Some(wanted) = with_finalizer(obj.as_ref(), change.finalizer, present) else {
-                return Ok(());
-            };
-            let version = obj.resource_version();
-            ctx.writer
-                .finalizers::<StorageDomain>(name, &wanted, version.as_deref())
-                .await
+            set::<StorageDomain>(ctx, &ctx.stores.domains, name, change.finalizer, present).await
         }
         ObjectKind::StoragePool => {
-            let Some(obj) = ctx.stores.pools.get(&StoreRef::new(name)) else {
-                return Ok(());
-            };
-            let Some(wanted) = with_finalizer(obj.as_ref(), change.finalizer, present) else {
-                return Ok(());
-            };
-            let version = obj.resource_version();
-            ctx.writer
-                .finalizers::<StoragePool>(name, &wanted, version.as_deref())
-                .await
+            set::<StoragePool>(ctx, &ctx.stores.pools, name, change.finalizer, present).await
         }
         // The planner never puts finalizers on Hosts.
-        ObjectKind::Host => return Ok(()),
+        ObjectKind::Host => Ok(false),
     };
     match result {
-        Ok(()) => {}
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
         Err(e) if e.is_not_found() => return Ok(()),
         Err(source) => {
             return Err(Error::Finalizer {
@@ -66,4 +56,29 @@ async fn apply(ctx: &Context, change: &FinalizerChange) -> Result<(), Error> {
     }
     info!(kind = change.object.kind.as_str(), name, finalizer = change.finalizer, action = ?change.action, "finalizer updated");
     Ok(())
+}
+
+/// Adds (`present`) or removes `finalizer` on the cached object `name`, compare-and-swap on the
+/// cached resourceVersion; `false` when there was nothing to change.
+async fn set<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    name: &str,
+    finalizer: &str,
+    present: bool,
+) -> Result<bool, WriteError>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(obj) = store.get(&StoreRef::new(name)) else {
+        return Ok(false);
+    };
+    let Some(wanted) = with_finalizer(obj.as_ref(), finalizer, present) else {
+        return Ok(false);
+    };
+    let version = obj.resource_version();
+    ctx.writer
+        .finalizers::<K>(name, &wanted, version.as_deref())
+        .await
+        .map(|()| true)
 }

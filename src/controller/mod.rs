@@ -329,7 +329,7 @@ async fn run_inner(
         .watches_stream(domain_changes, watch::domain_pools)
         .watches_stream(streams.hosts, watch::host_pools(ctx.stores.clone()))
         .watches_stream(streams.leases, watch::lease_pools(ctx.stores.clone()))
-        .reconcile_on(tokio_stream_from(requeue_rx))
+        .reconcile_on(watch::receiver_stream(requeue_rx))
         .graceful_shutdown_on(async move {
             shutdown.await;
             let _ = shutdown_tx.send(true);
@@ -359,12 +359,6 @@ async fn log_failure<K, E: std::fmt::Display>(
         Ok(_) | Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
         Err(e) => warn!(error = %e, "reconcile failed"),
     }
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 async fn reconcile_pool(pool: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> {

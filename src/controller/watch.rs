@@ -172,13 +172,20 @@ pub fn pool_domains(
     move |pool: StoragePool| stores.index.pool_domains(&stores.domains, &pool.name_any())
 }
 
+/// The items sent into `rx`, as a stream.
+pub fn receiver_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// Splits a watch stream in two: the returned stream yields what `stream` yields, and the second
 /// one a copy of every object, for a second controller. The copy is fed as the first is polled.
 pub fn tee<K>(stream: BoxStream<K>) -> (BoxStream<K>, BoxStream<K>)
 where
     K: Clone + Send + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let first = stream
         .inspect(move |item| {
             if let Ok(obj) = item {
@@ -186,9 +193,7 @@ where
             }
         })
         .boxed();
-    let second = futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .map(Ok)
-        .boxed();
+    let second = receiver_stream(rx).map(Ok).boxed();
     (first, second)
 }
 

@@ -2,7 +2,6 @@
 //! master, master version, exact map), the phase before domain problems, and the RPCs to send. Pure.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
@@ -281,15 +280,11 @@ pub fn calls(
         let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
         match gate_now(&key, boot_id) {
             Gate::Send => due.push((kind, h)),
-            Gate::InFlight => {
-                v.call_pending = true;
-                v.retry_at = entry.map(|e| plus(e.last.sent_at, ledger::in_flight_limit(timeout)));
-            }
             Gate::Awaiting { until } => {
                 v.told_now = true;
                 v.retry_at = Some(until);
             }
-            Gate::BackingOff { until } => {
+            Gate::InFlight { until } | Gate::BackingOff { until } => {
                 v.call_pending = true;
                 v.retry_at = Some(until);
             }
@@ -352,11 +347,6 @@ fn call_key(
             digest,
         )),
     }
-}
-
-fn plus(t: Timestamp, d: Duration) -> Timestamp {
-    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(t)
 }
 
 /// Which call the host needs, if any.

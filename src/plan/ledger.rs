@@ -249,8 +249,12 @@ pub enum LedgerOp {
 pub enum Gate {
     /// Send it.
     Send,
-    /// A call to the host is still running (it counts against the pool's concurrency cap).
-    InFlight,
+    /// A call to the host is still running (it counts against the pool's concurrency cap); its
+    /// marker is trusted until then.
+    InFlight {
+        /// When the marker expires.
+        until: Timestamp,
+    },
     /// The host accepted this very call and may still confirm it until then.
     Awaiting {
         /// The end of the confirmation window.
@@ -273,7 +277,7 @@ pub enum Gate {
 
 /// How long a call may be in flight before the ledger stops trusting the marker (the call itself
 /// times out at `timeout`; this only guards against a marker whose task died).
-pub fn in_flight_limit(timeout: Duration) -> Duration {
+fn in_flight_limit(timeout: Duration) -> Duration {
     timeout.saturating_mul(2)
 }
 
@@ -306,7 +310,7 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
 
 /// When the host may be called again after its last failure (`None` while it may be called now or
 /// has no failure).
-pub fn backoff_until(entry: &HostCalls, host: &str) -> Option<Timestamp> {
+fn backoff_until(entry: &HostCalls, host: &str) -> Option<Timestamp> {
     let at = match &entry.last.state {
         CallState::Failed { at } | CallState::Lapsed { at } => *at,
         CallState::InFlight | CallState::Accepted { .. } => return None,
@@ -333,7 +337,9 @@ pub fn gate(
     };
     let last = &entry.last;
     if in_flight(Some(entry), timeout, now) {
-        return Gate::InFlight;
+        return Gate::InFlight {
+            until: plus(last.sent_at, in_flight_limit(timeout)),
+        };
     }
     match &last.state {
         CallState::Accepted { at } if last.key == *key && last.boot_id == boot_id => {
