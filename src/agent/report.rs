@@ -27,7 +27,7 @@ pub const FIELD_MANAGER: &str = "poolkeeper-agent";
 /// Concurrent report writes in flight (one per host at most). Measured with 2,000 simulated hosts
 /// registering against the test API server: 16 took 16.9 s, 64 took 9.9–10.8 s, 128 no better
 /// (the API server is the limit then).
-const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_IN_FLIGHT: usize = 64;
 /// First retry delay after a failed write; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest retry delay.

@@ -1,9 +1,15 @@
 //! Act on a plan: record the plan's ledger changes, persist the new map first, then send the
 //! planned calls (each with a timeout, each recorded in the ledger). Returns what happened to each
 //! call so the report can be built from the plan **and** the outcome. Which hosts are called, and
-//! when, is the planner's decision.
+//! in what order, is the planner's decision; act keeps at most `maxConcurrentConnects` of a pool's
+//! calls in flight ([`Waves`]), starting the next as soon as one ends, so a rollout of 2,000 hosts
+//! moves at the pace of its calls rather than one reconcile per handful of hosts.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use futures::StreamExt;
 use kube::{ResourceExt, runtime::reflector::ObjectRef as StoreRef};
@@ -82,26 +88,40 @@ pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result
 /// hold back the status of every other host and domain.
 const REPORT_WAIT: Duration = Duration::from_secs(2);
 
-/// Starts every planned call (the planner already kept the pool within `maxConcurrentConnects`,
-/// counting calls still in flight), each with the `connectTimeoutSeconds` timeout, and returns the
-/// outcomes of those that finish within [`REPORT_WAIT`].
+/// Sends the planned calls in order as a new wave of the pool ([`Waves`]): each waits for one of
+/// the pool's `maxConcurrentConnects` permits (calls still running from earlier reconciles hold
+/// theirs), each has the `connectTimeoutSeconds` timeout. Returns the outcomes of those among the
+/// first `maxConcurrentConnects` that finish within [`REPORT_WAIT`]; the rest go on, and each
+/// asks for a reconcile when it ends.
 async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec<CallOutcome> {
-    let timeout = crate::plan::connect_timeout(&observed.pool.spec.sync);
+    let sync = &observed.pool.spec.sync;
+    let timeout = crate::plan::connect_timeout(sync);
+    let cap = usize::try_from(sync.max_concurrent_connects.max(1)).unwrap_or(1);
+    let wave = ctx.waves.begin(&observed.pool.name, cap);
     let mut running = futures::stream::FuturesUnordered::new();
-    for call in &plan.calls {
+    let mut queued = futures::stream::FuturesUnordered::new();
+    for (i, call) in plan.calls.iter().enumerate() {
         let boot_id = observed
             .hosts
             .get(call.host())
             .and_then(|h| h.report.parsed())
-            .map(|r| r.boot_id.as_str())
+            .map(|r| r.boot_id.clone())
             .unwrap_or_default();
-        let sent_at = ctx.ledger.started(&observed.pool.name, call, boot_id);
-        let (ctx, call) = (ctx.clone(), call.clone());
-        running.push(tokio::spawn(async move {
+        let (ctx, call, wave) = (ctx.clone(), call.clone(), wave.clone());
+        let task = tokio::spawn(async move {
+            let _permit = wave.permit(&ctx.waves).await?;
+            let sent_at = ctx
+                .ledger
+                .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;
             let outcome = send(&ctx, &call, timeout).await;
             ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
-            outcome
-        }));
+            Some(outcome)
+        });
+        if i < cap {
+            running.push(task);
+        } else {
+            queued.push(task);
+        }
     }
     let mut outcomes = Vec::new();
     let deadline = tokio::time::sleep(REPORT_WAIT);
@@ -109,25 +129,99 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
     loop {
         tokio::select! {
             next = running.next() => match next {
-                Some(Ok(outcome)) => outcomes.push(outcome),
+                Some(Ok(Some(outcome))) => outcomes.push(outcome),
+                Some(Ok(None)) => {}
                 Some(Err(e)) => warn!(error = %e, "host call task failed"),
-                None => return outcomes,
+                None => break,
             },
             () = &mut deadline => break,
         }
     }
-    let pending = running.len();
+    queued.extend(running);
+    if queued.is_empty() {
+        return outcomes;
+    }
+    let pending = queued.len();
     let pool = kube::runtime::reflector::ObjectRef::new(&observed.pool.name);
     let requeue = ctx.requeue.clone();
     debug!(pool = %observed.pool.name, pending, "calls continue after the report");
     tokio::spawn(async move {
-        // The outcomes are in the ledger; a new reconcile reports each one and, since the call no
-        // longer counts against the cap, sends the next (the scheduler merges these requests).
-        while running.next().await.is_some() {
-            let _ = requeue.send(pool.clone());
+        // The outcomes are in the ledger; a new reconcile reports each one (the scheduler merges
+        // these requests).
+        while let Some(done) = queued.next().await {
+            if matches!(done, Ok(Some(_))) {
+                let _ = requeue.send(pool.clone());
+            }
         }
     });
     outcomes
+}
+
+/// Each pool's current wave of calls and the permits that keep at most `maxConcurrentConnects` of
+/// its calls in flight. A new plan's calls replace the previous plan's calls not sent yet (which
+/// then end without a call): the latest plan is the only queue. Which hosts and in what order is
+/// the planner's; this only paces the sending. Lost on restart with nothing else: the next plan
+/// has every host that still needs a call.
+#[derive(Debug, Default)]
+pub struct Waves {
+    pools: Mutex<HashMap<String, PoolWaves>>,
+}
+
+#[derive(Debug)]
+struct PoolWaves {
+    current: u64,
+    cap: usize,
+    permits: Arc<Semaphore>,
+}
+
+/// One plan's calls for one pool.
+#[derive(Clone, Debug)]
+pub struct Wave {
+    /// The pool.
+    pub pool: String,
+    number: u64,
+    permits: Arc<Semaphore>,
+}
+
+impl Waves {
+    /// Starts a new wave for `pool`, allowed `cap` calls in flight. The calls of earlier waves not
+    /// sent yet will not be sent. When `cap` changed, the new permits apply to calls started from
+    /// now on (calls running under the old ones finish, so for one call timeout the pool may have
+    /// up to both caps in flight).
+    pub fn begin(&self, pool: &str, cap: usize) -> Wave {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = pools.entry(pool.to_owned()).or_insert_with(|| PoolWaves {
+            current: 0,
+            cap,
+            permits: Arc::new(Semaphore::new(cap)),
+        });
+        if entry.cap != cap {
+            entry.cap = cap;
+            entry.permits = Arc::new(Semaphore::new(cap));
+        }
+        entry.current += 1;
+        Wave {
+            pool: pool.to_owned(),
+            number: entry.current,
+            permits: entry.permits.clone(),
+        }
+    }
+
+    fn is_current(&self, wave: &Wave) -> bool {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .get(&wave.pool)
+            .is_some_and(|p| p.current == wave.number)
+    }
+}
+
+impl Wave {
+    /// Waits for a permit to send one call; `None` when a newer wave replaced this one meanwhile
+    /// (its plan has the host again if the host still needs a call).
+    pub async fn permit(&self, waves: &Waves) -> Option<OwnedSemaphorePermit> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        waves.is_current(self).then_some(permit)
+    }
 }
 
 #[tracing::instrument(skip_all, fields(host = %call.host(), verb = ?call.kind()))]
@@ -190,4 +284,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::api::PoolConnection;
+    use crate::controller::ledger::Ledger;
+
+    #[tokio::test]
+    async fn a_pool_never_has_more_calls_in_flight_than_its_cap() {
+        let waves = Waves::default();
+        let wave = waves.begin("dc1", 2);
+        let first = wave.permit(&waves).await.expect("permit");
+        let _second = wave.permit(&waves).await.expect("permit");
+        assert!(wave.permit(&waves).now_or_never().is_none(), "a third call waits");
+        // A later plan of the same pool shares the permits: calls still running hold theirs.
+        let next = waves.begin("dc1", 2);
+        assert!(next.permit(&waves).now_or_never().is_none());
+        drop(first);
+        assert!(next.permit(&waves).now_or_never().flatten().is_some());
+        // Another pool has its own.
+        let other = waves.begin("dc2", 1);
+        assert!(other.permit(&waves).now_or_never().flatten().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_new_plan_replaces_the_calls_of_the_last_one_not_sent_yet() {
+        let waves = Arc::new(Waves::default());
+        let old = waves.begin("dc1", 1);
+        let held = old.permit(&waves).await.expect("permit");
+        // The old plan's second call waits for the permit...
+        let queued = tokio::spawn({
+            let (old, waves) = (old.clone(), waves.clone());
+            async move { old.permit(&waves).await.is_some() }
+        });
+        tokio::task::yield_now().await;
+        // ... when a newer plan begins; then the permit frees.
+        let new = waves.begin("dc1", 1);
+        drop(held);
+        assert!(!queued.await.expect("task"), "the replaced plan's call is not sent");
+        assert!(new.permit(&waves).await.is_some());
+    }
+
+    #[test]
+    fn a_host_never_has_two_calls_in_flight() {
+        let ledger = Ledger::default();
+        let call = HostCall::Connect {
+            host: "h1".into(),
+            endpoint: "http://h1/jsonrpc".into(),
+            params: PoolConnection::default(),
+        };
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let timeout = Duration::from_secs(30);
+        let sent = ledger.start("dc1", &call, "boot", timeout, now);
+        assert!(sent.is_some());
+        assert_eq!(ledger.start("dc1", &call, "boot", timeout, now), None);
+        ledger.finished("h1", sent.expect("sent"), &Ok(()));
+        assert!(ledger.start("dc1", &call, "boot", timeout, now).is_some());
+    }
 }

@@ -10,7 +10,10 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 
-use super::{ControllerArgs, Error, FIELD_MANAGER, ledger::Ledger, watch::Stores, write::Writer};
+use super::{
+    ControllerArgs, Error, FIELD_MANAGER, act::Waves, ledger::Ledger, observe::HostViews,
+    watch::Stores, write::Writer,
+};
 use crate::{api::StoragePool, metrics::Metrics, protocol};
 
 /// Settings of a controller run.
@@ -59,6 +62,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// What was sent to which host and what became of it.
     pub ledger: Ledger,
+    /// Each Host's narrowed report and status, per Host version (a memo of the caches).
+    pub views: HostViews,
+    /// Each pool's calls being sent, at most `maxConcurrentConnects` at once.
+    pub waves: Waves,
     /// Checks, before hosts are called, that this replica still holds the leader Lease (`None`:
     /// no election).
     pub fence: Option<Fence>,
@@ -143,6 +150,8 @@ impl Context {
             settings,
             metrics,
             ledger: Ledger::default(),
+            views: HostViews::default(),
+            waves: Waves::default(),
             leader: Mutex::new(None),
             fence: None,
             requeue,

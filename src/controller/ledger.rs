@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use jiff::Timestamp;
 
@@ -62,14 +63,25 @@ impl Ledger {
         }
     }
 
-    /// Records a call that starts now; returns the instant that identifies it.
-    pub fn started(&self, pool: &str, call: &HostCall, boot_id: &str) -> Timestamp {
-        let now = Timestamp::now();
+    /// Records a call that starts at `now` and returns the instant that identifies it, unless a
+    /// call to the same host is in flight (`None`: never two calls to one host at once, even when
+    /// two plans named it).
+    pub fn start(
+        &self,
+        pool: &str,
+        call: &HostCall,
+        boot_id: &str,
+        timeout: Duration,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
         let mut map = self.lock();
+        if crate::plan::ledger::in_flight(map.get(call.host()), timeout, now) {
+            return None;
+        }
         let previous = map.remove(call.host());
         let entry = HostCalls::started(previous, pool, call, boot_id, now);
         map.insert(call.host().to_owned(), entry);
-        now
+        Some(now)
     }
 
     /// Records the answer to the host's call that started at `sent_at`.

@@ -2,8 +2,13 @@
 //! this, no decision reads a raw object: a host report that makes no sense is turned into
 //! [`ReportView::Invalid`] here. Which objects belong to the pool is [`super::index`]'s to say;
 //! its index makes this O(members of the pool), not O(all domains and hosts).
+//!
+//! A host's report is checked and narrowed once per version of the Host ([`HostViews`]), not once
+//! per reconcile: a pool of 2,000 hosts reconciled because one host reported shares the other
+//! 1,999 views with the previous reconcile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
@@ -55,7 +60,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
     let mut hosts = BTreeMap::new();
     for h in index.hosts(&ctx.stores.hosts, &members) {
         let host_name = h.name_any();
-        let report = report_view(&h);
+        let (report, controller) = ctx.views.of(&h);
         let lease = ctx
             .stores
             .leases
@@ -64,19 +69,16 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         hosts.insert(
             host_name.clone(),
             HostView {
-                name: host_name.clone(),
+                name: host_name,
                 generation: h.metadata.generation,
                 spec: h.spec.clone(),
                 report,
-                controller: h
-                    .status
-                    .as_ref()
-                    .map(HostControllerStatus::from)
-                    .unwrap_or_default(),
+                controller,
                 lease,
             },
         );
     }
+    ctx.views.prune(ctx.stores.hosts.len());
     let ledger = ctx.ledger.snapshot(hosts.keys().map(String::as_str));
     Observed {
         pool: pool_view,
@@ -114,9 +116,62 @@ pub fn report_view(host: &Host) -> ReportView {
     match host.status.as_ref().and_then(|s| s.report.as_ref()) {
         None => ReportView::Missing,
         Some(report) => match validate_report(report) {
-            Ok(()) => ReportView::Parsed(report.clone()),
+            Ok(()) => ReportView::Parsed(Arc::new(report.clone())),
             Err(reason) => ReportView::Invalid(reason),
         },
+    }
+}
+
+/// The narrowed parts of each Host (its checked report and the controller's part of its status),
+/// kept per Host version: rebuilt only when the Host's `resourceVersion` (or uid) changes. A memo
+/// of the caches, never a source of truth: losing it costs one rebuild.
+#[derive(Debug, Default)]
+pub struct HostViews {
+    by_name: Mutex<HashMap<String, CachedView>>,
+}
+
+#[derive(Debug)]
+struct CachedView {
+    uid: Option<String>,
+    version: Option<String>,
+    report: ReportView,
+    controller: Arc<HostControllerStatus>,
+}
+
+impl HostViews {
+    /// The report and controller status of `host`, from the memo when this version was seen.
+    pub fn of(&self, host: &Host) -> (ReportView, Arc<HostControllerStatus>) {
+        let name = host.name_any();
+        let mut views = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = |c: &CachedView| {
+            c.version.is_some() && c.version == host.metadata.resource_version && c.uid == host.metadata.uid
+        };
+        if let Some(c) = views.get(&name).filter(|c| current(c)) {
+            return (c.report.clone(), c.controller.clone());
+        }
+        let cached = CachedView {
+            uid: host.metadata.uid.clone(),
+            version: host.metadata.resource_version.clone(),
+            report: report_view(host),
+            controller: Arc::new(
+                host.status
+                    .as_ref()
+                    .map(HostControllerStatus::from)
+                    .unwrap_or_default(),
+            ),
+        };
+        let out = (cached.report.clone(), cached.controller.clone());
+        views.insert(name, cached);
+        out
+    }
+
+    /// Starts over once the memo holds more than twice as many hosts as the cache (hosts deleted
+    /// since): the next reconciles rebuild the views they need, and no scan runs per reconcile.
+    pub fn prune(&self, hosts_in_cache: usize) {
+        let mut views = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        if views.len() > hosts_in_cache.saturating_mul(2).max(64) {
+            views.clear();
+        }
     }
 }
 

@@ -84,7 +84,7 @@ pub async fn write(
     // side, each followed by its own events.
     let mut due = Vec::new();
     for (name, status) in &report.hosts {
-        if needs_write(observed.hosts.get(name).map(|h| &h.controller), status) {
+        if needs_write(observed.hosts.get(name).map(|h| &*h.controller), status) {
             due.push((name, status));
         }
     }

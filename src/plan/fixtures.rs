@@ -5,12 +5,13 @@
 //! dev-dependency on itself (they cannot see `cfg(test)` code, hence `pub`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
     CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall,
-    HostControllerStatus, HostView, LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan,
+    HostView, LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan,
     PoolView, Report, ReportView,
 };
 use crate::api::{
@@ -96,12 +97,12 @@ pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
             endpoint: format!("http://{name}:54321/jsonrpc"),
             maintenance: false,
         },
-        report: ReportView::Parsed(HostReport {
+        report: ReportView::Parsed(Arc::new(HostReport {
             agent_version: "0.1.0".into(),
             boot_id: format!("{name}-boot-1"),
             ..HostReport::default()
-        }),
-        controller: HostControllerStatus::default(),
+        })),
+        controller: Arc::default(),
         lease: Some(LeaseView {
             renew_time: Some(renewed),
             lease_duration_seconds: Some(40),
@@ -156,6 +157,7 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
     let ReportView::Parsed(report) = &mut h.report else {
         return;
     };
+    let report = Arc::make_mut(report);
     match call {
         HostCall::Connect { params, .. } => {
             report.pool = Some(params.clone());
@@ -189,7 +191,7 @@ pub fn write_back(o: &mut Observed, plan: &Plan, report: &Report) {
     }
     for (name, s) in &report.hosts {
         if let Some(h) = o.hosts.get_mut(name) {
-            h.controller = s.clone();
+            h.controller = Arc::new(s.clone());
         }
     }
     for f in &plan.finalizers {

@@ -227,27 +227,26 @@ pub fn blamed_before(h: &HostView) -> bool {
     })
 }
 
-/// The RPCs to send now: disconnects first, then connects, each in host-name order, at most
-/// `maxConcurrentConnects` in flight in all (calls still running from earlier reconciles count).
+/// The RPCs due now, in the order they are to be sent: disconnects first, then connects, each in
+/// host-name order. The shell sends them in that order with at most `maxConcurrentConnects` in
+/// flight for the pool, so a rollout moves at the pace of the calls, not of reconciles.
 /// Skips hosts that do not respond or whose report did not parse; asks the call ledger
 /// ([`ledger::gate`]) whether a host that needs a call gets it now, is still being called, waits
 /// for the report of a call it accepted (`told_now`), or backs off. Marks a host whose call is
-/// due but not sent (in flight, backing off, or over the cap) as `call_pending`, and sets
-/// `retry_at` when the clock alone will change that. Returns the calls, how many due calls the cap
-/// deferred, and what the ledger must record: hosts in sync are confirmed (their failures
-/// forgotten; only by the pool whose call the entry records), hosts that let a confirmation window
-/// pass have lapsed.
+/// due but not sent (in flight or backing off) as `call_pending`, and sets `retry_at` when the
+/// clock alone will change that. Returns the calls and what the ledger must record: hosts in sync
+/// are confirmed (their failures forgotten; only by the pool whose call the entry records), hosts
+/// that let a confirmation window pass have lapsed.
 pub fn calls(
     observed: &Observed,
     pool_uuid: &str,
     desired: &Desired,
     verdicts: &mut BTreeMap<String, HostVerdict>,
     now: Timestamp,
-) -> (Vec<HostCall>, usize, Vec<LedgerOp>) {
+) -> (Vec<HostCall>, Vec<LedgerOp>) {
     let timeout = ledger::connect_timeout(&observed.pool.spec.sync);
     let digest = ledger::map_digest(&desired.domain_map);
     let mut ops = Vec::new();
-    let mut in_flight = 0_usize;
     // Decide who is due first; build the calls (which clone the map) only for those sent now.
     let mut due: Vec<(CallKind, &HostView)> = Vec::new();
     for (name, v) in verdicts.iter_mut() {
@@ -265,9 +264,6 @@ pub fn calls(
         }
         let gate_now =
             |key: &CallKey, boot_id: &str| ledger::gate(entry, name, key, boot_id, timeout, now);
-        if ledger::in_flight(entry, timeout, now) {
-            in_flight += 1;
-        }
         let Some(kind) = due_kind(h, v, pool_uuid, desired) else {
             continue;
         };
@@ -301,14 +297,6 @@ pub fn calls(
     }
     // Disconnects first (stable: host-name order within each kind).
     due.sort_by_key(|(kind, _)| *kind == CallKind::Connect);
-    let cap = usize::try_from(observed.pool.spec.sync.max_concurrent_connects.max(1)).unwrap_or(1);
-    let free = cap.saturating_sub(in_flight);
-    let deferred = due.split_off(free.min(due.len()));
-    for (_, h) in &deferred {
-        if let Some(v) = verdicts.get_mut(&h.name) {
-            v.call_pending = true;
-        }
-    }
     let calls = due
         .into_iter()
         .filter_map(|(kind, h)| {
@@ -316,7 +304,7 @@ pub fn calls(
             build_call(kind, h, v, pool_uuid, desired)
         })
         .collect();
-    (calls, deferred.len(), ops)
+    (calls, ops)
 }
 
 /// The ledger key of the call the host needs (without building the call).

@@ -50,6 +50,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -161,8 +162,8 @@ pub struct HostView {
     pub spec: HostSpec,
     /// The agent's report.
     pub report: ReportView,
-    /// The controller's part of the current status.
-    pub controller: HostControllerStatus,
+    /// The controller's part of the current status (shared with the shell's cache of it).
+    pub controller: Arc<HostControllerStatus>,
     /// The host's Lease; `None` when it has none (never heard from).
     pub lease: Option<LeaseView>,
 }
@@ -172,8 +173,8 @@ pub struct HostView {
 pub enum ReportView {
     /// The agent has not reported yet.
     Missing,
-    /// The report.
-    Parsed(HostReport),
+    /// The report (shared: the shell keeps one copy per version of the Host).
+    Parsed(Arc<HostReport>),
     /// The report did not parse (the message says why). It is ignored: no calls go to the host
     /// and it counts for nothing until it reports something readable.
     Invalid(String),
@@ -235,17 +236,16 @@ pub struct Plan {
     /// When the map, master or host ids changed: the pool status to write **before** any RPC.
     /// The shell writes it (and, if that fails, sends nothing).
     pub persist_first: Option<StoragePoolStatus>,
-    /// The RPCs to send now, at most `spec.sync.maxConcurrentConnects`, disconnects first; the shell
-    /// runs them concurrently, each with the `connectTimeoutSeconds` timeout.
+    /// The RPCs due now, in the order to send them (disconnects first). The shell sends them with
+    /// at most `spec.sync.maxConcurrentConnects` in flight for the pool, each with the
+    /// `connectTimeoutSeconds` timeout; a later plan replaces the calls of this one not yet sent.
     pub calls: Vec<HostCall>,
-    /// Calls that were due but left for a later reconcile because of the cap.
-    pub deferred_calls: usize,
     /// What the shell must record in the call ledger (before it sends `calls`).
     pub ledger: Vec<ledger::LedgerOp>,
     /// Finalizers to add or remove.
     pub finalizers: Vec<FinalizerChange>,
     /// When to reconcile again even if nothing changes (grace end, backoff end, Lease expiry,
-    /// deferred calls, rollout deadline).
+    /// rollout deadline).
     pub requeue_after: Option<Duration>,
     /// The planner's verdict per host (input to [`report`]).
     pub hosts: BTreeMap<String, HostVerdict>,
@@ -605,7 +605,6 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
             desired: map::current_desired(&observed.pool.status),
             persist_first: None,
             calls: Vec::new(),
-            deferred_calls: 0,
             ledger: Vec::new(),
             finalizers: Vec::new(),
             requeue_after: None,
@@ -636,20 +635,15 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         &mut hostv,
         now,
     );
-    let (calls, deferred_calls, ledger) =
-        hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
+    let (calls, ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
-    // Calls deferred while earlier calls fill the cap wait for those to finish (each finished
-    // call asks for a reconcile); only a wave sent now makes the next one due at once.
-    let next_wave = if calls.is_empty() { 0 } else { deferred_calls };
-    let requeue_after = requeue::after(observed, &hostv, &domainv, next_wave, rollout_start, now);
+    let requeue_after = requeue::after(observed, &hostv, &domainv, rollout_start, now);
     Plan {
         pool_uuid,
         halted: None,
         desired,
         persist_first,
         calls,
-        deferred_calls,
         ledger,
         finalizers,
         requeue_after,

@@ -1,5 +1,5 @@
 //! When to reconcile again without a watch event: the earliest instant at which the planner's answer
-//! could change by the clock alone (the next wave of calls, a backoff ending, a confirmation window
+//! could change by the clock alone (a backoff ending, a confirmation window
 //! closing, an in-flight marker expiring, a Lease expiring, a grace period ending, the rollout
 //! deadline). Pure; it only reads verdicts the other rules produced.
 
@@ -11,22 +11,18 @@ use jiff::{SignedDuration, Timestamp};
 use super::hosts::lease_expiry;
 use super::{DomainVerdict, HostRole, HostVerdict, Observed, rollout};
 
-/// When to look again without a watch event: the earliest of the next wave of calls (`deferred`
-/// calls waiting for a wave sent now), a host's `retry_at` (backoff end, confirmation window,
-/// in-flight marker expiry), a Lease expiring, a grace period ending, and the rollout deadline.
+/// When to look again without a watch event: the earliest of a host's `retry_at` (backoff end,
+/// confirmation window, in-flight marker expiry), a Lease expiring, a grace period ending, and the
+/// rollout deadline.
 pub fn after(
     observed: &Observed,
     hosts: &BTreeMap<String, HostVerdict>,
     domains: &BTreeMap<String, DomainVerdict>,
-    deferred: usize,
     rollout_start: Timestamp,
     now: Timestamp,
 ) -> Option<Duration> {
     let mut next: Option<Timestamp> = None;
     let mut consider = |t: Timestamp| next = Some(next.map_or(t, |n| n.min(t)));
-    if deferred > 0 {
-        consider(now);
-    }
     let mut waiting = false;
     for (name, v) in hosts {
         let Some(h) = observed.hosts.get(name) else {

@@ -35,7 +35,7 @@ pub(super) fn statuses(
             continue;
         };
         let g = h.generation;
-        let mut s = h.controller.clone();
+        let mut s = HostControllerStatus::clone(&h.controller);
         s.observed_generation = g;
         s.phase = Some(v.phase);
         let invalid = match &h.report {

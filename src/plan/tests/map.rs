@@ -82,7 +82,7 @@ fn steady_pool_plans_nothing_and_writes_nothing() {
         assert!(!needs_write(Some(&o.domains[n].status), s), "domain {n}");
     }
     for (n, s) in &r.hosts {
-        assert!(!needs_write(Some(&o.hosts[n].controller), s), "host {n}");
+        assert!(!needs_write(Some(&*o.hosts[n].controller), s), "host {n}");
     }
     assert!(r.events.is_empty(), "{:?}", r.events);
     assert!(is_true(&r.pool.conditions, types::READY));

@@ -39,7 +39,7 @@ fn rollout_writes(hosts: usize) -> (usize, usize, usize) {
         host_writes += r
             .hosts
             .iter()
-            .filter(|(n, s)| needs_write(Some(&before.hosts[*n].controller), s))
+            .filter(|(n, s)| needs_write(Some(&*before.hosts[*n].controller), s))
             .count();
         write_back(&mut o, &p, &r);
     }

@@ -1,0 +1,630 @@
+//! Convergence in the deployed shape, with the defaults a user gets: a real kube-apiserver and
+//! etcd, `poolkeeper controller` as its own process and `poolkeeper agent --simulate N` as another
+//! (Lease renewals every 10 s, domain checks every 10 s), one pool of N hosts and 20 domains (18
+//! data, 2 ISO). For each N it prints, each measured `POOLKEEPER_BENCH_REPEATS` times (default 3)
+//! as min / median / max:
+//!
+//! - **floor**: N `status.report` applies of a 20-domain report by the agent's own writer
+//!   ([`poolkeeper::agent::report::apply_report`], [`MAX_IN_FLIGHT`] at once) with nothing else
+//!   running (controller and agent processes stopped with SIGSTOP): what the API server allows;
+//! - **registered**: the agent process starts until every one of its N Hosts has a report;
+//! - **pool Ready**: a new pool and its 20 domains are created (the N hosts already name it) until
+//!   the pool is Ready with every host in sync; its floor is the floor per write times the writes
+//!   it needs (every host's report and every status write of the controller);
+//! - **toggle**: one data domain is put in maintenance until it is `Maintenance` (every host
+//!   reported it gone), with the controller's CPU seconds for it; then **activate**: back to
+//!   `Active`, which includes the agents' first check of the domain (one 10 s monitor period);
+//! - **restart**: one simulated host loses its memory (new bootId) until its report holds the
+//!   pool again;
+//! - the controller's peak RSS (VmHWM).
+//!
+//! `cargo bench --bench deployed` (needs `make control-plane`); `POOLKEEPER_BENCH_HOSTS=250,2000`
+//! picks the sizes. Prints a table; asserts nothing (speed is measured here, not in tests).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use poolkeeper::{
+    agent::report::{MAX_IN_FLIGHT, apply_report},
+    api::{DomainPhase, DomainVitals, Host, HostReport, HostSpec, StorageDomain, StoragePool},
+    testenv::ControlPlane,
+};
+use serde_json::json;
+
+const TOKEN: &str = "poolkeeper-bench-token-0123456789";
+const NS: &str = "poolkeeper-system";
+const DATA_DOMAINS: usize = 18;
+const ISO_DOMAINS: usize = 2;
+const DOMAINS: usize = DATA_DOMAINS + ISO_DOMAINS;
+const BIN: &str = env!("CARGO_BIN_EXE_poolkeeper");
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let sizes: Vec<usize> = std::env::var("POOLKEEPER_BENCH_HOSTS")
+        .unwrap_or_else(|_| "250,2000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let repeats: usize = std::env::var("POOLKEEPER_BENCH_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let cp = match ControlPlane::start().await {
+        Ok(cp) => cp,
+        Err(e) => {
+            eprintln!("cannot start the control plane: {e}");
+            std::process::exit(1);
+        }
+    };
+    let client = cp.client().await.expect("client");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            NS,
+            &PatchParams::apply("bench"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+            ),
+        )
+        .await
+        .expect("namespace");
+    let token_file = cp.dir().join("agent-token");
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let env = Env {
+        kubeconfig: cp.kubeconfig_path().to_owned(),
+        token_file,
+        logs: cp.dir().to_owned(),
+    };
+
+    let mut rows = Vec::new();
+    for n in sizes {
+        eprintln!("measuring {n} hosts × {DOMAINS} domains, {repeats} repeats");
+        rows.push(measure(&client, &env, n, repeats).await);
+    }
+    println!();
+    println!(
+        "one pool, N hosts × {DOMAINS} domains ({DATA_DOMAINS} data, {ISO_DOMAINS} ISO); controller and agent as separate processes with default settings; min / median / max of {repeats}"
+    );
+    println!();
+    println!(
+        "| hosts | floor (N reports) | registered | pool Ready | Ready floor | Ready ÷ floor | toggle | toggle ÷ floor | controller CPU per toggle | activate | host restart | controller peak RSS |"
+    );
+    println!(
+        "|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|"
+    );
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    println!(
+        "floor: N status.report applies ({MAX_IN_FLIGHT} in flight) with every poolkeeper process stopped. Ready floor: the floor per write times the writes a new pool needs (N reports plus the controller's status writes). Ready and toggle are compared with the median floors."
+    );
+}
+
+/// Where the processes find their configuration and put their logs.
+struct Env {
+    kubeconfig: PathBuf,
+    token_file: PathBuf,
+    logs: PathBuf,
+}
+
+/// A child process that is killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(env: &Env, log: &str, args: &[String]) -> Self {
+        let out = std::fs::File::create(env.logs.join(log)).expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("KUBECONFIG", &env.kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("spawn poolkeeper");
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status();
+    }
+
+    /// User plus system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name and state.
+        (ticks(11) + ticks(12)) / clock_ticks()
+    }
+
+    /// Peak resident set size in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+}
+
+/// min / median / max of a sample, in seconds.
+struct Stats(Vec<f64>);
+
+impl Stats {
+    fn median(&self) -> f64 {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    }
+
+    fn show(&self, unit: &str) -> String {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        match (v.first(), v.last()) {
+            (Some(min), Some(max)) => format!(
+                "{min:.1} / {:.1} / {max:.1}{unit}",
+                self.median()
+            ),
+            _ => "-".into(),
+        }
+    }
+}
+
+/// The hosts as the bench sees them, from one watch.
+type HostStore = reflector::Store<Host>;
+
+async fn host_store(client: &Client) -> HostStore {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<Host>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .for_each(|_| async {});
+    tokio::spawn(stream);
+    reader.wait_until_ready().await.expect("host cache");
+    reader
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !done().await {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn report_of(h: &Host) -> Option<&HostReport> {
+    h.status.as_ref().and_then(|s| s.report.as_ref())
+}
+
+/// A report as a host connected to a pool of 20 domains writes it.
+fn floor_report(round: usize) -> HostReport {
+    HostReport {
+        agent_version: "bench".into(),
+        boot_id: format!("floor-{round}"),
+        pool: None,
+        domains: (0..DOMAINS)
+            .map(|d| DomainVitals {
+                uuid: format!("00000000-0000-4000-8000-{:012}", d),
+                valid: true,
+                code: 0,
+                delay_seconds: 0.0,
+                last_check_seconds: 0.0,
+                acquired: true,
+                actual: true,
+                version: i32::try_from(round).unwrap_or(0),
+            })
+            .collect(),
+        domain_count: i32::try_from(DOMAINS).unwrap_or(0),
+    }
+}
+
+/// N report applies by the agent's writer, as many in flight as the agent allows.
+async fn floor(client: &Client, names: &[String], round: usize) -> f64 {
+    let api: Api<Host> = Api::all(client.clone());
+    let report = floor_report(round);
+    let started = Instant::now();
+    stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            let report = report.clone();
+            async move { apply_report(&api, name, &report).await }
+        })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("floor writes");
+    started.elapsed().as_secs_f64()
+}
+
+/// Per reconcile step (`poolkeeper_reconcile_step_seconds`): runs and seconds so far.
+async fn steps(metrics: std::net::SocketAddr) -> BTreeMap<String, (f64, f64)> {
+    let Ok(resp) = reqwest::get(format!("http://{metrics}/metrics")).await else {
+        return BTreeMap::new();
+    };
+    let body = resp.text().await.unwrap_or_default();
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("poolkeeper_reconcile_step_seconds_") else {
+            continue;
+        };
+        let (Some((field, labels)), Some(value)) = (
+            rest.split_once('{'),
+            rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+        ) else {
+            continue;
+        };
+        let step = labels.split('"').nth(1).unwrap_or_default().to_owned();
+        let entry = out.entry(step).or_default();
+        match field {
+            "count" => entry.0 = value,
+            "sum" => entry.1 = value,
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What the reconciles between two step snapshots cost: runs, and mean milliseconds per step.
+fn step_summary(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, (f64, f64)>) -> String {
+    let runs = after.get("observe").map_or(0.0, |a| a.0)
+        - before.get("observe").map_or(0.0, |b| b.0);
+    let mut parts = vec![format!("{runs:.0} reconciles")];
+    for step in ["observe", "plan", "act", "report", "finalize"] {
+        let (Some(a), b) = (after.get(step), before.get(step).copied().unwrap_or_default()) else {
+            continue;
+        };
+        let n = a.0 - b.0;
+        if n > 0.0 {
+            parts.push(format!("{step} {:.1} ms", (a.1 - b.1) / n * 1000.0));
+        }
+    }
+    parts.join(", ")
+}
+
+/// The controller's own status writes so far (`poolkeeper_status_writes_total`).
+async fn controller_writes(metrics: std::net::SocketAddr) -> u64 {
+    let Ok(resp) = reqwest::get(format!("http://{metrics}/metrics")).await else {
+        return 0;
+    };
+    let body = resp.text().await.unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("poolkeeper_status_writes_total{"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+#[allow(clippy::too_many_lines)]
+async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String {
+    let prefix = format!("h{n}");
+    let pool_name = format!("pool-{n}");
+    let hosts_api: Api<Host> = Api::all(client.clone());
+    let pools: Api<StoragePool> = Api::all(client.clone());
+    let domains: Api<StorageDomain> = Api::all(client.clone());
+    let store = host_store(client).await;
+
+    // The floor's own Hosts: no agent, no pool.
+    let floor_names: Vec<String> = (0..n).map(|i| format!("floor{n}-{i:04}")).collect();
+    stream::iter(&floor_names)
+        .map(|name| {
+            let api = hosts_api.clone();
+            async move {
+                let host = Host::new(
+                    name,
+                    HostSpec {
+                        pool: None,
+                        endpoint: "http://127.0.0.1:9/jsonrpc".into(),
+                        maintenance: false,
+                    },
+                );
+                api.create(&PostParams::default(), &host).await
+            }
+        })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("floor hosts");
+
+    let metrics = free_port();
+    let controller = Proc::spawn(
+        env,
+        &format!("controller-{n}.log"),
+        &[
+            "controller".into(),
+            "--token-file".into(),
+            env.token_file.display().to_string(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+            "--lease-namespace".into(),
+            NS.into(),
+        ],
+    );
+    let agent_addr = free_port();
+    let registering = Instant::now();
+    let agent = Proc::spawn(
+        env,
+        &format!("agent-{n}.log"),
+        &[
+            "agent".into(),
+            "--simulate".into(),
+            n.to_string(),
+            "--sim-prefix".into(),
+            prefix.clone(),
+            "--listen".into(),
+            agent_addr.to_string(),
+            "--insecure-http".into(),
+            "--token-file".into(),
+            env.token_file.display().to_string(),
+            "--lease-namespace".into(),
+            NS.into(),
+        ],
+    );
+    let ours = |h: &Arc<Host>| {
+        h.metadata
+            .name
+            .as_deref()
+            .is_some_and(|x| x.starts_with(&format!("{prefix}-")))
+    };
+    wait_for("registration", async || {
+        store
+            .state()
+            .iter()
+            .filter(|h| ours(h) && report_of(h).is_some())
+            .count()
+            == n
+    })
+    .await;
+    let registered = registering.elapsed().as_secs_f64();
+    let names: Vec<String> = store
+        .state()
+        .iter()
+        .filter(|h| ours(h))
+        .filter_map(|h| h.metadata.name.clone())
+        .collect();
+
+    // Every host names the pool before it exists, so the measured interval is the controller's.
+    stream::iter(&names)
+        .map(|name| {
+            let api = hosts_api.clone();
+            let pool = pool_name.clone();
+            async move {
+                api.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"pool": pool}})),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("join");
+    // Let the Lease renewals settle into their steady cadence.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The floor, with both processes stopped.
+    let mut floors = Vec::new();
+    for round in 0..repeats {
+        controller.signal("-STOP");
+        agent.signal("-STOP");
+        floors.push(floor(client, &floor_names, round + 1).await);
+        controller.signal("-CONT");
+        agent.signal("-CONT");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let floors = Stats(floors);
+    let per_write = floors.median() / n as f64;
+
+    let domain_names: Vec<String> = (0..DOMAINS).map(|d| format!("{pool_name}-sd{d:02}")).collect();
+    let uuids: Vec<String> = (0..DOMAINS)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let mut readies = Vec::new();
+    let mut ready_floors = Vec::new();
+    for round in 0..repeats {
+        if round > 0 {
+            // Delete the pool and its domains; every host disconnects before the pool is gone.
+            for d in &domain_names {
+                let _ = domains.delete(d, &DeleteParams::default()).await;
+            }
+            let _ = pools.delete(&pool_name, &DeleteParams::default()).await;
+            wait_for("pool deleted", async || {
+                pools.get_opt(&pool_name).await.ok().flatten().is_none()
+            })
+            .await;
+            wait_for("domains deleted", async || {
+                domains
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items.is_empty())
+                    .unwrap_or(false)
+            })
+            .await;
+            wait_for("hosts disconnected", async || {
+                store
+                    .state()
+                    .iter()
+                    .filter(|h| ours(h))
+                    .all(|h| report_of(h).is_some_and(|r| r.pool.is_none()))
+            })
+            .await;
+        }
+        let writes_before = controller_writes(metrics).await;
+        let started = Instant::now();
+        let pool: StoragePool = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": pool_name}, "spec": {"sync": {"maxHosts": 2000}}})).expect("pool");
+        pools.create(&PostParams::default(), &pool).await.expect("pool");
+        for (d, name) in domain_names.iter().enumerate() {
+            let kind = if d < DATA_DOMAINS { "Data" } else { "ISO" };
+            let sd: StorageDomain = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "metadata": {"name": name},
+                "spec": {"uuid": uuids[d], "type": kind, "storage": {"path": format!("nfs:/{name}")}, "pool": pool_name}})).expect("domain");
+            domains.create(&PostParams::default(), &sd).await.expect("domain");
+        }
+        wait_for("pool Ready", async || {
+            let Ok(p) = pools.get(&pool_name).await else {
+                return false;
+            };
+            let s = p.status.unwrap_or_default();
+            s.counts.in_sync as usize == n
+                && s.domain_map.len() == DOMAINS
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .await;
+        readies.push(started.elapsed().as_secs_f64());
+        eprintln!("{n} hosts: pool Ready in {:.1} s", started.elapsed().as_secs_f64());
+        // The writes it needed: every host's report, and the controller's own.
+        let writes = controller_writes(metrics).await.saturating_sub(writes_before);
+        ready_floors.push(per_write * (n as f64 + writes as f64));
+        // Let the last host phases land before the next phase starts.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let readies = Stats(readies);
+    let ready_floors = Stats(ready_floors);
+
+    let target = &domain_names[DATA_DOMAINS - 1];
+    let mut toggles = Vec::new();
+    let mut cpu = Vec::new();
+    let mut activations = Vec::new();
+    let steps_before = steps(metrics).await;
+    eprintln!("{n} hosts: toggling {target}");
+    for _ in 0..repeats {
+        let cpu_before = controller.cpu_seconds();
+        let started = Instant::now();
+        set_maintenance(&domains, target, true).await;
+        wait_for("maintenance", async || {
+            phase(&domains, target).await == Some(DomainPhase::Maintenance)
+        })
+        .await;
+        toggles.push(started.elapsed().as_secs_f64());
+        cpu.push(controller.cpu_seconds() - cpu_before);
+        let started = Instant::now();
+        set_maintenance(&domains, target, false).await;
+        wait_for("active", async || {
+            phase(&domains, target).await == Some(DomainPhase::Active)
+        })
+        .await;
+        activations.push(started.elapsed().as_secs_f64());
+    }
+    let toggles = Stats(toggles);
+    eprintln!(
+        "{n} hosts, toggles and activations: {}",
+        step_summary(&steps_before, &steps(metrics).await)
+    );
+
+    let rpc = reqwest::Client::new();
+    let mut restarts = Vec::new();
+    for round in 0..repeats {
+        let name = &names[(round * 7919) % names.len()];
+        let boot_before = store
+            .get(&reflector::ObjectRef::new(name))
+            .and_then(|h| report_of(&h).map(|r| r.boot_id.clone()));
+        let started = Instant::now();
+        rpc.post(format!("http://{agent_addr}/control/hosts/{name}/restart"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("restart");
+        wait_for("reconnect", async || {
+            store
+                .get(&reflector::ObjectRef::new(name))
+                .as_deref()
+                .and_then(report_of)
+                .is_some_and(|r| Some(&r.boot_id) != boot_before.as_ref() && r.pool.is_some())
+        })
+        .await;
+        restarts.push(started.elapsed().as_secs_f64());
+    }
+    let rss = controller.peak_rss_mib();
+
+    // Leave nothing for the next size: the pool goes while its agents still answer.
+    for d in &domain_names {
+        let _ = domains.delete(d, &DeleteParams::default()).await;
+    }
+    let _ = pools.delete(&pool_name, &DeleteParams::default()).await;
+    wait_for("pool deleted", async || {
+        pools.get_opt(&pool_name).await.ok().flatten().is_none()
+    })
+    .await;
+    drop(agent);
+    drop(controller);
+
+    let toggle_ratio = toggles.median() / floors.median();
+    let ready_ratio = readies.median() / ready_floors.median();
+    format!(
+        "| {n} | {} | {registered:.1} s | {} | {} | {ready_ratio:.2} | {} | {toggle_ratio:.2} | {} | {} | {} | {rss:.1} MiB |",
+        floors.show(" s"),
+        readies.show(" s"),
+        ready_floors.show(" s"),
+        toggles.show(" s"),
+        Stats(cpu).show(" s"),
+        Stats(activations).show(" s"),
+        Stats(restarts).show(" s"),
+    )
+}
+
+async fn set_maintenance(domains: &Api<StorageDomain>, name: &str, on: bool) {
+    domains
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maintenance": on}})),
+        )
+        .await
+        .expect("maintenance");
+}
+
+async fn phase(domains: &Api<StorageDomain>, name: &str) -> Option<DomainPhase> {
+    domains
+        .get(name)
+        .await
+        .ok()
+        .and_then(|d| d.status.and_then(|s| s.phase))
+}
