@@ -36,7 +36,7 @@ use kube::{
 };
 use poolkeeper::{
     agent::report::{MAX_IN_FLIGHT, apply_report},
-    api::{DomainPhase, DomainVitals, Host, HostReport, HostSpec, StorageDomain, StoragePool},
+    api::{DomainPhase, Host, HostReport, HostSpec, StorageDomain, StoragePool},
     testenv::ControlPlane,
 };
 use serde_json::json;
@@ -83,8 +83,10 @@ async fn main() {
     let env = Env {
         kubeconfig: cp.kubeconfig_path().to_owned(),
         token_file,
-        logs: cp.dir().to_owned(),
+        logs: std::env::temp_dir().join("poolkeeper-bench"),
     };
+    std::fs::create_dir_all(&env.logs).expect("log directory");
+    eprintln!("process logs: {}", env.logs.display());
 
     let mut rows = Vec::new();
     for n in sizes {
@@ -134,7 +136,10 @@ impl Proc {
         let child = Command::new(BIN)
             .args(args)
             .env("KUBECONFIG", &env.kubeconfig)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("POOLKEEPER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -242,32 +247,20 @@ fn report_of(h: &Host) -> Option<&HostReport> {
     h.status.as_ref().and_then(|s| s.report.as_ref())
 }
 
-/// A report as a host connected to a pool of 20 domains writes it.
-fn floor_report(round: usize) -> HostReport {
-    HostReport {
-        agent_version: "bench".into(),
-        boot_id: format!("floor-{round}"),
-        pool: None,
-        domains: (0..DOMAINS)
-            .map(|d| DomainVitals {
-                uuid: format!("00000000-0000-4000-8000-{:012}", d),
-                valid: true,
-                code: 0,
-                delay_seconds: 0.0,
-                last_check_seconds: 0.0,
-                acquired: true,
-                actual: true,
-                version: i32::try_from(round).unwrap_or(0),
-            })
-            .collect(),
-        domain_count: i32::try_from(DOMAINS).unwrap_or(0),
+/// The report a host of the pool wrote, made to name a pool that does not exist (so the floor's
+/// Hosts belong to no pool) and different in each round (so every apply changes the object).
+fn floor_report(host_report: &HostReport, round: usize) -> HostReport {
+    let mut report = host_report.clone();
+    report.boot_id = format!("floor-{round}");
+    if let Some(pool) = report.pool.as_mut() {
+        pool.uuid = uuid::Uuid::new_v4().to_string();
     }
+    report
 }
 
 /// N report applies by the agent's writer, as many in flight as the agent allows.
-async fn floor(client: &Client, names: &[String], round: usize) -> f64 {
+async fn floor(client: &Client, names: &[String], report: &HostReport) -> f64 {
     let api: Api<Host> = Api::all(client.clone());
-    let report = floor_report(round);
     let started = Instant::now();
     stream::iter(names)
         .map(|name| {
@@ -325,6 +318,33 @@ fn step_summary(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, 
         }
     }
     parts.join(", ")
+}
+
+/// The controller's API writes so far, per kind, operation and outcome
+/// (`poolkeeper_api_writes_total`).
+async fn api_writes(metrics: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    let Ok(resp) = reqwest::get(format!("http://{metrics}/metrics")).await else {
+        return BTreeMap::new();
+    };
+    let body = resp.text().await.unwrap_or_default();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("poolkeeper_api_writes_total"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn writes_summary(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+    after
+        .iter()
+        .filter_map(|(series, a)| {
+            let n = a - before.get(series).copied().unwrap_or(0.0);
+            (n > 0.0).then(|| format!("{series} {n:.0}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The controller's own status writes so far (`poolkeeper_status_writes_total`).
@@ -448,25 +468,12 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     // Let the Lease renewals settle into their steady cadence.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    // The floor, with both processes stopped.
-    let mut floors = Vec::new();
-    for round in 0..repeats {
-        controller.signal("-STOP");
-        agent.signal("-STOP");
-        floors.push(floor(client, &floor_names, round + 1).await);
-        controller.signal("-CONT");
-        agent.signal("-CONT");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let floors = Stats(floors);
-    let per_write = floors.median() / n as f64;
-
     let domain_names: Vec<String> = (0..DOMAINS).map(|d| format!("{pool_name}-sd{d:02}")).collect();
     let uuids: Vec<String> = (0..DOMAINS)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
     let mut readies = Vec::new();
-    let mut ready_floors = Vec::new();
+    let mut ready_writes = Vec::new();
     for round in 0..repeats {
         if round > 0 {
             // Delete the pool and its domains; every host disconnects before the pool is gone.
@@ -521,28 +528,89 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         eprintln!("{n} hosts: pool Ready in {:.1} s", started.elapsed().as_secs_f64());
         // The writes it needed: every host's report, and the controller's own.
         let writes = controller_writes(metrics).await.saturating_sub(writes_before);
-        ready_floors.push(per_write * (n as f64 + writes as f64));
-        // Let the last host phases land before the next phase starts.
+        ready_writes.push(n as f64 + writes as f64);
+        // The next phase starts from a quiet pool: every host has checked every domain (the
+        // agents' first checks, one monitor period after the map, are not the next phase's work).
+        wait_for("first checks", async || {
+            store.state().iter().filter(|h| ours(h)).all(|h| {
+                report_of(h).is_some_and(|r| {
+                    r.domains.len() == DOMAINS && r.domains.iter().all(|d| d.valid)
+                })
+            })
+        })
+        .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let readies = Stats(readies);
-    let ready_floors = Stats(ready_floors);
+
+    // The floor, with both processes stopped: the report a host of the pool wrote, applied to
+    // the floor's Hosts.
+    let sample = names
+        .first()
+        .and_then(|name| store.get(&reflector::ObjectRef::new(name)))
+        .and_then(|h| report_of(&h).cloned())
+        .expect("a host's report");
+    let mut floors = Vec::new();
+    for round in 0..repeats {
+        controller.signal("-STOP");
+        agent.signal("-STOP");
+        floors.push(floor(client, &floor_names, &floor_report(&sample, round)).await);
+        controller.signal("-CONT");
+        agent.signal("-CONT");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let floors = Stats(floors);
+    let per_write = floors.median() / n as f64;
+    let ready_floors = Stats(ready_writes.iter().map(|w| w * per_write).collect());
 
     let target = &domain_names[DATA_DOMAINS - 1];
     let mut toggles = Vec::new();
     let mut cpu = Vec::new();
     let mut activations = Vec::new();
     let steps_before = steps(metrics).await;
+    let writes_before = api_writes(metrics).await;
     eprintln!("{n} hosts: toggling {target}");
     for _ in 0..repeats {
         let cpu_before = controller.cpu_seconds();
         let started = Instant::now();
         set_maintenance(&domains, target, true).await;
+        let target_uuid = &uuids[DATA_DOMAINS - 1];
+        let mut reported = None;
+        let mut progress = Vec::new();
+        let mut last_sample = Instant::now();
         wait_for("maintenance", async || {
+            if std::env::var_os("POOLKEEPER_BENCH_TRACE").is_some()
+                && last_sample.elapsed() >= Duration::from_millis(1000)
+            {
+                last_sample = Instant::now();
+                let done = store
+                    .state()
+                    .iter()
+                    .filter(|h| ours(h))
+                    .filter(|h| {
+                        report_of(h)
+                            .is_some_and(|r| r.domains.iter().all(|d| &d.uuid != target_uuid))
+                    })
+                    .count();
+                progress.push(format!("{:.0}s:{done}", started.elapsed().as_secs_f64()));
+            }
+            if reported.is_none()
+                && store.state().iter().filter(|h| ours(h)).all(|h| {
+                    report_of(h).is_some_and(|r| r.domains.iter().all(|d| &d.uuid != target_uuid))
+                })
+            {
+                reported = Some(started.elapsed().as_secs_f64());
+            }
             phase(&domains, target).await == Some(DomainPhase::Maintenance)
         })
         .await;
         toggles.push(started.elapsed().as_secs_f64());
+        eprintln!(
+            "{n} hosts: toggle {:.1} s, every host had reported it {:.1} s after the change {}",
+            started.elapsed().as_secs_f64(),
+            reported.unwrap_or(f64::NAN),
+            progress.join(" ")
+        );
         cpu.push(controller.cpu_seconds() - cpu_before);
         let started = Instant::now();
         set_maintenance(&domains, target, false).await;
@@ -556,6 +624,10 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     eprintln!(
         "{n} hosts, toggles and activations: {}",
         step_summary(&steps_before, &steps(metrics).await)
+    );
+    eprintln!(
+        "{n} hosts, toggles and activations, API writes: {}",
+        writes_summary(&writes_before, &api_writes(metrics).await)
     );
 
     let rpc = reqwest::Client::new();

@@ -86,8 +86,14 @@ pub struct HostStatus {
 }
 
 /// What a host's agent reports: its identity, the pool it holds in memory, and its domain monitors.
+///
+/// One value for server-side apply (`x-kubernetes-map-type: atomic`): the agent always writes the
+/// whole report, so the API server tracks it as one field instead of one per map entry and vital
+/// (a 20-domain report otherwise carries a few hundred managed fields, and every write pays for
+/// merging them).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-map-type" = "atomic"))]
 pub struct HostReport {
     /// The agent's version.
     #[serde(default)]
