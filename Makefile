@@ -29,10 +29,11 @@ control-plane:
 demo: control-plane
 	$(CARGO) run -- dev --hosts 10 --kubeconfig .cache/kubeconfig
 
-## bench: planner benchmarks (criterion) and end-to-end convergence (a table; needs the control plane)
+## bench: planner benchmarks (criterion), in-process convergence, and the deployed shape (tables; need the control plane)
 bench: control-plane
 	$(CARGO) bench --bench plan
 	$(CARGO) bench --bench convergence
+	$(CARGO) bench --bench deployed
 
 fmt:
 	$(CARGO) fmt

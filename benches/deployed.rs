@@ -159,11 +159,17 @@ impl Proc {
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which is in parentheses and may hold spaces).
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name and state.
         (ticks(11) + ticks(12)) / clock_ticks()
     }
@@ -211,10 +217,7 @@ impl Stats {
         let mut v = self.0.clone();
         v.sort_by(f64::total_cmp);
         match (v.first(), v.last()) {
-            (Some(min), Some(max)) => format!(
-                "{min:.1} / {:.1} / {max:.1}{unit}",
-                self.median()
-            ),
+            (Some(min), Some(max)) => format!("{min:.1} / {:.1} / {max:.1}{unit}", self.median()),
             _ => "-".into(),
         }
     }
@@ -304,12 +307,18 @@ async fn steps(metrics: std::net::SocketAddr) -> BTreeMap<String, (f64, f64)> {
 }
 
 /// What the reconciles between two step snapshots cost: runs, and mean milliseconds per step.
-fn step_summary(before: &BTreeMap<String, (f64, f64)>, after: &BTreeMap<String, (f64, f64)>) -> String {
-    let runs = after.get("observe").map_or(0.0, |a| a.0)
-        - before.get("observe").map_or(0.0, |b| b.0);
+fn step_summary(
+    before: &BTreeMap<String, (f64, f64)>,
+    after: &BTreeMap<String, (f64, f64)>,
+) -> String {
+    let runs =
+        after.get("observe").map_or(0.0, |a| a.0) - before.get("observe").map_or(0.0, |b| b.0);
     let mut parts = vec![format!("{runs:.0} reconciles")];
     for step in ["observe", "plan", "act", "report", "finalize"] {
-        let (Some(a), b) = (after.get(step), before.get(step).copied().unwrap_or_default()) else {
+        let (Some(a), b) = (
+            after.get(step),
+            before.get(step).copied().unwrap_or_default(),
+        ) else {
             continue;
         };
         let n = a.0 - b.0;
@@ -468,7 +477,9 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     // Let the Lease renewals settle into their steady cadence.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    let domain_names: Vec<String> = (0..DOMAINS).map(|d| format!("{pool_name}-sd{d:02}")).collect();
+    let domain_names: Vec<String> = (0..DOMAINS)
+        .map(|d| format!("{pool_name}-sd{d:02}"))
+        .collect();
     let uuids: Vec<String> = (0..DOMAINS)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
@@ -505,29 +516,47 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         let writes_before = controller_writes(metrics).await;
         let started = Instant::now();
         let pool: StoragePool = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": pool_name}, "spec": {"sync": {"maxHosts": 2000}}})).expect("pool");
-        pools.create(&PostParams::default(), &pool).await.expect("pool");
+        pools
+            .create(&PostParams::default(), &pool)
+            .await
+            .expect("pool");
         for (d, name) in domain_names.iter().enumerate() {
             let kind = if d < DATA_DOMAINS { "Data" } else { "ISO" };
             let sd: StorageDomain = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "metadata": {"name": name},
                 "spec": {"uuid": uuids[d], "type": kind, "storage": {"path": format!("nfs:/{name}")}, "pool": pool_name}})).expect("domain");
-            domains.create(&PostParams::default(), &sd).await.expect("domain");
+            domains
+                .create(&PostParams::default(), &sd)
+                .await
+                .expect("domain");
         }
         wait_for("pool Ready", async || {
             let Ok(p) = pools.get(&pool_name).await else {
                 return false;
             };
             let s = p.status.unwrap_or_default();
-            s.counts.in_sync as usize == n
+            let ready = s.counts.in_sync as usize == n
                 && s.domain_map.len() == DOMAINS
                 && s.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            // What a user checks besides the pool's word: every host holds this pool's map.
+            ready
+                && store.state().iter().filter(|h| ours(h)).all(|h| {
+                    report_of(h).and_then(|r| r.pool.as_ref()).is_some_and(|c| {
+                        Some(&c.uuid) == s.uuid.as_ref() && c.domain_map.len() == DOMAINS
+                    })
+                })
         })
         .await;
         readies.push(started.elapsed().as_secs_f64());
-        eprintln!("{n} hosts: pool Ready in {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "{n} hosts: pool Ready in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         // The writes it needed: every host's report, and the controller's own.
-        let writes = controller_writes(metrics).await.saturating_sub(writes_before);
+        let writes = controller_writes(metrics)
+            .await
+            .saturating_sub(writes_before);
         ready_writes.push(n as f64 + writes as f64);
         // The next phase starts from a quiet pool: every host has checked every domain (the
         // agents' first checks, one monitor period after the map, are not the next phase's work).

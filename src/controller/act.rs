@@ -110,9 +110,9 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
         let (ctx, call, wave) = (ctx.clone(), call.clone(), wave.clone());
         let task = tokio::spawn(async move {
             let _permit = wave.permit(&ctx.waves).await?;
-            let sent_at = ctx
-                .ledger
-                .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;
+            let sent_at =
+                ctx.ledger
+                    .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;
             let outcome = send(&ctx, &call, timeout).await;
             ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
             Some(outcome)
@@ -300,7 +300,10 @@ mod tests {
         let wave = waves.begin("dc1", 2);
         let first = wave.permit(&waves).await.expect("permit");
         let _second = wave.permit(&waves).await.expect("permit");
-        assert!(wave.permit(&waves).now_or_never().is_none(), "a third call waits");
+        assert!(
+            wave.permit(&waves).now_or_never().is_none(),
+            "a third call waits"
+        );
         // A later plan of the same pool shares the permits: calls still running hold theirs.
         let next = waves.begin("dc1", 2);
         assert!(next.permit(&waves).now_or_never().is_none());
@@ -325,7 +328,10 @@ mod tests {
         // ... when a newer plan begins; then the permit frees.
         let new = waves.begin("dc1", 1);
         drop(held);
-        assert!(!queued.await.expect("task"), "the replaced plan's call is not sent");
+        assert!(
+            !queued.await.expect("task"),
+            "the replaced plan's call is not sent"
+        );
         assert!(new.permit(&waves).await.is_some());
     }
 

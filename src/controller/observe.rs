@@ -144,7 +144,9 @@ impl HostViews {
         let name = host.name_any();
         let mut views = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
         let current = |c: &CachedView| {
-            c.version.is_some() && c.version == host.metadata.resource_version && c.uid == host.metadata.uid
+            c.version.is_some()
+                && c.version == host.metadata.resource_version
+                && c.uid == host.metadata.uid
         };
         if let Some(c) = views.get(&name).filter(|c| current(c)) {
             return (c.report.clone(), c.controller.clone());

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{
-    CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall,
-    HostView, LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan,
-    PoolView, Report, ReportView,
+    CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall, HostView,
+    LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan, PoolView, Report, ReportView,
 };
 use crate::api::{
     DomainType, DomainVitals, HostReport, HostSpec, StorageDomainSpec, StorageDomainStatus,
