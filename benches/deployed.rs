@@ -529,25 +529,81 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
                 .await
                 .expect("domain");
         }
+        let mut pool_said = None;
+        let mut hosts_held = None;
         wait_for("pool Ready", async || {
             let Ok(p) = pools.get(&pool_name).await else {
                 return false;
             };
             let s = p.status.unwrap_or_default();
-            let ready = s.counts.in_sync as usize == n
+            if pool_said.is_none()
+                && s.counts.in_sync as usize == n
                 && s.domain_map.len() == DOMAINS
                 && s.conditions
                     .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            {
+                pool_said = Some(started.elapsed().as_secs_f64());
+                if std::env::var_os("POOLKEEPER_BENCH_TRACE").is_some() {
+                    // The API server's own answer at that moment, not a cache.
+                    let listed = hosts_api.list(&Default::default()).await.expect("hosts");
+                    let holding = listed
+                        .items
+                        .iter()
+                        .filter(|h| {
+                            report_of(h).and_then(|r| r.pool.as_ref()).is_some_and(|c| {
+                                Some(&c.uuid) == s.uuid.as_ref() && c.domain_map.len() == DOMAINS
+                            })
+                        })
+                        .count();
+                    let cached = store
+                        .state()
+                        .iter()
+                        .filter(|h| {
+                            report_of(h).and_then(|r| r.pool.as_ref()).is_some_and(|c| {
+                                Some(&c.uuid) == s.uuid.as_ref() && c.domain_map.len() == DOMAINS
+                            })
+                        })
+                        .count();
+                    eprintln!(
+                        "when the pool said Ready: {holding} hosts held its map (listed), {cached} in the bench's cache; pool uuid {:?}, map {}, master {:?}, conditions {:?}",
+                        s.uuid, s.map_version, s.master_domain,
+                        s.conditions.iter().map(|c| (&c.type_, &c.status, &c.reason, &c.message)).collect::<Vec<_>>()
+                    );
+                    if let Some(h) = listed.items.iter().find(|h| {
+                        ours(&Arc::new((*h).clone()))
+                            && !report_of(h).and_then(|r| r.pool.as_ref()).is_some_and(|c| {
+                                Some(&c.uuid) == s.uuid.as_ref() && c.domain_map.len() == DOMAINS
+                            })
+                    }) {
+                        eprintln!(
+                            "a host without it: {:?} spec.pool {:?} report.pool {:?} conditions {:?}",
+                            h.metadata.name,
+                            h.spec.pool,
+                            report_of(h).and_then(|r| r.pool.as_ref()).map(|c| (&c.uuid, c.domain_map.len())),
+                            h.status.as_ref().map(|s| s.conditions.iter().map(|c| (&c.type_, &c.status, &c.reason)).collect::<Vec<_>>())
+                        );
+                    }
+                }
+            }
             // What a user checks besides the pool's word: every host holds this pool's map.
-            ready
+            if hosts_held.is_none()
                 && store.state().iter().filter(|h| ours(h)).all(|h| {
                     report_of(h).and_then(|r| r.pool.as_ref()).is_some_and(|c| {
                         Some(&c.uuid) == s.uuid.as_ref() && c.domain_map.len() == DOMAINS
                     })
                 })
+            {
+                hosts_held = Some(started.elapsed().as_secs_f64());
+            }
+            pool_said.is_some() && hosts_held.is_some()
         })
         .await;
+        eprintln!(
+            "{n} hosts: the pool said Ready after {:.1} s, every host held its map after {:.1} s",
+            pool_said.unwrap_or(f64::NAN),
+            hosts_held.unwrap_or(f64::NAN)
+        );
         readies.push(started.elapsed().as_secs_f64());
         eprintln!(
             "{n} hosts: pool Ready in {:.1} s",

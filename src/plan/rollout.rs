@@ -17,7 +17,10 @@ pub fn message(map_version: i64) -> String {
 
 /// Sets `Reconciling=True` (reason `RollingOut`) with `lastTransitionTime = now` even if it was
 /// already true: that time is the start of the current rollout, from which the confirmation
-/// deadline is measured.
+/// deadline is measured. A `Ready=True` becomes `Ready=False` with the same reason: the status
+/// that persists a new map is written before any host is told, and stays the pool's word until
+/// the calls' report, so it must not still say that every host holds the map (`kubectl wait
+/// --for=condition=Ready` would return at once).
 pub fn start(
     conditions: &mut Vec<Condition>,
     map_version: i64,
@@ -38,6 +41,17 @@ pub fn start(
         .find(|c| c.type_ == types::RECONCILING)
     {
         c.last_transition_time = Time(now);
+    }
+    if condition::is_true(conditions, types::READY) {
+        set_condition(
+            conditions,
+            types::READY,
+            ConditionStatus::False,
+            reasons::ROLLING_OUT,
+            message(map_version),
+            generation,
+            now,
+        );
     }
 }
 

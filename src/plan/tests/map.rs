@@ -5,6 +5,27 @@
 use super::*;
 
 #[test]
+fn a_persisted_new_map_never_says_ready() {
+    // The status that persists a map is the pool's word until the report after the calls: it
+    // must not carry over a Ready=True from before (here: no domains yet, so Ready said so).
+    let mut o = world(3, 0, t0());
+    let (_, before) = step(&mut o, t0());
+    assert_eq!(cond(&before.pool.conditions, types::READY).status, "True");
+    for i in 0..2 {
+        let d = crate::plan::fixtures::domain(&format!("d{i:03}"), Some(POOL));
+        o.domains.insert(d.name.clone(), d);
+    }
+    let p = plan(&o, later(t0(), 1));
+    let persisted = p.persist_first.as_ref().expect("persist first");
+    let ready = cond(&persisted.conditions, types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::ROLLING_OUT)
+    );
+    assert_eq!(cond(&persisted.conditions, types::RECONCILING).status, "True");
+}
+
+#[test]
 fn new_pool_persists_map_master_and_ids_before_telling_hosts() {
     let o = world(2, 2, t0());
     let p = plan(&o, t0());
