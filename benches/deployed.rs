@@ -4,9 +4,11 @@
 //! data, 2 ISO). For each N it prints, each measured `POOLKEEPER_BENCH_REPEATS` times (default 3)
 //! as min / median / max:
 //!
-//! - **floor**: N `status.report` applies of a 20-domain report by the agent's own writer
-//!   ([`poolkeeper::agent::report::apply_report`], [`MAX_IN_FLIGHT`] at once) with nothing else
-//!   running (controller and agent processes stopped with SIGSTOP): what the API server allows;
+//! - **floor**: N `status.report` applies of a report shaped as a connected host's (the pool
+//!   connection with a 20-domain map, 20 domain vitals) by the agent's own writer
+//!   ([`poolkeeper::agent::report::apply_report`], [`MAX_IN_FLIGHT`] at once) to N Hosts of no
+//!   pool, before any poolkeeper process starts (the Hosts are deleted after): what the API server
+//!   allows;
 //! - **registered**: the agent process starts until every one of its N Hosts has a report;
 //! - **pool Ready**: a new pool and its 20 domains are created (the N hosts already name it) until
 //!   the pool is Ready with every host in sync; its floor is the floor per write times the writes
@@ -36,7 +38,10 @@ use kube::{
 };
 use poolkeeper::{
     agent::report::{MAX_IN_FLIGHT, apply_report},
-    api::{DomainPhase, Host, HostReport, HostSpec, StorageDomain, StoragePool},
+    api::{
+        DomainPhase, DomainVitals, Host, HostReport, HostSpec, MapStatus, PoolConnection,
+        StorageDomain, StoragePool,
+    },
     testenv::ControlPlane,
 };
 use serde_json::json;
@@ -109,7 +114,7 @@ async fn main() {
     }
     println!();
     println!(
-        "floor: N status.report applies ({MAX_IN_FLIGHT} in flight) with every poolkeeper process stopped. Ready floor: the floor per write times the writes a new pool needs (N reports plus the controller's status writes). Ready and toggle are compared with the median floors."
+        "floor: N status.report applies ({MAX_IN_FLIGHT} in flight) before any poolkeeper process starts. Ready floor: the floor per write times the writes a new pool needs (N reports plus the controller's status writes). Ready and toggle are compared with the median floors."
     );
 }
 
@@ -149,12 +154,6 @@ impl Proc {
 
     fn pid(&self) -> u32 {
         self.0.id()
-    }
-
-    fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status();
     }
 
     /// User plus system CPU seconds so far.
@@ -250,15 +249,40 @@ fn report_of(h: &Host) -> Option<&HostReport> {
     h.status.as_ref().and_then(|s| s.report.as_ref())
 }
 
-/// The report a host of the pool wrote, made to name a pool that does not exist (so the floor's
-/// Hosts belong to no pool) and different in each round (so every apply changes the object).
-fn floor_report(host_report: &HostReport, round: usize) -> HostReport {
-    let mut report = host_report.clone();
-    report.boot_id = format!("floor-{round}");
-    if let Some(pool) = report.pool.as_mut() {
-        pool.uuid = uuid::Uuid::new_v4().to_string();
+/// A report shaped as a host connected to a pool of 20 domains writes it, different in each round
+/// (so every apply changes the object).
+fn floor_report(round: usize) -> HostReport {
+    let uuids: Vec<String> = (0..DOMAINS)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    HostReport {
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        boot_id: uuid::Uuid::new_v4().to_string(),
+        pool: Some(PoolConnection {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            host_id: 1,
+            master_domain: uuids.first().cloned(),
+            master_version: i64::try_from(round).unwrap_or(0) + 1,
+            domain_map: uuids
+                .iter()
+                .map(|u| (u.clone(), MapStatus::Active))
+                .collect(),
+        }),
+        domains: uuids
+            .iter()
+            .map(|u| DomainVitals {
+                uuid: u.clone(),
+                valid: true,
+                code: 0,
+                delay_seconds: 0.0,
+                last_check_seconds: 0.0,
+                acquired: true,
+                actual: true,
+                version: 5,
+            })
+            .collect(),
+        domain_count: i32::try_from(DOMAINS).unwrap_or(0),
     }
-    report
 }
 
 /// N report applies by the agent's writer, as many in flight as the agent allows.
@@ -398,6 +422,25 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         .try_collect::<Vec<_>>()
         .await
         .expect("floor hosts");
+
+    let mut floors = Vec::new();
+    for round in 0..repeats {
+        floors.push(floor(client, &floor_names, &floor_report(round)).await);
+    }
+    let floors = Stats(floors);
+    let per_write = floors.median() / n as f64;
+    for name in &floor_names {
+        let _ = hosts_api.delete(name, &DeleteParams::default()).await;
+    }
+    wait_for("floor hosts deleted", async || {
+        store.state().iter().all(|h| {
+            !h.metadata
+                .name
+                .as_deref()
+                .is_some_and(|x| x.starts_with("floor"))
+        })
+    })
+    .await;
 
     let metrics = free_port();
     let controller = Proc::spawn(
@@ -628,24 +671,6 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     }
     let readies = Stats(readies);
 
-    // The floor, with both processes stopped: the report a host of the pool wrote, applied to
-    // the floor's Hosts.
-    let sample = names
-        .first()
-        .and_then(|name| store.get(&reflector::ObjectRef::new(name)))
-        .and_then(|h| report_of(&h).cloned())
-        .expect("a host's report");
-    let mut floors = Vec::new();
-    for round in 0..repeats {
-        controller.signal("-STOP");
-        agent.signal("-STOP");
-        floors.push(floor(client, &floor_names, &floor_report(&sample, round)).await);
-        controller.signal("-CONT");
-        agent.signal("-CONT");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let floors = Stats(floors);
-    let per_write = floors.median() / n as f64;
     let ready_floors = Stats(ready_writes.iter().map(|w| w * per_write).collect());
 
     let target = &domain_names[DATA_DOMAINS - 1];

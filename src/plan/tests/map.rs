@@ -22,7 +22,10 @@ fn a_persisted_new_map_never_says_ready() {
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", reasons::ROLLING_OUT)
     );
-    assert_eq!(cond(&persisted.conditions, types::RECONCILING).status, "True");
+    assert_eq!(
+        cond(&persisted.conditions, types::RECONCILING).status,
+        "True"
+    );
 }
 
 #[test]
