@@ -125,6 +125,46 @@ struct Env {
     logs: PathBuf,
 }
 
+impl Env {
+    /// CPU seconds of the test control plane's kube-apiserver (the one whose command line names
+    /// this run's kubeconfig directory).
+    fn apiserver_cpu_seconds(&self) -> f64 {
+        let Some(dir) = self.kubeconfig.parent().map(|d| d.display().to_string()) else {
+            return 0.0;
+        };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return 0.0;
+        };
+        for entry in procs.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("kube-apiserver") && cmdline.contains(&dir) {
+                return cpu_seconds_of(pid);
+            }
+        }
+        0.0
+    }
+}
+
+/// User plus system CPU seconds of a process so far.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name and state.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
 /// A child process that is killed when dropped.
 struct Proc(Child);
 
@@ -158,19 +198,7 @@ impl Proc {
 
     /// User plus system CPU seconds so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses and may hold spaces).
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name and state.
-        (ticks(11) + ticks(12)) / clock_ticks()
+        cpu_seconds_of(self.pid())
     }
 
     /// Peak resident set size in MiB.
@@ -283,6 +311,29 @@ fn floor_report(round: usize) -> HostReport {
             .collect(),
         domain_count: i32::try_from(DOMAINS).unwrap_or(0),
     }
+}
+
+/// The controller's part of an Up host's status, as it writes it.
+fn controller_status() -> serde_json::Value {
+    let at = jiff::Timestamp::now().to_string();
+    let cond = |type_: &str, reason: &str, message: &str| {
+        json!({"type": type_, "status": "True", "reason": reason, "message": message,
+            "observedGeneration": 1, "lastTransitionTime": at})
+    };
+    json!({
+        "apiVersion": "poolkeeper.io/v1alpha1",
+        "kind": "Host",
+        "status": {
+            "phase": "Up",
+            "observedGeneration": 1,
+            "conditions": [
+                cond("Responsive", "LeaseCurrent", "the agent renews its Lease"),
+                cond("InSync", "InSync", "the host holds the pool's current map"),
+                cond("Operational", "DomainsReachable", ""),
+                cond("Ready", "HostUp", ""),
+            ],
+        },
+    })
 }
 
 /// N report applies by the agent's writer, as many in flight as the agent allows.
@@ -401,7 +452,9 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let domains: Api<StorageDomain> = Api::all(client.clone());
     let store = host_store(client).await;
 
-    // The floor's own Hosts: no agent, no pool.
+    // The floor's own Hosts: no agent, no pool, but shaped as a pool's hosts are (registered by
+    // the agent's field manager, the controller's phase and conditions), since a write costs the
+    // API server in proportion to the object it rewrites.
     let floor_names: Vec<String> = (0..n).map(|i| format!("floor{n}-{i:04}")).collect();
     stream::iter(&floor_names)
         .map(|name| {
@@ -415,7 +468,17 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
                         maintenance: false,
                     },
                 );
-                api.create(&PostParams::default(), &host).await
+                let pp = PostParams {
+                    field_manager: Some(poolkeeper::agent::report::FIELD_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                api.create(&pp, &host).await?;
+                api.patch_status(
+                    name,
+                    &PatchParams::apply(poolkeeper::controller::FIELD_MANAGER).force(),
+                    &Patch::Apply(controller_status()),
+                )
+                .await
             }
         })
         .buffer_unordered(MAX_IN_FLIGHT)
@@ -425,7 +488,13 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
 
     let mut floors = Vec::new();
     for round in 0..repeats {
+        let cpu_before = env.apiserver_cpu_seconds();
         floors.push(floor(client, &floor_names, &floor_report(round)).await);
+        eprintln!(
+            "{n} hosts: floor round {round}: {:.1} s, the API server {:.1} CPU-s",
+            floors.last().copied().unwrap_or_default(),
+            env.apiserver_cpu_seconds() - cpu_before
+        );
     }
     let floors = Stats(floors);
     let per_write = floors.median() / n as f64;
@@ -682,6 +751,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     eprintln!("{n} hosts: toggling {target}");
     for _ in 0..repeats {
         let cpu_before = controller.cpu_seconds();
+        let others_before = (agent.cpu_seconds(), env.apiserver_cpu_seconds());
         let started = Instant::now();
         set_maintenance(&domains, target, true).await;
         let target_uuid = &uuids[DATA_DOMAINS - 1];
@@ -722,6 +792,12 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
             progress.join(" ")
         );
         cpu.push(controller.cpu_seconds() - cpu_before);
+        eprintln!(
+            "{n} hosts: that toggle cost the controller {:.1} CPU-s, the agent {:.1}, the API server {:.1}",
+            controller.cpu_seconds() - cpu_before,
+            agent.cpu_seconds() - others_before.0,
+            env.apiserver_cpu_seconds() - others_before.1
+        );
         let started = Instant::now();
         set_maintenance(&domains, target, false).await;
         wait_for("active", async || {
