@@ -111,8 +111,10 @@ pub struct SyncSpec {
     pub max_concurrent_connects: i32,
 
     /// How long a host may take to answer one call, in seconds (1 to 600), and then to confirm a
-    /// connect it accepted in its report. A host that does neither in time is marked
-    /// `InSync=False` and retried with backoff.
+    /// connect it accepted in its report (during a rollout, at least one of these per wave of
+    /// `maxConcurrentConnects` hosts since the rollout started, as the hosts' reports queue at the
+    /// API server). A host that does neither in time is marked `InSync=False` and retried with
+    /// backoff.
     #[serde(default = "default_connect_timeout_seconds")]
     #[schemars(range(min = 1, max = 600))]
     pub connect_timeout_seconds: i32,

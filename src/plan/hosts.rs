@@ -245,6 +245,7 @@ pub fn calls(
     now: Timestamp,
 ) -> (Vec<HostCall>, Vec<LedgerOp>) {
     let timeout = ledger::connect_timeout(&observed.pool.spec.sync);
+    let confirm_by = rollout::confirm_by(observed);
     let digest = ledger::map_digest(&desired.domain_map);
     let mut ops = Vec::new();
     // Decide who is due first; build the calls (which clone the map) only for those sent now.
@@ -262,8 +263,9 @@ pub fn calls(
                 sent_at: e.last.sent_at,
             });
         }
-        let gate_now =
-            |key: &CallKey, boot_id: &str| ledger::gate(entry, name, key, boot_id, timeout, now);
+        let gate_now = |key: &CallKey, boot_id: &str| {
+            ledger::gate(entry, name, key, boot_id, timeout, confirm_by, now)
+        };
         let Some(kind) = due_kind(h, v, pool_uuid, desired) else {
             continue;
         };

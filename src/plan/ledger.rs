@@ -321,7 +321,8 @@ fn backoff_until(entry: &HostCalls, host: &str) -> Option<Timestamp> {
 /// The gate for a host that needs the call `key` now, given what the ledger holds about it.
 ///
 /// `timeout` is `connectTimeoutSeconds`, also the confirmation window: a host that accepted exactly
-/// this call (and has not restarted since) gets that long to report it before it counts as lapsed.
+/// this call (and has not restarted since) gets that long to report it before it counts as lapsed,
+/// and at least until `confirm_by` when a rollout is under way ([`super::rollout::confirm_by`]).
 /// A host that backs off does so even if the call it needs changed meanwhile (the backoff is the
 /// host's, not the call's); a restart or a changed call only matters to a host awaiting a report.
 pub fn gate(
@@ -330,6 +331,7 @@ pub fn gate(
     key: &CallKey,
     boot_id: &str,
     timeout: Duration,
+    confirm_by: Option<Timestamp>,
     now: Timestamp,
 ) -> Gate {
     let Some(entry) = entry else {
@@ -343,7 +345,7 @@ pub fn gate(
     }
     match &last.state {
         CallState::Accepted { at } if last.key == *key && last.boot_id == boot_id => {
-            let until = plus(*at, timeout);
+            let until = confirm_by.map_or(plus(*at, timeout), |by| plus(*at, timeout).max(by));
             if now < until {
                 Gate::Awaiting { until }
             } else {

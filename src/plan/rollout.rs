@@ -71,6 +71,25 @@ pub fn started(
         .map_or(now, |c| c.last_transition_time.0)
 }
 
+/// Until when a host that accepted this rollout's map may take to report it: the recorded rollout
+/// start (`Reconciling=True` since then) plus one `connectTimeoutSeconds` per wave of
+/// `maxConcurrentConnects` hosts. The calls of a wave all go out at once, but the hosts' reports
+/// then reach the API server one after the other; with 2,000 hosts that takes longer than one
+/// timeout, and calling those hosts lapsed (and calling them again) would double the writes when
+/// the API server is busiest. `None` when no rollout start is recorded.
+pub fn confirm_by(observed: &Observed) -> Option<Timestamp> {
+    let sync = &observed.pool.spec.sync;
+    let start = condition::find(&observed.pool.status.conditions, types::RECONCILING)
+        .filter(|c| c.status == ConditionStatus::True.as_str())?
+        .last_transition_time
+        .0;
+    let cap = i64::from(sync.max_concurrent_connects.max(1));
+    let hosts = i64::try_from(observed.hosts.len()).unwrap_or(i64::MAX);
+    let waves = hosts.div_euclid(cap) + i64::from(hosts.rem_euclid(cap) != 0);
+    let secs = i64::from(sync.connect_timeout_seconds.max(1)).saturating_mul(waves.max(1));
+    start.checked_add(SignedDuration::from_secs(secs)).ok()
+}
+
 /// When hosts that merely wait their turn must have confirmed the map: the rollout start plus one
 /// `connectTimeoutSeconds` per wave of `maxConcurrentConnects` hosts, plus one.
 pub fn deadline(observed: &Observed, rollout_start: Timestamp) -> Timestamp {

@@ -285,3 +285,20 @@ fn call_that_failed_in_the_background_gets_its_event_once() {
     let (_, r) = step(&mut o, later(t0(), 1));
     assert!(r.events.iter().all(|e| e.reason != reasons::CONNECT_FAILED));
 }
+
+#[test]
+fn a_wave_of_hosts_gets_the_rollout_waves_to_confirm_not_one_timeout() {
+    // 100 hosts, 32 calls at once: the rollout needs 4 waves of connectTimeoutSeconds (30 s), and
+    // a host told at the start whose report still queues 31 s later has not lapsed.
+    let mut o = world(100, 1, t0());
+    long_lease(&mut o);
+    crate::plan::rollout::start(&mut o.pool.status.conditions, 1, Some(1), t0());
+    let call = call_to(&o, "h0000", t0());
+    accept(&mut o, &call, t0());
+    let p = plan(&o, later(t0(), 31));
+    assert!(p.ledger.iter().all(|op| !matches!(op, LedgerOp::Lapsed { .. })));
+    assert!(p.hosts["h0000"].told_now);
+    assert_eq!(p.hosts["h0000"].retry_at, Some(later(t0(), 120)));
+    let p = plan(&o, later(t0(), 120));
+    assert!(p.ledger.iter().any(|op| matches!(op, LedgerOp::Lapsed { .. })));
+}
