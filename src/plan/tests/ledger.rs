@@ -296,9 +296,17 @@ fn a_wave_of_hosts_gets_the_rollout_waves_to_confirm_not_one_timeout() {
     let call = call_to(&o, "h0000", t0());
     accept(&mut o, &call, t0());
     let p = plan(&o, later(t0(), 31));
-    assert!(p.ledger.iter().all(|op| !matches!(op, LedgerOp::Lapsed { .. })));
+    assert!(
+        p.ledger
+            .iter()
+            .all(|op| !matches!(op, LedgerOp::Lapsed { .. }))
+    );
     assert!(p.hosts["h0000"].told_now);
     assert_eq!(p.hosts["h0000"].retry_at, Some(later(t0(), 120)));
     let p = plan(&o, later(t0(), 120));
-    assert!(p.ledger.iter().any(|op| matches!(op, LedgerOp::Lapsed { .. })));
+    assert!(
+        p.ledger
+            .iter()
+            .any(|op| matches!(op, LedgerOp::Lapsed { .. }))
+    );
 }
