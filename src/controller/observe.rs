@@ -18,7 +18,7 @@ use crate::{
     api::{Host, HostReport, StorageDomain, StoragePool},
     plan::{
         DOMAIN_FINALIZER, DomainView, HostControllerStatus, HostView, LeaseView, Observed,
-        POOL_FINALIZER, PoolView, ReportView,
+        POOL_FINALIZER, PoolView, ReportView, SharedReport,
     },
 };
 
@@ -111,12 +111,14 @@ fn lease_view(lease: &Lease) -> LeaseView {
     }
 }
 
-/// The host's report, checked for sense beyond what the schema enforces.
-pub fn report_view(host: &Host) -> ReportView {
+/// The host's report, checked for sense beyond what the schema enforces (shared with the cache).
+pub fn report_view(host: &Arc<Host>) -> ReportView {
     match host.status.as_ref().and_then(|s| s.report.as_ref()) {
         None => ReportView::Missing,
         Some(report) => match validate_report(report) {
-            Ok(()) => ReportView::Parsed(Arc::new(report.clone())),
+            Ok(()) => {
+                SharedReport::of(host.clone()).map_or(ReportView::Missing, ReportView::Parsed)
+            }
             Err(reason) => ReportView::Invalid(reason),
         },
     }
@@ -140,7 +142,7 @@ struct CachedView {
 
 impl HostViews {
     /// The report and controller status of `host`, from the memo when this version was seen.
-    pub fn of(&self, host: &Host) -> (ReportView, Arc<HostControllerStatus>) {
+    pub fn of(&self, host: &Arc<Host>) -> (ReportView, Arc<HostControllerStatus>) {
         let name = host.name_any();
         let mut views = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
         let current = |c: &CachedView| {

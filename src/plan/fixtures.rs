@@ -12,6 +12,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::{
     CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall, HostView,
     LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan, PoolView, Report, ReportView,
+    SharedReport,
 };
 use crate::api::{
     DomainType, DomainVitals, HostReport, HostSpec, StorageDomainSpec, StorageDomainStatus,
@@ -96,7 +97,7 @@ pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
             endpoint: format!("http://{name}:54321/jsonrpc"),
             maintenance: false,
         },
-        report: ReportView::Parsed(Arc::new(HostReport {
+        report: ReportView::Parsed(SharedReport::new(HostReport {
             agent_version: "0.1.0".into(),
             boot_id: format!("{name}-boot-1"),
             ..HostReport::default()
@@ -156,7 +157,7 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
     let ReportView::Parsed(report) = &mut h.report else {
         return;
     };
-    let report = Arc::make_mut(report);
+    let report = report.make_mut();
     match call {
         HostCall::Connect { params, .. } => {
             report.pool = Some(params.clone());

@@ -57,8 +57,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use crate::api::{
-    DomainMap, DomainPhase, HostPhase, HostReport, HostSpec, HostStatus, MapStatus, PoolConnection,
-    StorageDomainSpec, StorageDomainStatus, StoragePoolSpec, StoragePoolStatus,
+    DomainMap, DomainPhase, Host, HostPhase, HostReport, HostSpec, HostStatus, MapStatus,
+    PoolConnection, StorageDomainSpec, StorageDomainStatus, StoragePoolSpec, StoragePoolStatus,
 };
 
 pub mod domains;
@@ -173,8 +173,8 @@ pub struct HostView {
 pub enum ReportView {
     /// The agent has not reported yet.
     Missing,
-    /// The report (shared: the shell keeps one copy per version of the Host).
-    Parsed(Arc<HostReport>),
+    /// The report, shared with the cache that holds the Host (no copy per reconcile).
+    Parsed(SharedReport),
     /// The report did not parse (the message says why). It is ignored: no calls go to the host
     /// and it counts for nothing until it reports something readable.
     Invalid(String),
@@ -187,6 +187,64 @@ impl ReportView {
             Self::Parsed(r) => Some(r),
             Self::Missing | Self::Invalid(_) => None,
         }
+    }
+}
+
+/// A host's report inside the Host that carries it, shared with the shell's cache: 2,000 reports
+/// of 20 domains are held once, not once in the cache and once per reconcile.
+#[derive(Clone, Debug)]
+pub struct SharedReport(Arc<Host>);
+
+impl SharedReport {
+    /// The report of `host`, if it has one.
+    pub fn of(host: Arc<Host>) -> Option<Self> {
+        host.status.as_ref()?.report.as_ref()?;
+        Some(Self(host))
+    }
+
+    /// A report held on its own (fixtures and tests).
+    pub fn new(report: HostReport) -> Self {
+        let mut host = Host::new(
+            "",
+            HostSpec {
+                pool: None,
+                endpoint: String::new(),
+                maintenance: false,
+            },
+        );
+        host.status = Some(HostStatus {
+            report: Some(report),
+            ..HostStatus::default()
+        });
+        Self(Arc::new(host))
+    }
+
+    /// The report, to change (copies it first if it is shared).
+    pub fn make_mut(&mut self) -> &mut HostReport {
+        let status = Arc::make_mut(&mut self.0)
+            .status
+            .get_or_insert_with(Default::default);
+        status.report.get_or_insert_with(Default::default)
+    }
+}
+
+impl std::ops::Deref for SharedReport {
+    type Target = HostReport;
+
+    fn deref(&self) -> &HostReport {
+        static NONE: std::sync::OnceLock<HostReport> = std::sync::OnceLock::new();
+        // Built only around a Host that has a report ([`SharedReport::of`], [`SharedReport::new`]).
+        self.0
+            .status
+            .as_ref()
+            .and_then(|s| s.report.as_ref())
+            .unwrap_or_else(|| NONE.get_or_init(HostReport::default))
+    }
+}
+
+impl PartialEq for SharedReport {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
     }
 }
 

@@ -49,7 +49,7 @@ fn disconnects(plan: &Plan) -> Vec<&str> {
 
 fn report_of<'a>(o: &'a mut Observed, name: &str) -> &'a mut crate::api::HostReport {
     match &mut o.hosts.get_mut(name).expect("host").report {
-        ReportView::Parsed(r) => std::sync::Arc::make_mut(r),
+        ReportView::Parsed(r) => r.make_mut(),
         other => panic!("no parsed report: {other:?}"),
     }
 }
