@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
@@ -20,9 +19,10 @@ use poolkeeper::{
     api::{DomainPhase, Host, StorageDomain, StoragePool},
     controller::{self, Settings},
     protocol::{self, Token},
-    testenv::ControlPlane,
 };
 use serde_json::json;
+
+mod common;
 
 const TOKEN: &str = "poolkeeper-bench-token-0123456789";
 const NS: &str = "poolkeeper-system";
@@ -35,24 +35,7 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let cp = match ControlPlane::start().await {
-        Ok(cp) => cp,
-        Err(e) => {
-            eprintln!("cannot start the control plane: {e}");
-            std::process::exit(1);
-        }
-    };
-    let client = cp.client().await.expect("client");
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            NS,
-            &PatchParams::apply("bench"),
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-            ),
-        )
-        .await
-        .expect("namespace");
+    let (_cp, client) = common::control_plane(NS).await;
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("port")
         .local_addr()
@@ -87,8 +70,8 @@ async fn main() {
     println!();
     println!("| reconcile step | runs | total | mean |");
     println!("|---|---:|---:|---:|");
-    for (step, runs, seconds) in steps(metrics).await {
-        let mean = seconds / f64::from(u32::try_from(runs.max(1)).unwrap_or(u32::MAX));
+    for (step, (runs, seconds)) in common::steps(metrics).await {
+        let mean = seconds / runs.max(1.0);
         println!(
             "| {step} | {runs} | {seconds:.2} s | {:.1} ms |",
             mean * 1000.0
@@ -96,53 +79,8 @@ async fn main() {
     }
 }
 
-/// Per reconcile step: how many runs and how long in all (`poolkeeper_reconcile_step_seconds`).
-async fn steps(metrics: std::net::SocketAddr) -> Vec<(String, u64, f64)> {
-    let body = metrics_text(metrics).await;
-    let mut out: Vec<(String, u64, f64)> = Vec::new();
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix("poolkeeper_reconcile_step_seconds_") else {
-            continue;
-        };
-        let (series, value) = rest.rsplit_once(' ').unwrap_or((rest, "0"));
-        let Some((field, labels)) = series.split_once('{') else {
-            continue;
-        };
-        if field != "count" && field != "sum" {
-            continue;
-        }
-        let step = labels
-            .trim_start_matches("step=\"")
-            .trim_end_matches("\"}")
-            .to_owned();
-        let index = out
-            .iter()
-            .position(|(s, _, _)| *s == step)
-            .unwrap_or_else(|| {
-                out.push((step.clone(), 0, 0.0));
-                out.len() - 1
-            });
-        match field {
-            "count" => out[index].1 = value.parse().unwrap_or(0),
-            "sum" => out[index].2 = value.parse().unwrap_or(0.0),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The controller's `/metrics` page.
-async fn metrics_text(metrics: std::net::SocketAddr) -> String {
-    reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body")
-}
-
 async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {
-    let body = metrics_text(metrics).await;
+    let body = common::metrics_text(metrics).await;
     let mut out = [0; 3];
     for line in body
         .lines()

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -42,9 +41,10 @@ use poolkeeper::{
         DomainPhase, DomainVitals, Host, HostReport, HostSpec, MapStatus, PoolConnection,
         StorageDomain, StoragePool,
     },
-    testenv::ControlPlane,
 };
 use serde_json::json;
+
+mod common;
 
 const TOKEN: &str = "poolkeeper-bench-token-0123456789";
 const NS: &str = "poolkeeper-system";
@@ -65,24 +65,7 @@ async fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let cp = match ControlPlane::start().await {
-        Ok(cp) => cp,
-        Err(e) => {
-            eprintln!("cannot start the control plane: {e}");
-            std::process::exit(1);
-        }
-    };
-    let client = cp.client().await.expect("client");
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            NS,
-            &PatchParams::apply("bench"),
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-            ),
-        )
-        .await
-        .expect("namespace");
+    let (cp, client) = common::control_plane(NS).await;
     let token_file = cp.dir().join("agent-token");
     std::fs::write(&token_file, TOKEN).expect("token file");
     let env = Env {
@@ -353,34 +336,6 @@ async fn floor(client: &Client, names: &[String], report: &HostReport) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Per reconcile step (`poolkeeper_reconcile_step_seconds`): runs and seconds so far.
-async fn steps(metrics: std::net::SocketAddr) -> BTreeMap<String, (f64, f64)> {
-    let Ok(resp) = reqwest::get(format!("http://{metrics}/metrics")).await else {
-        return BTreeMap::new();
-    };
-    let body = resp.text().await.unwrap_or_default();
-    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for line in body.lines() {
-        let Some(rest) = line.strip_prefix("poolkeeper_reconcile_step_seconds_") else {
-            continue;
-        };
-        let (Some((field, labels)), Some(value)) = (
-            rest.split_once('{'),
-            rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
-        ) else {
-            continue;
-        };
-        let step = labels.split('"').nth(1).unwrap_or_default().to_owned();
-        let entry = out.entry(step).or_default();
-        match field {
-            "count" => entry.0 = value,
-            "sum" => entry.1 = value,
-            _ => {}
-        }
-    }
-    out
-}
-
 /// What the reconciles between two step snapshots cost: runs, and mean milliseconds per step.
 fn step_summary(
     before: &BTreeMap<String, (f64, f64)>,
@@ -407,10 +362,7 @@ fn step_summary(
 /// The controller's API writes so far, per kind, operation and outcome
 /// (`poolkeeper_api_writes_total`).
 async fn api_writes(metrics: std::net::SocketAddr) -> BTreeMap<String, f64> {
-    let Ok(resp) = reqwest::get(format!("http://{metrics}/metrics")).await else {
-        return BTreeMap::new();
-    };
-    let body = resp.text().await.unwrap_or_default();
+    let body = common::metrics_text(metrics).await;
     body.lines()
         .filter_map(|l| l.strip_prefix("poolkeeper_api_writes_total"))
         .filter_map(|l| {
@@ -433,10 +385,7 @@ fn writes_summary(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>)
 
 /// The controller's own status writes so far (`poolkeeper_status_writes_total`).
 async fn controller_writes(metrics: std::net::SocketAddr) -> u64 {
-    let Ok(resp) = reqwest::get(format!("http://{metrics}/metrics")).await else {
-        return 0;
-    };
-    let body = resp.text().await.unwrap_or_default();
+    let body = common::metrics_text(metrics).await;
     body.lines()
         .filter(|l| l.starts_with("poolkeeper_status_writes_total{"))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()))
@@ -600,14 +549,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     for round in 0..repeats {
         if round > 0 {
             // Delete the pool and its domains; every host disconnects before the pool is gone.
-            for d in &domain_names {
-                let _ = domains.delete(d, &DeleteParams::default()).await;
-            }
-            let _ = pools.delete(&pool_name, &DeleteParams::default()).await;
-            wait_for("pool deleted", async || {
-                pools.get_opt(&pool_name).await.ok().flatten().is_none()
-            })
-            .await;
+            delete_pool(&pools, &domains, &pool_name, &domain_names).await;
             wait_for("domains deleted", async || {
                 domains
                     .list(&Default::default())
@@ -746,7 +688,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let mut toggles = Vec::new();
     let mut cpu = Vec::new();
     let mut activations = Vec::new();
-    let steps_before = steps(metrics).await;
+    let steps_before = common::steps(metrics).await;
     let writes_before = api_writes(metrics).await;
     eprintln!("{n} hosts: toggling {target}");
     for _ in 0..repeats {
@@ -809,7 +751,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let toggles = Stats(toggles);
     eprintln!(
         "{n} hosts, toggles and activations: {}",
-        step_summary(&steps_before, &steps(metrics).await)
+        step_summary(&steps_before, &common::steps(metrics).await)
     );
     eprintln!(
         "{n} hosts, toggles and activations, API writes: {}",
@@ -843,14 +785,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let rss = controller.peak_rss_mib();
 
     // Leave nothing for the next size: the pool goes while its agents still answer.
-    for d in &domain_names {
-        let _ = domains.delete(d, &DeleteParams::default()).await;
-    }
-    let _ = pools.delete(&pool_name, &DeleteParams::default()).await;
-    wait_for("pool deleted", async || {
-        pools.get_opt(&pool_name).await.ok().flatten().is_none()
-    })
-    .await;
+    delete_pool(&pools, &domains, &pool_name, &domain_names).await;
     drop(agent);
     drop(controller);
 
@@ -866,6 +801,24 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         Stats(activations).show(" s"),
         Stats(restarts).show(" s"),
     )
+}
+
+/// Deletes the pool's domains and the pool, and waits until the pool is gone (its finalizer
+/// disconnects every host first).
+async fn delete_pool(
+    pools: &Api<StoragePool>,
+    domains: &Api<StorageDomain>,
+    pool: &str,
+    domain_names: &[String],
+) {
+    for d in domain_names {
+        let _ = domains.delete(d, &DeleteParams::default()).await;
+    }
+    let _ = pools.delete(pool, &DeleteParams::default()).await;
+    wait_for("pool deleted", async || {
+        pools.get_opt(pool).await.ok().flatten().is_none()
+    })
+    .await;
 }
 
 async fn set_maintenance(domains: &Api<StorageDomain>, name: &str, on: bool) {
