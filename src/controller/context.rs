@@ -1,5 +1,6 @@
 //! The one `Context` every reconcile shares: caches, the writer, host RPC settings, metrics, the
-//! leader fence, and the call ledger (the only state kept in memory).
+//! leader fence, the call ledger (the only state kept in memory that a plan reads), each pool's
+//! wave of calls being sent, and the memo of host views.
 
 use std::sync::Mutex;
 

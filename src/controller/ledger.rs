@@ -1,5 +1,6 @@
-//! The call ledger: what was sent to which host, when, and what became of it. It is the
-//! controller's only state outside the API server. The planner reads a snapshot of it (part of
+//! The call ledger: what was sent to which host, when, and what became of it. It is the only
+//! state outside the API server that the planner reads (the waves of calls not yet sent are the
+//! last plan's, and the view memo is a cache). The planner reads a snapshot of it (part of
 //! [`crate::plan::Observed`]) and decides from it whether to call, wait or back off, and what to
 //! record or forget ([`crate::plan::Plan::ledger`]); how an entry changes is
 //! [`crate::plan::ledger::HostCalls`]'s to say. This module only keeps the entries under a lock,

@@ -16,7 +16,7 @@
 //!   publishes events.
 //! - [`finalize`]: the plan's finalizer changes, last.
 //! - [`domains`]: the second controller, for domains no existing pool owns.
-//! - [`ledger`]: the call ledger, the only state not rebuilt from the API server.
+//! - [`ledger`]: the call ledger, the only state not rebuilt from the API server that plans read.
 //! - [`context`]: the one `Context` every reconcile shares.
 //! - [`write`](mod@write): every API write (statuses, finalizers, events), with a timeout and an outcome metric.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
