@@ -334,6 +334,20 @@ async fn lease_is_held_by_the_host_and_renewed() {
         renew_time(&l).filter(|t| t.0 > t0.0)
     })
     .await;
+    // A Lease deleted under a running agent (a namespace cleanup, a restore) comes back at the
+    // host's next turn.
+    leases
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete the lease");
+    let again = eventually("the lease re-created", WAIT, || async {
+        leases.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(
+        again.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(name.as_str())
+    );
     running.shutdown().await;
 }
 

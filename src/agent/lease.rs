@@ -66,6 +66,9 @@ pub async fn run_renewer(
     let duration_seconds = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
     let busy: Arc<[AtomicBool]> = hosts.iter().map(|_| AtomicBool::new(false)).collect();
     let failing: Arc<[AtomicBool]> = hosts.iter().map(|_| AtomicBool::new(false)).collect();
+    // Whether this process has seen the host's Lease exist: until then a renewal starts with a
+    // create (a fresh host's first renewal is one request, not a failed patch and a create).
+    let exists: Arc<[AtomicBool]> = hosts.iter().map(|_| AtomicBool::new(false)).collect();
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,16 +96,21 @@ pub async fn run_renewer(
             if host.is_blackholed() || flag.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            let (api, host, busy, failing, permits) = (
+            let (api, host, busy, failing, exists, permits) = (
                 api.clone(),
                 Arc::clone(host),
                 Arc::clone(&busy),
                 Arc::clone(&failing),
+                Arc::clone(&exists),
                 Arc::clone(&permits),
             );
             tokio::spawn(async move {
                 if let Ok(_permit) = permits.acquire().await {
-                    let result = renew(&api, host.name(), duration_seconds).await;
+                    let known = exists.get(i).is_some_and(|e| e.load(Ordering::Acquire));
+                    let result = renew(&api, host.name(), duration_seconds, known).await;
+                    if let (Ok(()), Some(e)) = (&result, exists.get(i)) {
+                        e.store(true, Ordering::Release);
+                    }
                     // Log transitions only: an API server outage must not flood the log with
                     // one line per host per interval.
                     let was_failing = failing
@@ -126,11 +134,18 @@ pub async fn run_renewer(
     }
 }
 
-/// Renews (or creates) the Lease of host `name`.
+/// Renews the Lease of host `name`, creating it when missing. With `known` (the Lease existed at
+/// the last renewal) it patches first and creates on 404; otherwise it creates first and patches
+/// when the Lease already exists. Either way a renewal is one request in the common case.
 ///
 /// # Errors
 /// The API server's error.
-pub async fn renew(api: &Api<Lease>, name: &str, duration_seconds: i32) -> Result<(), kube::Error> {
+pub async fn renew(
+    api: &Api<Lease>,
+    name: &str,
+    duration_seconds: i32,
+    known: bool,
+) -> Result<(), kube::Error> {
     let now = MicroTime(Timestamp::now());
     let spec = LeaseSpec {
         holder_identity: Some(name.to_owned()),
@@ -138,36 +153,44 @@ pub async fn renew(api: &Api<Lease>, name: &str, duration_seconds: i32) -> Resul
         renew_time: Some(now.clone()),
         ..LeaseSpec::default()
     };
-    let pp = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
+    let patch = async || {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        api.patch(name, &pp, &Patch::Merge(&json!({ "spec": &spec })))
+            .await
+            .map(drop)
     };
-    match api
-        .patch(name, &pp, &Patch::Merge(&json!({ "spec": &spec })))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.to_owned()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    acquire_time: Some(now),
-                    ..spec
-                }),
-            };
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PostParams::default()
-            };
-            match api.create(&pp, &lease).await {
-                Ok(_) => Ok(()),
+    let create = async || {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                acquire_time: Some(now.clone()),
+                ..spec.clone()
+            }),
+        };
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        api.create(&pp, &lease).await.map(drop)
+    };
+    if known {
+        match patch().await {
+            Err(kube::Error::Api(s)) if s.is_not_found() => match create().await {
                 Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
-                Err(e) => Err(e),
-            }
+                other => other,
+            },
+            other => other,
         }
-        Err(e) => Err(e),
+    } else {
+        match create().await {
+            Err(kube::Error::Api(s)) if s.is_already_exists() => patch().await,
+            other => other,
+        }
     }
 }
