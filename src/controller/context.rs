@@ -1,6 +1,6 @@
 //! The one `Context` every reconcile shares: caches, the writer, host RPC settings, metrics, the
 //! leader fence, the call ledger (the only state kept in memory that a plan reads), each pool's
-//! wave of calls being sent, and the memo of host views.
+//! wave of calls being sent, the pacing of progress writes, and the memo of host views.
 
 use std::sync::Mutex;
 
@@ -13,7 +13,7 @@ use kube::{
 
 use super::{
     ControllerArgs, Error, FIELD_MANAGER, act::Waves, ledger::Ledger, observe::HostViews,
-    watch::Stores, write::Writer,
+    report::Pacer, watch::Stores, write::Writer,
 };
 use crate::{api::StoragePool, metrics::Metrics, protocol};
 
@@ -67,6 +67,8 @@ pub struct Context {
     pub views: HostViews,
     /// Each pool's calls being sent, at most `maxConcurrentConnects` at once.
     pub waves: Waves,
+    /// When each pool and domain status was last written, to pace progress-only writes.
+    pub pacer: Pacer,
     /// Checks, before hosts are called, that this replica still holds the leader Lease (`None`:
     /// no election).
     pub fence: Option<Fence>,
@@ -153,6 +155,7 @@ impl Context {
             ledger: Ledger::default(),
             views: HostViews::default(),
             waves: Waves::default(),
+            pacer: Pacer::default(),
             leader: Mutex::new(None),
             fence: None,
             requeue,

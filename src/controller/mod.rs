@@ -393,7 +393,7 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     metrics.step("act", started);
     let started = Instant::now();
     let report = crate::plan::report(&observed, &plan, &acted.outcomes, jiff::Timestamp::now());
-    report::write(
+    let held = report::write(
         ctx,
         &observed,
         &report,
@@ -407,9 +407,8 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     metrics.step("finalize", started);
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
-    Ok(Action::requeue(
-        plan.requeue_after.map_or(safety, |d| d.min(safety)),
-    ))
+    let after = [plan.requeue_after, held].into_iter().flatten().min();
+    Ok(Action::requeue(after.map_or(safety, |d| d.min(safety))))
 }
 
 fn error_policy(pool: Arc<StoragePool>, error: &Error, _ctx: Arc<Context>) -> Action {

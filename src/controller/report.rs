@@ -26,10 +26,12 @@ use crate::{
 /// Writes every changed status of the report and publishes the events of each object right after
 /// its status changed (`acted.pool_version`: the pool's resourceVersion after act, which may have
 /// written the pool status already). Transitions always change a status, and an event goes out
-/// only with its status write. One failed write does not stop the others; an object deleted
-/// meanwhile (404) needs no status. Before it returns, it waits (briefly) until the caches show
-/// its own writes, so the next reconcile of the pool does not plan from statuses older than the
-/// ones just written (which would repeat writes and their events).
+/// only with its status write. A change of progress alone (the report's `progress_only`) waits
+/// until [`PROGRESS_EVERY`] has passed since the object's last write ([`Pacer`]); the returned
+/// duration says when to look again for it. One failed write does not stop the others; an object
+/// deleted meanwhile (404) needs no status. Before it returns, it waits (briefly) until the caches
+/// show its own writes, so the next reconcile of the pool does not plan from statuses older than
+/// the ones just written (which would repeat writes and their events).
 ///
 /// # Errors
 /// The first status write that failed (the reconcile is retried).
@@ -39,15 +41,27 @@ pub async fn write(
     report: &Report,
     acted: &Acted,
     persisted: bool,
-) -> Result<(), Error> {
+) -> Result<Option<Duration>, Error> {
     let pool = &observed.pool.name;
     let mut first_error = None;
     let mut written = Written::default();
     let mut pool_written = persisted;
+    let mut held = None;
+    let mut pace = |object: plan::ObjectRef| {
+        if !report.progress_only.contains(&object) {
+            return true;
+        }
+        let wait = ctx.pacer.wait(&object);
+        if let Some(wait) = wait {
+            held = Some(held.map_or(wait, |h: Duration| h.min(wait)));
+        }
+        wait.is_none()
+    };
     if let Some(version) = acted.pool_version.as_deref().filter(|_| persisted) {
         written.pools.push((pool.clone(), version.to_owned()));
+        ctx.pacer.wrote(plan::ObjectRef::pool(pool));
     }
-    if needs_write(Some(&observed.pool.status), &report.pool) {
+    if needs_write(Some(&observed.pool.status), &report.pool) && pace(plan::ObjectRef::pool(pool)) {
         // Based on the version the plan was made from (or act's map write): the pool status
         // carries the map and host ids, which a stale reconcile must never overwrite.
         let base = acted.pool_version.clone().or_else(|| {
@@ -62,6 +76,7 @@ pub async fn write(
             .await;
         if let Some(version) = settle("StoragePool", pool, result, &mut first_error) {
             written.pools.extend(version.map(|v| (pool.clone(), v)));
+            ctx.pacer.wrote(plan::ObjectRef::pool(pool));
             pool_written = true;
             debug!(pool = %pool, "pool status written");
         }
@@ -71,12 +86,13 @@ pub async fn write(
     }
     for (name, status) in &report.domains {
         let current = observed.domains.get(name).map(|d| &d.status);
-        if !needs_write(current, status) {
+        if !needs_write(current, status) || !pace(plan::ObjectRef::domain(name)) {
             continue;
         }
         let result = ctx.writer.status::<StorageDomain>(name, status, None).await;
         if let Some(version) = settle("StorageDomain", name, result, &mut first_error) {
             written.domains.extend(version.map(|v| (name.clone(), v)));
+            ctx.pacer.wrote(plan::ObjectRef::domain(name));
             publish_for(ctx, report, &plan::ObjectRef::domain(name)).await;
         }
     }
@@ -110,7 +126,44 @@ pub async fn write(
     }
     export_gauges(ctx, pool, report);
     written.caught_up(&ctx.stores).await;
-    first_error.map_or(Ok(()), Err)
+    first_error.map_or(Ok(held), Err)
+}
+
+/// The least time between two writes of a pool's or domain's status when the second one only
+/// moves its progress snapshot on. During a rollout each such write costs a request when the API
+/// server is busiest with the hosts' reports, and holds the pool's next reconcile (the one that
+/// writes the transition) until the cache shows it; one per second still lets a person watch the
+/// counts move.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// When each pool's and domain's status was last written by this process. Lost on restart with no
+/// harm: the first progress write after it goes out at once.
+#[derive(Debug, Default)]
+pub struct Pacer {
+    last: std::sync::Mutex<std::collections::HashMap<plan::ObjectRef, std::time::Instant>>,
+}
+
+impl Pacer {
+    /// Records a write of `object`'s status now (and forgets writes older than the interval).
+    pub fn wrote(&self, object: plan::ObjectRef) {
+        let now = std::time::Instant::now();
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.retain(|_, at| now.duration_since(*at) < PROGRESS_EVERY);
+        last.insert(object, now);
+    }
+
+    /// How long a progress-only write of `object` must still wait (`None`: it may go now).
+    pub fn wait(&self, object: &plan::ObjectRef) -> Option<Duration> {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = last.get(object)?.elapsed();
+        PROGRESS_EVERY.checked_sub(since).filter(|d| !d.is_zero())
+    }
 }
 
 /// Writes one host's status and, once it took effect, publishes the host's events.

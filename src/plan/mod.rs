@@ -612,6 +612,11 @@ pub struct Report {
     pub hosts: BTreeMap<String, HostControllerStatus>,
     /// Events to emit.
     pub events: Vec<PlannedEvent>,
+    /// The pool and domains whose new status differs from the current one only in its progress
+    /// snapshot (counts, host lists, the messages naming them) as a rollout moves on: no phase or
+    /// condition changes status or reason. The shell may pace these writes (their events are
+    /// progress notes that a later write repeats); every other change is written at once.
+    pub progress_only: BTreeSet<ObjectRef>,
 }
 
 /// An event to emit (events.k8s.io).

@@ -34,6 +34,9 @@ pub(super) fn statuses(
         let Some(h) = observed.hosts.get(name) else {
             continue;
         };
+        if joining(h, v) {
+            continue;
+        }
         let g = h.generation;
         let mut s = HostControllerStatus::clone(&h.controller);
         s.observed_generation = g;
@@ -63,6 +66,21 @@ pub(super) fn statuses(
         out.insert(name.clone(), s);
     }
     out
+}
+
+/// A host this controller has never given a phase, on its way into the pool with nothing wrong
+/// (it responds, its report parses, no call failed, no deadline passed). Its first status is the
+/// one that shows where it arrived (`Up`) or why it did not: a `Connecting` written now would be
+/// overwritten a second later, and with 2,000 hosts joining a new pool those writes double the
+/// controller's share of the API server's work. The pool's `laggingHosts` and counts show it in
+/// the meantime.
+fn joining(h: &HostView, v: &HostVerdict) -> bool {
+    h.controller.phase.is_none()
+        && v.role == HostRole::Member
+        && v.phase == HostPhase::Connecting
+        && v.responsive
+        && !v.report_invalid
+        && v.failure.is_none()
 }
 
 fn responsive(v: &HostVerdict, h: &HostView) -> Cond {

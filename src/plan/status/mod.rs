@@ -7,16 +7,17 @@
 //! [`bucket`] says which tenth of the pool a number falls in; a snapshot is rewritten only when a
 //! bucket, a problem entry (by its typed reason), or anything other than healthy progress changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::{
     CallKind, CallOutcome, EventType, HostVerdict, ObjectRef, Observed, Plan, PlannedEvent, Report,
-    SyncFailure,
+    SyncFailure, needs_write,
 };
-use crate::api::HostPhase;
 use crate::api::condition::reasons;
+use crate::api::{HostPhase, StorageDomainStatus, StoragePoolStatus};
 
 mod conditions;
 mod domain;
@@ -43,17 +44,72 @@ pub fn report(
             domains: BTreeMap::new(),
             hosts: BTreeMap::new(),
             events,
+            progress_only: BTreeSet::new(),
         };
     }
     let hosts = apply_outcomes(observed, plan, outcomes, &mut events);
     let host_statuses = host::statuses(observed, &hosts, now, &mut events);
     let domains = domain::statuses(observed, plan, &hosts, now, &mut events);
     let pool = pool::status(observed, plan, &hosts, now, &mut events);
+    let progress_only = progress_only(observed, &pool, &domains);
     Report {
         pool,
         domains,
         hosts: host_statuses,
         events,
+        progress_only,
+    }
+}
+
+/// The pool and domains whose new status differs from the current one in its progress snapshot
+/// alone: with the current counts, host lists and condition messages put back, nothing would be
+/// written (the phase and every condition's status and reason stay). Their events, if any, are
+/// progress notes (the blockers now), not transitions: a held write drops them, and the write
+/// that goes out later carries the blockers of its own time.
+fn progress_only(
+    observed: &Observed,
+    pool: &StoragePoolStatus,
+    domains: &BTreeMap<String, StorageDomainStatus>,
+) -> BTreeSet<ObjectRef> {
+    let mut out = BTreeSet::new();
+    let current = &observed.pool.status;
+    let pool_ref = ObjectRef::pool(&observed.pool.name);
+    if needs_write(Some(current), pool) {
+        let mut probe = pool.clone();
+        probe.counts.clone_from(&current.counts);
+        probe.lagging_hosts.clone_from(&current.lagging_hosts);
+        same_messages(&mut probe.conditions, &current.conditions);
+        if !needs_write(Some(current), &probe) {
+            out.insert(pool_ref);
+        }
+    }
+    for (name, status) in domains {
+        let Some(current) = observed.domains.get(name).map(|d| &d.status) else {
+            continue;
+        };
+        let domain_ref = ObjectRef::domain(name);
+        if needs_write(Some(current), status) {
+            let mut probe = status.clone();
+            probe.hosts.clone_from(&current.hosts);
+            probe.blocking_hosts.clone_from(&current.blocking_hosts);
+            same_messages(&mut probe.conditions, &current.conditions);
+            if !needs_write(Some(current), &probe) {
+                out.insert(domain_ref);
+            }
+        }
+    }
+    out
+}
+
+/// Puts back the current message of each condition whose status and reason did not change.
+fn same_messages(conditions: &mut [Condition], current: &[Condition]) {
+    for c in conditions {
+        if let Some(was) = current
+            .iter()
+            .find(|w| w.type_ == c.type_ && w.status == c.status && w.reason == c.reason)
+        {
+            c.message.clone_from(&was.message);
+        }
     }
 }
 

@@ -68,6 +68,94 @@ fn healthy_rollout_costs_constant_controller_writes_whatever_the_pool_size() {
 }
 
 #[test]
+fn a_new_pools_hosts_get_one_status_write_each_when_they_arrive() {
+    let mut o = world(100, 2, t0());
+    let mut writes: BTreeMap<String, usize> = BTreeMap::new();
+    for round in 0..20 {
+        let now = later(t0(), round);
+        let before = o.clone();
+        let p = plan(&o, now);
+        for call in &p.calls {
+            obey(o.hosts.get_mut(call.host()).expect("h"), call);
+        }
+        let outcomes: Vec<CallOutcome> = p
+            .calls
+            .iter()
+            .map(|c| CallOutcome {
+                host: c.host().into(),
+                kind: c.kind(),
+                result: Ok(()),
+            })
+            .collect();
+        let r = report(&before, &p, &outcomes, now);
+        for (name, status) in &r.hosts {
+            if needs_write(Some(&*before.hosts[name].controller), status) {
+                assert_eq!(status.phase, Some(HostPhase::Up), "{name}: {status:?}");
+                *writes.entry(name.clone()).or_default() += 1;
+            }
+        }
+        write_back(&mut o, &p, &r);
+    }
+    assert!(is_true(&o.pool.status.conditions, types::READY));
+    assert_eq!(writes.len(), 100, "every host shows where it arrived");
+    assert!(writes.values().all(|n| *n == 1), "{writes:?}");
+}
+
+#[test]
+fn progress_alone_is_marked_and_transitions_never_are() {
+    let mut o = steady(320, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    let (mut progress, mut transitions) = (0, 0);
+    for round in 0..40 {
+        let now = later(t0(), round);
+        let before = o.clone();
+        let p = plan(&o, now);
+        // Hosts answer 32 calls per round, so the rollout moves in steps.
+        for call in p.calls.iter().take(32) {
+            obey(o.hosts.get_mut(call.host()).expect("h"), call);
+        }
+        let r = report(&before, &p, &[], now);
+        let domain = ObjectRef::domain("d001");
+        let changed = needs_write(Some(&before.domains["d001"].status), &r.domains["d001"]);
+        let phase_moved = before.domains["d001"].status.phase != r.domains["d001"].phase;
+        if phase_moved {
+            transitions += 1;
+            assert!(
+                !r.progress_only.contains(&domain),
+                "a phase change is never paced"
+            );
+        } else if changed && r.progress_only.contains(&domain) {
+            progress += 1;
+            let mut probe = r.domains["d001"].clone();
+            probe.hosts = before.domains["d001"].status.hosts.clone();
+            probe.blocking_hosts = before.domains["d001"].status.blocking_hosts.clone();
+            for (c, was) in probe
+                .conditions
+                .iter_mut()
+                .zip(&before.domains["d001"].status.conditions)
+            {
+                assert_eq!(
+                    (&c.type_, &c.status, &c.reason),
+                    (&was.type_, &was.status, &was.reason)
+                );
+                c.message.clone_from(&was.message);
+            }
+            assert_eq!(probe, before.domains["d001"].status);
+        }
+        write_back(&mut o, &p, &r);
+    }
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+    assert!(
+        transitions >= 2,
+        "Active -> MovingToMaintenance -> Maintenance"
+    );
+    assert!(
+        progress >= 3,
+        "the blocking count moved in steps: {progress}"
+    );
+}
+
+#[test]
 fn idle_pool_writes_nothing_as_time_passes() {
     let mut o = steady(20, 3, t0());
     for secs in [5, 30, 600] {
