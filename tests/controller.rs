@@ -164,6 +164,55 @@ async fn detach_and_reattach() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_of_an_active_domain_is_refused_and_the_original_keeps_its_place() {
+    let a = sim_pool(PoolOptions::default()).await;
+    let b = sim_pool(PoolOptions::default()).await;
+    let original = &a.domains[1];
+    let u = a.uuids[original].clone();
+    wait_domain_phase(original, DomainPhase::Active).await;
+    wait_entry(&a.hosts, &u, Some(MapStatus::Active), "holds the original").await;
+
+    // A copy-paste in a GitOps repo: the same uuid, in the same pool and in another one.
+    let same = unique("copy");
+    let elsewhere = unique("copy");
+    create_domain(&same, &u, Some(&a.pool)).await;
+    create_domain(&elsewhere, &u, Some(&b.pool)).await;
+    for copy in [&same, &elsewhere] {
+        eventually("the copy is Stalled, naming the original", WAIT, || async {
+            let d = domain(copy).await;
+            let (status, reason, message) = condition(&d.status?.conditions, "Stalled")?;
+            (status == "True"
+                && reason == "DuplicateDomainUuid"
+                && message.contains(original.as_str()))
+            .then_some(())
+        })
+        .await;
+    }
+    eventually("pool A says why it is Stalled", WAIT, || async {
+        let p = pool(&a.pool).await;
+        let (status, reason, _) = condition(&p.status?.conditions, "Stalled")?;
+        (status == "True" && reason == "DuplicateDomainUuid").then_some(())
+    })
+    .await;
+
+    // The original keeps its place, its phase and its hosts.
+    assert_eq!(domain_phase(original).await, Some(DomainPhase::Active));
+    let map = pool(&a.pool).await.status.expect("status").domain_map;
+    assert_eq!(map.get(&u), Some(&MapStatus::Active));
+    for h in &a.hosts {
+        assert_eq!(host_map(h).await.get(&u), Some(&MapStatus::Active), "{h}");
+        assert!(
+            host_monitors(h).await.contains(&u),
+            "{h} stopped monitoring"
+        );
+    }
+    for h in &b.hosts {
+        assert_eq!(host_map(h).await.get(&u), None, "{h} was given the copy");
+    }
+    assert_eq!(domain_phase(&same).await, Some(DomainPhase::Unattached));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_moves_between_pools() {
     let a = sim_pool(PoolOptions::default()).await;
     let b = sim_pool(PoolOptions::default()).await;

@@ -200,6 +200,8 @@ pub mod reasons {
     pub const HOSTS_NOT_RESPONDING: &str = "HostsNotResponding";
     /// `spec.pool` names a StoragePool that does not exist.
     pub const POOL_NOT_FOUND: &str = "PoolNotFound";
+    /// The pool's last active data domain cannot leave while other domains are active.
+    pub const LAST_DATA_DOMAIN: &str = "LastDataDomain";
 
     // Host.
     /// The Lease is current.

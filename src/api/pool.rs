@@ -342,7 +342,7 @@ pub enum LagReason {
     ConnectFailing,
     /// The host took the connect but did not report the map by the rollout deadline.
     NotConfirming,
-    /// The host's report does not parse.
+    /// The host's report is missing or does not parse (it may still hold the pool).
     ReportUnparsable,
     /// The host is being disconnected from the pool (maintenance, or it left the pool).
     BeingDisconnected,

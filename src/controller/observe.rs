@@ -18,7 +18,7 @@ use crate::{
     api::{Host, HostReport, StorageDomain, StoragePool},
     plan::{
         DOMAIN_FINALIZER, DomainView, HostControllerStatus, HostView, LeaseView, Observed,
-        POOL_FINALIZER, PoolView, ReportView, SharedReport,
+        POOL_FINALIZER, PoolView, ReportView, SharedReport, UuidClaim,
     },
 };
 
@@ -47,13 +47,14 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         domains.insert(d.name_any(), domain_view(&d, leaving_other_pool));
     }
     let ours: BTreeSet<&str> = domains.values().map(|d| d.spec.uuid.as_str()).collect();
-    let mut uuids_elsewhere: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut uuids_elsewhere: BTreeMap<String, BTreeMap<String, UuidClaim>> = BTreeMap::new();
     for d in index.domains_with_uuid(&ctx.stores.domains, &ours) {
         if !domains.contains_key(&d.name_any()) {
+            let claim = UuidClaim::of(created(&d), &d.status.clone().unwrap_or_default());
             uuids_elsewhere
                 .entry(d.spec.uuid.clone())
                 .or_default()
-                .insert(d.name_any());
+                .insert(d.name_any(), claim);
         }
     }
 
@@ -93,12 +94,17 @@ fn domain_view(d: &StorageDomain, leaving_other_pool: bool) -> DomainView {
     DomainView {
         name: d.name_any(),
         generation: d.metadata.generation,
+        created: created(d),
         deleting: d.metadata.deletion_timestamp.is_some(),
         has_finalizer: d.finalizers().iter().any(|f| f == DOMAIN_FINALIZER),
         leaving_other_pool,
         spec: d.spec.clone(),
         status: d.status.clone().unwrap_or_default(),
     }
+}
+
+fn created(d: &StorageDomain) -> Option<jiff::Timestamp> {
+    d.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
 fn lease_view(lease: &Lease) -> LeaseView {

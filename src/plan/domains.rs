@@ -10,10 +10,10 @@ use super::hosts::{blamed_before, holds_pool};
 use super::map::{DomainClass, Eligibility, leaving_is_moving};
 use super::{
     DOMAIN_FINALIZER, Desired, DomainVerdict, DomainView, FinalizerAction, FinalizerChange,
-    HostRole, HostVerdict, MAX_LAST_CHECK_SECONDS, ObjectRef, Observed, POOL_FINALIZER,
+    HostRole, HostVerdict, MAX_LAST_CHECK_SECONDS, ObjectRef, Observed, POOL_FINALIZER, ReportView,
 };
 use crate::api::condition::{self, ConditionStatus, types};
-use crate::api::{DomainPhase, DomainType, DomainVitals, HostPhase};
+use crate::api::{DomainPhase, DomainType, DomainVitals, HostPhase, MapStatus};
 use ConditionStatus::True;
 
 /// How one host's report of one active domain reads (oVirt's `analyzeDomainReport`).
@@ -54,6 +54,9 @@ pub fn leaving_still_reported(
         return BTreeSet::new();
     }
     let mut reported = BTreeSet::new();
+    if !unreadable_holders(observed, hosts).is_empty() {
+        reported.extend(leaving.values().map(|d| d.name.clone()));
+    }
     for (name, v) in hosts {
         if !holds_pool(v) {
             continue;
@@ -72,6 +75,37 @@ pub fn leaving_still_reported(
         leaving_is_moving(phase, true)
     });
     reported
+}
+
+/// Hosts without a readable report (missing or unparsable) that may still hold the pool: the
+/// controller gave them an id here (`status.hostIds` is persisted before any call, so a host told
+/// anything is in it) and, for a missing report, it heard from them (they have a Lease). What such
+/// a host monitors is unknown, so it holds every domain on its way to maintenance or out of the
+/// pool, as if it still reported what it was last told. A host in maintenance that does not
+/// respond is released, as by [`holds_pool`].
+fn unreadable_holders<'a>(
+    observed: &'a Observed,
+    hosts: &BTreeMap<String, HostVerdict>,
+) -> Vec<&'a str> {
+    let persisted = &observed.pool.status.host_ids;
+    observed
+        .hosts
+        .iter()
+        .filter(|(name, h)| {
+            let heard_from = match h.report {
+                ReportView::Missing => h.lease.is_some(),
+                ReportView::Invalid(_) => true,
+                ReportView::Parsed(_) => false,
+            };
+            let Some(v) = hosts.get(*name).filter(|_| heard_from) else {
+                return false;
+            };
+            let has_id = v.host_id.is_some() || persisted.iter().any(|e| e.host == **name);
+            let released = v.role == HostRole::Maintenance && !v.responsive;
+            has_id && !released
+        })
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 /// What the hosts' reports say about one domain. Host names are pushed in name order (hosts are
@@ -101,7 +135,12 @@ pub fn judge(
     // Index the domains the reports can talk about: members and leaving ones.
     let tracked: Vec<&DomainView> = classes
         .iter()
-        .filter(|(_, c)| matches!(c, DomainClass::Member | DomainClass::Leaving))
+        .filter(|(_, c)| {
+            matches!(
+                c,
+                DomainClass::Member | DomainClass::Leaving | DomainClass::Kept(_)
+            )
+        })
         .filter_map(|(n, _)| observed.domains.get(n))
         .collect();
     let index: HashMap<&str, usize> = tracked
@@ -113,7 +152,7 @@ pub fn judge(
     // Inactive is left out of a NonOperational host's recovery check, as every host fails it.
     let active: Vec<bool> = tracked
         .iter()
-        .map(|d| desired.domain_map.get(&d.spec.uuid) == Some(&crate::api::MapStatus::Active))
+        .map(|d| desired.domain_map.get(&d.spec.uuid) == Some(&MapStatus::Active))
         .collect();
     let leaving: Vec<bool> = tracked
         .iter()
@@ -171,8 +210,14 @@ pub fn judge(
             }
         }
         if v.in_sync && (up || judged_for_recovery) {
+            // A host is blamed only for a domain the map it holds asks it to monitor (a host the
+            // pool disconnected holds none).
+            let held = report.pool.as_ref().filter(|_| v.connected_here);
+            let asked = |d: &DomainView| {
+                held.is_some_and(|c| c.domain_map.get(&d.spec.uuid) == Some(&MapStatus::Active))
+            };
             for (i, was_seen) in seen.iter().enumerate() {
-                if *was_seen || !active[i] {
+                if *was_seen || !active[i] || !asked(tracked[i]) {
                     continue;
                 }
                 if up {
@@ -201,6 +246,29 @@ pub fn judge(
             recovering.entry(name.clone()).or_default();
         }
     }
+    // Hosts whose report cannot be read hold every domain still on its way out (not yet in
+    // Maintenance, or not yet detached), as the last map they were told may hold it.
+    let unreadable = unreadable_holders(observed, hosts);
+    if !unreadable.is_empty() {
+        for (i, d) in tracked.iter().enumerate() {
+            let done = match d.status.phase {
+                Some(DomainPhase::Maintenance) => !leaving[i],
+                Some(DomainPhase::Unattached) => true,
+                _ => false,
+            };
+            if active[i] || done {
+                continue;
+            }
+            let t = &mut tallies[i];
+            let detaching = leaving[i] && !moving.contains(&d.name);
+            let list = if detaching {
+                &mut t.holders
+            } else {
+                &mut t.reporters
+            };
+            list.extend(unreadable.iter().map(|n| (*n).to_owned()));
+        }
+    }
     // NonOperational hosts: clean reports bring them back Up; otherwise name what they cannot reach.
     for (name, unreachable) in recovering {
         if let Some(v) = hosts.get_mut(&name) {
@@ -218,6 +286,10 @@ pub fn judge(
     for (d, tally) in tracked.iter().zip(tallies) {
         let class = classes.get(&d.name).cloned().unwrap_or(DomainClass::Member);
         let verdict = match class {
+            DomainClass::Kept(others) => DomainVerdict {
+                last_data_domain: Some(others),
+                ..active_verdict(d, tally, up_hosts, desired, grace, hosts, now, pool)
+            },
             DomainClass::Leaving if moving.contains(&d.name) => {
                 moving_verdict(tally, DomainPhase::MovingToMaintenance, Some(pool))
             }
@@ -264,7 +336,7 @@ pub fn judge(
                 v.owned = false;
                 verdicts.insert(name.clone(), v);
             }
-            DomainClass::Member | DomainClass::Leaving => {}
+            DomainClass::Member | DomainClass::Leaving | DomainClass::Kept(_) => {}
         }
     }
     verdicts
@@ -291,6 +363,7 @@ fn base(phase: DomainPhase, pool: Option<&str>) -> DomainVerdict {
         valid: 0,
         up_hosts: 0,
         grace_ends: None,
+        last_data_domain: None,
     }
 }
 

@@ -70,6 +70,7 @@ pub fn domain(name: &str, pool: Option<&str>) -> DomainView {
     DomainView {
         name: name.into(),
         generation: Some(1),
+        created: None,
         deleting: false,
         has_finalizer: pool.is_some(),
         leaving_other_pool: false,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
-use super::{Desired, DomainFlag, Halt, Observed, PoolView, rollout};
+use super::{Desired, DomainFlag, Halt, Observed, PoolView, UuidClaim, rollout};
 use crate::api::pool::MAX_DOMAINS_PER_POOL;
 use crate::api::{
     DomainMap, DomainPhase, DomainType, HostIdEntry, MapStatus, StoragePoolSpec, StoragePoolStatus,
@@ -65,6 +65,11 @@ pub enum DomainClass {
     Waiting,
     /// `spec.pool` names this pool, but bad input keeps it out of the map.
     Flagged(DomainFlag),
+    /// Asked to leave the active set (maintenance, detach or delete), but it is the pool's last
+    /// active data domain and these other domains are still active: it stays active, and master,
+    /// until they go to maintenance (oVirt refuses to deactivate the last master while other
+    /// domains are active, as no new master could be elected).
+    Kept(BTreeSet<String>),
 }
 
 /// The class of every observed domain, by name.
@@ -91,40 +96,83 @@ pub fn eligibility(observed: &Observed) -> Eligibility {
     }
     flag_duplicates(observed, &mut classes);
     flag_over_limit(observed, &mut classes);
+    keep_last_data_domain(observed, &mut classes);
     classes
 }
 
-/// Members whose uuid another StorageDomain also has are flagged; leaving domains keep leaving
-/// (they must get out cleanly), but still make a member with their uuid wait.
+/// Of several StorageDomains with one uuid, one keeps it and the members that do not are flagged
+/// (left out of the map). The holder is decided from the objects alone ([`UuidClaim`]): a leaving
+/// domain of this pool (it must get out cleanly), then a domain placed in a pool's map, then the
+/// oldest, then the first by name. So a copy of a domain never displaces the original: the
+/// original keeps its place, phase and hosts, and only the copy is refused, in this pool or another.
 fn flag_duplicates(observed: &Observed, classes: &mut Eligibility) {
-    let mut by_uuid: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut holders: BTreeMap<&str, Claimant<'_>> = BTreeMap::new();
     for (name, d) in &observed.domains {
-        by_uuid
-            .entry(d.spec.uuid.as_str())
-            .or_default()
-            .insert(name.as_str());
+        let leaving = classes.get(name) == Some(&DomainClass::Leaving);
+        Claimant::new(name, d.claim(), leaving).contend(&mut holders, &d.spec.uuid);
+    }
+    for (uuid, others) in &observed.uuids_elsewhere {
+        if holders.contains_key(uuid.as_str()) {
+            for (name, claim) in others {
+                Claimant::new(name, claim.clone(), false).contend(&mut holders, uuid);
+            }
+        }
     }
     for (name, class) in classes.iter_mut() {
-        if *class != DomainClass::Member {
-            continue;
-        }
-        let Some(d) = observed.domains.get(name) else {
+        let Some(d) = observed
+            .domains
+            .get(name)
+            .filter(|_| *class == DomainClass::Member)
+        else {
             continue;
         };
-        let uuid = d.spec.uuid.as_str();
-        let mut others: BTreeSet<String> = by_uuid
-            .get(uuid)
-            .into_iter()
-            .flatten()
-            .filter(|n| **n != name.as_str())
-            .map(|n| (*n).to_owned())
-            .collect();
-        if let Some(elsewhere) = observed.uuids_elsewhere.get(uuid) {
-            others.extend(elsewhere.iter().filter(|n| *n != name).cloned());
+        if let Some(holder) = holders.get(d.spec.uuid.as_str())
+            && holder.name != name
+        {
+            *class = DomainClass::Flagged(DomainFlag::DuplicateUuid {
+                holder: holder.name.to_owned(),
+                placed_in: holder.claim.placed_in.clone(),
+            });
         }
-        if !others.is_empty() {
-            *class = DomainClass::Flagged(DomainFlag::DuplicateUuid(others));
+    }
+}
+
+/// One of several StorageDomains with the same uuid.
+struct Claimant<'a> {
+    name: &'a str,
+    claim: UuidClaim,
+    leaving_here: bool,
+}
+
+impl<'a> Claimant<'a> {
+    fn new(name: &'a str, claim: UuidClaim, leaving_here: bool) -> Self {
+        Self {
+            name,
+            claim,
+            leaving_here,
         }
+    }
+
+    /// Becomes the holder of `uuid` if it ranks before the holder so far.
+    fn contend(self, holders: &mut BTreeMap<&'a str, Self>, uuid: &'a str) {
+        match holders.get_mut(uuid) {
+            Some(best) if self.rank() < best.rank() => *best = self,
+            Some(_) => {}
+            None => {
+                holders.insert(uuid, self);
+            }
+        }
+    }
+
+    /// Lowest keeps the uuid: leaving this pool, placed in a map, created (earlier), by name.
+    fn rank(&self) -> (bool, bool, bool, Option<Timestamp>, &'a str) {
+        (
+            !self.leaving_here,
+            self.claim.placed_in.is_none(),
+            self.claim.created.is_none(),
+            self.claim.created,
+            self.name,
+        )
     }
 }
 
@@ -149,6 +197,61 @@ fn flag_over_limit(observed: &Observed, classes: &mut Eligibility) {
         .collect();
     for name in over {
         classes.insert(name, DomainClass::Flagged(DomainFlag::TooManyDomains));
+    }
+}
+
+/// The last active data domain does not leave the active set while other domains stay active: if
+/// no data domain remains that wants to be active but others do, one data domain that is active in
+/// the persisted map and asked to leave it is kept (the current master, else the first by name).
+/// With no such domain (none was active), the pool has no master and is in maintenance.
+fn keep_last_data_domain(observed: &Observed, classes: &mut Eligibility) {
+    let wants_active = |name: &String, class: &DomainClass| {
+        *class == DomainClass::Member
+            && observed
+                .domains
+                .get(name)
+                .is_some_and(|d| !d.spec.maintenance)
+    };
+    let is_data = |name: &String| {
+        observed
+            .domains
+            .get(name)
+            .is_some_and(|d| d.spec.type_ == DomainType::Data)
+    };
+    let active: BTreeSet<String> = classes
+        .iter()
+        .filter(|(n, c)| wants_active(n, c))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if active.is_empty() || active.iter().any(is_data) {
+        return;
+    }
+    let status = &observed.pool.status;
+    let leaving_active = |name: &String, class: &DomainClass| {
+        matches!(class, DomainClass::Member | DomainClass::Leaving)
+            && observed.domains.get(name).is_some_and(|d| {
+                d.spec.type_ == DomainType::Data
+                    && status.domain_map.get(&d.spec.uuid) == Some(&MapStatus::Active)
+            })
+    };
+    let is_master = |name: &String| {
+        observed
+            .domains
+            .get(name)
+            .is_some_and(|d| status.master_domain.as_deref() == Some(d.spec.uuid.as_str()))
+    };
+    let candidates: Vec<&String> = classes
+        .iter()
+        .filter(|(n, c)| leaving_active(n, c))
+        .map(|(n, _)| n)
+        .collect();
+    let kept = candidates
+        .iter()
+        .find(|n| is_master(n))
+        .or(candidates.first())
+        .map(|n| (*n).clone());
+    if let Some(name) = kept {
+        classes.insert(name, DomainClass::Kept(active));
     }
 }
 
@@ -180,7 +283,7 @@ pub fn desired(
         };
         let entry = match class {
             DomainClass::Member if d.spec.maintenance => MapStatus::Attached,
-            DomainClass::Member => MapStatus::Active,
+            DomainClass::Member | DomainClass::Kept(_) => MapStatus::Active,
             DomainClass::Leaving if moving.contains(name) => MapStatus::Attached,
             DomainClass::Leaving | DomainClass::Waiting | DomainClass::Flagged(_) => continue,
         };
@@ -202,13 +305,17 @@ pub fn desired(
 
 /// The master: the current one while it is an active, healthy data domain; else the preferred one,
 /// else the first healthy one by name; else any active data domain (an Inactive master is kept
-/// rather than none, as oVirt's reconstruct would pick it when nothing better exists).
+/// rather than none, as oVirt's reconstruct would pick it when nothing better exists). A data
+/// domain kept active as the last one ([`DomainClass::Kept`]) is active here.
 fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
     let candidates: Vec<(&str, bool)> = classes
         .iter()
-        .filter(|(_, c)| **c == DomainClass::Member)
-        .filter_map(|(name, _)| observed.domains.get(name))
-        .filter(|d| !d.spec.maintenance && d.spec.type_ == DomainType::Data)
+        .filter_map(|(name, c)| match c {
+            DomainClass::Member => observed.domains.get(name).filter(|d| !d.spec.maintenance),
+            DomainClass::Kept(_) => observed.domains.get(name),
+            _ => None,
+        })
+        .filter(|d| d.spec.type_ == DomainType::Data)
         .map(|d| {
             (
                 d.spec.uuid.as_str(),

@@ -102,9 +102,10 @@ pub struct Observed {
     pub pool: PoolView,
     /// Every StorageDomain whose `spec.pool` or `status.pool` names this pool, by object name.
     pub domains: BTreeMap<String, DomainView>,
-    /// Other StorageDomains (not in `domains`) by uuid: uuid → their names. Only uuids that also
-    /// appear in `domains` matter; the shell may pass more. Used to flag duplicate uuids.
-    pub uuids_elsewhere: BTreeMap<String, BTreeSet<String>>,
+    /// Other StorageDomains (not in `domains`) by uuid: uuid → their names → their claims on it.
+    /// Only uuids that also appear in `domains` matter; the shell may pass more. Used to decide
+    /// which of several domains with one uuid keeps it ([`map::eligibility`]).
+    pub uuids_elsewhere: BTreeMap<String, BTreeMap<String, UuidClaim>>,
     /// Every Host whose `spec.pool` names this pool, or whose report says it is connected to this
     /// pool's uuid, or that appears in `status.hostIds`, by object name.
     pub hosts: BTreeMap<String, HostView>,
@@ -138,6 +139,8 @@ pub struct DomainView {
     pub name: String,
     /// `metadata.generation`.
     pub generation: Option<i64>,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<Timestamp>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
     /// `metadata.finalizers` holds [`DOMAIN_FINALIZER`].
@@ -149,6 +152,36 @@ pub struct DomainView {
     pub spec: StorageDomainSpec,
     /// The current status (default when none).
     pub status: StorageDomainStatus,
+}
+
+impl DomainView {
+    /// The domain's claim on its uuid.
+    pub fn claim(&self) -> UuidClaim {
+        UuidClaim::of(self.created, &self.status)
+    }
+}
+
+/// What decides which of several StorageDomains with one uuid keeps it, read from each object
+/// alone (never from memory), so every pool and every controller restart picks the same one: a
+/// domain placed in a pool's map comes first, then the oldest, then the first by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UuidClaim {
+    /// The pool whose map holds the domain, as its status records it (`status.pool`, while its
+    /// phase is neither unset nor `Unattached`).
+    pub placed_in: Option<String>,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<Timestamp>,
+}
+
+impl UuidClaim {
+    /// The claim of a domain created at `created` whose status is `status`.
+    pub fn of(created: Option<Timestamp>, status: &StorageDomainStatus) -> Self {
+        let placed = !matches!(status.phase, None | Some(DomainPhase::Unattached));
+        Self {
+            placed_in: status.pool.clone().filter(|_| placed),
+            created,
+        }
+    }
 }
 
 /// A host as the planner sees it.
@@ -175,8 +208,9 @@ pub enum ReportView {
     Missing,
     /// The report, shared with the cache that holds the Host (no copy per reconcile).
     Parsed(SharedReport),
-    /// The report did not parse (the message says why). It is ignored: no calls go to the host
-    /// and it counts for nothing until it reports something readable.
+    /// The report did not parse (the message says why). No calls go to the host until it reports
+    /// something readable; meanwhile it may still hold the pool, so it blocks every domain on its
+    /// way to maintenance or out of the pool ([`domains`]).
     Invalid(String),
 }
 
@@ -186,6 +220,15 @@ impl ReportView {
         match self {
             Self::Parsed(r) => Some(r),
             Self::Missing | Self::Invalid(_) => None,
+        }
+    }
+
+    /// Why there is no readable report, when there is none.
+    pub fn unreadable(&self) -> Option<&str> {
+        match self {
+            Self::Missing => Some("missing"),
+            Self::Invalid(why) => Some(why),
+            Self::Parsed(_) => None,
         }
     }
 }
@@ -556,13 +599,21 @@ pub struct DomainVerdict {
     pub up_hosts: i32,
     /// When the problem grace period ends, while some Up host reports a problem.
     pub grace_ends: Option<Timestamp>,
+    /// Asked to leave the active set but kept active, and master, as the pool's last active data
+    /// domain: the other active domains, to put in maintenance first.
+    pub last_data_domain: Option<BTreeSet<String>>,
 }
 
 /// Bad input on a domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DomainFlag {
-    /// Another StorageDomain has the same uuid (names of the others).
-    DuplicateUuid(BTreeSet<String>),
+    /// Another StorageDomain with the same uuid keeps it ([`UuidClaim`]).
+    DuplicateUuid {
+        /// The StorageDomain that keeps the uuid.
+        holder: String,
+        /// The pool whose map holds it, if it is placed in one.
+        placed_in: Option<String>,
+    },
     /// The pool already has 100 domains (VDSM's limit).
     TooManyDomains,
 }

@@ -4,18 +4,20 @@
 //! pool's domains, phases, blame and the blocking hosts come from [`crate::plan::domains`], this
 //! only writes them down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
 use super::conditions::{Cond, Progress, Why};
-use super::snapshot::{bucket, count, entry, listed, names, problems};
+use super::snapshot::{bucket, count, entry, listed, names, problems, short_list};
 use crate::api::condition::{ConditionStatus, is_true, reasons, types};
 use crate::api::domain::DomainHostCounts;
-use crate::api::{DomainPhase, LagReason, LaggingHost, StorageDomainSpec, StorageDomainStatus};
+use crate::api::{
+    DomainPhase, LagReason, LaggingHost, MapStatus, StorageDomainSpec, StorageDomainStatus,
+};
 use crate::plan::{
-    DomainFlag, DomainVerdict, DomainView, EventType, HostRole, HostVerdict, MAX_LISTED_HOSTS,
-    ObjectRef, Observed, Plan, PlannedEvent, SyncFailure,
+    DomainFlag, DomainVerdict, DomainView, EventType, HostRole, HostVerdict, HostView,
+    MAX_LISTED_HOSTS, ObjectRef, Observed, Plan, PlannedEvent, SyncFailure,
 };
 
 use ConditionStatus::{False, True, Unknown};
@@ -54,7 +56,7 @@ pub(super) fn statuses(
             listed(
                 v.blocking
                     .iter()
-                    .map(|h| blocking_entry(h, hosts.get(h)))
+                    .map(|h| blocking_entry(h, hosts.get(h), observed.hosts.get(h)))
                     .collect(),
             )
         } else {
@@ -80,7 +82,8 @@ pub(super) fn statuses(
         s.pool = v.status_pool.clone();
         s.hosts = counts;
         s.blocking_hosts = list;
-        conditions(&mut s, d, v, hosts, now);
+        let in_maintenance = plan.desired.master_domain.is_none();
+        conditions(&mut s, d, v, hosts, in_maintenance, now);
 
         domain_events(name, current, &s, v, events);
         out.insert(name.clone(), s);
@@ -90,18 +93,18 @@ pub(super) fn statuses(
 
 /// Why a host blocks a domain's transition. A blocking host always has a verdict (the blocking
 /// sets are built from the verdicts); one without could not answer either.
-fn blocking_entry(host: &str, v: Option<&HostVerdict>) -> LaggingHost {
+fn blocking_entry(host: &str, v: Option<&HostVerdict>, h: Option<&HostView>) -> LaggingHost {
     let Some(v) = v else {
         return entry(host, LagReason::NotResponding, None);
     };
     if !v.responsive {
         entry(host, LagReason::NotResponding, None)
+    } else if let Some(why) = h.and_then(|h| h.report.unreadable()) {
+        entry(host, LagReason::ReportUnparsable, Some(why))
     } else if let Some(SyncFailure::ConnectFailed(e)) = &v.failure {
         entry(host, LagReason::ConnectFailing, Some(e))
     } else if v.failure == Some(SyncFailure::NotConfirmed) {
         entry(host, LagReason::NotConfirming, None)
-    } else if v.report_invalid {
-        entry(host, LagReason::ReportUnparsable, None)
     } else if matches!(v.role, HostRole::Maintenance | HostRole::Leaving) {
         entry(host, LagReason::BeingDisconnected, None)
     } else if !v.in_sync && !v.told_now {
@@ -111,20 +114,33 @@ fn blocking_entry(host: &str, v: Option<&HostVerdict>) -> LaggingHost {
     }
 }
 
+/// `pool_in_maintenance`: the pool has no active data domain (no master, hosts disconnected).
 fn conditions(
     s: &mut StorageDomainStatus,
     d: &DomainView,
     v: &DomainVerdict,
     hosts: &BTreeMap<String, HostVerdict>,
+    pool_in_maintenance: bool,
     now: Timestamp,
 ) {
     let g = d.generation;
     let blockers = names(&s.blocking_hosts, s.hosts.still_active);
     let c = &mut s.conditions;
+    // What only a person can change: bad input, or a request the pool refuses.
     let flag = v
         .flag
         .as_ref()
-        .map(|f| Why::new(flag_reason(f), flag_message(f)));
+        .map(|f| Why::new(flag_reason(f), flag_message(f)))
+        .or_else(|| v.last_data_domain.as_ref().map(last_data_domain_why))
+        .or_else(|| {
+            let unmonitored = v.map == Some(MapStatus::Active) && v.phase == DomainPhase::Unknown;
+            (pool_in_maintenance && unmonitored).then(|| {
+                Why::new(
+                    reasons::NO_ACTIVE_DATA_DOMAIN,
+                    "the pool is in maintenance: it has no active data domain (no master), so no host is connected to it and none monitors this domain; activate a data domain of the pool",
+                )
+            })
+        });
     let ready = match (&flag, v.phase) {
         (Some(why), _) => Cond::of(False, why.clone()),
         (None, DomainPhase::Active) => {
@@ -354,10 +370,22 @@ pub fn orphan_domain(
     status
 }
 
+/// Why the pool's last active data domain stays active: the domains to put in maintenance first.
+fn last_data_domain_why(others: &BTreeSet<String>) -> Why {
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    Why::new(
+        reasons::LAST_DATA_DOMAIN,
+        format!(
+            "the last active data domain of the pool cannot leave while other domains are active (no other data domain could be master); it stays active and master: put these in maintenance first: {}",
+            short_list(&others)
+        ),
+    )
+}
+
 /// The condition reason for bad input on a domain.
 pub(super) fn flag_reason(flag: &DomainFlag) -> &'static str {
     match flag {
-        DomainFlag::DuplicateUuid(_) => reasons::DUPLICATE_DOMAIN_UUID,
+        DomainFlag::DuplicateUuid { .. } => reasons::DUPLICATE_DOMAIN_UUID,
         DomainFlag::TooManyDomains => reasons::TOO_MANY_DOMAINS,
     }
 }
@@ -365,10 +393,14 @@ pub(super) fn flag_reason(flag: &DomainFlag) -> &'static str {
 /// The condition message for bad input on a domain.
 fn flag_message(flag: &DomainFlag) -> String {
     match flag {
-        DomainFlag::DuplicateUuid(others) => format!(
-            "other StorageDomains have the same uuid: {}; the uuid names one domain on storage, so neither is put in the map until only one remains",
-            others.iter().cloned().collect::<Vec<_>>().join(", ")
-        ),
+        DomainFlag::DuplicateUuid { holder, placed_in } => {
+            let place = placed_in
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" (in pool {p})"));
+            format!(
+                "StorageDomain {holder}{place} already has this uuid, and the uuid names one domain on storage: this one is left out of the map and {holder} keeps its place; give this one its own uuid or delete it"
+            )
+        }
         DomainFlag::TooManyDomains => format!(
             "the pool already has {} domains (VDSM's limit); this one is left out of the map",
             crate::api::pool::MAX_DOMAINS_PER_POOL

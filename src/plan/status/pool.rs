@@ -11,7 +11,7 @@ use super::conditions::{Cond, Progress, Why};
 use super::domain::flag_reason;
 use super::snapshot::{bucket, count, entry, listed, problems, short_list};
 use crate::api::condition::{ConditionStatus, find, reasons, types};
-use crate::api::{DomainPhase, HostCounts, LagReason, LaggingHost, StoragePoolStatus};
+use crate::api::{DomainPhase, HostCounts, LagReason, LaggingHost, MapStatus, StoragePoolStatus};
 use crate::plan::domains::attached_domains;
 use crate::plan::{
     EventType, Halt, HostRole, HostVerdict, ObjectRef, Observed, Plan, PlannedEvent, SyncFailure,
@@ -130,7 +130,7 @@ pub(super) fn status(
         Cond::new(
             True,
             reasons::NO_ACTIVE_DATA_DOMAIN,
-            "the pool has no active data domain, so no master: its hosts are disconnected",
+            "the pool is in maintenance: it has no active data domain, so no master, and its hosts are disconnected; activate a data domain to bring it up",
         )
     } else {
         Cond::new(
@@ -163,8 +163,9 @@ pub(super) fn status(
     s
 }
 
-/// What only a person can fix: refused hosts, flagged domains, a deleted pool that still has
-/// domains. The first one names the `Stalled` reason.
+/// What only a person can fix: refused hosts, flagged domains, a last data domain asked to leave
+/// while other domains are active, domains to be active in a pool in maintenance, a deleted pool
+/// that still has domains. The first one names the `Stalled` reason.
 fn stalls(observed: &Observed, plan: &Plan, hosts: &BTreeMap<String, HostVerdict>) -> Vec<Why> {
     let p = &observed.pool;
     let mut stalls = Vec::new();
@@ -204,6 +205,38 @@ fn stalls(observed: &Observed, plan: &Plan, hosts: &BTreeMap<String, HostVerdict
             stalls.push(Why::new(
                 reason,
                 format!("{what}: {}", short_list(&flagged)),
+            ));
+        }
+    }
+    let kept: Vec<&str> = plan
+        .domains
+        .iter()
+        .filter(|(_, v)| v.last_data_domain.is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !kept.is_empty() {
+        stalls.push(Why::new(
+            reasons::LAST_DATA_DOMAIN,
+            format!(
+                "the last active data domain cannot leave while other domains are active; put those in maintenance first: {}",
+                short_list(&kept)
+            ),
+        ));
+    }
+    if plan.desired.master_domain.is_none() {
+        let waiting: Vec<&str> = plan
+            .domains
+            .iter()
+            .filter(|(_, v)| v.owned && v.map == Some(MapStatus::Active))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            stalls.push(Why::new(
+                reasons::NO_ACTIVE_DATA_DOMAIN,
+                format!(
+                    "the pool is in maintenance (no active data domain, so no master, hosts disconnected), but these domains are to be active; activate a data domain: {}",
+                    short_list(&waiting)
+                ),
             ));
         }
     }

@@ -40,7 +40,7 @@ fn words(reason: LagReason) -> &'static str {
         LagReason::NotResponding => "not responding",
         LagReason::ConnectFailing => "connect failing",
         LagReason::NotConfirming => "not confirming the map",
-        LagReason::ReportUnparsable => "report does not parse",
+        LagReason::ReportUnparsable => "report unreadable",
         LagReason::BeingDisconnected => "being disconnected",
         LagReason::NotToldYet => "not told yet",
         LagReason::WaitingForReport => "waiting for its report",

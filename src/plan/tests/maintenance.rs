@@ -172,3 +172,89 @@ fn maintenance_domain_reactivated_goes_back_through_activating() {
     converge(&mut o, t0(), 5);
     assert_eq!(phase(&o, "d001"), Some(DomainPhase::Active));
 }
+
+#[test]
+fn host_with_unparsable_report_blocks_maintenance_until_it_reports_again() {
+    let mut o = steady(2, 2, t0());
+    let good = o.hosts["h0001"].report.clone();
+    o.hosts.get_mut("h0001").expect("h").report = ReportView::Invalid("invalid type: map".into());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::MovingToMaintenance));
+    assert_eq!(
+        o.domains["d001"].status.blocking_hosts,
+        vec![lagging(
+            "h0001",
+            LagReason::ReportUnparsable,
+            "report unreadable: invalid type: map"
+        )]
+    );
+    let moving = cond(
+        &o.domains["d001"].status.conditions,
+        types::MOVING_TO_MAINTENANCE,
+    );
+    assert!(
+        moving
+            .message
+            .contains("h0001 (report unreadable: invalid type: map)"),
+        "{}",
+        moving.message
+    );
+    // A domain already in maintenance is not pulled back.
+    assert_eq!(phase(&o, "d000"), Some(DomainPhase::Active));
+    // Readable again: it gets the map, stops monitoring d001, and d001 finishes.
+    o.hosts.get_mut("h0001").expect("h").report = good;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+}
+
+#[test]
+fn host_whose_report_vanished_after_a_connect_blocks_maintenance() {
+    let mut o = world(2, 2, t0());
+    // Both hosts are told the map; h0001's report is then lost before it shows the map.
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(connects(&p), vec!["h0000", "h0001"]);
+    o.hosts.get_mut("h0001").expect("h").report = ReportView::Missing;
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::MovingToMaintenance));
+    assert_eq!(
+        o.domains["d001"].status.blocking_hosts,
+        vec![lagging(
+            "h0001",
+            LagReason::ReportUnparsable,
+            "report unreadable: missing"
+        )]
+    );
+}
+
+#[test]
+fn host_with_unparsable_report_blocks_detaching_until_it_is_released() {
+    let mut o = steady(2, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+    // The report breaks: no call reaches the host, so it keeps the map that holds d001.
+    o.hosts.get_mut("h0001").expect("h").report = ReportView::Invalid("bad uuid".into());
+    assert_eq!(
+        plan(&o, t0()).domains["d001"].phase,
+        DomainPhase::Maintenance,
+        "a domain already in maintenance stays there"
+    );
+    o.domains.get_mut("d001").expect("d").spec.pool = None;
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Detaching));
+    assert_eq!(
+        o.domains["d001"].status.blocking_hosts,
+        vec![lagging(
+            "h0001",
+            LagReason::ReportUnparsable,
+            "report unreadable: bad uuid"
+        )]
+    );
+    // Put in maintenance and silent, the host is released.
+    o.hosts.get_mut("h0001").expect("h").spec.maintenance = true;
+    expire_lease(&mut o, "h0001");
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Unattached));
+}
