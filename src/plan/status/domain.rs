@@ -367,7 +367,7 @@ fn flag_message(flag: &DomainFlag) -> String {
     match flag {
         DomainFlag::DuplicateUuid(others) => format!(
             "other StorageDomains have the same uuid: {}; the uuid names one domain on storage, so neither is put in the map until only one remains",
-            others.iter().cloned().collect::<Vec<_>>().join(", ")
+            crate::api::bounds::listed(others, MAX_LISTED_HOSTS)
         ),
         DomainFlag::TooManyDomains => format!(
             "the pool already has {} domains (VDSM's limit); this one is left out of the map",
