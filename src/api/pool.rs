@@ -73,7 +73,8 @@ pub struct StoragePoolSpec {
     /// The pool's UUID (VDSM's spUUID), sent to hosts as `storagepoolID`. Optional: when unset the
     /// controller uses `metadata.uid` and records it in `status.uuid`. Set it when the pool already
     /// exists on storage or when the object may be re-created (GitOps), so the identity is kept.
-    /// Immutable once set.
+    /// Immutable once set; on a running pool it may only be set to `status.uuid`, the uuid its
+    /// hosts were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 36))]
     #[x_kube(validation = Rule::new(super::UUID_RULE).message(super::UUID_MESSAGE))]
