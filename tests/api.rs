@@ -9,7 +9,7 @@ use kube::{
     api::{DynamicObject, Patch, PatchParams, PostParams},
     core::{ApiResource, GroupVersionKind},
 };
-use poolkeeper::api::{Host, HostReport, HostStatus};
+use poolkeeper::api::{ConditionStatus, Host, HostReport, HostStatus, bounds, set_condition};
 use serde_json::{Value, json};
 use support::{client, kubectl_ok, kubectl_stdin, unique, uuid};
 
@@ -460,6 +460,171 @@ async fn oversized_status_lists_are_rejected() {
         msg.contains("status.domainMap") && msg.contains("Too many"),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn pool_uuid_cannot_be_set_to_another_uuid_on_a_running_pool() {
+    let api = dynamic("StoragePool").await;
+    let name = unique("running-uuid");
+    api.create(
+        &PostParams::default(),
+        &object("StoragePool", &name, json!({})),
+    )
+    .await
+    .expect("created");
+    // The controller recorded the uuid the hosts were given.
+    let given = uuid();
+    let status = json!({"status": {"uuid": given}});
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status written");
+
+    let patch = json!({"spec": {"uuid": uuid()}});
+    let msg = api_error(
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await,
+    );
+    assert!(
+        msg.contains("spec.uuid must equal status.uuid")
+            && msg.contains("create a new StoragePool"),
+        "{msg}"
+    );
+
+    let patch = json!({"spec": {"uuid": given}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("pinning the uuid in use is allowed");
+}
+
+#[tokio::test]
+async fn domain_type_is_immutable() {
+    create_then_reject_update(
+        "StorageDomain",
+        json!({"uuid": uuid(), "type": "Data", "storage": {"path": "/srv/d"}}),
+        json!({"type": "ISO"}),
+        "spec.type is immutable",
+    )
+    .await;
+}
+
+/// A status with one condition whose message is `message`.
+fn status_with_message(message: String) -> Value {
+    let mut conditions = Vec::new();
+    set_condition(
+        &mut conditions,
+        "Ready",
+        ConditionStatus::False,
+        "ConnectFailed",
+        message,
+        Some(1),
+        jiff::Timestamp::from_second(1_700_000_000).expect("timestamp"),
+    );
+    json!({"status": {"conditions": conditions}})
+}
+
+#[tokio::test]
+async fn condition_messages_beyond_the_bound_are_rejected_and_bounded_ones_accepted() {
+    let huge = "é".repeat(bounds::CONDITION_MESSAGE_MAX + 1);
+    for (kind, spec) in [
+        ("StoragePool", json!({})),
+        (
+            "StorageDomain",
+            json!({"uuid": uuid(), "storage": {"path": "/srv/d"}}),
+        ),
+        ("Host", json!({"endpoint": "https://h:54321/jsonrpc"})),
+    ] {
+        let api = dynamic(kind).await;
+        let name = unique("bigmsg");
+        api.create(&PostParams::default(), &object(kind, &name, spec))
+            .await
+            .expect("created");
+
+        // What a writer that does not bound its messages would send.
+        let mut unbounded = status_with_message(String::new());
+        unbounded["status"]["conditions"][0]["message"] = json!(huge);
+        let msg = api_error(
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&unbounded))
+                .await,
+        );
+        assert!(
+            msg.contains("status.conditions[0].message") && msg.contains("Too long"),
+            "{kind}: {msg}"
+        );
+
+        // The same message through set_condition fits.
+        let bounded = status_with_message(huge.clone());
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&bounded))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: the bounded message is accepted: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn condition_reasons_and_types_follow_metav1_condition() {
+    let api = dynamic("StoragePool").await;
+    let name = unique("badreason");
+    api.create(
+        &PostParams::default(),
+        &object("StoragePool", &name, json!({})),
+    )
+    .await
+    .expect("created");
+    for (field, value, fragment) in [
+        (
+            "reason",
+            json!("not a reason!"),
+            "status.conditions[0].reason",
+        ),
+        (
+            "reason",
+            json!("R".repeat(1025)),
+            "status.conditions[0].reason",
+        ),
+        ("type", json!("T".repeat(317)), "status.conditions[0].type"),
+        ("status", json!("Maybe"), "status.conditions[0].status"),
+    ] {
+        let mut status = status_with_message("m".into());
+        status["status"]["conditions"][0][field] = value;
+        let msg = api_error(
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await,
+        );
+        assert!(msg.contains(fragment), "{field}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn oversize_status_strings_are_rejected() {
+    let api = dynamic("StoragePool").await;
+    let name = unique("bigstr");
+    api.create(
+        &PostParams::default(),
+        &object("StoragePool", &name, json!({})),
+    )
+    .await
+    .expect("created");
+    let long_name = "h".repeat(bounds::NAME_MAX + 1);
+    for (status, fragment) in [
+        (
+            json!({"hostIds": [{"host": long_name, "id": 1}]}),
+            "status.hostIds[0].host",
+        ),
+        (
+            json!({"masterDomain": "m".repeat(37)}),
+            "status.masterDomain",
+        ),
+        (
+            json!({"domainMap": [{"uuid": "u".repeat(37), "status": "active"}]}),
+            "status.domainMap[0].uuid",
+        ),
+    ] {
+        let patch = json!({"status": status});
+        let msg = api_error(
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await,
+        );
+        assert!(msg.contains(fragment) && msg.contains("Too long"), "{msg}");
+    }
 }
 
 #[tokio::test]

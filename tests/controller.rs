@@ -6,7 +6,7 @@ mod support;
 
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams};
-use poolkeeper::api::{DomainPhase, Host, HostPhase, MapStatus, StorageDomain};
+use poolkeeper::api::{DomainPhase, Host, HostPhase, MapStatus, StorageDomain, StoragePool};
 use serde_json::json;
 use support::{
     client,
@@ -419,6 +419,57 @@ async fn host_leaving_the_pool_is_disconnected() {
         (pool(&sim.pool).await.status?.counts.hosts == 2).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_max_hosts_under_connected_hosts_stalls_and_touches_no_host() {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
+    wait_maps(&sim.hosts, &expected).await;
+    let reported_ids = || async {
+        let mut ids = Vec::new();
+        for h in &sim.hosts {
+            ids.push(
+                host(h)
+                    .await
+                    .status
+                    .and_then(|s| s.report?.pool)
+                    .map(|p| p.host_id),
+            );
+        }
+        ids
+    };
+    let before = reported_ids().await;
+    assert!(before.iter().all(Option::is_some), "{before:?}");
+
+    merge_spec::<StoragePool>(&sim.pool, json!({"sync": {"maxHosts": 1}})).await;
+    let message = eventually("pool Stalled for maxHosts", WAIT, || async {
+        let status = pool(&sim.pool).await.status?;
+        let (s, reason, message) = condition(&status.conditions, "Stalled")?;
+        (s == "True" && reason == "MaxHostsTooLow").then_some(message)
+    })
+    .await;
+    assert!(
+        message.contains("raise spec.sync.maxHosts to at least 3"),
+        "{message}"
+    );
+    assert_eq!(
+        reported_ids().await,
+        before,
+        "no host was disconnected or renumbered"
+    );
+
+    merge_spec::<StoragePool>(&sim.pool, json!({"sync": {"maxHosts": 3}})).await;
+    eventually("pool no longer Stalled", WAIT, || async {
+        let status = pool(&sim.pool).await.status?;
+        (condition(&status.conditions, "Stalled")?.0 == "False").then_some(())
+    })
+    .await;
+    assert_eq!(reported_ids().await, before);
 }
 
 fn super_controller() {

@@ -11,6 +11,14 @@ use crate::protocol::wire::{
 };
 use crate::protocol::{ErrorCode, VdsmError};
 
+// The report is built from this state: the largest map a host accepts (larger ones fail 328) and
+// its monitors (one per active domain) fit the report's schema bounds, so the API server never
+// refuses the agent's report for its size.
+const _: () = assert!(
+    MAX_DOMAINS_IN_POOL <= crate::api::PoolConnection::MAX_MAP_ENTRIES
+        && MAX_DOMAINS_IN_POOL <= crate::api::HostReport::MAX_DOMAINS
+);
+
 /// What a host holds: at most one pool connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolState {

@@ -1,8 +1,12 @@
-//! `metav1.Condition` helpers shared by every kind: condition types, reasons, and a setter that keeps
-//! `lastTransitionTime` when the status did not change (so a grace period measured from it survives).
+//! `metav1.Condition` helpers shared by every kind: condition types, reasons, a setter that keeps
+//! `lastTransitionTime` when the status did not change (so a grace period measured from it survives)
+//! and bounds the message, and the schema of a conditions list with `metav1.Condition`'s bounds.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+
+use super::bounds;
 
 /// The status of a condition, as the API spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +54,8 @@ pub mod types {
 /// Sets (or replaces) the condition of `type_` in `conditions`.
 ///
 /// `lastTransitionTime` moves to `now` only when the status changes, as the API conventions require;
-/// reason, message and `observedGeneration` are always refreshed.
+/// reason, message and `observedGeneration` are always refreshed. The message is cut to
+/// [`bounds::CONDITION_MESSAGE_MAX`] characters, so no message makes the status invalid.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -60,7 +65,10 @@ pub fn set_condition(
     observed_generation: Option<i64>,
     now: Timestamp,
 ) {
-    let message = message.into();
+    let mut message = message.into();
+    if let std::borrow::Cow::Owned(cut) = bounds::cut(&message, bounds::CONDITION_MESSAGE_MAX) {
+        message = cut;
+    }
     if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
         if existing.status != status.as_str() {
             existing.last_transition_time = Time(now);
@@ -89,6 +97,56 @@ pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Conditio
 /// Whether the condition of `type_` is present with status `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == "True")
+}
+
+/// The schema of a `conditions` list: `metav1.Condition` with the bounds the built-in types
+/// declare (`type` 316 characters, `reason` 1024 with its pattern, `message` 32768), which
+/// k8s-openapi's schema leaves out; at most [`bounds::CONDITIONS_MAX`] entries, a map list keyed by
+/// `type` so two field managers can own different conditions.
+pub fn list_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut item = Condition::json_schema(generator);
+    let limits = [
+        (
+            "type",
+            serde_json::json!({"maxLength": bounds::CONDITION_TYPE_MAX, "pattern": bounds::CONDITION_TYPE_PATTERN}),
+        ),
+        (
+            "reason",
+            serde_json::json!({
+                "minLength": 1,
+                "maxLength": bounds::CONDITION_REASON_MAX,
+                "pattern": bounds::CONDITION_REASON_PATTERN,
+            }),
+        ),
+        (
+            "message",
+            serde_json::json!({"maxLength": bounds::CONDITION_MESSAGE_MAX}),
+        ),
+        (
+            "status",
+            serde_json::json!({"enum": ["True", "False", "Unknown"]}),
+        ),
+        ("observedGeneration", serde_json::json!({"minimum": 0})),
+    ];
+    if let Some(properties) = item
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for (field, limit) in limits {
+            if let (Some(serde_json::Value::Object(schema)), serde_json::Value::Object(limit)) =
+                (properties.get_mut(field), limit)
+            {
+                schema.extend(limit);
+            }
+        }
+    }
+    json_schema!({
+        "type": "array",
+        "maxItems": bounds::CONDITIONS_MAX,
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    })
 }
 
 #[cfg(test)]
@@ -135,6 +193,23 @@ mod tests {
         assert_eq!(c[0].last_transition_time, Time(at(30)));
         assert_eq!(c.len(), 1);
     }
+
+    #[test]
+    fn a_huge_message_is_cut_to_the_schema_bound() {
+        let mut c = Vec::new();
+        let huge = "é".repeat(bounds::CONDITION_MESSAGE_MAX * 2);
+        set_condition(
+            &mut c,
+            "Ready",
+            ConditionStatus::False,
+            "A",
+            huge,
+            None,
+            at(1),
+        );
+        assert_eq!(c[0].message.chars().count(), bounds::CONDITION_MESSAGE_MAX);
+        assert!(c[0].message.ends_with(bounds::CUT_MARKER));
+    }
 }
 
 /// Condition and event reasons (CamelCase, as the API conventions require). Stable: tools match on them.
@@ -158,6 +233,10 @@ pub mod reasons {
     pub const INVALID_COMPATIBILITY_VERSION: &str = "InvalidCompatibilityVersion";
     /// More hosts name the pool than `spec.sync.maxHosts` allows.
     pub const TOO_MANY_HOSTS: &str = "TooManyHosts";
+    /// `spec.sync.maxHosts` is below the id of a host that holds it.
+    pub const MAX_HOSTS_TOO_LOW: &str = "MaxHostsTooLow";
+    /// `spec.uuid` differs from the uuid the pool's hosts were given.
+    pub const UUID_CHANGED: &str = "UuidChanged";
     /// More than 100 domains name the pool (VDSM's limit).
     pub const TOO_MANY_DOMAINS: &str = "TooManyDomains";
     /// Two StorageDomains have the same uuid.

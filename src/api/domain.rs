@@ -59,7 +59,9 @@ pub struct StorageDomainSpec {
     pub uuid: String,
 
     /// What the domain holds: `Data` (VM disks; only data domains can be master), `ISO` or `Export`.
+    /// Immutable: the domain's class is written in its metadata on storage.
     #[serde(default, rename = "type")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.type is immutable: the domain's class is written in its metadata on storage; create a new StorageDomain for storage of another type"))]
     pub type_: DomainType,
 
     /// How hosts reach the domain.
@@ -131,12 +133,12 @@ pub struct StorageDomainStatus {
     /// The pool the controller last put this domain in. It lets a domain moved from pool A to B
     /// leave A cleanly (A's hosts are told before B's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = super::bounds::NAME_MAX))]
     pub pool: Option<String>,
 
     /// `Ready`, `Reconciling`, `Stalled`, `MovingToMaintenance` and `Problem`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[schemars(schema_with = "super::condition::list_schema")]
     pub conditions: Vec<Condition>,
 
     /// How the pool's hosts see the domain.

@@ -80,8 +80,7 @@ pub struct HostStatus {
 
     /// `Responsive`, `InSync`, `Operational` and `Ready`. Written only by the controller.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[schemars(schema_with = "super::condition::list_schema")]
     pub conditions: Vec<Condition>,
 }
 
@@ -97,12 +96,12 @@ pub struct HostStatus {
 pub struct HostReport {
     /// The agent's version.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = HostReport::MAX_TEXT_CHARS))]
     pub agent_version: String,
 
     /// Changes every time the agent starts. A new bootId means the host lost its in-memory map.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = HostReport::MAX_TEXT_CHARS))]
     pub boot_id: String,
 
     /// The pool the host is connected to, as it holds it in memory. Unset: not connected.
@@ -112,12 +111,19 @@ pub struct HostReport {
     /// The domains the host monitors now, with their vitals (VDSM's repoStats). A domain missing
     /// here is not monitored: that is how a host acknowledges a deactivation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = HostReport::MAX_DOMAINS))]
     pub domains: Vec<DomainVitals>,
 
     /// How many domains the host monitors (the length of `domains`).
     #[serde(default)]
     pub domain_count: i32,
+}
+
+impl HostReport {
+    /// The most domains a report lists (the schema's `maxItems`).
+    pub const MAX_DOMAINS: usize = 256;
+    /// The most characters of `agentVersion` and `bootId` (the schema's `maxLength`).
+    pub const MAX_TEXT_CHARS: usize = 64;
 }
 
 /// A pool connection as the host holds it.
@@ -138,8 +144,13 @@ pub struct PoolConnection {
     pub master_version: i64,
     /// The domain map the host holds.
     #[serde(default, skip_serializing_if = "DomainMap::is_empty")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = PoolConnection::MAX_MAP_ENTRIES))]
     pub domain_map: DomainMap,
+}
+
+impl PoolConnection {
+    /// The most entries of the map a host reports (the schema's `maxItems`).
+    pub const MAX_MAP_ENTRIES: usize = 128;
 }
 
 /// One domain monitor's vitals (VDSM's `StorageDomainVitals`).

@@ -4,6 +4,7 @@
 //! Validation lives in the schema (OpenAPI bounds and CEL rules) so the API server rejects bad input
 //! with a message that names the field, before any controller sees it.
 
+pub mod bounds;
 pub mod condition;
 pub mod domain;
 pub mod host;

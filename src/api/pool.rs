@@ -51,7 +51,12 @@ pub const MAX_DOMAINS_PER_POOL: usize = 100;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new(
+        "!has(self.spec.uuid) || !has(self.status) || !has(self.status.uuid) || self.spec.uuid == self.status.uuid"
+    ).message(
+        "spec.uuid must equal status.uuid, the uuid this pool's hosts are connected with: leave spec.uuid unset or set it to status.uuid; a pool with another uuid is another pool, so create a new StoragePool for it"
+    ).field_path(".spec.uuid")
 )]
 #[x_kube(validation = Rule::new(
     "!has(oldSelf.uuid) || (has(self.uuid) && self.uuid == oldSelf.uuid)"
@@ -68,7 +73,8 @@ pub struct StoragePoolSpec {
     /// The pool's UUID (VDSM's spUUID), sent to hosts as `storagepoolID`. Optional: when unset the
     /// controller uses `metadata.uid` and records it in `status.uuid`. Set it when the pool already
     /// exists on storage or when the object may be re-created (GitOps), so the identity is kept.
-    /// Immutable once set.
+    /// Immutable once set; on a running pool it may only be set to `status.uuid`, the uuid its
+    /// hosts were given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 36))]
     #[x_kube(validation = Rule::new(super::UUID_RULE).message(super::UUID_MESSAGE))]
@@ -168,12 +174,12 @@ pub struct StoragePoolStatus {
 
     /// `Ready`, `Reconciling` and `Stalled`, in `metav1.Condition` form.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[schemars(schema_with = "super::condition::list_schema")]
     pub conditions: Vec<Condition>,
 
     /// The pool UUID in use: `spec.uuid`, or the object's uid when that is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = super::bounds::UUID_MAX))]
     pub uuid: Option<String>,
 
     /// The domain map every host must hold: each domain attached to the pool and whether hosts
@@ -189,6 +195,7 @@ pub struct StoragePoolStatus {
     /// The master storage domain hosts are told (`masterSdUUID`); unset while the pool has no active
     /// data domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = super::bounds::UUID_MAX))]
     pub master_domain: Option<String>,
 
     /// Grows by one whenever the master domain changes (`masterVersion`).
@@ -215,6 +222,7 @@ pub struct StoragePoolStatus {
 #[serde(rename_all = "camelCase")]
 pub struct DomainMapEntry {
     /// The storage domain's UUID.
+    #[schemars(length(max = super::bounds::UUID_MAX))]
     pub uuid: String,
     /// `active` (hosts monitor it) or `attached` (in the pool, not monitored).
     pub status: MapStatus,
@@ -257,6 +265,7 @@ impl MapStatus {
 #[serde(rename_all = "camelCase")]
 pub struct HostIdEntry {
     /// The Host's name.
+    #[schemars(length(max = super::bounds::NAME_MAX))]
     pub host: String,
     /// Its id in the pool, 1..=maxHosts.
     pub id: i32,
@@ -291,6 +300,7 @@ pub struct HostCounts {
 #[serde(rename_all = "camelCase")]
 pub struct LaggingHost {
     /// The Host's name.
+    #[schemars(length(max = super::bounds::NAME_MAX))]
     pub host: String,
     /// Why it lags or blocks. `NotResponding`, `ConnectFailing`, `NotConfirming` and
     /// `ReportUnparsable` are problems that may need a person; `BeingDisconnected`, `NotToldYet`,
@@ -305,18 +315,14 @@ impl LaggingHost {
     /// The most characters [`LaggingHost::message`] holds (the schema's `maxLength`).
     pub const MAX_MESSAGE_CHARS: usize = 256;
 
-    /// An entry whose message is cut to [`Self::MAX_MESSAGE_CHARS`] characters, ending in `...`
-    /// when cut, so a long error from a host never makes the status invalid.
+    /// An entry whose message is cut to [`Self::MAX_MESSAGE_CHARS`] characters
+    /// ([`super::bounds::cut`]), so a long error from a host never makes the status invalid.
     pub fn new(host: impl Into<String>, reason: LagReason, message: impl Into<String>) -> Self {
-        let mut message = message.into();
-        if message.chars().count() > Self::MAX_MESSAGE_CHARS {
-            message = message.chars().take(Self::MAX_MESSAGE_CHARS - 3).collect();
-            message.push_str("...");
-        }
+        let message = message.into();
         Self {
             host: host.into(),
             reason,
-            message,
+            message: super::bounds::cut(&message, Self::MAX_MESSAGE_CHARS).into_owned(),
         }
     }
 }

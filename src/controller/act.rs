@@ -262,7 +262,8 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
         Err(e) => {
             let failure = CallFailure {
                 code: e.vdsm_code().map(protocol::ErrorCode::code),
-                message: error_chain(&e),
+                // The host's text is kept cut: the ledger holds it per host until the next call.
+                message: crate::api::bounds::outside(&error_chain(&e)).into_owned(),
             };
             warn!(error = %failure, category = e.category(), "host call failed");
             Err(failure)

@@ -15,7 +15,7 @@ use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
 use super::{Context, index::Members};
 use crate::{
-    api::{Host, HostReport, StorageDomain, StoragePool},
+    api::{Host, HostReport, PoolConnection, StorageDomain, StoragePool, bounds},
     plan::{
         DOMAIN_FINALIZER, DomainView, HostControllerStatus, HostView, LeaseView, Observed,
         POOL_FINALIZER, PoolView, ReportView, SharedReport, UuidClaim,
@@ -189,12 +189,39 @@ fn is_uuid(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok_and(|u| u.hyphenated().to_string() == s)
 }
 
-/// Why a report cannot be trusted, if it cannot: malformed uuids, a host id out of range, or a
-/// domain reported twice.
+/// Why a report cannot be trusted, if it cannot: more than the schema allows (a report written
+/// under an older CRD), malformed uuids, a host id out of range, or a domain reported twice. The
+/// reason quotes the report's text cut short ([`bounds::cut`]), as it goes into statuses.
 pub fn validate_report(report: &HostReport) -> Result<(), String> {
+    let quote = |s: &str| format!("{:?}", bounds::cut(s, bounds::UUID_MAX + 4));
+    if report.domains.len() > HostReport::MAX_DOMAINS {
+        return Err(format!(
+            "{} domains reported, more than {}",
+            report.domains.len(),
+            HostReport::MAX_DOMAINS
+        ));
+    }
+    for (field, text) in [
+        ("agentVersion", &report.agent_version),
+        ("bootId", &report.boot_id),
+    ] {
+        if text.chars().count() > HostReport::MAX_TEXT_CHARS {
+            return Err(format!(
+                "{field} is longer than {} characters",
+                HostReport::MAX_TEXT_CHARS
+            ));
+        }
+    }
     if let Some(pool) = &report.pool {
+        if pool.domain_map.len() > PoolConnection::MAX_MAP_ENTRIES {
+            return Err(format!(
+                "the pool's domain map has {} entries, more than {}",
+                pool.domain_map.len(),
+                PoolConnection::MAX_MAP_ENTRIES
+            ));
+        }
         if !is_uuid(&pool.uuid) {
-            return Err(format!("pool uuid {:?} is not a uuid", pool.uuid));
+            return Err(format!("pool uuid {} is not a uuid", quote(&pool.uuid)));
         }
         if !(1..=2000).contains(&pool.host_id) {
             return Err(format!("host id {} is out of range 1..2000", pool.host_id));
@@ -203,21 +230,65 @@ pub fn validate_report(report: &HostReport) -> Result<(), String> {
             && !m.is_empty()
             && !is_uuid(m)
         {
-            return Err(format!("master domain {m:?} is not a uuid"));
+            return Err(format!("master domain {} is not a uuid", quote(m)));
         }
         // Repeated entries are refused by the schema (the map is keyed by uuid).
         if let Some((uuid, _)) = pool.domain_map.iter().find(|(uuid, _)| !is_uuid(uuid)) {
-            return Err(format!("domain map entry {uuid:?} is not a uuid"));
+            return Err(format!("domain map entry {} is not a uuid", quote(uuid)));
         }
     }
     let mut seen = BTreeSet::new();
     for d in &report.domains {
         if !is_uuid(&d.uuid) || !seen.insert(d.uuid.as_str()) {
             return Err(format!(
-                "domain {:?} is malformed or reported twice",
-                d.uuid
+                "domain {} is malformed or reported twice",
+                quote(&d.uuid)
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DomainVitals;
+
+    fn vitals(uuid: String) -> DomainVitals {
+        DomainVitals {
+            uuid,
+            valid: true,
+            ..DomainVitals::default()
+        }
+    }
+
+    #[test]
+    fn oversize_report_is_refused_with_a_short_reason() {
+        let report = HostReport {
+            domains: (0..=HostReport::MAX_DOMAINS)
+                .map(|i| vitals(format!("aaaaaaaa-0000-0000-0000-{i:012}")))
+                .collect(),
+            ..HostReport::default()
+        };
+        let reason = validate_report(&report).expect_err("too many domains");
+        assert!(reason.contains("257 domains reported"), "{reason}");
+
+        let report = HostReport {
+            boot_id: "b".repeat(1 << 20),
+            ..HostReport::default()
+        };
+        let reason = validate_report(&report).expect_err("huge bootId");
+        assert!(reason.len() < 100, "{reason}");
+    }
+
+    #[test]
+    fn a_huge_malformed_uuid_is_quoted_cut() {
+        let report = HostReport {
+            domains: vec![vitals("x".repeat(1 << 20))],
+            ..HostReport::default()
+        };
+        let reason = validate_report(&report).expect_err("malformed uuid");
+        assert!(reason.len() < 100, "{reason}");
+        assert!(reason.contains(bounds::CUT_MARKER), "{reason}");
+    }
 }

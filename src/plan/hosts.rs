@@ -7,7 +7,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::ledger::{self, CallKey, Gate, LedgerOp};
 use super::{
-    CallKind, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall, HostRole,
+    CallKind, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, Halt, HostCall, HostRole,
     HostVerdict, HostView, LeaseView, Observed, SyncFailure, rollout,
 };
 use crate::api::condition::{self, ConditionStatus, reasons, types};
@@ -38,6 +38,30 @@ fn connection(h: &HostView) -> Option<&PoolConnection> {
 /// Whether the host's `spec.pool` names this pool.
 fn names_pool(h: &HostView, pool: &str) -> bool {
     h.spec.pool.as_deref() == Some(pool)
+}
+
+/// Halts when `spec.sync.maxHosts` was lowered below the id of a host that may hold it: one
+/// connected to the pool with it (by its report), or one recorded with it whose report cannot be
+/// read. [`assign_ids`] would renumber or refuse (disconnect) such a host, so nothing is done until
+/// maxHosts is raised again; the schema cannot refuse the edit, as it does not know the hosts.
+pub fn max_hosts_too_low(observed: &Observed, pool_uuid: &str) -> Option<Halt> {
+    let max_hosts = observed.pool.spec.sync.max_hosts;
+    let mut hosts = BTreeMap::new();
+    for (name, h) in &observed.hosts {
+        if let Some(c) = connection(h).filter(|c| c.uuid == pool_uuid && c.host_id > max_hosts) {
+            hosts.insert(name.clone(), c.host_id);
+        }
+    }
+    for entry in &observed.pool.status.host_ids {
+        let unreadable = observed
+            .hosts
+            .get(&entry.host)
+            .is_some_and(|h| h.report.parsed().is_none());
+        if entry.id > max_hosts && unreadable {
+            hosts.entry(entry.host.clone()).or_insert(entry.id);
+        }
+    }
+    (!hosts.is_empty()).then_some(Halt::MaxHostsTooLow { max_hosts, hosts })
 }
 
 /// Host ids: ids that connected hosts report are kept (never reassigned under a connected host,

@@ -33,6 +33,18 @@ pub fn halt(spec: &StoragePoolSpec) -> Option<Halt> {
     }
 }
 
+/// Halts when `spec.uuid` differs from the uuid recorded in status, which the pool's hosts were
+/// given: a new identity under connected hosts would disconnect them all. The schema refuses the
+/// edit; this holds for objects written before that rule or with it bypassed.
+pub fn uuid_changed(pool: &PoolView) -> Option<Halt> {
+    let spec = pool.spec.uuid.as_deref()?;
+    let status = pool.status.uuid.as_deref()?;
+    (spec != status).then(|| Halt::UuidChanged {
+        spec: spec.to_owned(),
+        status: status.to_owned(),
+    })
+}
+
 fn parse_version(v: &str) -> Option<(u32, u32)> {
     let (major, minor) = v.split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))

@@ -89,7 +89,7 @@ pub const MAX_LAST_CHECK_SECONDS: f64 = 30.0;
 /// The Lease duration assumed when a Lease does not say (kube-node-lease's default).
 pub const DEFAULT_LEASE_DURATION_SECONDS: i32 = 40;
 /// At most this many hosts are named in a lagging-host or blocking-host list.
-pub const MAX_LISTED_HOSTS: usize = 10;
+pub const MAX_LISTED_HOSTS: usize = crate::api::bounds::LISTED_MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Input
@@ -330,7 +330,8 @@ pub struct LeaseView {
 pub struct Plan {
     /// The pool uuid in use (`spec.uuid`, else `status.uuid`, else `metadata.uid`).
     pub pool_uuid: String,
-    /// Why the planner sends nothing at all (legacy or invalid compatibility version).
+    /// Why the planner sends nothing at all (legacy or invalid compatibility version, a spec edit
+    /// that would change connected hosts' identity or ids).
     pub halted: Option<Halt>,
     /// The map, master and host ids every host must hold.
     pub desired: Desired,
@@ -366,6 +367,22 @@ pub enum Halt {
     InvalidVersion {
         /// The version found.
         version: String,
+    },
+    /// `spec.uuid` differs from the uuid the pool's hosts were given (`status.uuid`): following
+    /// it would disconnect every host and connect it to another pool.
+    UuidChanged {
+        /// `spec.uuid`.
+        spec: String,
+        /// `status.uuid`.
+        status: String,
+    },
+    /// `spec.sync.maxHosts` is below the id some host holds: following it would renumber or
+    /// disconnect those hosts.
+    MaxHostsTooLow {
+        /// `spec.sync.maxHosts`.
+        max_hosts: i32,
+        /// The hosts whose id no longer fits, with that id.
+        hosts: BTreeMap<String, i32>,
     },
 }
 
@@ -642,11 +659,14 @@ pub struct CallFailure {
     pub message: String,
 }
 
+/// The host's message is text from outside, shown cut to [`crate::api::bounds::OUTSIDE_TEXT_MAX`]
+/// characters: this is the form it takes in every status, ledger entry and event.
 impl fmt::Display for CallFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let message = crate::api::bounds::outside(&self.message);
         match self.code {
-            Some(code) => write!(f, "error {code}: {}", self.message),
-            None => f.write_str(&self.message),
+            Some(code) => write!(f, "error {code}: {message}"),
+            None => f.write_str(&message),
         }
     }
 }
@@ -712,7 +732,10 @@ pub fn needs_write<T: PartialEq>(current: Option<&T>, desired: &T) -> bool {
 /// The plan for one pool. Pure: same input, same output.
 pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
     let pool_uuid = map::pool_uuid(&observed.pool);
-    if let Some(halt) = map::halt(&observed.pool.spec) {
+    let halt = map::halt(&observed.pool.spec)
+        .or_else(|| map::uuid_changed(&observed.pool))
+        .or_else(|| hosts::max_hosts_too_low(observed, &pool_uuid));
+    if let Some(halt) = halt {
         return Plan {
             pool_uuid,
             halted: Some(halt),

@@ -9,6 +9,7 @@ use jiff::Timestamp;
 
 use super::conditions::Cond;
 use crate::api::HostPhase;
+use crate::api::bounds::{self, LISTED_MAX};
 use crate::api::condition::{ConditionStatus, find, is_true, reasons, types};
 use crate::plan::{
     EventType, HostControllerStatus, HostRole, HostVerdict, HostView, ObjectRef, Observed,
@@ -43,7 +44,8 @@ pub(super) fn statuses(
         s.phase = Some(v.phase);
         let invalid = match &h.report {
             ReportView::Invalid(e) => Some(format!(
-                "the agent's report does not parse ({e}); it is ignored"
+                "the agent's report does not parse ({}); it is ignored",
+                bounds::outside(e)
             )),
             ReportView::Missing | ReportView::Parsed(_) => None,
         };
@@ -169,7 +171,7 @@ fn operational(v: &HostVerdict, refused: &str) -> Option<Cond> {
                 reasons::STORAGE_DOMAIN_UNREACHABLE,
                 format!(
                     "the host cannot reach {} although other hosts can",
-                    v.unreachable.iter().cloned().collect::<Vec<_>>().join(", ")
+                    bounds::listed(&v.unreachable, LISTED_MAX)
                 ),
             )
         })
@@ -260,7 +262,7 @@ fn host_events(
                 reasons::STORAGE_DOMAIN_UNREACHABLE,
                 format!(
                     "host is NonOperational: it cannot reach {} although other hosts can",
-                    v.unreachable.iter().cloned().collect::<Vec<_>>().join(", ")
+                    bounds::listed(&v.unreachable, LISTED_MAX)
                 ),
             ),
             HostPhase::NonResponsive => push(

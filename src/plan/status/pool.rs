@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use super::conditions::{Cond, Progress, Why};
 use super::domain::flag_reason;
 use super::snapshot::{bucket, count, entry, listed, problems, short_list};
+use crate::api::bounds;
 use crate::api::condition::{ConditionStatus, find, reasons, types};
 use crate::api::{DomainPhase, HostCounts, LagReason, LaggingHost, MapStatus, StoragePoolStatus};
 use crate::plan::domains::attached_domains;
@@ -295,7 +296,8 @@ fn reconciling(observed: &Observed, plan: &Plan, connecting: bool) -> Option<Why
     }
 }
 
-/// The status of a pool the planner will not touch (legacy or invalid compatibility version).
+/// The status of a pool the planner will not touch (legacy or invalid compatibility version, a
+/// spec edit that would change connected hosts' identity or ids).
 pub(super) fn halted_status(
     observed: &Observed,
     halt: &Halt,
@@ -315,6 +317,25 @@ pub(super) fn halted_status(
             reasons::INVALID_COMPATIBILITY_VERSION,
             format!("compatibilityVersion {version:?} is not major.minor; no host is contacted"),
         ),
+        Halt::UuidChanged { spec, status } => Why::new(
+            reasons::UUID_CHANGED,
+            format!(
+                "spec.uuid {spec} differs from {status}, the uuid the pool's hosts were given; set spec.uuid back to {status} (or remove it). No host is contacted until then"
+            ),
+        ),
+        Halt::MaxHostsTooLow { max_hosts, hosts } => {
+            let needed = hosts.values().max().copied().unwrap_or(*max_hosts);
+            Why::new(
+                reasons::MAX_HOSTS_TOO_LOW,
+                format!(
+                    "spec.sync.maxHosts={max_hosts} is below the ids these hosts hold: {}; raise spec.sync.maxHosts to at least {needed}. No host is connected, disconnected or renumbered until then",
+                    bounds::listed(
+                        hosts.iter().map(|(h, id)| format!("{h} (id {id})")),
+                        bounds::LISTED_MAX
+                    )
+                ),
+            )
+        }
     };
     let mut s = p.status.clone();
     s.observed_generation = g;

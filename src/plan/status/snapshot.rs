@@ -82,14 +82,5 @@ pub(super) fn names(list: &[LaggingHost], total: i32) -> String {
 
 /// At most [`MAX_LISTED_HOSTS`] names, and how many more there are.
 pub(super) fn short_list(items: &[&str]) -> String {
-    let mut s = items
-        .iter()
-        .take(MAX_LISTED_HOSTS)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if items.len() > MAX_LISTED_HOSTS {
-        s.push_str(&format!(" and {} more", items.len() - MAX_LISTED_HOSTS));
-    }
-    s
+    crate::api::bounds::listed(items, MAX_LISTED_HOSTS)
 }

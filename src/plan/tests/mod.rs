@@ -20,6 +20,8 @@ mod maintenance;
 mod map;
 mod master;
 mod problems;
+mod spec_edits;
+mod status_size;
 mod sync;
 mod write_budget;
 
