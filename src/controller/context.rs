@@ -6,14 +6,11 @@ use std::sync::Mutex;
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
-use kube::{
-    Client,
-    runtime::events::{Recorder, Reporter},
-};
+use kube::{Client, runtime::events::Reporter};
 
 use super::{
-    ControllerArgs, Error, FIELD_MANAGER, act::Waves, ledger::Ledger, observe::HostViews,
-    watch::Stores, write::Writer,
+    ControllerArgs, Error, FIELD_MANAGER, act::Waves, events::Recorder, ledger::Ledger,
+    observe::HostViews, watch::Stores, write::Writer,
 };
 use crate::{api::StoragePool, metrics::Metrics, protocol};
 

@@ -19,11 +19,13 @@
 //! - [`ledger`]: the call ledger, the only state not rebuilt from the API server that plans read.
 //! - [`context`]: the one `Context` every reconcile shares.
 //! - [`write`](mod@write): every API write (statuses, finalizers, events), with a timeout and an outcome metric.
+//! - [`events`]: events.k8s.io Events, folded into a series only when identical (note included).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod act;
 pub mod context;
 pub mod domains;
+pub mod events;
 pub mod finalize;
 pub mod http;
 pub mod index;
