@@ -1,6 +1,7 @@
 //! The one `Context` every reconcile shares: caches, the writer, host RPC settings, metrics, the
-//! leader fence, the call ledger (the only state kept in memory that a plan reads), each pool's
-//! wave of calls being sent, and the memo of host views.
+//! leader fence, the call ledger (with the Lease observation times of [`super::liveness`], the
+//! only state kept in memory that a plan reads), each pool's wave of calls being sent, and the
+//! memo of host views.
 
 use std::sync::Mutex;
 

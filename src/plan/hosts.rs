@@ -8,25 +8,44 @@ use jiff::{SignedDuration, Timestamp};
 use super::ledger::{self, CallKey, Gate, LedgerOp};
 use super::{
     CallKind, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, HostCall, HostRole,
-    HostVerdict, HostView, LeaseView, Observed, SyncFailure, rollout,
+    HostVerdict, HostView, LeaseView, Observation, Observed, SyncFailure, rollout,
 };
 use crate::api::condition::{self, ConditionStatus, reasons, types};
 use crate::api::{HostPhase, PoolConnection};
 
-/// Whether the Lease is current at `now`.
-pub fn responsive(lease: Option<&LeaseView>, now: Timestamp) -> bool {
+/// Whether the host responds at `now`: its Lease renewal was observed less than a Lease duration
+/// ago. A Lease only found at the controller's start or after it regained the API server keeps a
+/// host it judged unresponsive unresponsive until a renewal is seen (the node-lifecycle
+/// controller's grace never marks a node Ready either).
+pub fn responsive(h: &HostView, now: Timestamp) -> bool {
+    let judged_unresponsive = || {
+        condition::find(&h.controller.conditions, types::RESPONSIVE)
+            .is_some_and(|c| c.status == ConditionStatus::False.as_str())
+    };
+    match h.lease {
+        Some(LeaseView {
+            observed: Observation::Found(_),
+            ..
+        }) if judged_unresponsive() => false,
+        lease => lease_current(lease.as_ref(), now),
+    }
+}
+
+/// Whether the Lease's observed renewal is less than a Lease duration old at `now`.
+pub fn lease_current(lease: Option<&LeaseView>, now: Timestamp) -> bool {
     lease_expiry(lease).is_some_and(|expiry| now < expiry)
 }
 
-/// When the Lease expires (`None` without a Lease or a renew time).
+/// When the Lease expires: a Lease duration after its renewal was observed (`None` without a
+/// Lease or a renew time).
 pub fn lease_expiry(lease: Option<&LeaseView>) -> Option<Timestamp> {
     let lease = lease?;
+    lease.renew_time?;
     let secs = lease
         .lease_duration_seconds
         .unwrap_or(DEFAULT_LEASE_DURATION_SECONDS);
-    lease
-        .renew_time?
-        .checked_add(SignedDuration::from_secs(i64::from(secs)))
+    let (Observation::Renewed(at) | Observation::Found(at)) = lease.observed;
+    at.checked_add(SignedDuration::from_secs(i64::from(secs)))
         .ok()
 }
 
@@ -122,7 +141,7 @@ pub fn classify(
             };
             let verdict = HostVerdict {
                 role,
-                responsive: responsive(h.lease.as_ref(), now),
+                responsive: responsive(h, now),
                 connected_here: connection(h).is_some_and(|c| c.uuid == pool_uuid),
                 in_sync: false,
                 report_invalid: matches!(h.report, super::ReportView::Invalid(_)),
