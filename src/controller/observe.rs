@@ -76,6 +76,13 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
         );
     }
     ctx.views.prune(ctx.stores.hosts.len());
+    let departed = pool_view
+        .status
+        .host_ids
+        .iter()
+        .filter(|e| !hosts.contains_key(&e.host))
+        .map(|e| (e.host.clone(), lease_view(ctx, &e.host, now)))
+        .collect();
     let ledger = ctx.ledger.snapshot(hosts.keys().map(String::as_str));
     Observed {
         pool: pool_view,
@@ -83,6 +90,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
         uuids_elsewhere,
         hosts,
         ledger,
+        departed,
     }
 }
 

@@ -134,6 +134,7 @@ pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
         uuids_elsewhere: BTreeMap::new(),
         hosts: BTreeMap::new(),
         ledger: BTreeMap::new(),
+        departed: BTreeMap::new(),
     };
     // Room for every host (the API allows up to 2000).
     o.pool.spec.sync.max_hosts = o

@@ -61,9 +61,10 @@ fn names_pool(h: &HostView, pool: &str) -> bool {
 
 /// Host ids: ids that connected hosts report are kept (never reassigned under a connected host,
 /// which also rebuilds them if the status was lost); then the ids in status for hosts that still
-/// need one; then the lowest free id for each new member, up to `maxHosts`. Hosts beyond the limit
-/// get none (they are refused).
-pub fn assign_ids(observed: &Observed, pool_uuid: &str) -> BTreeMap<String, i32> {
+/// need one, and for departed hosts (Host deleted) whose Lease is current, as their agent may
+/// still hold the pool under that id and registers its Host again; then the lowest free id for
+/// each new member, up to `maxHosts`. Hosts beyond the limit get none (they are refused).
+pub fn assign_ids(observed: &Observed, pool_uuid: &str, now: Timestamp) -> BTreeMap<String, i32> {
     let max = observed.pool.spec.sync.max_hosts.max(1);
     let pool = observed.pool.name.as_str();
     let slots = usize::try_from(max).unwrap_or(0) + 1;
@@ -82,10 +83,16 @@ pub fn assign_ids(observed: &Observed, pool_uuid: &str) -> BTreeMap<String, i32>
         }
     }
     for entry in &observed.pool.status.host_ids {
-        let Some((name, h)) = observed.hosts.get_key_value(&entry.host) else {
-            continue;
+        let (name, needs_id) = match observed.hosts.get_key_value(&entry.host) {
+            Some((name, h)) => (
+                name,
+                names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid),
+            ),
+            None => match observed.departed.get_key_value(&entry.host) {
+                Some((name, lease)) => (name, lease_current(lease.as_ref(), now)),
+                None => continue,
+            },
         };
-        let needs_id = names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid);
         if needs_id
             && let Some(i) = slot(entry.id)
             && !taken[i]

@@ -112,6 +112,10 @@ pub struct Observed {
     pub hosts: BTreeMap<String, HostView>,
     /// The call ledger's entries for these hosts (hosts without an entry have none).
     pub ledger: BTreeMap<String, ledger::HostCalls>,
+    /// Hosts named in `status.hostIds` whose Host object is gone, with their Lease (`None` without
+    /// one). An agent whose Lease is current may still hold the pool under its id (it registers
+    /// its Host again), so that id is not handed to another host.
+    pub departed: BTreeMap<String, Option<LeaseView>>,
 }
 
 /// The pool as the planner sees it.
@@ -690,7 +694,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         };
     }
     let eligibility = map::eligibility(observed);
-    let host_ids = hosts::assign_ids(observed, &pool_uuid);
+    let host_ids = hosts::assign_ids(observed, &pool_uuid, now);
     let mut hostv = hosts::classify(observed, &pool_uuid, &host_ids, now);
     let leaving_held = domains::leaving_still_reported(observed, &eligibility, &hostv);
     let desired = map::desired(observed, &eligibility, &leaving_held, host_ids);
