@@ -8,7 +8,7 @@
 //! (the controller regained the API server). While the watch is failing, every Lease counts as
 //! found now: the controller cannot see renewals, so it holds no host's silence against it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use jiff::Timestamp;
@@ -33,6 +33,8 @@ struct Inner {
     failing: bool,
     /// The first list has ended: a Lease that appears after it is a new renewal.
     listed: bool,
+    /// The Leases a list in progress found (those it did not are gone).
+    listing: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -51,6 +53,7 @@ impl LeaseClock {
                 since: now,
                 failing: false,
                 listed: false,
+                listing: HashSet::new(),
             }),
         }
     }
@@ -66,9 +69,19 @@ impl LeaseClock {
             inner.since = now;
         }
         match event {
-            watcher::Event::Init => {}
-            watcher::Event::InitDone => inner.listed = true,
-            watcher::Event::InitApply(lease) => inner.saw(lease, now, false),
+            watcher::Event::Init => inner.listing.clear(),
+            watcher::Event::InitDone => {
+                let Inner {
+                    by_name, listing, ..
+                } = &mut *inner;
+                by_name.retain(|name, _| listing.contains(name));
+                listing.clear();
+                inner.listed = true;
+            }
+            watcher::Event::InitApply(lease) => {
+                inner.listing.insert(lease.name_any());
+                inner.saw(lease, now, false);
+            }
             watcher::Event::Apply(lease) => {
                 let listed = inner.listed;
                 inner.saw(lease, now, listed);
