@@ -1,4 +1,5 @@
-//! Hosts: responsiveness from the Lease, stable host ids, the sync judgement (by content: pool, id,
+//! Hosts: responsiveness from when the controller observed the Lease renewed, stable host ids
+//! (reserved for departed hosts whose Lease is current), the sync judgement (by content: pool, id,
 //! master, master version, exact map), the phase before domain problems, and the RPCs to send. Pure.
 
 use std::collections::BTreeMap;
