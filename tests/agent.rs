@@ -313,6 +313,69 @@ async fn restart_reports_a_new_boot_id_no_pool_and_keeps_operator_fields() {
 }
 
 #[tokio::test]
+async fn deleted_or_restored_host_is_registered_and_reported_again() {
+    let kube = support::client().await;
+    let ns = namespace(&kube).await;
+    let name = unique("host");
+    let root = tempfile::tempdir().expect("tempdir");
+    let running = single(&name, root.path(), kube.clone(), &ns).await;
+    let host = running.host(&name).expect("host").clone();
+    let hosts: Api<Host> = Api::all(kube.clone());
+    let pool = uuid();
+    let sd = uuid();
+    rpc_client()
+        .connect(
+            host.endpoint(),
+            &connect_params(&pool, 3, "", &[(&sd, MapStatus::Attached)]),
+            CALL,
+        )
+        .await
+        .expect("connect");
+    let connected = |r: &HostReport| {
+        r.boot_id == host.boot_id() && r.pool.as_ref().is_some_and(|p| p.host_id == 3)
+    };
+    let first = report_where(&hosts, &name, "the connected report", connected).await;
+    let backup = first.status.and_then(|s| s.report).expect("report");
+
+    // Deleted: the agent registers the Host again and writes its whole report, although its
+    // memory did not change.
+    hosts
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete host");
+    let again = report_where(
+        &hosts,
+        &name,
+        "the report after the Host was deleted",
+        connected,
+    )
+    .await;
+    assert_ne!(again.metadata.uid, first.metadata.uid, "a new Host object");
+    assert_eq!(again.spec.endpoint, host.endpoint());
+
+    // Restored from an older backup (the report of before the connect): the agent writes what it
+    // holds now.
+    let mut stale = backup.clone();
+    stale.pool = None;
+    hosts
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"status": {"report": stale}})),
+        )
+        .await
+        .expect("restore an old report");
+    report_where(
+        &hosts,
+        &name,
+        "the report after an old one was restored",
+        connected,
+    )
+    .await;
+    running.shutdown().await;
+}
+
+#[tokio::test]
 async fn lease_is_held_by_the_host_and_renewed() {
     let kube = support::client().await;
     let ns = namespace(&kube).await;

@@ -780,6 +780,7 @@ async fn deploy_base_applies_and_grants_least_privilege() {
             false,
         ),
         (agent, "create", "hosts.poolkeeper.io", None, true),
+        (agent, "watch", "hosts.poolkeeper.io", None, true),
         (agent, "patch", "hosts.poolkeeper.io/status", None, true),
         (agent, "patch", "hosts.poolkeeper.io", None, false),
         (agent, "patch", "storagepools.poolkeeper.io", None, false),

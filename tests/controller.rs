@@ -236,6 +236,50 @@ async fn domain_moves_between_pools() {
     );
 }
 
+/// The notes of the events.k8s.io events about `object` (series folded: one note per Event).
+async fn event_notes(object: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client().await, "default");
+    let list = events.list(&Default::default()).await.expect("events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_name_the_hosts_a_domain_waits_for() {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let target = &sim.domains[1];
+    wait_domain_phase(target, DomainPhase::Active).await;
+    // One host is slow to answer (but within the connect timeout): the domain waits for it alone
+    // after the others let go, with nothing failing (events of type Normal only).
+    let slow = &sim.hosts[0];
+    sim.agents
+        .host(slow)
+        .expect("host")
+        .set_latency(std::time::Duration::from_millis(1200));
+
+    merge_spec::<StorageDomain>(target, json!({"maintenance": true})).await;
+    wait_domain_phase(target, DomainPhase::Maintenance).await;
+    let notes = eventually(
+        "events naming the hosts the domain waited for",
+        WAIT,
+        || async {
+            let notes = event_notes(target).await;
+            notes
+                .iter()
+                .any(|n| n.starts_with("still monitored by") && n.contains(slow.as_str()))
+                .then_some(notes)
+        },
+    )
+    .await;
+    assert!(
+        notes.iter().any(|n| n.contains("-> MovingToMaintenance")),
+        "the phase change is an event of its own: {notes:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_host_holds_deactivation_until_put_in_maintenance() {
     let sim = sim_pool(PoolOptions::default()).await;

@@ -586,3 +586,69 @@ async fn sleep_until(at: Timestamp) {
         tokio::time::sleep(left.unsigned_abs()).await;
     }
 }
+
+/// When the `Responsive` condition of `name` last changed, and its status.
+async fn responsive_since(name: &str) -> Option<(String, Timestamp)> {
+    let h = host(name).await;
+    let c = h
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Responsive")?;
+    Some((c.status, c.last_transition_time.0))
+}
+
+/// What an API server outage longer than the Lease looks like to the controller's Lease data:
+/// while it was away, no renewal was written, and when it is back every `renewTime` is older than
+/// the Lease. The controller judges liveness from when it observed a renewal, with a grace of one
+/// Lease duration from its start, so no host flips to NonResponsive and back (two writes and an
+/// event per host) while the agents catch up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_leases_found_at_start_flip_no_host() {
+    let _turn = ONE_CONTROLLER.lock().await;
+    let p = create_pool(3, 1, json!({"connectTimeoutSeconds": 2})).await;
+    let first = ControllerProcess::start();
+    let mut before = BTreeMap::new();
+    for h in &p.hosts {
+        wait_host_phase(h, HostPhase::Up).await;
+        let (status, since) = responsive_since(h).await.expect("Responsive condition");
+        assert_eq!(status, "True");
+        before.insert(h.clone(), since);
+    }
+    first.kill().await;
+
+    // The agents cannot write (as in an outage) until every Lease is older than its duration.
+    for h in p.agents.hosts() {
+        h.set_blackholed(true);
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client().await, LEASE_NAMESPACE);
+    for h in &p.hosts {
+        eventually(&format!("the Lease of {h} is stale"), WAIT, || async {
+            let l = leases.get(h).await.ok()?;
+            let spec = l.spec?;
+            let renewed = spec.renew_time?.0;
+            let duration = SignedDuration::from_secs(spec.lease_duration_seconds?.into());
+            (renewed + duration + SignedDuration::from_secs(1) < Timestamp::now()).then_some(())
+        })
+        .await;
+    }
+
+    // The controller comes back and finds them so; the agents are back at once too.
+    let second = ControllerProcess::start();
+    second.ready().await;
+    for h in p.agents.hosts() {
+        h.set_blackholed(false);
+    }
+    // Longer than a Lease (6 s in these tests): the grace has ended, renewals were seen.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for h in &p.hosts {
+        assert_eq!(
+            responsive_since(h).await,
+            Some(("True".to_owned(), before[h])),
+            "{h} flipped Responsive across the restart"
+        );
+        assert_eq!(host_phase_now(h).await, Some(HostPhase::Up));
+    }
+    second.kill().await;
+}

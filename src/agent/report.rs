@@ -5,15 +5,23 @@
 //! One reporter serves every host of the process: it is woken with a host's index when that host
 //! may have changed, writes with bounded concurrency, and retries failures with backoff while the
 //! hosts keep serving calls from memory.
+//!
+//! Like the kubelet for its Node, it also watches its own Hosts: a Host deleted (and perhaps
+//! re-created, or restored from a backup) or whose report differs from the last one written is
+//! checked with a read and registered and reported again in full. Without that, a deleted Host
+//! would stay without a report while the host still holds the pool and its host id.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::{HashMap, HashSet};
+
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -42,6 +50,29 @@ struct Slot {
     in_flight: bool,
     again: bool,
     backing_off: bool,
+    /// The watch saw the Host gone or with another report while a write was in flight.
+    stale: bool,
+}
+
+impl Slot {
+    /// Forgets what was written, so the next write reads the Host first and registers and
+    /// reports again as needed. Returns whether the host is to be queued now.
+    fn forget_written(&mut self) -> bool {
+        self.last_written = None;
+        self.registered = false;
+        if self.in_flight {
+            self.stale = true;
+        }
+        !self.in_flight && !self.backing_off
+    }
+}
+
+/// What the watch on the process's own Hosts says about one of them.
+enum Seen {
+    /// The Host is gone (deleted, or missing from a relist).
+    Gone,
+    /// The Host exists and carries this report.
+    Report(Option<HostReport>),
 }
 
 /// Why a report could not be written.
@@ -77,6 +108,9 @@ pub async fn run_reporter(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Host> = Api::all(client);
+    let by_name: HashMap<&str, usize> = hosts.iter().map(|h| (h.name(), h.index())).collect();
+    let mut own = own_hosts(&api, &hosts);
+    let mut listed: HashSet<usize> = HashSet::new();
     let mut slots: Vec<Slot> = hosts.iter().map(|_| Slot::default()).collect();
     let mut ready: VecDeque<usize> = VecDeque::new();
     let mut retries: BTreeSet<(Instant, usize)> = BTreeSet::new();
@@ -88,6 +122,10 @@ pub async fn run_reporter(
             let (Some(host), Some(slot)) = (hosts.get(i), slots.get_mut(i)) else {
                 continue;
             };
+            if slot.in_flight {
+                slot.again = true;
+                continue;
+            }
             host.take_dirty();
             if host.is_blackholed() {
                 // Cut off: nothing reaches the API server; un-blackholing marks it dirty again.
@@ -127,12 +165,15 @@ pub async fn run_reporter(
                         slot.failures = 0;
                         slot.registered = true;
                         slot.last_written = Some(report);
-                        if std::mem::take(&mut slot.again) {
+                        if std::mem::take(&mut slot.stale) {
+                            slot.forget_written();
+                            ready.push_back(i);
+                        } else if std::mem::take(&mut slot.again) {
                             ready.push_back(i);
                         }
                     }
                     Err(e) => {
-                        if e.is_not_found() {
+                        if e.is_not_found() || std::mem::take(&mut slot.stale) {
                             slot.registered = false;
                         }
                         slot.failures += 1;
@@ -141,6 +182,24 @@ pub async fn run_reporter(
                         let delay = backoff(slot.failures);
                         tracing::warn!(host = %host_name(&hosts, i), error = %e, category = e.category(), failures = slot.failures, retry_in = ?delay, "report write failed");
                         retries.insert((Instant::now() + delay, i));
+                    }
+                }
+            }
+            Some(event) = own.next() => {
+                for (i, seen) in seen(event, &by_name, &mut listed, hosts.len()) {
+                    let Some(slot) = slots.get_mut(i) else { continue };
+                    let differs = match &seen {
+                        Seen::Gone => true,
+                        Seen::Report(report) => report.as_ref() != slot.last_written.as_ref(),
+                    };
+                    // Nothing written yet: a write is queued or backing off anyway.
+                    if differs && slot.last_written.is_some() {
+                        if matches!(seen, Seen::Gone) {
+                            tracing::info!(host = %host_name(&hosts, i), "host object gone; registering and reporting again");
+                        }
+                        if slot.forget_written() {
+                            ready.push_back(i);
+                        }
                     }
                 }
             }
@@ -162,6 +221,62 @@ pub async fn run_reporter(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A watch on the Hosts of this process: by name for a single host, else every Host (the
+/// simulator's hosts share no label an operator could not remove).
+fn own_hosts(
+    api: &Api<Host>,
+    hosts: &[Arc<HostAgent>],
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<Host>, watcher::Error>> {
+    let config = match hosts {
+        [one] => watcher::Config::default().fields(&format!("metadata.name={}", one.name())),
+        _ => watcher::Config::default(),
+    };
+    watcher(api.clone(), config).default_backoff().boxed()
+}
+
+/// What one watch event says about the process's own hosts, by index. A relist reports the hosts
+/// it did not list as gone.
+fn seen(
+    event: Result<watcher::Event<Host>, watcher::Error>,
+    by_name: &HashMap<&str, usize>,
+    listed: &mut HashSet<usize>,
+    count: usize,
+) -> Vec<(usize, Seen)> {
+    let report = |h: Host| h.status.and_then(|s| s.report);
+    match event {
+        Ok(watcher::Event::Init) => {
+            listed.clear();
+            Vec::new()
+        }
+        Ok(watcher::Event::InitApply(h)) => match by_name.get(h.name_any().as_str()) {
+            Some(&i) => {
+                listed.insert(i);
+                vec![(i, Seen::Report(report(h)))]
+            }
+            None => Vec::new(),
+        },
+        Ok(watcher::Event::InitDone) => (0..count)
+            .filter(|i| !listed.contains(i))
+            .map(|i| (i, Seen::Gone))
+            .collect(),
+        Ok(watcher::Event::Apply(h)) => by_name
+            .get(h.name_any().as_str())
+            .map(|&i| (i, Seen::Report(report(h))))
+            .into_iter()
+            .collect(),
+        Ok(watcher::Event::Delete(h)) => by_name
+            .get(h.name_any().as_str())
+            .map(|&i| (i, Seen::Gone))
+            .into_iter()
+            .collect(),
+        Err(e) => {
+            // The watcher retries with backoff; writes report their own failures.
+            tracing::debug!(error = %e, "watch on own hosts failed; retrying");
+            Vec::new()
         }
     }
 }
@@ -190,9 +305,12 @@ async fn write(
 ) -> (usize, HostReport, Result<(), ReportError>) {
     let result = async {
         if register {
-            ensure_registered(&api, &host)
+            let live = ensure_registered(&api, &host)
                 .await
                 .map_err(ReportError::Register)?;
+            if live.as_ref() == Some(&report) {
+                return Ok(());
+            }
         }
         apply_report(&api, host.name(), &report)
             .await
@@ -203,12 +321,21 @@ async fn write(
 }
 
 /// Creates the Host with its endpoint when missing; when it exists, only a changed endpoint is
-/// patched (operators own `spec.pool` and `spec.maintenance`).
+/// patched (operators own `spec.pool` and `spec.maintenance`). Returns the report the existing
+/// Host carries (`None` when it was created or has none).
 ///
 /// # Errors
 /// The API server's error.
-pub async fn ensure_registered(api: &Api<Host>, host: &HostAgent) -> Result<(), kube::Error> {
-    match api.get_opt(host.name()).await? {
+pub async fn ensure_registered(
+    api: &Api<Host>,
+    host: &HostAgent,
+) -> Result<Option<HostReport>, kube::Error> {
+    let existing = api.get_opt(host.name()).await?;
+    let report = existing
+        .as_ref()
+        .and_then(|h| h.status.as_ref())
+        .and_then(|s| s.report.clone());
+    match existing {
         None => {
             let object = Host::new(
                 host.name(),
@@ -225,9 +352,9 @@ pub async fn ensure_registered(api: &Api<Host>, host: &HostAgent) -> Result<(), 
             match api.create(&pp, &object).await {
                 Ok(_) => {
                     tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "registered host");
-                    Ok(())
+                    Ok(None)
                 }
-                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
                 Err(e) => Err(e),
             }
         }
@@ -239,9 +366,9 @@ pub async fn ensure_registered(api: &Api<Host>, host: &HostAgent) -> Result<(), 
             };
             api.patch(host.name(), &pp, &Patch::Merge(&patch)).await?;
             tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "updated host endpoint");
-            Ok(())
+            Ok(report)
         }
-        Some(_) => Ok(()),
+        Some(_) => Ok(report),
     }
 }
 

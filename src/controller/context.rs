@@ -1,19 +1,17 @@
 //! The one `Context` every reconcile shares: caches, the writer, host RPC settings, metrics, the
-//! leader fence, the call ledger (the only state kept in memory that a plan reads), each pool's
-//! wave of calls being sent, the pacing of progress writes, and the memo of host views.
+//! leader fence, the call ledger (with the Lease observation times of [`super::liveness`], the
+//! only state kept in memory that a plan reads), each pool's wave of calls being sent, the pacing
+//! of progress writes, and the memo of host views.
 
 use std::sync::Mutex;
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
-use kube::{
-    Client,
-    runtime::events::{Recorder, Reporter},
-};
+use kube::{Client, runtime::events::Reporter};
 
 use super::{
-    ControllerArgs, Error, FIELD_MANAGER, act::Waves, ledger::Ledger, observe::HostViews,
-    report::Pacer, watch::Stores, write::Writer,
+    ControllerArgs, Error, FIELD_MANAGER, act::Waves, events::Recorder, ledger::Ledger,
+    observe::HostViews, report::Pacer, watch::Stores, write::Writer,
 };
 use crate::{api::StoragePool, metrics::Metrics, protocol};
 

@@ -17,17 +17,22 @@
 //! - [`finalize`]: the plan's finalizer changes, last.
 //! - [`domains`]: the second controller, for domains no existing pool owns.
 //! - [`ledger`]: the call ledger, the only state not rebuilt from the API server that plans read.
+//! - [`liveness`]: when each host Lease's renewal was observed (a cache rebuilt on start, as the
+//!   node-lifecycle controller's), from which the planner judges responsiveness.
 //! - [`context`]: the one `Context` every reconcile shares.
 //! - [`write`](mod@write): every API write (statuses, finalizers, events), with a timeout and an outcome metric.
+//! - [`events`]: events.k8s.io Events, folded into a series only when identical (note included).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod act;
 pub mod context;
 pub mod domains;
+pub mod events;
 pub mod finalize;
 pub mod http;
 pub mod index;
 pub mod ledger;
+pub mod liveness;
 pub mod observe;
 pub mod report;
 pub mod watch;
@@ -383,7 +388,7 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     let metrics = &ctx.metrics;
     let now = jiff::Timestamp::now();
     let started = Instant::now();
-    let observed = observe::pool(ctx, pool);
+    let observed = observe::pool(ctx, pool, now);
     metrics.step("observe", started);
     let started = Instant::now();
     let plan = crate::plan::plan(&observed, now);

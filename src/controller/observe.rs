@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use k8s_openapi::api::coordination::v1::Lease;
+use jiff::Timestamp;
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
-use super::{Context, index::Members};
+use super::{Context, index::Members, liveness::renew_time};
 use crate::{
     api::{Host, HostReport, PoolConnection, StorageDomain, StoragePool, bounds},
     plan::{
@@ -22,8 +22,9 @@ use crate::{
     },
 };
 
-/// Everything the planner needs about `pool`, from the caches.
-pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
+/// Everything the planner needs about `pool`, from the caches, at `now` (the clock the planner is
+/// given too).
+pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
     let name = pool.name_any();
     let pool_view = PoolView {
         name: name.clone(),
@@ -62,11 +63,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
     for h in index.hosts(&ctx.stores.hosts, &members) {
         let host_name = h.name_any();
         let (report, controller) = ctx.views.of(&h);
-        let lease = ctx
-            .stores
-            .leases
-            .get(&ObjectRef::new(&host_name).within(&ctx.settings.lease_namespace))
-            .map(|l| lease_view(&l));
+        let lease = lease_view(ctx, &host_name, now);
         hosts.insert(
             host_name.clone(),
             HostView {
@@ -80,6 +77,13 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         );
     }
     ctx.views.prune(ctx.stores.hosts.len());
+    let departed = pool_view
+        .status
+        .host_ids
+        .iter()
+        .filter(|e| !hosts.contains_key(&e.host))
+        .map(|e| (e.host.clone(), lease_view(ctx, &e.host, now)))
+        .collect();
     let ledger = ctx.ledger.snapshot(hosts.keys().map(String::as_str));
     Observed {
         pool: pool_view,
@@ -87,6 +91,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool) -> Observed {
         uuids_elsewhere,
         hosts,
         ledger,
+        departed,
     }
 }
 
@@ -107,14 +112,18 @@ fn created(d: &StorageDomain) -> Option<jiff::Timestamp> {
     d.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
-fn lease_view(lease: &Lease) -> LeaseView {
-    let spec = lease.spec.as_ref();
-    LeaseView {
-        renew_time: spec
-            .and_then(|s| s.renew_time.as_ref().or(s.acquire_time.as_ref()))
-            .map(|t| t.0),
-        lease_duration_seconds: spec.and_then(|s| s.lease_duration_seconds),
-    }
+/// The Lease of host `name`, with when its renewal was observed ([`super::liveness`]).
+fn lease_view(ctx: &Context, name: &str, now: Timestamp) -> Option<LeaseView> {
+    let lease = ctx
+        .stores
+        .leases
+        .get(&ObjectRef::new(name).within(&ctx.settings.lease_namespace))?;
+    let renew_time = renew_time(&lease);
+    Some(LeaseView {
+        renew_time,
+        lease_duration_seconds: lease.spec.as_ref().and_then(|s| s.lease_duration_seconds),
+        observed: ctx.stores.lease_clock.observation(name, renew_time, now),
+    })
 }
 
 /// The host's report, checked for sense beyond what the schema enforces (shared with the cache).

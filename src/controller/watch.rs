@@ -8,7 +8,8 @@
 //! a reconcile at the earliest expiry.
 //!
 //! Every pool, domain and host watch event also feeds the [`PoolIndex`], here and nowhere else:
-//! after the reflector applied it to its store and before a mapper sees the object.
+//! after the reflector applied it to its store and before a mapper sees the object. Every Lease
+//! watch event (and failure) feeds the [`LeaseClock`] the same way.
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{Settings, index, index::PoolIndex};
+use super::{Settings, index, index::PoolIndex, liveness::LeaseClock};
 use crate::api::{Host, HostPhase, StorageDomain, StoragePool};
 
 /// The caches the controller reads.
@@ -40,6 +41,8 @@ pub struct Stores {
     pub leases: Store<Lease>,
     /// Pool membership of the pools, domains and hosts above, kept by their watch events.
     pub index: Arc<PoolIndex>,
+    /// When each Lease's renewal was observed, kept by the Lease watch events.
+    pub lease_clock: Arc<LeaseClock>,
 }
 
 impl Stores {
@@ -83,21 +86,37 @@ pub struct Streams {
 /// Starts the reflectors (lazily: they run as the controller polls the streams).
 pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
     let index = Arc::new(PoolIndex::default());
+    let lease_clock = Arc::new(LeaseClock::new(jiff::Timestamp::now()));
     let (pools, pools_stream) = reflect(Api::<StoragePool>::all(client.clone()), {
         let index = index.clone();
-        move |event| index.pool_event(event)
+        move |event| {
+            if let Ok(event) = event {
+                index.pool_event(event);
+            }
+        }
     });
     let (domains, domains_stream) = reflect(Api::<StorageDomain>::all(client.clone()), {
         let index = index.clone();
-        move |event| index.domain_event(event)
+        move |event| {
+            if let Ok(event) = event {
+                index.domain_event(event);
+            }
+        }
     });
     let (hosts, hosts_stream) = reflect(Api::<Host>::all(client.clone()), {
         let index = index.clone();
-        move |event| index.host_event(event)
+        move |event| {
+            if let Ok(event) = event {
+                index.host_event(event);
+            }
+        }
     });
     let (leases, leases_stream) = reflect(
         Api::<Lease>::namespaced(client.clone(), &settings.lease_namespace),
-        |_| {},
+        {
+            let clock = lease_clock.clone();
+            move |event| clock.event(event, jiff::Timestamp::now())
+        },
     );
     (
         Stores {
@@ -106,6 +125,7 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
             hosts,
             leases,
             index,
+            lease_clock,
         },
         Streams {
             pools: pools_stream,
@@ -117,10 +137,11 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
 }
 
 /// A reflector over `api`; `on_event` sees each event once it is in the store (an applied or
-/// deleted object, a relist's start, objects and end) and before the object is yielded.
+/// deleted object, a relist's start, objects and end) and before the object is yielded, and each
+/// failure of the watch.
 fn reflect<K>(
     api: Api<K>,
-    on_event: impl Fn(&watcher::Event<K>) + Send + 'static,
+    on_event: impl Fn(Result<&watcher::Event<K>, &watcher::Error>) + Send + 'static,
 ) -> (Store<K>, BoxStream<K>)
 where
     K: Resource<DynamicType = ()>
@@ -139,11 +160,7 @@ where
             o.annotations_mut().clear();
         })
         .reflect(writer)
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                on_event(event);
-            }
-        })
+        .inspect(move |event| on_event(event.as_ref()))
         .touched_objects()
         .boxed();
     (reader, stream)

@@ -1,7 +1,7 @@
 //! Every API write the controller makes goes through here: statuses (server-side apply as
 //! `poolkeeper-controller`, compare-and-swap on a resourceVersion when one is given), finalizers
 //! (a merge patch with a resourceVersion precondition, so finalizers others added are never lost)
-//! and events (events.k8s.io). Each write has a timeout and is counted by kind, operation and
+//! and events (events.k8s.io, folded into a series only when identical: [`super::events`]). Each write has a timeout and is counted by kind, operation and
 //! outcome in `poolkeeper_api_writes_total`. This module decides nothing: what to write comes from
 //! the plan.
 
@@ -13,13 +13,13 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType as KubeEventType, Recorder},
+    runtime::events::{Event, EventType as KubeEventType},
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::warn;
 
-use super::FIELD_MANAGER;
+use super::{FIELD_MANAGER, events::Recorder};
 use crate::{
     metrics::{ApiWriteLabels, Metrics, WriteLabels},
     plan::{EventType, PlannedEvent},

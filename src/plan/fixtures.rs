@@ -11,8 +11,8 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::{
     CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall, HostView,
-    LeaseView, ObjectKind, Observed, POOL_FINALIZER, Plan, PoolView, Report, ReportView,
-    SharedReport,
+    LeaseView, ObjectKind, Observation, Observed, POOL_FINALIZER, Plan, PoolView, Report,
+    ReportView, SharedReport,
 };
 use crate::api::{
     DomainType, DomainVitals, HostReport, HostSpec, StorageDomainSpec, StorageDomainStatus,
@@ -107,6 +107,7 @@ pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
         lease: Some(LeaseView {
             renew_time: Some(renewed),
             lease_duration_seconds: Some(40),
+            observed: Observation::Renewed(renewed),
         }),
     }
 }
@@ -134,6 +135,7 @@ pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
         uuids_elsewhere: BTreeMap::new(),
         hosts: BTreeMap::new(),
         ledger: BTreeMap::new(),
+        departed: BTreeMap::new(),
     };
     // Room for every host (the API allows up to 2000).
     o.pool.spec.sync.max_hosts = o
@@ -258,6 +260,7 @@ pub fn renew_all(o: &mut Observed, now: Timestamp) {
         h.lease = Some(LeaseView {
             renew_time: Some(now),
             lease_duration_seconds: Some(40),
+            observed: Observation::Renewed(now),
         });
     }
 }

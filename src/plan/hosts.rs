@@ -1,4 +1,5 @@
-//! Hosts: responsiveness from the Lease, stable host ids, the sync judgement (by content: pool, id,
+//! Hosts: responsiveness from when the controller observed the Lease renewed, stable host ids
+//! (reserved for departed hosts whose Lease is current), the sync judgement (by content: pool, id,
 //! master, master version, exact map), the phase before domain problems, and the RPCs to send. Pure.
 
 use std::collections::BTreeMap;
@@ -8,25 +9,44 @@ use jiff::{SignedDuration, Timestamp};
 use super::ledger::{self, CallKey, Gate, LedgerOp};
 use super::{
     CallKind, DEFAULT_LEASE_DURATION_SECONDS, Desired, DisconnectParams, Halt, HostCall, HostRole,
-    HostVerdict, HostView, LeaseView, Observed, SyncFailure, rollout,
+    HostVerdict, HostView, LeaseView, Observation, Observed, SyncFailure, rollout,
 };
 use crate::api::condition::{self, ConditionStatus, reasons, types};
 use crate::api::{HostPhase, PoolConnection};
 
-/// Whether the Lease is current at `now`.
-pub fn responsive(lease: Option<&LeaseView>, now: Timestamp) -> bool {
+/// Whether the host responds at `now`: its Lease renewal was observed less than a Lease duration
+/// ago. A Lease only found at the controller's start or after it regained the API server keeps a
+/// host it judged unresponsive unresponsive until a renewal is seen (the node-lifecycle
+/// controller's grace never marks a node Ready either).
+pub fn responsive(h: &HostView, now: Timestamp) -> bool {
+    let judged_unresponsive = || {
+        condition::find(&h.controller.conditions, types::RESPONSIVE)
+            .is_some_and(|c| c.status == ConditionStatus::False.as_str())
+    };
+    match h.lease {
+        Some(LeaseView {
+            observed: Observation::Found(_),
+            ..
+        }) if judged_unresponsive() => false,
+        lease => lease_current(lease.as_ref(), now),
+    }
+}
+
+/// Whether the Lease's observed renewal is less than a Lease duration old at `now`.
+pub fn lease_current(lease: Option<&LeaseView>, now: Timestamp) -> bool {
     lease_expiry(lease).is_some_and(|expiry| now < expiry)
 }
 
-/// When the Lease expires (`None` without a Lease or a renew time).
+/// When the Lease expires: a Lease duration after its renewal was observed (`None` without a
+/// Lease or a renew time).
 pub fn lease_expiry(lease: Option<&LeaseView>) -> Option<Timestamp> {
     let lease = lease?;
+    lease.renew_time?;
     let secs = lease
         .lease_duration_seconds
         .unwrap_or(DEFAULT_LEASE_DURATION_SECONDS);
-    lease
-        .renew_time?
-        .checked_add(SignedDuration::from_secs(i64::from(secs)))
+    let (Observation::Renewed(at) | Observation::Found(at)) = lease.observed;
+    at.checked_add(SignedDuration::from_secs(i64::from(secs)))
         .ok()
 }
 
@@ -66,9 +86,10 @@ pub fn max_hosts_too_low(observed: &Observed, pool_uuid: &str) -> Option<Halt> {
 
 /// Host ids: ids that connected hosts report are kept (never reassigned under a connected host,
 /// which also rebuilds them if the status was lost); then the ids in status for hosts that still
-/// need one; then the lowest free id for each new member, up to `maxHosts`. Hosts beyond the limit
-/// get none (they are refused).
-pub fn assign_ids(observed: &Observed, pool_uuid: &str) -> BTreeMap<String, i32> {
+/// need one, and for departed hosts (Host deleted) whose Lease is current, as their agent may
+/// still hold the pool under that id and registers its Host again; then the lowest free id for
+/// each new member, up to `maxHosts`. Hosts beyond the limit get none (they are refused).
+pub fn assign_ids(observed: &Observed, pool_uuid: &str, now: Timestamp) -> BTreeMap<String, i32> {
     let max = observed.pool.spec.sync.max_hosts.max(1);
     let pool = observed.pool.name.as_str();
     let slots = usize::try_from(max).unwrap_or(0) + 1;
@@ -87,10 +108,16 @@ pub fn assign_ids(observed: &Observed, pool_uuid: &str) -> BTreeMap<String, i32>
         }
     }
     for entry in &observed.pool.status.host_ids {
-        let Some((name, h)) = observed.hosts.get_key_value(&entry.host) else {
-            continue;
+        let (name, needs_id) = match observed.hosts.get_key_value(&entry.host) {
+            Some((name, h)) => (
+                name,
+                names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid),
+            ),
+            None => match observed.departed.get_key_value(&entry.host) {
+                Some((name, lease)) => (name, lease_current(lease.as_ref(), now)),
+                None => continue,
+            },
         };
-        let needs_id = names_pool(h, pool) || connection(h).is_some_and(|c| c.uuid == pool_uuid);
         if needs_id
             && let Some(i) = slot(entry.id)
             && !taken[i]
@@ -146,7 +173,7 @@ pub fn classify(
             };
             let verdict = HostVerdict {
                 role,
-                responsive: responsive(h.lease.as_ref(), now),
+                responsive: responsive(h, now),
                 connected_here: connection(h).is_some_and(|c| c.uuid == pool_uuid),
                 in_sync: false,
                 report_invalid: matches!(h.report, super::ReportView::Invalid(_)),

@@ -14,6 +14,8 @@
 //! what outcome); the planner decides from it whether a host is called, waits for a call it
 //! accepted, or backs off ([`ledger`]), and tells the shell what to record ([`Plan::ledger`]).
 //! Losing it costs at most one repeated call per host, and a failing host starts its backoff again.
+//! Lease observation times ([`LeaseView::observed`]) are a cache of the shell too, rebuilt on
+//! start by counting every Lease as found then ([`Observation::Found`]).
 //!
 //! # Write budget
 //! A healthy rollout of a map change to N hosts must cost O(1) controller writes per pool and changed
@@ -111,6 +113,10 @@ pub struct Observed {
     pub hosts: BTreeMap<String, HostView>,
     /// The call ledger's entries for these hosts (hosts without an entry have none).
     pub ledger: BTreeMap<String, ledger::HostCalls>,
+    /// Hosts named in `status.hostIds` whose Host object is gone, with their Lease (`None` without
+    /// one). An agent whose Lease is current may still hold the pool under its id (it registers
+    /// its Host again), so that id is not handed to another host.
+    pub departed: BTreeMap<String, Option<LeaseView>>,
 }
 
 /// The pool as the planner sees it.
@@ -312,13 +318,30 @@ impl From<&HostStatus> for HostControllerStatus {
     }
 }
 
-/// The fields of a host's `coordination.k8s.io` Lease the planner reads.
+/// The fields of a host's `coordination.k8s.io` Lease the planner reads, and when the controller
+/// observed its renewal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseView {
     /// `spec.renewTime`.
     pub renew_time: Option<Timestamp>,
     /// `spec.leaseDurationSeconds` ([`DEFAULT_LEASE_DURATION_SECONDS`] when unset).
     pub lease_duration_seconds: Option<i32>,
+    /// When the controller observed `renewTime`, by its own clock. Liveness is judged from it, as
+    /// Kubernetes' node-lifecycle controller does, never by comparing `renewTime` (the agent's
+    /// clock, and stale after an API server outage) with the controller's clock.
+    pub observed: Observation,
+}
+
+/// When the controller observed a Lease's current renewal (a cache of the shell, rebuilt on restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// The controller saw `renewTime` change at this instant.
+    Renewed(Timestamp),
+    /// The controller found the Lease as it is when it started or regained the API server at this
+    /// instant, and has not seen it renewed since: a host it judged responsive stays so for one
+    /// Lease duration from then (its agent may not have reached the API server yet); one it
+    /// judged unresponsive stays so until a renewal is seen.
+    Found(Timestamp),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -750,7 +773,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         };
     }
     let eligibility = map::eligibility(observed);
-    let host_ids = hosts::assign_ids(observed, &pool_uuid);
+    let host_ids = hosts::assign_ids(observed, &pool_uuid, now);
     let mut hostv = hosts::classify(observed, &pool_uuid, &host_ids, now);
     let leaving_held = domains::leaving_still_reported(observed, &eligibility, &hostv);
     let desired = map::desired(observed, &eligibility, &leaving_held, host_ids);

@@ -1,14 +1,14 @@
 //! When to reconcile again without a watch event: the earliest instant at which the planner's answer
 //! could change by the clock alone (a backoff ending, a confirmation window
-//! closing, an in-flight marker expiring, a Lease expiring, a grace period ending, the rollout
-//! deadline). Pure; it only reads verdicts the other rules produced.
+//! closing, an in-flight marker expiring, a Lease expiring (also a departed host's, which releases
+//! its id), a grace period ending, the rollout deadline). Pure; it only reads verdicts the other rules produced.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::hosts::lease_expiry;
+use super::hosts::{lease_current, lease_expiry};
 use super::{DomainVerdict, HostRole, HostVerdict, Observed, rollout};
 
 /// When to look again without a watch event: the earliest of a host's `retry_at` (backoff end,
@@ -37,6 +37,14 @@ pub fn after(
             consider(t);
         }
         waiting |= v.role == HostRole::Member && v.responsive && !v.in_sync && v.failure.is_none();
+    }
+    // A departed host's id is released when its Lease lapses.
+    for lease in observed.departed.values() {
+        if lease_current(lease.as_ref(), now)
+            && let Some(t) = lease_expiry(lease.as_ref())
+        {
+            consider(t);
+        }
     }
     for v in domains.values() {
         if let Some(t) = v.grace_ends {

@@ -83,3 +83,27 @@ fn hosts_beyond_max_hosts_are_refused_with_a_condition() {
     assert!(stalled.message.contains("h0002"));
     assert!(r.events.iter().any(|e| e.reason == reasons::TOO_MANY_HOSTS));
 }
+
+#[test]
+fn departed_host_keeps_its_id_while_its_lease_is_current() {
+    let mut o = steady(3, 1, t0());
+    // h0001's Host was deleted; its agent still renews its Lease and holds the pool as id 2.
+    let gone = o.hosts.remove("h0001").expect("h0001");
+    o.departed.insert("h0001".into(), gone.lease);
+    o.hosts
+        .insert("a-new".into(), host("a-new", Some(POOL), t0()));
+    let p = plan(&o, t0());
+    assert_eq!(p.desired.host_ids.get("h0001"), Some(&2), "still reserved");
+    assert_eq!(p.desired.host_ids["a-new"], 4, "not the departed host's id");
+    assert!(
+        p.requeue_after
+            .is_some_and(|d| d <= Duration::from_secs(40)),
+        "looks again when the departed host's Lease lapses: {:?}",
+        p.requeue_after
+    );
+
+    // Its Lease lapsed (no agent, or one that cannot reach the API server): the id is released.
+    let p = plan(&o, later(t0(), 41));
+    assert_eq!(p.desired.host_ids.get("h0001"), None);
+    assert_eq!(p.desired.host_ids["a-new"], 2);
+}

@@ -16,6 +16,7 @@ mod bad_input;
 mod detach;
 mod host_ids;
 mod ledger;
+mod liveness;
 mod maintenance;
 mod map;
 mod master;
@@ -83,6 +84,7 @@ fn expire_lease(o: &mut Observed, host: &str) {
     o.hosts.get_mut(host).expect("host").lease = Some(LeaseView {
         renew_time: Some(at(-1000)),
         lease_duration_seconds: Some(40),
+        observed: Observation::Renewed(at(-1000)),
     });
 }
 
@@ -169,6 +171,7 @@ fn long_lease(o: &mut Observed) {
         h.lease = Some(LeaseView {
             renew_time: Some(t0()),
             lease_duration_seconds: Some(3600),
+            observed: Observation::Renewed(t0()),
         });
     }
 }
