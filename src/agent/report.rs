@@ -10,6 +10,12 @@
 //! re-created, or restored from a backup) or whose report differs from the last one written is
 //! checked with a read and registered and reported again in full. Without that, a deleted Host
 //! would stay without a report while the host still holds the pool and its host id.
+//!
+//! The same watch makes registration cheap: its first list says which Hosts exist, with which
+//! endpoint and report, so a starting agent creates the missing ones and rewrites only the reports
+//! that differ, without a read per host (2,000 simulated hosts: one list instead of 2,000 reads).
+//! Writes wait for that list for at most [`FIRST_LIST_WAIT`]; after that a host without news from
+//! the watch is read before it is registered.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -52,6 +58,20 @@ struct Slot {
     backing_off: bool,
     /// The watch saw the Host gone or with another report while a write was in flight.
     stale: bool,
+    /// What the watch last said about the Host (`None`: nothing yet).
+    known: Option<Known>,
+}
+
+/// The Host as the watch on the process's own Hosts last showed it.
+#[derive(Clone, Debug)]
+enum Known {
+    /// Not there.
+    Absent,
+    /// There, with this endpoint and report.
+    Present {
+        endpoint: String,
+        report: Option<HostReport>,
+    },
 }
 
 impl Slot {
@@ -71,9 +91,16 @@ impl Slot {
 enum Seen {
     /// The Host is gone (deleted, or missing from a relist).
     Gone,
-    /// The Host exists and carries this report.
-    Report(Option<HostReport>),
+    /// The Host exists with this endpoint and carries this report.
+    Report {
+        endpoint: String,
+        report: Option<HostReport>,
+    },
 }
+
+/// How long a starting reporter waits for the first list of its Hosts before it writes anyway
+/// (reading each Host first).
+pub const FIRST_LIST_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +142,11 @@ pub async fn run_reporter(
     let mut ready: VecDeque<usize> = VecDeque::new();
     let mut retries: BTreeSet<(Instant, usize)> = BTreeSet::new();
     let mut in_flight = FuturesUnordered::new();
+    // Until the first list of the Hosts arrives (or this passes), nothing is written.
+    let mut first_list = Some(Instant::now() + FIRST_LIST_WAIT);
     loop {
-        while in_flight.len() < MAX_IN_FLIGHT
+        while first_list.is_none()
+            && in_flight.len() < MAX_IN_FLIGHT
             && let Some(i) = ready.pop_front()
         {
             let (Some(host), Some(slot)) = (hosts.get(i), slots.get_mut(i)) else {
@@ -136,12 +166,8 @@ pub async fn run_reporter(
                 continue;
             }
             slot.in_flight = true;
-            in_flight.push(write(
-                api.clone(),
-                Arc::clone(host),
-                report,
-                !slot.registered,
-            ));
+            let register = (!slot.registered).then(|| slot.known.clone());
+            in_flight.push(write(api.clone(), Arc::clone(host), report, register));
         }
         let next_retry = retries.first().map(|(at, _)| *at);
         tokio::select! {
@@ -186,12 +212,22 @@ pub async fn run_reporter(
                 }
             }
             Some(event) = own.next() => {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    first_list = None;
+                }
                 for (i, seen) in seen(event, &by_name, &mut listed, hosts.len()) {
                     let Some(slot) = slots.get_mut(i) else { continue };
                     let differs = match &seen {
                         Seen::Gone => true,
-                        Seen::Report(report) => report.as_ref() != slot.last_written.as_ref(),
+                        Seen::Report { report, .. } => report.as_ref() != slot.last_written.as_ref(),
                     };
+                    slot.known = Some(match &seen {
+                        Seen::Gone => Known::Absent,
+                        Seen::Report { endpoint, report } => Known::Present {
+                            endpoint: endpoint.clone(),
+                            report: report.clone(),
+                        },
+                    });
                     // Nothing written yet: a write is queued or backing off anyway.
                     if differs && slot.last_written.is_some() {
                         if matches!(seen, Seen::Gone) {
@@ -202,6 +238,10 @@ pub async fn run_reporter(
                         }
                     }
                 }
+            }
+            _ = sleep_until(first_list), if first_list.is_some() => {
+                tracing::debug!("no list of the hosts yet; writing, reading each host first");
+                first_list = None;
             }
             _ = sleep_until(next_retry), if next_retry.is_some() => {
                 let now = Instant::now();
@@ -246,7 +286,10 @@ fn seen(
     listed: &mut HashSet<usize>,
     count: usize,
 ) -> Vec<(usize, Seen)> {
-    let report = |h: Host| h.status.and_then(|s| s.report);
+    let report = |h: Host| Seen::Report {
+        endpoint: h.spec.endpoint,
+        report: h.status.and_then(|s| s.report),
+    };
     match event {
         Ok(watcher::Event::Init) => {
             listed.clear();
@@ -255,7 +298,7 @@ fn seen(
         Ok(watcher::Event::InitApply(h)) => match by_name.get(h.name_any().as_str()) {
             Some(&i) => {
                 listed.insert(i);
-                vec![(i, Seen::Report(report(h)))]
+                vec![(i, report(h))]
             }
             None => Vec::new(),
         },
@@ -265,7 +308,7 @@ fn seen(
             .collect(),
         Ok(watcher::Event::Apply(h)) => by_name
             .get(h.name_any().as_str())
-            .map(|&i| (i, Seen::Report(report(h))))
+            .map(|&i| (i, report(h)))
             .into_iter()
             .collect(),
         Ok(watcher::Event::Delete(h)) => by_name
@@ -297,17 +340,32 @@ fn backoff(failures: u32) -> Duration {
     exp.min(MAX_BACKOFF).mul_f64(rand::random_range(0.8..1.2))
 }
 
+/// Writes `report`; with `register`, registers the Host first from what the watch last said
+/// about it (`Some(None)`: nothing, so the Host is read first).
 async fn write(
     api: Api<Host>,
     host: Arc<HostAgent>,
     report: HostReport,
-    register: bool,
+    register: Option<Option<Known>>,
 ) -> (usize, HostReport, Result<(), ReportError>) {
     let result = async {
-        if register {
-            let live = ensure_registered(&api, &host)
-                .await
-                .map_err(ReportError::Register)?;
+        if let Some(known) = register {
+            let live = match known {
+                Some(Known::Absent) => match create(&api, &host).await {
+                    Ok(()) => None,
+                    // Created meanwhile by someone else: read it as if nothing were known.
+                    Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                        ensure_registered(&api, &host)
+                            .await
+                            .map_err(ReportError::Register)?
+                    }
+                    Err(e) => return Err(ReportError::Register(e)),
+                },
+                Some(Known::Present { endpoint, report }) if endpoint == host.endpoint() => report,
+                _ => ensure_registered(&api, &host)
+                    .await
+                    .map_err(ReportError::Register)?,
+            };
             if live.as_ref() == Some(&report) {
                 return Ok(());
             }
@@ -318,6 +376,25 @@ async fn write(
     }
     .await;
     (host.index(), report, result)
+}
+
+/// Creates the Host of `host` with its endpoint (no pool, not in maintenance).
+async fn create(api: &Api<Host>, host: &HostAgent) -> Result<(), kube::Error> {
+    let object = Host::new(
+        host.name(),
+        HostSpec {
+            pool: None,
+            endpoint: host.endpoint().to_owned(),
+            maintenance: false,
+        },
+    );
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    api.create(&pp, &object).await?;
+    tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "registered host");
+    Ok(())
 }
 
 /// Creates the Host with its endpoint when missing; when it exists, only a changed endpoint is
@@ -336,28 +413,11 @@ pub async fn ensure_registered(
         .and_then(|h| h.status.as_ref())
         .and_then(|s| s.report.clone());
     match existing {
-        None => {
-            let object = Host::new(
-                host.name(),
-                HostSpec {
-                    pool: None,
-                    endpoint: host.endpoint().to_owned(),
-                    maintenance: false,
-                },
-            );
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PostParams::default()
-            };
-            match api.create(&pp, &object).await {
-                Ok(_) => {
-                    tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "registered host");
-                    Ok(None)
-                }
-                Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
-                Err(e) => Err(e),
-            }
-        }
+        None => match create(api, host).await {
+            Ok(()) => Ok(None),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
+            Err(e) => Err(e),
+        },
         Some(existing) if existing.spec.endpoint != host.endpoint() => {
             let patch = json!({"spec": {"endpoint": host.endpoint()}});
             let pp = PatchParams {
