@@ -24,8 +24,35 @@ enum Command {
     MakeDomain(poolkeeper::agent::MakeDomainArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    cap_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// glibc gives each thread that meets contention an arena of its own (up to 8 per core) and
+/// returns little of their freed memory: with 2,000 hosts the controller's peak RSS was 72 MiB for
+/// a 38 MiB heap. Two arenas bring it to 62 MiB for the same work, at no measurable CPU cost (the
+/// allocator is not where this process spends its time). Set before any thread exists; an
+/// operator's `MALLOC_ARENA_MAX` still wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn cap_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: `mallopt` only sets a tunable of the allocator; it is called once, before the
+        // runtime starts any thread, with a valid parameter and value.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn cap_malloc_arenas() {}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     poolkeeper::telemetry::init();
     match cli.command {
