@@ -385,19 +385,28 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     if !ctx.stores.ready() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
+    let name = pool.name_any();
+    if let Some(wait) = ctx.duty.wait(&name) {
+        // Reports that arrive meanwhile are merged into this one reconcile (see `Duty`).
+        tokio::time::sleep(wait).await;
+    }
     let metrics = &ctx.metrics;
     let now = jiff::Timestamp::now();
     let started = Instant::now();
     let observed = observe::pool(ctx, pool, now);
     metrics.step("observe", started);
+    let mut busy = started.elapsed();
     let started = Instant::now();
     let plan = crate::plan::plan(&observed, now);
     metrics.step("plan", started);
+    busy += started.elapsed();
     let started = Instant::now();
-    let acted = act::act(ctx, &observed, &plan).await?;
+    let acted = act::act(ctx, &observed, &plan).await;
     metrics.step("act", started);
+    let acted = acted.inspect_err(|_| ctx.duty.record(&name, busy))?;
     let started = Instant::now();
     let report = crate::plan::report(&observed, &plan, &acted.outcomes, jiff::Timestamp::now());
+    busy += started.elapsed();
     let held = report::write(
         ctx,
         &observed,
@@ -405,8 +414,10 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
         &acted,
         plan.persist_first.is_some(),
     )
-    .await?;
+    .await
+    .inspect_err(|_| ctx.duty.record(&name, busy))?;
     metrics.step("report", started);
+    ctx.duty.record(&name, busy);
     let started = Instant::now();
     finalize::finalize(ctx, &plan.finalizers).await?;
     metrics.step("finalize", started);
