@@ -63,7 +63,8 @@ pub fn report(
 
 /// The pool and domains whose new status differs from the current one in its progress snapshot
 /// alone: with the current counts, host lists and condition messages put back, nothing would be
-/// written (the phase and every condition's status and reason stay). Their events, if any, are
+/// written (the phase and every condition's status and reason stay), and the new counts are not
+/// where a rollout arrives (each at none or all of the hosts). Their events, if any, are
 /// progress notes (the blockers now), not transitions: a held write drops them, and the write
 /// that goes out later carries the blockers of its own time.
 fn progress_only(
@@ -72,9 +73,15 @@ fn progress_only(
     domains: &BTreeMap<String, StorageDomainStatus>,
 ) -> BTreeSet<ObjectRef> {
     let mut out = BTreeSet::new();
+    let hosts = i32::try_from(observed.hosts.len()).unwrap_or(i32::MAX);
     let current = &observed.pool.status;
     let pool_ref = ObjectRef::pool(&observed.pool.name);
-    if needs_write(Some(current), pool) {
+    let c = &pool.counts;
+    let pool_arrived = at_ends(
+        &[c.in_sync, c.connecting, c.failing, c.unresponsive],
+        c.hosts,
+    );
+    if needs_write(Some(current), pool) && !pool_arrived {
         let mut probe = pool.clone();
         probe.counts.clone_from(&current.counts);
         probe.lagging_hosts.clone_from(&current.lagging_hosts);
@@ -88,7 +95,9 @@ fn progress_only(
             continue;
         };
         let domain_ref = ObjectRef::domain(name);
-        if needs_write(Some(current), status) {
+        let h = &status.hosts;
+        let arrived = at_ends(&[h.reporting, h.valid, h.problem, h.still_active], hosts);
+        if needs_write(Some(current), status) && !arrived {
             let mut probe = status.clone();
             probe.hosts.clone_from(&current.hosts);
             probe.blocking_hosts.clone_from(&current.blocking_hosts);
@@ -99,6 +108,12 @@ fn progress_only(
         }
     }
     out
+}
+
+/// Whether every count is at one of its ends (none, or all of `total`): the snapshot a rollout
+/// arrives at, which is written at once rather than paced.
+fn at_ends(counts: &[i32], total: i32) -> bool {
+    counts.iter().all(|&n| n == 0 || n == total)
 }
 
 /// Puts back the current message of each condition whose status and reason did not change.

@@ -156,6 +156,26 @@ fn progress_alone_is_marked_and_transitions_never_are() {
 }
 
 #[test]
+fn counts_arriving_at_all_hosts_are_written_at_once() {
+    let mut o = steady(20, 2, t0());
+    let d = o.domains.get_mut("d001").expect("d");
+    d.status.hosts.valid = 15;
+    let r = report(&o, &plan(&o, t0()), &[], t0());
+    assert_eq!(r.domains["d001"].hosts.valid, 20);
+    assert!(
+        !r.progress_only.contains(&ObjectRef::domain("d001")),
+        "every host checked the domain: the end of the progress, not a step of it"
+    );
+    let d = o.domains.get_mut("d001").expect("d");
+    d.status.hosts.valid = 15;
+    o.hosts.get_mut("h0000").expect("h").lease = None;
+    let r = report(&o, &plan(&o, t0()), &[], t0());
+    if r.domains["d001"].hosts.valid != 15 && r.domains["d001"].hosts.valid != 20 {
+        assert!(r.progress_only.contains(&ObjectRef::domain("d001")));
+    }
+}
+
+#[test]
 fn idle_pool_writes_nothing_as_time_passes() {
     let mut o = steady(20, 3, t0());
     for secs in [5, 30, 600] {
