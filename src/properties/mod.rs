@@ -8,10 +8,11 @@
 //! number the input declares.
 //!
 //! Case counts are fixed and small ([`config`]) so `cargo test` (and `make test`) stays fast.
-//! Run longer by setting `PROPTEST_CASES`, which overrides every count:
+//! Run longer by setting `PROPTEST_CASES`, which overrides every count (the properties that build
+//! megabyte inputs are the slow ones):
 //!
 //! ```text
-//! PROPTEST_CASES=100000 cargo test --release --lib properties
+//! PROPTEST_CASES=100000 cargo test --release --lib properties agent::sim
 //! ```
 //!
 //! A failure prints the shrunk input and is saved under `proptest-regressions/`; commit that file
