@@ -1,5 +1,6 @@
 //! Properties of the planner over arbitrary observed pools (proptest): random pools, domains, hosts,
-//! maintenance flags, reports, Leases, departed hosts and stored statuses, built from the
+//! maintenance flags, reports, Leases, departed hosts, stored statuses, problem grace periods and
+//! earlier calls (in flight, accepted, refused or lapsed in the call ledger), built from the
 //! [`super::super::fixtures`]; then random agents (obeying, lagging, failing, restarting), operators
 //! and a moving clock over several reconciles. Safety must hold in every state and every step:
 //!
@@ -25,6 +26,7 @@ use super::super::ledger::LedgerOp;
 use super::*;
 use crate::api::condition::{ConditionStatus, set_condition};
 use crate::api::{DomainVitals, HostIdEntry, HostReport};
+use crate::plan::DisconnectParams;
 use crate::properties::config;
 
 /// Domain objects `d0..`, hosts `h0..` and departed hosts `gone0..` a generated pool may hold.
@@ -259,12 +261,13 @@ fn domain_view(i: usize) -> impl Strategy<Value = DomainView> {
             pool_ref(),
             prop::bool::weighted(0.3),
             option::of(0i64..100),
+            option::weighted(0.2, 0i64..600),
         ),
     )
         .prop_map(
             move |(
                 (type_, pool, maintenance, deleting, has_finalizer, copy_of_d0),
-                (phase, status_pool, leaving_other, created),
+                (phase, status_pool, leaving_other, created, problem_since),
             )| {
                 let mut d = domain(&name, pool.as_deref());
                 d.spec.type_ = type_;
@@ -281,6 +284,18 @@ fn domain_view(i: usize) -> impl Strategy<Value = DomainView> {
                     && d.spec.pool.as_deref() == Some(POOL)
                     && d.status.pool.as_deref() == Some(OTHER_POOL);
                 d.created = created.map(at);
+                // A problem grace period running since then.
+                if let Some(secs) = problem_since {
+                    set_condition(
+                        &mut d.status.conditions,
+                        types::PROBLEM,
+                        ConditionStatus::True,
+                        reasons::DOMAIN_PROBLEM,
+                        "",
+                        Some(1),
+                        seconds_ago(secs),
+                    );
+                }
                 d
             },
         )
@@ -348,39 +363,133 @@ fn observed() -> impl Strategy<Value = Observed> {
         0.15,
         (pool_ref(), prop::bool::weighted(0.5), option::of(0i64..100)),
     );
-    (pool_view(), domains, hosts, departed, copy).prop_map(
-        |(pool, domains, hosts, departed, copy)| Observed {
-            pool,
-            domains: domains
-                .into_iter()
-                .flatten()
-                .map(|d| (d.name.clone(), d))
-                .collect(),
-            // A StorageDomain of another pool (or none) with d0's uuid.
-            uuids_elsewhere: copy
-                .map(|(placed_in, placed, created)| {
-                    let claim = UuidClaim {
-                        placed_in: placed_in.filter(|_| placed),
-                        created: created.map(at),
-                    };
-                    let copies = [("copy-of-d0".to_owned(), claim)].into_iter().collect();
-                    (uuid_of(&domain_name(0)), copies)
-                })
-                .into_iter()
-                .collect(),
-            hosts: hosts
-                .into_iter()
-                .flatten()
-                .map(|h| (h.name.clone(), h))
-                .collect(),
-            ledger: BTreeMap::new(),
-            departed: DEPARTED
-                .iter()
-                .zip(departed)
-                .filter_map(|(name, lease)| lease.map(|l| ((*name).to_owned(), l)))
-                .collect(),
+    let calls: Vec<_> = (0..HOSTS)
+        .map(|_| option::weighted(0.3, sent_call()))
+        .collect();
+    (pool_view(), domains, hosts, departed, copy, calls).prop_map(
+        |(pool, domains, hosts, departed, copy, calls)| {
+            let mut o = Observed {
+                pool,
+                domains: domains
+                    .into_iter()
+                    .flatten()
+                    .map(|d| (d.name.clone(), d))
+                    .collect(),
+                // A StorageDomain of another pool (or none) with d0's uuid.
+                uuids_elsewhere: copy
+                    .map(|(placed_in, placed, created)| {
+                        let claim = UuidClaim {
+                            placed_in: placed_in.filter(|_| placed),
+                            created: created.map(at),
+                        };
+                        let copies = [("copy-of-d0".to_owned(), claim)].into_iter().collect();
+                        (uuid_of(&domain_name(0)), copies)
+                    })
+                    .into_iter()
+                    .collect(),
+                hosts: hosts
+                    .into_iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h))
+                    .collect(),
+                ledger: BTreeMap::new(),
+                departed: DEPARTED
+                    .iter()
+                    .zip(departed)
+                    .filter_map(|(name, lease)| lease.map(|l| ((*name).to_owned(), l)))
+                    .collect(),
+            };
+            for (i, call) in calls.into_iter().enumerate() {
+                if let Some(call) = call {
+                    record(&mut o, &host_name(i), &call);
+                }
+            }
+            o
         },
     )
+}
+
+/// A call an earlier reconcile sent, and what became of it.
+#[derive(Clone, Debug)]
+struct SentCall {
+    connect: bool,
+    host_id: i32,
+    /// Seconds before [`now`] it was sent.
+    age: i64,
+    /// 0 in flight, 1 accepted, 2 failed (`failures` times), 3 accepted then lapsed.
+    fate: u8,
+    failures: u32,
+}
+
+fn sent_call() -> impl Strategy<Value = SentCall> {
+    (any::<bool>(), 1i32..=6, 0i64..400, 0u8..4, 1u32..12).prop_map(
+        |(connect, host_id, age, fate, failures)| SentCall {
+            connect,
+            host_id,
+            age,
+            fate,
+            failures,
+        },
+    )
+}
+
+/// Puts `call` in the ledger of `host` (a host the pool has), as the shell would have.
+fn record(o: &mut Observed, host: &str, call: &SentCall) {
+    let Some(h) = o.hosts.get(host) else {
+        return;
+    };
+    let status = &o.pool.status;
+    let rpc = if call.connect {
+        HostCall::Connect {
+            host: host.to_owned(),
+            endpoint: h.spec.endpoint.clone(),
+            params: PoolConnection {
+                uuid: POOL_UUID.into(),
+                host_id: call.host_id,
+                master_domain: status.master_domain.clone(),
+                master_version: status.master_version,
+                domain_map: status.domain_map.clone(),
+            },
+        }
+    } else {
+        HostCall::Disconnect {
+            host: host.to_owned(),
+            endpoint: h.spec.endpoint.clone(),
+            params: DisconnectParams {
+                pool_uuid: POOL_UUID.into(),
+                host_id: call.host_id,
+            },
+        }
+    };
+    let sent_at = seconds_ago(call.age);
+    let answered = later(sent_at, 1);
+    match call.fate {
+        0 => {
+            start(o, &rpc, sent_at);
+        }
+        1 => accept(o, &rpc, sent_at),
+        2 => refuse(
+            o,
+            &rpc,
+            call.failures,
+            sent_at,
+            325,
+            "hostId=1, newHostId=2",
+        ),
+        _ => {
+            accept(o, &rpc, sent_at);
+            let op = LedgerOp::Lapsed {
+                host: host.to_owned(),
+                sent_at,
+                at: answered,
+            };
+            if let Some(entry) = o.ledger.remove(host)
+                && let Some(kept) = entry.apply(&op)
+            {
+                o.ledger.insert(host.to_owned(), kept);
+            }
+        }
+    }
 }
 
 /// What happens to a call: the host accepts it and reports it, accepts it and its report lags,
@@ -832,7 +941,7 @@ fn reconcile(o: &mut Observed, agents: &[Agent], now: Timestamp) -> Result<Plan,
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1024))]
 
     /// One plan from any state: every invariant holds, and every outcome can be reported.
     #[test]
@@ -865,7 +974,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(256))]
 
     /// Many reconciles from any state, with agents that obey, lag or fail, restarts, operators
     /// flipping flags and a moving clock: every step is safe; once the world calms down (every
