@@ -13,6 +13,8 @@
 //! - no call to an unresponsive host or one whose report is unreadable, no connect to a host in
 //!   maintenance or outside the pool, no disconnect of a serving member while the pool has a
 //!   master, no connect that stops an active domain a host monitors;
+//! - a host is blamed for a domain only if it reports it or holds a map that asks it to monitor
+//!   it; every status fits its schema's bounds, whatever the hosts answered;
 //! - `plan` and `report` are deterministic and never panic.
 //!
 //! Case counts are fixed and small so `cargo test` stays fast (see [`crate::properties`]); run
@@ -641,8 +643,52 @@ fn check(o: &Observed, plan: &Plan, report: &Report, now: Timestamp) -> Result<(
         return Ok(());
     }
     check_domains(o, plan, report)?;
+    check_blame(o, plan)?;
     check_host_ids(o, plan, now)?;
-    check_calls(o, plan)
+    check_calls(o, plan)?;
+    check_sizes(report)
+}
+
+/// A host is blamed for a domain only if it reports a problem with it or holds a map that asks it
+/// to monitor it.
+fn check_blame(o: &Observed, plan: &Plan) -> Result<(), TestCaseError> {
+    for (name, v) in &plan.domains {
+        let Some(d) = o.domains.get(name) else {
+            continue;
+        };
+        for host in &v.problem_hosts {
+            let report = o.hosts.get(host).and_then(|h| h.report.parsed());
+            let asked = report.is_some_and(|r| monitors(r, &d.spec.uuid));
+            prop_assert!(
+                asked,
+                "{host} blamed for {name}, which it was never asked to monitor"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every status fits its schema's bounds, whatever the hosts said.
+fn check_sizes(report: &Report) -> Result<(), TestCaseError> {
+    use crate::api::bounds::{CONDITION_MESSAGE_MAX, CONDITIONS_MAX, LISTED_MAX};
+    let conditions = std::iter::once(&report.pool.conditions)
+        .chain(report.domains.values().map(|d| &d.conditions))
+        .chain(report.hosts.values().map(|h| &h.conditions));
+    for list in conditions {
+        prop_assert!(list.len() <= CONDITIONS_MAX);
+        for c in list {
+            prop_assert!(c.message.chars().count() <= CONDITION_MESSAGE_MAX);
+        }
+    }
+    let lagging = std::iter::once(&report.pool.lagging_hosts)
+        .chain(report.domains.values().map(|d| &d.blocking_hosts));
+    for list in lagging {
+        prop_assert!(list.len() <= LISTED_MAX, "{} hosts listed", list.len());
+        for l in list {
+            prop_assert!(l.message.chars().count() <= crate::api::LaggingHost::MAX_MESSAGE_CHARS);
+        }
+    }
+    Ok(())
 }
 
 /// Safety is about a storage domain, its uuid: when several StorageDomains name one uuid, one of
