@@ -190,6 +190,13 @@ proptest! {
     }
 
     #[test]
+    fn a_token_file_holds_one_printable_word_or_is_refused(text in "\\PC{0,20}|[ -~\t\n]{0,20}") {
+        let word = text.trim();
+        let valid = !word.is_empty() && word.bytes().all(|b| b.is_ascii_graphic());
+        prop_assert_eq!(Token::new(&text).is_ok(), valid);
+    }
+
+    #[test]
     fn only_the_exact_bearer_token_passes(
         header in prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..40),

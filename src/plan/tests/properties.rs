@@ -313,7 +313,11 @@ fn pool_view() -> impl Strategy<Value = PoolView> {
             prop_oneof![1 => 1i32..5, 4 => 5i32..=8],
             1i32..=5,
             prop::bool::weighted(0.05),
-            prop_oneof![20 => Just("3.5"), 1 => Just("3.4"), 1 => Just("x")],
+            prop_oneof![
+                20 => Just("3.5".to_owned()),
+                1 => Just("3.4".to_owned()),
+                1 => "[0-9.]{0,12}|\\PC{0,8}",
+            ],
             prop_oneof![20 => Just(Some(POOL_UUID)), 1 => Just(None), 1 => Just(Some(OTHER_POOL_UUID))],
         ),
         (
@@ -333,7 +337,7 @@ fn pool_view() -> impl Strategy<Value = PoolView> {
                 let mut p = pool();
                 p.spec.sync.max_hosts = max_hosts;
                 p.spec.sync.max_concurrent_connects = max_concurrent;
-                p.spec.compatibility_version = compat.into();
+                p.spec.compatibility_version = compat;
                 p.spec.uuid = spec_uuid.map(str::to_owned);
                 p.deleting = deleting;
                 p.status.uuid = status_uuid.map(str::to_owned);
