@@ -21,6 +21,8 @@
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
 //! - [`testenv`]: a real local control plane (etcd + kube-apiserver) for tests and [`dev`].
 //! - [`dev`]: `poolkeeper dev`, the control plane, controller and simulated hosts in one command.
+//! - `properties` (tests only): property tests of every parser of outside input; the planner's
+//!   are in `plan`'s tests.
 
 pub mod agent;
 pub mod api;
@@ -28,6 +30,8 @@ pub mod controller;
 pub mod dev;
 pub mod metrics;
 pub mod plan;
+#[cfg(test)]
+mod properties;
 pub mod protocol;
 pub mod shutdown;
 pub mod telemetry;

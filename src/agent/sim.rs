@@ -172,7 +172,7 @@ impl Storage for SimStorage {
                         );
                     }
                     Fault::Slow { seconds } => {
-                        let until = started + Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0));
+                        let until = started + slow_read_time(seconds);
                         tokio::select! {
                             _ = tokio::time::sleep_until(until.into()) => {
                                 return Ok(metadata_text(&sd).into_bytes());
@@ -189,6 +189,15 @@ impl Storage for SimStorage {
             }
         })
     }
+}
+
+/// How long a read of a `slow` domain takes: `seconds`, within zero and a day (a body may say
+/// anything JSON can hold; NaN, which no body can, counts as zero).
+fn slow_read_time(seconds: f64) -> Duration {
+    if seconds.is_nan() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0))
 }
 
 /// The simulator's shared state for the HTTP handlers.
@@ -381,6 +390,7 @@ async fn fault_clear(State(sim): State<Sim>, Path(sd): Path<String>) -> StatusCo
 mod tests {
     use super::*;
     use crate::agent::storage::parse_metadata;
+    use proptest::prelude::*;
 
     const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
 
@@ -413,6 +423,42 @@ mod tests {
         table.clear(A);
         let done = tokio::time::timeout(Duration::from_secs(5), read).await;
         assert!(matches!(done, Ok(Ok(Ok(_)))));
+    }
+
+    proptest! {
+        #![proptest_config(crate::properties::config(256))]
+
+        /// Any body is a fault or a clear error, and no fault's delay panics.
+        #[test]
+        fn any_fault_body_parses_or_is_refused(
+            body in prop_oneof![
+                crate::properties::body(),
+                crate::properties::json().prop_map(|v| v.to_string().into_bytes()),
+                (crate::properties::json(), any::<f64>()).prop_map(|(hosts, s)| {
+                    serde_json::json!({"kind": "slow", "seconds": s, "hosts": hosts})
+                        .to_string()
+                        .into_bytes()
+                }),
+            ],
+        ) {
+            if let Ok(FaultBody { fault: Fault::Slow { seconds }, .. }) =
+                serde_json::from_slice::<FaultBody>(&body)
+            {
+                prop_assert!(slow_read_time(seconds) <= Duration::from_secs(86_400));
+            }
+        }
+
+        #[test]
+        fn every_delay_is_within_a_day(seconds in proptest::num::f64::ANY) {
+            prop_assert!(slow_read_time(seconds) <= Duration::from_secs(86_400));
+        }
+
+        #[test]
+        fn any_latency_body_parses_or_is_refused(body in crate::properties::body()) {
+            if let Ok(b) = serde_json::from_slice::<LatencyBody>(&body) {
+                let _ = Duration::from_millis(b.millis);
+            }
+        }
     }
 
     #[test]

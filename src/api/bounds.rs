@@ -58,6 +58,12 @@ pub fn outside(text: &str) -> Cow<'_, str> {
     cut(text, OUTSIDE_TEXT_MAX)
 }
 
+/// A name or uuid from outside, quoted for a message: `"text"` with escapes, cut to a little more
+/// than a uuid's length, so a message quoting it stays short whatever was sent.
+pub fn quote(text: &str) -> String {
+    format!("{:?}", cut(text, UUID_MAX + 4))
+}
+
 /// `a, b, c`: at most `max` items joined by `, `, followed by ` and K more` when K were left out.
 pub fn listed<T: Display>(items: impl IntoIterator<Item = T>, max: usize) -> String {
     let mut out = String::new();

@@ -109,7 +109,8 @@ pub struct HostReport {
     pub pool: Option<PoolConnection>,
 
     /// The domains the host monitors now, with their vitals (VDSM's repoStats). A domain missing
-    /// here is not monitored: that is how a host acknowledges a deactivation.
+    /// here, and no longer `active` in the map the host holds, is not monitored: that is how a
+    /// host acknowledges a deactivation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = HostReport::MAX_DOMAINS))]
     pub domains: Vec<DomainVitals>,

@@ -200,9 +200,8 @@ fn is_uuid(s: &str) -> bool {
 
 /// Why a report cannot be trusted, if it cannot: more than the schema allows (a report written
 /// under an older CRD), malformed uuids, a host id out of range, or a domain reported twice. The
-/// reason quotes the report's text cut short ([`bounds::cut`]), as it goes into statuses.
+/// reason quotes the report's text cut short ([`bounds::quote`]), as it goes into statuses.
 pub fn validate_report(report: &HostReport) -> Result<(), String> {
-    let quote = |s: &str| format!("{:?}", bounds::cut(s, bounds::UUID_MAX + 4));
     if report.domains.len() > HostReport::MAX_DOMAINS {
         return Err(format!(
             "{} domains reported, more than {}",
@@ -230,7 +229,10 @@ pub fn validate_report(report: &HostReport) -> Result<(), String> {
             ));
         }
         if !is_uuid(&pool.uuid) {
-            return Err(format!("pool uuid {} is not a uuid", quote(&pool.uuid)));
+            return Err(format!(
+                "pool uuid {} is not a uuid",
+                bounds::quote(&pool.uuid)
+            ));
         }
         if !(1..=2000).contains(&pool.host_id) {
             return Err(format!("host id {} is out of range 1..2000", pool.host_id));
@@ -239,11 +241,14 @@ pub fn validate_report(report: &HostReport) -> Result<(), String> {
             && !m.is_empty()
             && !is_uuid(m)
         {
-            return Err(format!("master domain {} is not a uuid", quote(m)));
+            return Err(format!("master domain {} is not a uuid", bounds::quote(m)));
         }
         // Repeated entries are refused by the schema (the map is keyed by uuid).
         if let Some((uuid, _)) = pool.domain_map.iter().find(|(uuid, _)| !is_uuid(uuid)) {
-            return Err(format!("domain map entry {} is not a uuid", quote(uuid)));
+            return Err(format!(
+                "domain map entry {} is not a uuid",
+                bounds::quote(uuid)
+            ));
         }
     }
     let mut seen = BTreeSet::new();
@@ -251,7 +256,7 @@ pub fn validate_report(report: &HostReport) -> Result<(), String> {
         if !is_uuid(&d.uuid) || !seen.insert(d.uuid.as_str()) {
             return Err(format!(
                 "domain {} is malformed or reported twice",
-                quote(&d.uuid)
+                bounds::quote(&d.uuid)
             ));
         }
     }

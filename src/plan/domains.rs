@@ -13,7 +13,7 @@ use super::{
     HostRole, HostVerdict, MAX_LAST_CHECK_SECONDS, ObjectRef, Observed, POOL_FINALIZER, ReportView,
 };
 use crate::api::condition::{self, ConditionStatus, types};
-use crate::api::{DomainPhase, DomainType, DomainVitals, HostPhase, MapStatus};
+use crate::api::{DomainPhase, DomainType, DomainVitals, HostPhase, HostReport, MapStatus};
 use ConditionStatus::True;
 
 /// How one host's report of one active domain reads (oVirt's `analyzeDomainReport`).
@@ -44,18 +44,21 @@ pub fn leaving_still_reported(
     classes: &Eligibility,
     hosts: &BTreeMap<String, HostVerdict>,
 ) -> BTreeSet<String> {
-    let leaving: HashMap<&str, &DomainView> = classes
+    // By uuid; several leaving domains may name one uuid, and a report of it holds them all.
+    let mut leaving: HashMap<&str, Vec<&DomainView>> = HashMap::new();
+    for d in classes
         .iter()
         .filter(|(_, c)| **c == DomainClass::Leaving)
         .filter_map(|(n, _)| observed.domains.get(n))
-        .map(|d| (d.spec.uuid.as_str(), d))
-        .collect();
+    {
+        leaving.entry(d.spec.uuid.as_str()).or_default().push(d);
+    }
     if leaving.is_empty() {
         return BTreeSet::new();
     }
     let mut reported = BTreeSet::new();
     if !unreadable_holders(observed, hosts).is_empty() {
-        reported.extend(leaving.values().map(|d| d.name.clone()));
+        reported.extend(leaving.values().flatten().map(|d| d.name.clone()));
     }
     for (name, v) in hosts {
         if !holds_pool(v) {
@@ -64,10 +67,11 @@ pub fn leaving_still_reported(
         let Some(report) = observed.hosts.get(name).and_then(|h| h.report.parsed()) else {
             continue;
         };
-        for vit in &report.domains {
-            if let Some(d) = leaving.get(vit.uuid.as_str()) {
-                reported.insert(d.name.clone());
-            }
+        for d in monitored(report)
+            .filter_map(|uuid| leaving.get(uuid))
+            .flatten()
+        {
+            reported.insert(d.name.clone());
         }
     }
     reported.retain(|n| {
@@ -75,6 +79,15 @@ pub fn leaving_still_reported(
         leaving_is_moving(phase, true)
     });
     reported
+}
+
+/// The uuids a host may be using: those it reports monitoring, and those the map it holds asks it
+/// to monitor (`active`). Until it holds a map that no longer asks, a host that does not list a
+/// domain may still be starting its monitor (a report need not be taken at one instant), so it
+/// has not let go of it yet.
+fn monitored(report: &HostReport) -> impl Iterator<Item = &str> {
+    let told = report.pool.iter().flat_map(|c| c.domain_map.active());
+    report.domains.iter().map(|v| v.uuid.as_str()).chain(told)
 }
 
 /// Hosts without a readable report (missing or unparsable) that may still hold the pool: the
@@ -143,11 +156,13 @@ pub fn judge(
         })
         .filter_map(|(n, _)| observed.domains.get(n))
         .collect();
-    let index: HashMap<&str, usize> = tracked
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.spec.uuid.as_str(), i))
-        .collect();
+    // Several leaving domains may name one uuid (duplicates are only refused among members): a
+    // report of the uuid counts for each of them, so none is released while a host uses it.
+    let mut index: HashMap<&str, Vec<usize>> = HashMap::with_capacity(tracked.len());
+    for (i, d) in tracked.iter().enumerate() {
+        index.entry(d.spec.uuid.as_str()).or_default().push(i);
+    }
+    let at = |uuid: &str| index.get(uuid).map_or(&[][..], Vec::as_slice);
     // Active domains whose absence from an in-sync Up host's report is a problem. A domain already
     // Inactive is left out of a NonOperational host's recovery check, as every host fails it.
     let active: Vec<bool> = tracked
@@ -176,10 +191,11 @@ pub fn judge(
             v.role == HostRole::Member && v.phase == HostPhase::NonOperational && blamed_before(h);
         let connected = holds_pool(v);
         seen.iter_mut().for_each(|s| *s = false);
-        for vit in &report.domains {
-            let Some(&i) = index.get(vit.uuid.as_str()) else {
-                continue;
-            };
+        for (vit, &i) in report
+            .domains
+            .iter()
+            .flat_map(|vit| at(&vit.uuid).iter().map(move |i| (vit, i)))
+        {
             seen[i] = true;
             let t = &mut tallies[i];
             if connected {
@@ -209,6 +225,14 @@ pub fn judge(
                 }
             }
         }
+        if connected && let Some(c) = &report.pool {
+            // Told to monitor it, though not listing it: not let go of yet ([`monitored`]).
+            for &i in c.domain_map.active().flat_map(at) {
+                if !active[i] && !seen[i] {
+                    tallies[i].reporters.push(name.clone());
+                }
+            }
+        }
         if v.in_sync && (up || judged_for_recovery) {
             // A host is blamed only for a domain the map it holds asks it to monitor (a host the
             // pool disconnected holds none).
@@ -234,10 +258,8 @@ pub fn judge(
             && any_leaving
             && let Some(c) = &report.pool
         {
-            for (uuid, _) in c.domain_map.iter() {
-                if let Some(&i) = index.get(uuid.as_str())
-                    && leaving[i]
-                {
+            for &i in c.domain_map.keys().flat_map(|uuid| at(uuid)) {
+                if leaving[i] {
                     tallies[i].holders.push(name.clone());
                 }
             }

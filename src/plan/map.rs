@@ -303,9 +303,15 @@ pub fn desired(
     }
     let master_domain = master(observed, classes);
     let master_changed = master_domain != status.master_domain;
-    let master_version = status.master_version + i64::from(master_changed);
+    // Saturating: a status restored or edited with a version at the top of the range must not
+    // crash the reconcile; `persist_first` compares content too, so a change is still persisted.
+    let master_version = status
+        .master_version
+        .saturating_add(i64::from(master_changed));
     let map_changed = status.domain_map != domain_map;
-    let map_version = status.map_version + i64::from(map_changed || master_changed);
+    let map_version = status
+        .map_version
+        .saturating_add(i64::from(map_changed || master_changed));
     Desired {
         domain_map,
         map_version,
@@ -362,7 +368,10 @@ pub fn persist_first(
     now: Timestamp,
 ) -> Option<StoragePoolStatus> {
     let current = &observed.pool.status;
-    let rollout = desired.map_version != current.map_version;
+    // By content as well as by version: versions stop growing at `i64::MAX`.
+    let rollout = desired.map_version != current.map_version
+        || desired.domain_map != current.domain_map
+        || desired.master_domain != current.master_domain;
     let same_ids = current.host_ids.len() == desired.host_ids.len()
         && current
             .host_ids

@@ -1,6 +1,7 @@
 //! The controller side of the protocol: a typed JSON-RPC client with a bearer token, an optional
 //! CA for the agents' TLS certificates, and a timeout on every call.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use super::wire::{
     ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, Outcome, PoolInfo,
     Request, Response, method,
 };
+use crate::api::bounds;
 
 /// The largest response body the client reads (a stats answer for 100 domains is ~20 KiB).
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -170,19 +172,34 @@ impl Client {
                 }
                 body.extend_from_slice(&chunk);
             }
-            let response: Response =
-                serde_json::from_slice(&body).map_err(|e| bad(&e.to_string()))?;
-            if response.id != id {
-                return Err(bad("response id does not match the request"));
-            }
-            match response.outcome {
-                Outcome::Result(v) => serde_json::from_value(v).map_err(|e| bad(&e.to_string())),
-                Outcome::Error(e) => Err(RpcError::Vdsm(e.into())),
-            }
+            decode_response(&body, id)
         };
         tokio::time::timeout(timeout, exchange)
             .await
             .unwrap_or(Err(RpcError::Timeout { timeout }))
+    }
+}
+
+/// Reads the body of the answer to the call numbered `id`: the verb's result decoded as `R`, or
+/// the host's error. Never panics, whatever the body; every text it keeps from the body (the
+/// host's message, why the body does not parse) is cut to [`bounds::OUTSIDE_TEXT_MAX`].
+///
+/// # Errors
+/// [`RpcError::Vdsm`] for an error answer, [`RpcError::BadResponse`] for a body that is not the
+/// answer to this call or whose result is not an `R`.
+pub fn decode_response<R: DeserializeOwned>(body: &[u8], id: u64) -> Result<R, RpcError> {
+    let response: Response = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
+    if response.id != id {
+        return Err(bad("response id does not match the request"));
+    }
+    match response.outcome {
+        Outcome::Result(v) => serde_json::from_value(v).map_err(|e| bad(&e.to_string())),
+        Outcome::Error(mut e) => {
+            if let Cow::Owned(cut) = bounds::outside(&e.message) {
+                e.message = cut;
+            }
+            Err(RpcError::Vdsm(e.into()))
+        }
     }
 }
 
@@ -202,6 +219,6 @@ fn transport(e: reqwest::Error, timeout: Duration) -> RpcError {
 
 fn bad(reason: &str) -> RpcError {
     RpcError::BadResponse {
-        reason: reason.to_owned(),
+        reason: bounds::outside(reason).into_owned(),
     }
 }

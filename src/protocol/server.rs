@@ -22,6 +22,7 @@ use super::wire::{
     ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, PoolInfo, RPC_PATH,
     Response, Vitals, method,
 };
+use crate::api::bounds;
 
 /// The default request body limit: a connect with 100 domains is about 6 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -138,14 +139,15 @@ fn call(verbs: &dyn Verbs, method: &str, params: Value) -> Result<Value, VdsmErr
         method::HOST_GET_STORAGE_REPO_STATS => encode(&verbs.repo_stats()),
         other => Err(VdsmError::new(
             ErrorCode::MethodNotFound,
-            format!("method {other:?} is not served"),
+            format!("method {} is not served", bounds::quote(other)),
         )),
     }
 }
 
+/// The parameters as `T`; why not, cut short: serde's message may quote a whole parameter.
 fn decode<T: DeserializeOwned>(params: Value) -> Result<T, VdsmError> {
     serde_json::from_value(params)
-        .map_err(|e| VdsmError::new(ErrorCode::InvalidParams, e.to_string()))
+        .map_err(|e| VdsmError::new(ErrorCode::InvalidParams, bounds::outside(&e.to_string())))
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<Value, VdsmError> {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::error::{ErrorCode, VdsmError};
-use crate::api::{DomainMap, MapStatus, PoolConnection};
+use crate::api::{DomainMap, MapStatus, PoolConnection, bounds};
 
 /// The JSON-RPC version every request and response carries.
 pub const JSONRPC_VERSION: &str = "2.0";
@@ -401,7 +401,7 @@ fn check_uuid(what: &str, s: &str) -> Result<(), VdsmError> {
     } else {
         Err(VdsmError::new(
             ErrorCode::InvalidParams,
-            format!("{what} must be a UUID, got {s:?}"),
+            format!("{what} must be a UUID, got {}", bounds::quote(s)),
         ))
     }
 }

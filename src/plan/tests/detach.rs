@@ -109,3 +109,28 @@ fn domain_moving_between_pools_waits_until_the_old_pool_lets_go() {
     assert!(!p.domains["moved"].owned);
     assert!(!report(&o, &p, &[], t0()).domains.contains_key("moved"));
 }
+
+#[test]
+fn two_leaving_domains_with_one_uuid_are_both_held_while_a_host_reports_it() {
+    let mut o = steady(2, 2, t0());
+    // A copy of d001 that this pool's status also records (a status restored from a backup, or
+    // written before duplicates were refused); both leave the pool.
+    let mut copy = o.domains["d001"].clone();
+    copy.name = "d999".into();
+    o.domains.insert(copy.name.clone(), copy);
+    for name in ["d001", "d999"] {
+        o.domains.get_mut(name).expect("d").spec.pool = None;
+    }
+    let p = plan(&o, t0());
+    for name in ["d001", "d999"] {
+        assert_eq!(
+            p.domains[name].phase,
+            DomainPhase::MovingToMaintenance,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        p.desired.domain_map.get(&uuid_of("d001")),
+        Some(&MapStatus::Attached)
+    );
+}

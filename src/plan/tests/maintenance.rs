@@ -258,3 +258,18 @@ fn host_with_unparsable_report_blocks_detaching_until_it_is_released() {
     converge(&mut o, t0(), 5);
     assert_eq!(phase(&o, "d001"), Some(DomainPhase::Unattached));
 }
+
+#[test]
+fn domain_stays_moving_while_a_host_holds_it_active_without_listing_it() {
+    let mut o = steady(2, 2, t0());
+    // h0000 was told to monitor d001 (the map it holds says so) but its report does not list it
+    // yet: it may be starting the monitor, so it has not let go.
+    drop_domain_report(&mut o, "h0000", "d001");
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert_eq!(p.domains["d001"].phase, DomainPhase::MovingToMaintenance);
+    assert!(p.domains["d001"].blocking.contains("h0000"));
+    // Once it holds the map that asks it to stop, the domain reaches Maintenance.
+    converge(&mut o, t0(), 5);
+    assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
+}

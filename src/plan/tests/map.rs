@@ -150,3 +150,19 @@ fn every_condition_carries_observed_generation() {
 fn pool_fixture_has_its_uuid() {
     assert_eq!(crate::plan::map::pool_uuid(&pool()), POOL_UUID);
 }
+
+#[test]
+fn versions_at_the_top_of_their_range_stop_growing_and_a_change_is_still_persisted() {
+    let mut o = steady(2, 2, t0());
+    o.pool.status.map_version = i64::MAX;
+    o.pool.status.master_version = i64::MAX;
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert_eq!(p.desired.map_version, i64::MAX);
+    let persisted = p.persist_first.expect("the new map is persisted first");
+    assert_eq!(
+        persisted.domain_map.get(&uuid_of("d001")),
+        Some(&MapStatus::Attached)
+    );
+    assert!(!p.calls.is_empty());
+}

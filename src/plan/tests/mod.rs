@@ -21,6 +21,7 @@ mod maintenance;
 mod map;
 mod master;
 mod problems;
+mod properties;
 mod spec_edits;
 mod status_size;
 mod sync;
