@@ -250,16 +250,12 @@ async fn wait_converged(
     for h in &sim.hosts {
         wait_map(h, expected).await;
     }
+    let map: poolkeeper::api::DomainMap = expected.iter().map(|(u, s)| (u.clone(), *s)).collect();
     eventually("pool Ready", WAIT, || async {
         let s = pool(&sim.pool).await.status?;
-        (condition(&s.conditions, "Ready")?.0 == "True" && s.domain_map == expected_map(expected))
-            .then_some(s)
+        (condition(&s.conditions, "Ready")?.0 == "True" && s.domain_map == map).then_some(s)
     })
     .await
-}
-
-fn expected_map(m: &BTreeMap<String, MapStatus>) -> poolkeeper::api::DomainMap {
-    m.iter().map(|(u, s)| (u.clone(), *s)).collect()
 }
 
 /// Waits until the domain's blocking hosts name `host` with `reason`; returns its conditions'
@@ -267,7 +263,7 @@ fn expected_map(m: &BTreeMap<String, MapStatus>) -> poolkeeper::api::DomainMap {
 async fn wait_blocked_by(domain_name: &str, host: &str, reason: LagReason) -> String {
     let last = Mutex::new(None);
     let what = format!("{domain_name} blocked by {host} ({reason:?})");
-    let found = eventually_or(&what, || async {
+    let found = within_wait(|| async {
         let s = domain(domain_name).await.status?;
         *last.lock().expect("last") = Some(s.clone());
         let blocked = s
@@ -291,7 +287,7 @@ async fn wait_blocked_by(domain_name: &str, host: &str, reason: LagReason) -> St
 }
 
 /// Polls `check` for [`WAIT`] until it returns `Some`; `None` on timeout (the caller says why).
-async fn eventually_or<T, F, Fut>(what: &str, mut check: F) -> Option<T>
+async fn within_wait<T, F, Fut>(mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -305,7 +301,6 @@ where
         }
     })
     .await
-    .inspect_err(|_| eprintln!("timed out waiting for {what}"))
     .ok()
 }
 
