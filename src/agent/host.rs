@@ -37,6 +37,8 @@ pub struct HostAgent {
     dirty: AtomicBool,
     changes: Option<UnboundedSender<usize>>,
     blackholed: AtomicBool,
+    rpc_dropped: AtomicBool,
+    report_frozen: AtomicBool,
     latency_ms: AtomicU64,
 }
 
@@ -73,6 +75,8 @@ impl HostAgent {
             dirty: AtomicBool::new(false),
             changes,
             blackholed: AtomicBool::new(false),
+            rpc_dropped: AtomicBool::new(false),
+            report_frozen: AtomicBool::new(false),
             latency_ms: AtomicU64::new(0),
         };
         host.mark_dirty();
@@ -162,6 +166,36 @@ impl HostAgent {
             tracing::info!(host = %self.name, blackholed = on, "host reachability changed");
             if !on {
                 // Reports held back while cut off go out now.
+                self.mark_dirty();
+            }
+        }
+    }
+
+    /// Whether the host's calls are dropped (simulator): it answers no call, but still renews its
+    /// Lease and writes its reports, so it looks alive to everyone but its caller.
+    pub fn is_rpc_dropped(&self) -> bool {
+        self.rpc_dropped.load(Ordering::Acquire)
+    }
+
+    /// Drops the host's calls, or answers them again (simulator).
+    pub fn set_rpc_dropped(&self, on: bool) {
+        if self.rpc_dropped.swap(on, Ordering::AcqRel) != on {
+            tracing::info!(host = %self.name, rpc_dropped = on, "host call reachability changed");
+        }
+    }
+
+    /// Whether the host's report writer is frozen (simulator): it serves calls and renews its
+    /// Lease, but its `status.report` stays as last written.
+    pub fn is_report_frozen(&self) -> bool {
+        self.report_frozen.load(Ordering::Acquire)
+    }
+
+    /// Freezes the host's report writer, or thaws it (simulator).
+    pub fn set_report_frozen(&self, on: bool) {
+        if self.report_frozen.swap(on, Ordering::AcqRel) != on {
+            tracing::info!(host = %self.name, report_frozen = on, "host report writer changed");
+            if !on {
+                // Reports held back while frozen go out now.
                 self.mark_dirty();
             }
         }

@@ -157,8 +157,9 @@ pub async fn run_reporter(
                 continue;
             }
             host.take_dirty();
-            if host.is_blackholed() {
-                // Cut off: nothing reaches the API server; un-blackholing marks it dirty again.
+            if host.is_blackholed() || host.is_report_frozen() {
+                // Cut off or frozen: nothing reaches the API server; undoing either marks it
+                // dirty again.
                 continue;
             }
             let report = host.report();

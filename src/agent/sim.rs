@@ -9,10 +9,14 @@
 //!
 //! | request | effect |
 //! | --- | --- |
-//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, latencyMillis, pool, domainCount |
+//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, rpcDropped, reportFrozen, latencyMillis, pool, domainCount |
 //! | `GET /control/hosts/{host}` | one host, as above |
 //! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease and writes no report |
 //! | `DELETE /control/hosts/{host}/blackhole` | undo |
+//! | `PUT /control/hosts/{host}/rpc-drop` | the host answers no RPC (calls hang until the caller's timeout and are never executed), but renews its Lease and writes its reports |
+//! | `DELETE /control/hosts/{host}/rpc-drop` | undo |
+//! | `PUT /control/hosts/{host}/report-freeze` | the host serves RPCs and renews its Lease, but writes no report (`status.report` stays as last written) |
+//! | `DELETE /control/hosts/{host}/report-freeze` | undo (the held report goes out) |
 //! | `POST /control/hosts/{host}/restart` | memory lost: new bootId, no pool, no monitors |
 //! | `PUT /control/hosts/{host}/latency` `{"millis": 500}` | every RPC of the host waits that long first |
 //! | `DELETE /control/hosts/{host}/latency` | undo |
@@ -44,7 +48,7 @@ use super::storage::{ReadError, Storage, metadata_text};
 use crate::api::PoolConnection;
 use crate::protocol::server::{handle, into_http};
 
-/// How long a call to a blackholed host is held before the connection gets a 503 (callers time
+/// How long a call to a blackholed (or rpc-dropped) host is held before the connection gets a 503 (callers time
 /// out long before).
 const BLACKHOLE_HOLD: Duration = Duration::from_secs(300);
 
@@ -227,6 +231,14 @@ pub(crate) fn routes(sim: Sim) -> Router {
             "/control/hosts/{host}/blackhole",
             put(blackhole_on).delete(blackhole_off),
         )
+        .route(
+            "/control/hosts/{host}/rpc-drop",
+            put(rpc_drop_on).delete(rpc_drop_off),
+        )
+        .route(
+            "/control/hosts/{host}/report-freeze",
+            put(report_freeze_on).delete(report_freeze_off),
+        )
         .route("/control/hosts/{host}/restart", post(restart))
         .route(
             "/control/hosts/{host}/latency",
@@ -243,10 +255,11 @@ async fn rpc(State(sim): State<Sim>, Path(name): Path<String>, body: Bytes) -> R
     let Some(host) = sim.host(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if host.is_blackholed() {
+    let cut_off = |h: &HostAgent| h.is_blackholed() || h.is_rpc_dropped();
+    if cut_off(&host) {
         let mut changes = sim.reachability.subscribe();
         let held = tokio::time::timeout(BLACKHOLE_HOLD, async {
-            while host.is_blackholed() {
+            while cut_off(&host) {
                 if changes.changed().await.is_err() {
                     break;
                 }
@@ -272,6 +285,8 @@ struct HostView {
     endpoint: String,
     boot_id: String,
     blackholed: bool,
+    rpc_dropped: bool,
+    report_frozen: bool,
     latency_millis: u128,
     pool: Option<PoolConnection>,
     domain_count: i32,
@@ -284,6 +299,8 @@ fn view(host: &HostAgent) -> HostView {
         endpoint: host.endpoint().to_owned(),
         boot_id: report.boot_id,
         blackholed: host.is_blackholed(),
+        rpc_dropped: host.is_rpc_dropped(),
+        report_frozen: host.is_report_frozen(),
         latency_millis: host.latency().as_millis(),
         pool: report.pool,
         domain_count: report.domain_count,
@@ -321,6 +338,26 @@ async fn blackhole_off(State(sim): State<Sim>, Path(name): Path<String>) -> Stat
     let code = with_host(&sim, &name, |h| h.set_blackholed(false));
     sim.reachability.send_modify(|g| *g += 1);
     code
+}
+
+async fn rpc_drop_on(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    let code = with_host(&sim, &name, |h| h.set_rpc_dropped(true));
+    sim.reachability.send_modify(|g| *g += 1);
+    code
+}
+
+async fn rpc_drop_off(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    let code = with_host(&sim, &name, |h| h.set_rpc_dropped(false));
+    sim.reachability.send_modify(|g| *g += 1);
+    code
+}
+
+async fn report_freeze_on(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    with_host(&sim, &name, |h| h.set_report_frozen(true))
+}
+
+async fn report_freeze_off(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    with_host(&sim, &name, |h| h.set_report_frozen(false))
 }
 
 async fn restart(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
@@ -459,6 +496,106 @@ mod tests {
                 let _ = Duration::from_millis(b.millis);
             }
         }
+    }
+
+    /// A call-only fault: calls to the host hang and are never executed while the flag is set
+    /// (other hosts answer); its report writer and Lease are left alone (`report-freeze` is the
+    /// converse: calls served, reports held). Both show in the host view and are undone.
+    #[tokio::test]
+    async fn rpc_drop_and_report_freeze_are_set_shown_and_undone() {
+        use crate::agent::{Hosts, Options, monitor::MonitorConfig, start};
+        use crate::api::MapStatus;
+        use crate::protocol::wire::ConnectParams;
+        use crate::protocol::{Client, RpcError, Token};
+
+        const TOKEN: &str = "sim-unit-test-token-0123456789abc";
+        let running = start(Options {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            advertise_url: None,
+            tls: None,
+            token: Token::new(TOKEN).expect("token"),
+            max_body_bytes: 64 * 1024,
+            monitor: MonitorConfig {
+                period: Duration::from_millis(200),
+                check_timeout: Duration::from_secs(1),
+            },
+            hosts: Hosts::Simulated {
+                count: 2,
+                prefix: "unit".into(),
+            },
+            kube: None,
+        })
+        .await
+        .expect("simulator starts");
+        let base = format!("http://{}/control/hosts", running.local_addr());
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        let control = |method: reqwest::Method, path: String| {
+            http.request(method, format!("{base}/{path}"))
+                .bearer_auth(TOKEN)
+                .send()
+        };
+        let rpc = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
+        let (dropped, other) = (&running.hosts()[0], &running.hosts()[1]);
+        let connect = ConnectParams {
+            storagepool_id: A.into(),
+            host_id: 1,
+            scsi_key: A.into(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_dict: Some([(A.to_owned(), MapStatus::Active)].into_iter().collect()),
+        };
+        let short = Duration::from_millis(300);
+
+        let put = control(reqwest::Method::PUT, "unit-0000/rpc-drop".into());
+        assert_eq!(put.await.expect("sent").status(), 204);
+        assert!(dropped.is_rpc_dropped() && !dropped.is_blackholed());
+        let e = rpc.connect(dropped.endpoint(), &connect, short).await;
+        assert!(matches!(e, Err(RpcError::Timeout { .. })), "{e:?}");
+        rpc.get_stats(other.endpoint(), short)
+            .await
+            .expect("the other host answers");
+        let view: serde_json::Value = control(reqwest::Method::GET, "unit-0000".into())
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(view["rpcDropped"], true);
+        assert_eq!(view["blackholed"], false);
+
+        let del = control(reqwest::Method::DELETE, "unit-0000/rpc-drop".into());
+        assert_eq!(del.await.expect("sent").status(), 204);
+        assert!(!dropped.is_rpc_dropped());
+        assert!(
+            dropped.report().pool.is_none(),
+            "a call sent while calls were dropped was executed"
+        );
+        rpc.connect(dropped.endpoint(), &connect, Duration::from_secs(5))
+            .await
+            .expect("answers again");
+        assert!(dropped.report().pool.is_some());
+
+        let put = control(reqwest::Method::PUT, "unit-0001/report-freeze".into());
+        assert_eq!(put.await.expect("sent").status(), 204);
+        assert!(other.is_report_frozen());
+        rpc.connect(other.endpoint(), &connect, Duration::from_secs(5))
+            .await
+            .expect("a frozen host serves calls");
+        let view: serde_json::Value = control(reqwest::Method::GET, "unit-0001".into())
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(view["reportFrozen"], true);
+        let del = control(reqwest::Method::DELETE, "unit-0001/report-freeze".into());
+        assert_eq!(del.await.expect("sent").status(), 204);
+        assert!(!other.is_report_frozen());
+
+        let unknown = control(reqwest::Method::PUT, "nope/rpc-drop".into());
+        assert_eq!(unknown.await.expect("sent").status(), 404);
+        running.shutdown().await;
     }
 
     #[test]

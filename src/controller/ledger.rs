@@ -6,8 +6,10 @@
 //! [`crate::plan::ledger::HostCalls`]'s to say. This module only keeps the entries under a lock,
 //! and drops those of hosts that no longer exist.
 //!
-//! Losing the ledger (a restart, a new leader) costs at most one repeated call per host, and a
-//! failing host starts its backoff again from 1 s.
+//! Losing the ledger (a restart, a new leader) costs at most one repeated call per host, a failing
+//! host starts its backoff again from 1 s, and a host whose report never confirmed what it was
+//! told stops holding those domains (see [`crate::plan::ledger::HostCalls::may_monitor`]; its
+//! report still holds what it shows).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -60,6 +60,13 @@ pub fn leaving_still_reported(
     if !unreadable_holders(observed, hosts).is_empty() {
         reported.extend(leaving.values().flatten().map(|d| d.name.clone()));
     }
+    for (_, told) in told_holders(observed, hosts) {
+        reported.extend(
+            told.filter_map(|u| leaving.get(u))
+                .flatten()
+                .map(|d| d.name.clone()),
+        );
+    }
     for (name, v) in hosts {
         if !holds_pool(v) {
             continue;
@@ -119,6 +126,28 @@ fn unreadable_holders<'a>(
         })
         .map(|(name, _)| name.as_str())
         .collect()
+}
+
+/// Hosts that may monitor domains their report does not show: they were sent a connect since they
+/// were last seen in sync (and are not in sync now), and it may have been taken (in flight, accepted, or without an answer)
+/// while no report since confirms a map. With each, the domains those calls asked it to monitor
+/// ([`super::ledger::HostCalls::may_monitor`]). A host that restarted since (another bootId) holds
+/// none of them; a host in maintenance that does not respond is released, as by [`holds_pool`].
+/// Without this, a host whose report never arrives (a stuck report writer, an API server that
+/// refuses its writes) would let a domain it was told to monitor reach Maintenance.
+fn told_holders<'a>(
+    observed: &'a Observed,
+    hosts: &'a BTreeMap<String, HostVerdict>,
+) -> impl Iterator<Item = (&'a str, impl Iterator<Item = &'a str>)> {
+    observed.ledger.iter().filter_map(move |(name, entry)| {
+        let v = hosts.get(name)?;
+        let report = observed.hosts.get(name)?.report.parsed()?;
+        let released = v.role == HostRole::Maintenance && !v.responsive;
+        // A host in sync confirms the map it holds (the plan forgets its entry).
+        let confirmed = v.in_sync;
+        let current = entry.pool == observed.pool.name && report.boot_id == entry.last.boot_id;
+        (current && !confirmed && !released).then(|| (name.as_str(), entry.may_monitor()))
+    })
 }
 
 /// What the hosts' reports say about one domain. Host names are pushed in name order (hosts are
@@ -289,6 +318,26 @@ pub fn judge(
                 &mut t.reporters
             };
             list.extend(unreadable.iter().map(|n| (*n).to_owned()));
+        }
+    }
+    // Hosts that may monitor a domain their report does not show hold it the same way.
+    for (name, told) in told_holders(observed, hosts) {
+        for &i in told.flat_map(&at) {
+            let d = tracked[i];
+            let done = match d.status.phase {
+                Some(DomainPhase::Maintenance) => !leaving[i],
+                Some(DomainPhase::Unattached) => true,
+                _ => false,
+            };
+            if active[i] || done {
+                continue;
+            }
+            let t = &mut tallies[i];
+            if leaving[i] && !moving.contains(&d.name) {
+                t.holders.push(name.to_owned());
+            } else {
+                t.reporters.push(name.to_owned());
+            }
         }
     }
     // NonOperational hosts: clean reports bring them back Up; otherwise name what they cannot reach.

@@ -10,6 +10,7 @@
 //! differs (the map changed, the host restarted), when the host did not confirm it within
 //! `connectTimeoutSeconds`, or after a backoff that follows failures.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -34,6 +35,10 @@ pub struct HostCalls {
     /// Why the host is failing. Kept while a retry is in flight (the host is still failing until a
     /// call is accepted, or, after a lapse, until it is seen in sync).
     pub failure: Option<Failure>,
+    /// The domains that calls before the last one, since the host was last seen in sync, may have
+    /// made it monitor (under the last call's bootId): until its report confirms a map, the
+    /// controller cannot tell which of them it still monitors ([`HostCalls::may_monitor`]).
+    pub told: BTreeSet<String>,
     /// The last call.
     pub last: SentCall,
 }
@@ -57,18 +62,47 @@ impl HostCalls {
         boot_id: &str,
         now: Timestamp,
     ) -> Self {
+        // A host that restarted since the earlier calls lost what they told it.
+        let told = previous
+            .as_ref()
+            .filter(|p| p.last.boot_id == boot_id)
+            .map(|p| p.may_monitor().map(str::to_owned).collect())
+            .unwrap_or_default();
         let (failures, failure) = previous.map_or((0, None), |p| (p.failures, p.failure));
+        let active = match call {
+            HostCall::Connect { params, .. } => {
+                params.domain_map.active().map(str::to_owned).collect()
+            }
+            HostCall::Disconnect { .. } => BTreeSet::new(),
+        };
         Self {
             pool: pool.to_owned(),
             failures,
             failure,
+            told,
             last: SentCall {
                 key: CallKey::of(call),
                 boot_id: boot_id.to_owned(),
+                active,
                 sent_at: now,
                 state: CallState::InFlight,
             },
         }
+    }
+
+    /// The domains (uuids) the calls since the host was last seen in sync may have made it
+    /// monitor: every connect's `active` entries, but for a last call the host refused (it
+    /// answered with an error, so it did not take it). A call in flight, accepted, or without an
+    /// answer (a timeout, a transport error) may have been taken. Only under
+    /// [`SentCall::boot_id`]: a host that restarted since holds none of them.
+    pub fn may_monitor(&self) -> impl Iterator<Item = &str> {
+        let refused = matches!(self.last.state, CallState::Failed { .. })
+            && matches!(&self.failure, Some(Failure::Refused(f)) if f.code.is_some());
+        let last = (!refused).then_some(&self.last.active);
+        self.told
+            .iter()
+            .chain(last.into_iter().flatten())
+            .map(String::as_str)
     }
 
     /// Records the answer at `now` to the call sent at `sent_at` (an answer to an older call is
@@ -123,6 +157,8 @@ pub struct SentCall {
     pub key: CallKey,
     /// The host's `bootId` when the call was sent: a host that restarted since lost what it was told.
     pub boot_id: String,
+    /// The domains (uuids) the call asks the host to monitor (a connect's `active` entries).
+    pub active: BTreeSet<String>,
     /// When the call started (it also identifies the call).
     pub sent_at: Timestamp,
     /// What became of it.

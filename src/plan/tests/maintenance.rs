@@ -273,3 +273,84 @@ fn domain_stays_moving_while_a_host_holds_it_active_without_listing_it() {
     converge(&mut o, t0(), 5);
     assert_eq!(phase(&o, "d001"), Some(DomainPhase::Maintenance));
 }
+
+/// One reconcile at `now` in which every call is accepted, but the hosts in `silent` never report
+/// what they took (their report writer is stuck); the others obey at once. Leases are renewed.
+fn round_with_silent_hosts(o: &mut Observed, now: Timestamp, silent: &[&str]) -> Plan {
+    renew_all(o, now);
+    let p = plan(o, now);
+    apply_ledger(o, &p);
+    let mut outcomes = Vec::new();
+    for call in &p.calls {
+        let sent = start(o, call, now);
+        answer(o, call.host(), sent, &Ok(()), now);
+        if !silent.contains(&call.host()) {
+            super::super::fixtures::obey(o.hosts.get_mut(call.host()).expect("host"), call);
+        }
+        outcomes.push(CallOutcome {
+            host: call.host().into(),
+            kind: call.kind(),
+            result: Ok(()),
+        });
+    }
+    let r = report(o, &p, &outcomes, now);
+    write_back(o, &p, &r);
+    p
+}
+
+#[test]
+fn domain_a_host_was_told_and_never_confirmed_stays_moving_until_it_reports() {
+    let mut o = steady(2, 2, t0());
+    o.domains.insert("d002".into(), domain("d002", Some(POOL)));
+    // Both hosts take the map with d002 active; h0000 never reports it (its report is stale, and
+    // shows neither d002 nor its new map).
+    for s in 1..=3 {
+        round_with_silent_hosts(&mut o, later(t0(), s), &["h0000"]);
+    }
+    assert!(
+        !report_of(&mut o, "h0000")
+            .domains
+            .iter()
+            .any(|v| v.uuid == uuid_of("d002"))
+    );
+    o.domains.get_mut("d002").expect("d").spec.maintenance = true;
+    for s in 4..=100 {
+        round_with_silent_hosts(&mut o, later(t0(), s), &["h0000"]);
+        assert_eq!(
+            phase(&o, "d002"),
+            Some(DomainPhase::MovingToMaintenance),
+            "at {s} s: h0000 may still monitor d002"
+        );
+    }
+    let s = &o.domains["d002"].status;
+    assert_eq!(
+        s.blocking_hosts
+            .iter()
+            .map(|b| (b.host.as_str(), b.reason))
+            .collect::<Vec<_>>(),
+        vec![("h0000", LagReason::NotConfirming)]
+    );
+
+    // Its report arrives: the deactivation completes.
+    for s in 101..=200 {
+        round_with_silent_hosts(&mut o, later(t0(), s), &[]);
+    }
+    assert_eq!(phase(&o, "d002"), Some(DomainPhase::Maintenance));
+}
+
+#[test]
+fn host_that_refused_or_restarted_holds_no_domain_it_was_told() {
+    let mut o = steady(2, 2, t0());
+    o.domains.insert("d002".into(), domain("d002", Some(POOL)));
+    let now = later(t0(), 1);
+    let to_h0 = call_to(&o, "h0000", now);
+    let to_h1 = call_to(&o, "h0001", now);
+    // h0000 refuses with a VDSM error (it took nothing); h0001 takes it and restarts before it
+    // reports (it lost what it was told: its report says so with a new bootId).
+    refuse(&mut o, &to_h0, 1, now, 325, "connected under another id");
+    accept(&mut o, &to_h1, now);
+    report_of(&mut o, "h0001").boot_id = "h0001-boot-2".into();
+    o.domains.get_mut("d002").expect("d").spec.maintenance = true;
+    let p = plan(&o, later(t0(), 2));
+    assert_eq!(p.domains["d002"].phase, DomainPhase::Maintenance);
+}
