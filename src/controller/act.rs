@@ -111,6 +111,14 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
         let (ctx, call, wave) = (ctx.clone(), call.clone(), wave.clone());
         let task = tokio::spawn(async move {
             let _permit = wave.permit(&ctx.waves).await?;
+            // The wave may go on long after the reconcile checked the fence: each call checks it
+            // again, so a replica that lost the Lease stops calling within `FENCE_FRESH`.
+            if let Some(fence) = &ctx.fence
+                && !fence.still_holds().await
+            {
+                warn!(host = %call.host(), "not the leader any more; call not sent");
+                return None;
+            }
             let sent_at =
                 ctx.ledger
                     .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;

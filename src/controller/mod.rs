@@ -246,11 +246,11 @@ pub async fn run_elected(
         .map_err(Error::LeaderElection)?;
     let (leader, task) = manager.watch().await;
     info!(identity = %identity, lease = LEADER_LEASE, "leader election: standing by");
-    let fence = context::Fence {
-        leases: kube::Api::namespaced(client.clone(), &args.leader_election_namespace),
-        name: LEADER_LEASE.to_owned(),
+    let fence = context::Fence::new(
+        kube::Api::namespaced(client.clone(), &args.leader_election_namespace),
+        LEADER_LEASE.to_owned(),
         identity,
-    };
+    );
     let result = run_inner(
         client,
         settings,
