@@ -75,15 +75,14 @@ struct Launch {
     leader: Option<String>,
 }
 
-/// A directory for the token file and the controllers' logs, kept for the whole run.
-fn workdir() -> &'static tempfile::TempDir {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+/// A directory for the token file and the controllers' logs, inside the control plane's (removed
+/// with it).
+fn workdir() -> &'static std::path::Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("poolkeeper-faults-")
-            .tempdir()
-            .expect("work dir");
-        std::fs::write(dir.path().join("token"), TOKEN).expect("token file");
+        let dir = control_plane().dir().join("faults");
+        std::fs::create_dir_all(&dir).expect("work dir");
+        std::fs::write(dir.join("token"), TOKEN).expect("token file");
         dir
     })
 }
@@ -94,14 +93,12 @@ impl Controller {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         let metrics = listener.local_addr().expect("addr");
         drop(listener);
-        let log = workdir()
-            .path()
-            .join(format!("{}.log", unique("controller")));
+        let log = workdir().join(format!("{}.log", unique("controller")));
         let out = std::fs::File::create(&log).expect("controller log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolkeeper"));
         cmd.arg("controller")
             .arg("--token-file")
-            .arg(workdir().path().join("token"))
+            .arg(workdir().join("token"))
             .arg("--metrics-addr")
             .arg(metrics.to_string())
             .arg("--lease-namespace")
