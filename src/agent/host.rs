@@ -3,17 +3,17 @@
 //!
 //! State changes mark the host dirty and wake the reporter; nothing here talks to Kubernetes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::monitor::{Monitors, ReadResult};
 use super::state::PoolState;
 use super::storage::Storage;
-use crate::api::HostReport;
+use crate::api::{HostReport, PoolConnection};
 use crate::protocol::wire::{ConnectParams, DisconnectParams, GetInfoParams, PoolInfo};
 use crate::protocol::{VdsmError, Verbs, Vitals};
 
@@ -25,6 +25,25 @@ struct Inner {
     boot_id: String,
     state: PoolState,
     monitors: Monitors,
+    calls: VecDeque<ReceivedCall>,
+    calls_total: u64,
+}
+
+/// How many of its latest pool calls a host keeps in its call log.
+pub const CALL_LOG_LEN: usize = 64;
+
+/// One pool call a host received, as its call log keeps it: what fault tests read to prove that
+/// no host was ever told to drop a domain that was not leaving, and when the last call came.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceivedCall {
+    /// When the host handled the call.
+    pub at: SystemTime,
+    /// `StoragePool.connect` (`true`) or `StoragePool.disconnect` (`false`).
+    pub connect: bool,
+    /// Whether the host accepted it.
+    pub ok: bool,
+    /// The connection the host holds after the call.
+    pub held: Option<PoolConnection>,
 }
 
 /// One host: what it holds in memory and how it answers the verbs.
@@ -71,6 +90,8 @@ impl HostAgent {
                 boot_id: uuid::Uuid::new_v4().to_string(),
                 state: PoolState::default(),
                 monitors: Monitors::default(),
+                calls: VecDeque::new(),
+                calls_total: 0,
             }),
             dirty: AtomicBool::new(false),
             changes,
@@ -153,6 +174,14 @@ impl HostAgent {
         }
         tracing::info!(host = %self.name, "host restarted, memory lost");
         self.mark_dirty();
+    }
+
+    /// The last [`CALL_LOG_LEN`] pool calls the host received, oldest first, and how many it
+    /// received in all (kept across [`Self::restart`]: the log is the test's view, not the host's
+    /// memory).
+    pub fn calls(&self) -> (Vec<ReceivedCall>, u64) {
+        let inner = self.lock();
+        (inner.calls.iter().cloned().collect(), inner.calls_total)
     }
 
     /// Whether the host is cut off (simulator): it answers no calls and renews no Lease.
@@ -252,10 +281,27 @@ impl HostAgent {
     }
 }
 
+impl Inner {
+    fn log_call(&mut self, connect: bool, ok: bool) {
+        if self.calls.len() == CALL_LOG_LEN {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(ReceivedCall {
+            at: SystemTime::now(),
+            connect,
+            ok,
+            held: self.state.connection().cloned(),
+        });
+        self.calls_total += 1;
+    }
+}
+
 impl Verbs for HostAgent {
     fn connect(&self, params: ConnectParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
-        if let Err(e) = inner.state.connect(&params) {
+        let result = inner.state.connect(&params);
+        inner.log_call(true, result.is_ok());
+        if let Err(e) = result {
             drop(inner);
             tracing::info!(host = %self.name, pool = %params.storagepool_id, code = e.code.code(), "connect refused");
             return Err(e);
@@ -274,7 +320,9 @@ impl Verbs for HostAgent {
 
     fn disconnect(&self, params: DisconnectParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
-        if inner.state.disconnect(&params) {
+        let changed = inner.state.disconnect(&params);
+        inner.log_call(false, true);
+        if changed {
             inner.monitors.sync(std::iter::empty(), Instant::now());
             drop(inner);
             tracing::info!(host = %self.name, pool = %params.storagepool_id, "disconnected from pool");

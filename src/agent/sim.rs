@@ -11,6 +11,7 @@
 //! | --- | --- |
 //! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, rpcDropped, reportFrozen, latencyMillis, pool, domainCount |
 //! | `GET /control/hosts/{host}` | one host, as above |
+//! | `GET /control/hosts/{host}/calls` | the host's call log: `total` pool calls received, and the latest `calls` (at most 64), oldest first, each `{atUnixMillis, verb, ok, held}` (`held`: the connection after the call) |
 //! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease and writes no report |
 //! | `DELETE /control/hosts/{host}/blackhole` | undo |
 //! | `PUT /control/hosts/{host}/rpc-drop` | the host answers no RPC (calls hang until the caller's timeout and are never executed), but renews its Lease and writes its reports |
@@ -227,6 +228,7 @@ pub(crate) fn routes(sim: Sim) -> Router {
         .route("/hosts/{host}/jsonrpc", post(rpc))
         .route("/control/hosts", get(list_hosts))
         .route("/control/hosts/{host}", get(show_host))
+        .route("/control/hosts/{host}/calls", get(show_calls))
         .route(
             "/control/hosts/{host}/blackhole",
             put(blackhole_on).delete(blackhole_off),
@@ -316,6 +318,42 @@ async fn show_host(State(sim): State<Sim>, Path(name): Path<String>) -> Response
         Some(h) => Json(view(h)).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// A host's call log as the control surface shows it.
+#[derive(Serialize)]
+struct CallsView {
+    total: u64,
+    calls: Vec<CallView>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CallView {
+    at_unix_millis: u128,
+    verb: &'static str,
+    ok: bool,
+    held: Option<PoolConnection>,
+}
+
+async fn show_calls(State(sim): State<Sim>, Path(name): Path<String>) -> Response {
+    let Some(host) = sim.host(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let (calls, total) = host.calls();
+    let calls = calls
+        .into_iter()
+        .map(|c| CallView {
+            at_unix_millis: c
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            verb: if c.connect { "connect" } else { "disconnect" },
+            ok: c.ok,
+            held: c.held,
+        })
+        .collect();
+    Json(CallsView { total, calls }).into_response()
 }
 
 fn with_host(sim: &Sim, name: &str, f: impl FnOnce(&HostAgent)) -> StatusCode {

@@ -67,6 +67,7 @@ pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result
             domains = status.domain_map.len(),
             "persisted pool map"
         );
+        super::crash::reached("map-persisted", "");
     }
 
     if !plan.calls.is_empty()
@@ -110,10 +111,20 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
         let (ctx, call, wave) = (ctx.clone(), call.clone(), wave.clone());
         let task = tokio::spawn(async move {
             let _permit = wave.permit(&ctx.waves).await?;
+            // The wave may go on long after the reconcile checked the fence: each call checks it
+            // again, so a replica that lost the Lease stops calling within `FENCE_FRESH`.
+            if let Some(fence) = &ctx.fence
+                && !fence.still_holds().await
+            {
+                warn!(host = %call.host(), "not the leader any more; call not sent");
+                return None;
+            }
             let sent_at =
                 ctx.ledger
                     .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;
+            super::crash::reached("calling", verb_name(call.kind()));
             let outcome = send(&ctx, &call, timeout).await;
+            super::crash::reached("called", verb_name(call.kind()));
             ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
             Some(outcome)
         });
@@ -242,10 +253,7 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
             rpc.disconnect(endpoint, &wire, timeout).await
         }
     };
-    let verb = match call.kind() {
-        CallKind::Connect => "connect",
-        CallKind::Disconnect => "disconnect",
-    };
+    let verb = verb_name(call.kind());
     let outcome = match &result {
         Ok(()) => "ok",
         Err(e) => e.category(),
@@ -273,6 +281,14 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
         host: call.host().to_owned(),
         kind: call.kind(),
         result,
+    }
+}
+
+/// The verb's name in metric labels and crash points.
+fn verb_name(kind: CallKind) -> &'static str {
+    match kind {
+        CallKind::Connect => "connect",
+        CallKind::Disconnect => "disconnect",
     }
 }
 

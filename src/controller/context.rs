@@ -3,7 +3,8 @@
 //! only state kept in memory that a plan reads), each pool's wave of calls being sent, the pacing
 //! of progress writes, and the memo of host views.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
@@ -89,16 +90,22 @@ impl std::fmt::Debug for Context {
 
 /// The leader Lease as a fence: the lease manager only notices a lost Lease when it can read it
 /// again, so a leader cut off from the API server could keep calling hosts after a standby took
-/// over. Hosts are called only after a fresh read shows this replica holds an unexpired Lease.
+/// over. Hosts are called only after a fresh read shows this replica holds an unexpired Lease:
+/// before a reconcile sends its calls ([`Fence::holds`]), and before each call of a wave that goes
+/// on in the background ([`Fence::still_holds`], at most [`FENCE_FRESH`] after the last read).
 #[derive(Clone)]
 pub struct Fence {
-    /// The Leases of the election's namespace.
-    pub leases: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
-    /// The Lease's name.
-    pub name: String,
-    /// This replica's identity.
-    pub identity: String,
+    leases: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+    name: String,
+    identity: String,
+    /// Until when the last read lets calls go without reading again.
+    verified_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long a read of the Lease showing this replica as holder lets calls go without another
+/// read (never past the Lease's expiry). A Lease taken by force stops this replica's calls
+/// within this time; one read per second is the cost while a wave is being sent.
+pub const FENCE_FRESH: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,20 +117,60 @@ impl std::fmt::Debug for Fence {
 }
 
 impl Fence {
-    /// Whether this replica holds the Lease now.
+    /// The fence of the Lease `name` among `leases`, for the replica `identity`.
+    pub fn new(
+        leases: kube::Api<k8s_openapi::api::coordination::v1::Lease>,
+        name: String,
+        identity: String,
+    ) -> Self {
+        Self {
+            leases,
+            name,
+            identity,
+            verified_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Whether this replica holds the Lease now (a fresh read).
     pub async fn holds(&self) -> bool {
-        let Ok(Some(lease)) = self.leases.get_opt(&self.name).await else {
-            return false;
-        };
-        let Some(spec) = lease.spec else { return false };
-        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expires = spec.renew_time.map(|t| t.0).and_then(|t| {
-            t.checked_add(jiff::SignedDuration::from_secs(i64::from(
+        let valid_for = self.read().await;
+        *self
+            .verified_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            valid_for.map(|d| Instant::now() + d.min(FENCE_FRESH));
+        valid_for.is_some()
+    }
+
+    /// Whether this replica still holds the Lease: `true` within [`FENCE_FRESH`] of a read that
+    /// said so (and before the Lease it read expires), else a fresh read.
+    pub async fn still_holds(&self) -> bool {
+        let until = *self
+            .verified_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if until.is_some_and(|u| Instant::now() < u) {
+            return true;
+        }
+        self.holds().await
+    }
+
+    /// How long the Lease stays ours by what the API server says now; `None` when it is not ours
+    /// (or cannot be read).
+    async fn read(&self) -> Option<Duration> {
+        let spec = self.leases.get_opt(&self.name).await.ok()??.spec?;
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return None;
+        }
+        let expires = spec
+            .renew_time?
+            .0
+            .checked_add(jiff::SignedDuration::from_secs(i64::from(
                 spec.lease_duration_seconds.unwrap_or(0),
             )))
-            .ok()
-        });
-        ours && expires.is_some_and(|e| e > Timestamp::now())
+            .ok()?;
+        let left = Duration::try_from(expires.duration_since(Timestamp::now())).ok()?;
+        (!left.is_zero()).then_some(left)
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`ledger`]: the call ledger, the only state not rebuilt from the API server that plans read.
 //! - [`liveness`]: when each host Lease's renewal was observed (a cache rebuilt on start, as the
 //!   node-lifecycle controller's), from which the planner judges responsiveness.
+//! - [`crash`]: crash points that fault tests arm through the environment (inert otherwise).
 //! - [`context`]: the one `Context` every reconcile shares.
 //! - [`write`](mod@write): every API write (statuses, finalizers, events), with a timeout and an outcome metric.
 //! - [`events`]: events.k8s.io Events, folded into a series only when identical (note included).
@@ -26,6 +27,7 @@
 
 pub mod act;
 pub mod context;
+pub mod crash;
 pub mod domains;
 pub mod events;
 pub mod finalize;
@@ -244,11 +246,11 @@ pub async fn run_elected(
         .map_err(Error::LeaderElection)?;
     let (leader, task) = manager.watch().await;
     info!(identity = %identity, lease = LEADER_LEASE, "leader election: standing by");
-    let fence = context::Fence {
-        leases: kube::Api::namespaced(client.clone(), &args.leader_election_namespace),
-        name: LEADER_LEASE.to_owned(),
+    let fence = context::Fence::new(
+        kube::Api::namespaced(client.clone(), &args.leader_election_namespace),
+        LEADER_LEASE.to_owned(),
         identity,
-    };
+    );
     let result = run_inner(
         client,
         settings,

@@ -152,6 +152,7 @@ impl Writer {
             .status_writes
             .get_or_create(&WriteLabels { kind })
             .inc();
+        super::crash::reached("status-written", kind);
         Ok(written.resource_version())
     }
 
@@ -177,8 +178,9 @@ impl Writer {
             "finalizers",
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)),
         )
-        .await
-        .map(drop)
+        .await?;
+        super::crash::reached("finalizers-written", kind_of::<K>());
+        Ok(())
     }
 
     /// Publishes `event` about the object `regarding`. Events are best effort: a failure is
@@ -200,7 +202,9 @@ impl Writer {
             .await
         {
             warn!(object = %event.object.name, reason = event.reason, error = %e, "publishing event failed");
+            return;
         }
+        super::crash::reached("event-published", kind);
     }
 }
 

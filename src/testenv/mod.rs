@@ -9,7 +9,8 @@
 //! loopback ports, waits for `/readyz`, installs the poolkeeper CRDs and waits until they are
 //! Established. Dropping the [`ControlPlane`] stops the processes it started (its own PIDs only) and
 //! removes its temporary directory; a watchdog process does the same if the owning process exits
-//! without dropping it (a `static` shared by a test binary is never dropped).
+//! without dropping it (a `static` shared by a test binary is never dropped). Fault tests stop and
+//! start etcd or kube-apiserver in place (same flags, ports and data).
 
 mod certs;
 
@@ -134,14 +135,77 @@ pub fn kubectl_path() -> Result<PathBuf, Error> {
 }
 
 /// A running etcd + kube-apiserver pair with the poolkeeper CRDs installed.
+///
+/// Fault tests stop and start either process in place ([`Self::restart_apiserver`],
+/// [`Self::stop_etcd`], [`Self::start_etcd`]...): the same binaries, flags, ports, certificates
+/// and etcd data directory, so clients keep their configuration and the cluster keeps its state.
 pub struct ControlPlane {
     dir: tempfile::TempDir,
-    etcd: Child,
-    apiserver: Child,
+    etcd: Component,
+    apiserver: Component,
     watchdog: Option<Child>,
     kubeconfig: PathBuf,
     kubeconfig_yaml: String,
     url: String,
+    etcd_url: String,
+}
+
+/// One process of the control plane: how to start it, and the running child if any.
+struct Component {
+    name: &'static str,
+    bin: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl Component {
+    fn new(name: &'static str, bin: PathBuf, args: Vec<String>, log: PathBuf) -> Self {
+        Self {
+            name,
+            bin,
+            args,
+            log,
+            child: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts the process unless it runs; its output is appended to its log.
+    fn start(&self) -> Result<(), Error> {
+        let mut child = self.lock();
+        if child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        {
+            return Ok(());
+        }
+        *child = Some(spawn(&self.bin, &self.args, &self.log)?);
+        Ok(())
+    }
+
+    /// Stops the process (SIGKILL: it is a throwaway test process) and reaps it.
+    fn stop(&self) {
+        if let Some(mut child) = self.lock().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.lock().as_ref().map(Child::id)
+    }
+
+    fn exited(&self) -> bool {
+        self.lock()
+            .as_mut()
+            .is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -172,9 +236,10 @@ impl ControlPlane {
 
         let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let etcd = spawn(
-            &etcd_bin,
-            &[
+        let etcd = Component::new(
+            "etcd",
+            etcd_bin,
+            vec![
                 format!("--data-dir={}", dir.path().join("etcd").display()),
                 format!("--listen-client-urls={etcd_url}"),
                 format!("--advertise-client-urls={etcd_url}"),
@@ -184,12 +249,13 @@ impl ControlPlane {
                 "--unsafe-no-fsync=true".into(),
                 "--log-level=warn".into(),
             ],
-            &dir.path().join("etcd.log"),
-        )?;
+            dir.path().join("etcd.log"),
+        );
         let url = format!("https://127.0.0.1:{api_port}");
-        let apiserver = spawn(
-            &apiserver_bin,
-            &[
+        let apiserver = Component::new(
+            "kube-apiserver",
+            apiserver_bin,
+            vec![
                 format!("--etcd-servers={etcd_url}"),
                 format!("--cert-dir={}", dir.path().display()),
                 format!("--tls-cert-file={}", certs.serving_cert.display()),
@@ -210,8 +276,10 @@ impl ControlPlane {
                 "--allow-privileged=true".into(),
                 "--v=1".into(),
             ],
-            &dir.path().join("kube-apiserver.log"),
-        )?;
+            dir.path().join("kube-apiserver.log"),
+        );
+        etcd.start()?;
+        apiserver.start()?;
 
         let kubeconfig_yaml = certs::kubeconfig(&url, &certs)?;
         let kubeconfig = dir.path().join("kubeconfig");
@@ -224,7 +292,9 @@ impl ControlPlane {
             kubeconfig,
             kubeconfig_yaml,
             url,
+            etcd_url,
         };
+        cp.write_pids()?;
         cp.watchdog = cp.spawn_watchdog().ok();
 
         cp.wait_ready().await?;
@@ -237,6 +307,60 @@ impl ControlPlane {
             "local control plane started"
         );
         Ok(cp)
+    }
+
+    /// Stops kube-apiserver (SIGKILL, as a crash); etcd keeps running.
+    pub fn stop_apiserver(&self) {
+        self.apiserver.stop();
+        info!("kube-apiserver stopped");
+    }
+
+    /// Starts kube-apiserver again (same flags, port and etcd) and waits until it is ready.
+    ///
+    /// # Errors
+    /// When it does not start or become ready (with etcd stopped it never does).
+    pub async fn start_apiserver(&self) -> Result<(), Error> {
+        self.apiserver.start()?;
+        self.write_pids()?;
+        self.wait_ready().await?;
+        info!("kube-apiserver started again");
+        Ok(())
+    }
+
+    /// Stops kube-apiserver and starts it again; returns once it is ready.
+    ///
+    /// # Errors
+    /// As [`Self::start_apiserver`].
+    pub async fn restart_apiserver(&self) -> Result<(), Error> {
+        self.stop_apiserver();
+        self.start_apiserver().await
+    }
+
+    /// Stops etcd (SIGKILL; its data directory stays). kube-apiserver keeps running and answers
+    /// storage errors (and `/readyz` fails) until etcd is back.
+    pub fn stop_etcd(&self) {
+        self.etcd.stop();
+        info!("etcd stopped");
+    }
+
+    /// Starts etcd again on the same ports and data directory, and waits until kube-apiserver is
+    /// ready again (when it runs).
+    ///
+    /// # Errors
+    /// When etcd does not start, or the API server does not become ready.
+    pub async fn start_etcd(&self) -> Result<(), Error> {
+        self.etcd.start()?;
+        self.write_pids()?;
+        if !self.apiserver.exited() {
+            self.wait_ready().await?;
+        }
+        info!("etcd started again");
+        Ok(())
+    }
+
+    /// etcd's client URL (plain HTTP on loopback; its JSON gateway serves `/v3/...`).
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The API server's URL.
@@ -288,40 +412,56 @@ impl ControlPlane {
         Ok(cmd)
     }
 
-    async fn wait_ready(&mut self) -> Result<(), Error> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        // `/readyz` is open to anonymous users (system:public-info-viewer); a plain HTTP client
-        // keeps the expected failures while the server starts out of the kube client's error log.
+    /// Whether kube-apiserver answers `/readyz` (which checks etcd) with success now.
+    ///
+    /// # Errors
+    /// When the probe client cannot be built.
+    pub async fn ready(&self) -> Result<bool, Error> {
+        Ok(self.probe_ready(&self.readyz_client()?).await)
+    }
+
+    /// A plain HTTP client trusting the control plane's CA: `/readyz` is open to anonymous users
+    /// (system:public-info-viewer), and a plain client keeps the expected failures while the
+    /// server starts out of the kube client's error log.
+    fn readyz_client(&self) -> Result<reqwest::Client, Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let ca = fs::read(self.dir.path().join("ca.crt")).map_err(Error::io("reading the CA"))?;
-        let http = reqwest::Certificate::from_pem(&ca)
+        reqwest::Certificate::from_pem(&ca)
             .and_then(|ca| {
                 reqwest::Client::builder()
                     .tls_certs_only([ca])
                     .timeout(Duration::from_secs(5))
                     .build()
             })
-            .map_err(Error::Http)?;
+            .map_err(Error::Http)
+    }
+
+    async fn probe_ready(&self, http: &reqwest::Client) -> bool {
         let url = format!("{}/readyz", self.url);
+        http.get(&url)
+            .send()
+            .await
+            .is_ok_and(|resp| resp.status().is_success())
+    }
+
+    async fn wait_ready(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        let http = self.readyz_client()?;
         loop {
-            if let Ok(resp) = http.get(&url).send().await
-                && resp.status().is_success()
-            {
+            if self.probe_ready(&http).await {
                 return Ok(());
             }
-            let exited = matches!(self.apiserver.try_wait(), Ok(Some(_)))
-                || matches!(self.etcd.try_wait(), Ok(Some(_)));
+            let exited = self.apiserver.exited() || self.etcd.exited();
             if exited || Instant::now() > deadline {
-                let etcd_dead = matches!(self.etcd.try_wait(), Ok(Some(_)));
-                let (component, log) = if etcd_dead {
-                    ("etcd", "etcd.log")
+                let dead = if self.etcd.exited() {
+                    &self.etcd
                 } else {
-                    ("kube-apiserver", "kube-apiserver.log")
+                    &self.apiserver
                 };
                 return Err(Error::NotReady {
-                    component,
+                    component: dead.name,
                     seconds: READY_DEADLINE.as_secs(),
-                    log_tail: tail(&self.dir.path().join(log), 30),
+                    log_tail: tail(&dead.log, 30),
                 });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -333,14 +473,25 @@ impl ControlPlane {
         install_crds(&client).await
     }
 
+    /// Records the PIDs of the running processes for the watchdog (rewritten on every restart).
+    fn write_pids(&self) -> Result<(), Error> {
+        let pids: Vec<String> = [self.apiserver.pid(), self.etcd.pid()]
+            .into_iter()
+            .flatten()
+            .map(|p| p.to_string())
+            .collect();
+        let tmp = self.dir.path().join("pids.tmp");
+        fs::write(&tmp, pids.join(" ")).map_err(Error::io("writing the pid file"))?;
+        fs::rename(&tmp, self.dir.path().join("pids")).map_err(Error::io("writing the pid file"))
+    }
+
     /// Starts a process that stops etcd and kube-apiserver and removes the temp dir once this
     /// process is gone, so a control plane held in a `static` does not outlive its test binary.
+    /// It reads the PIDs from the pid file at that moment, so restarted processes are stopped too.
     fn spawn_watchdog(&self) -> Result<Child, Error> {
         let script = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill {api} {etcd} 2>/dev/null; sleep 2; kill -9 {api} {etcd} 2>/dev/null; rm -rf '{dir}'",
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; pids=$(cat '{dir}/pids'); kill $pids 2>/dev/null; sleep 2; kill -9 $pids 2>/dev/null; rm -rf '{dir}'",
             me = std::process::id(),
-            api = self.apiserver.id(),
-            etcd = self.etcd.id(),
             dir = self.dir.path().display(),
         );
         Command::new("sh")
@@ -356,10 +507,8 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.apiserver.stop();
+        self.etcd.stop();
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();
             let _ = watchdog.wait();
@@ -394,7 +543,12 @@ pub async fn install_crds(client: &Client) -> Result<(), Error> {
 }
 
 fn spawn(bin: &Path, args: &[String], log: &Path) -> Result<Child, Error> {
-    let out = fs::File::create(log).map_err(Error::io("creating a process log"))?;
+    // Appended: a restarted process continues its log.
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io("creating a process log"))?;
     let err = out
         .try_clone()
         .map_err(Error::io("creating a process log"))?;
