@@ -297,47 +297,39 @@ pub fn judge(
             recovering.entry(name.clone()).or_default();
         }
     }
-    // Hosts whose report cannot be read hold every domain still on its way out (not yet in
-    // Maintenance, or not yet detached), as the last map they were told may hold it.
-    let unreadable = unreadable_holders(observed, hosts);
-    if !unreadable.is_empty() {
-        for (i, d) in tracked.iter().enumerate() {
-            let done = match d.status.phase {
-                Some(DomainPhase::Maintenance) => !leaving[i],
-                Some(DomainPhase::Unattached) => true,
-                _ => false,
-            };
-            if active[i] || done {
-                continue;
-            }
+    // A domain on its way out (not yet in Maintenance, or not yet detached) that a silent host
+    // may still hold: the list it goes in (holders while detaching, else reporters), or `None`.
+    let on_the_way_out = |i: usize| {
+        let d = tracked[i];
+        let done = match d.status.phase {
+            Some(DomainPhase::Maintenance) => !leaving[i],
+            Some(DomainPhase::Unattached) => true,
+            _ => false,
+        };
+        (!active[i] && !done).then(|| leaving[i] && !moving.contains(&d.name))
+    };
+    let mut hold = |i: usize, host: &str| {
+        if let Some(detaching) = on_the_way_out(i) {
             let t = &mut tallies[i];
-            let detaching = leaving[i] && !moving.contains(&d.name);
             let list = if detaching {
                 &mut t.holders
             } else {
                 &mut t.reporters
             };
-            list.extend(unreadable.iter().map(|n| (*n).to_owned()));
+            list.push(host.to_owned());
+        }
+    };
+    // Hosts whose report cannot be read hold every such domain, as the last map they were told
+    // may hold it.
+    for host in unreadable_holders(observed, hosts) {
+        for i in 0..tracked.len() {
+            hold(i, host);
         }
     }
     // Hosts that may monitor a domain their report does not show hold it the same way.
     for (name, told) in told_holders(observed, hosts) {
         for &i in told.flat_map(&at) {
-            let d = tracked[i];
-            let done = match d.status.phase {
-                Some(DomainPhase::Maintenance) => !leaving[i],
-                Some(DomainPhase::Unattached) => true,
-                _ => false,
-            };
-            if active[i] || done {
-                continue;
-            }
-            let t = &mut tallies[i];
-            if leaving[i] && !moving.contains(&d.name) {
-                t.holders.push(name.to_owned());
-            } else {
-                t.reporters.push(name.to_owned());
-            }
+            hold(i, name);
         }
     }
     // NonOperational hosts: clean reports bring them back Up; otherwise name what they cannot reach.

@@ -3,6 +3,21 @@
 
 use super::*;
 
+/// Every host called by `p` obeys it, and each call is reported as accepted.
+fn obey_all(o: &mut Observed, p: &Plan) -> Vec<CallOutcome> {
+    for call in &p.calls {
+        obey(o.hosts.get_mut(call.host()).expect("h"), call);
+    }
+    p.calls
+        .iter()
+        .map(|c| CallOutcome {
+            host: c.host().into(),
+            kind: c.kind(),
+            result: Ok(()),
+        })
+        .collect()
+}
+
 /// Counts the controller's writes over a rollout where agents answer one wave per reconcile.
 fn rollout_writes(hosts: usize) -> (usize, usize, usize) {
     let mut o = steady(hosts, 2, t0());
@@ -17,18 +32,7 @@ fn rollout_writes(hosts: usize) -> (usize, usize, usize) {
             .persist_first
             .clone()
             .unwrap_or_else(|| o.pool.status.clone());
-        for call in &p.calls {
-            obey(o.hosts.get_mut(call.host()).expect("h"), call);
-        }
-        let outcomes: Vec<CallOutcome> = p
-            .calls
-            .iter()
-            .map(|c| CallOutcome {
-                host: c.host().into(),
-                kind: c.kind(),
-                result: Ok(()),
-            })
-            .collect();
+        let outcomes = obey_all(&mut o, &p);
         let r = report(&o, &p, &outcomes, now);
         pool_writes += usize::from(needs_write(Some(&persisted), &r.pool));
         domain_writes += r
@@ -75,18 +79,7 @@ fn a_new_pools_hosts_get_one_status_write_each_when_they_arrive() {
         let now = later(t0(), round);
         let before = o.clone();
         let p = plan(&o, now);
-        for call in &p.calls {
-            obey(o.hosts.get_mut(call.host()).expect("h"), call);
-        }
-        let outcomes: Vec<CallOutcome> = p
-            .calls
-            .iter()
-            .map(|c| CallOutcome {
-                host: c.host().into(),
-                kind: c.kind(),
-                result: Ok(()),
-            })
-            .collect();
+        let outcomes = obey_all(&mut o, &p);
         let r = report(&before, &p, &outcomes, now);
         for (name, status) in &r.hosts {
             if needs_write(Some(&*before.hosts[name].controller), status) {
