@@ -2,14 +2,17 @@
 //!
 //! Simulated storage holds every domain a host is asked to monitor (its metadata names it
 //! correctly) unless a fault says otherwise; it goes through the same monitor code as file
-//! storage. Faults are set per domain for all hosts or for chosen hosts.
+//! storage. Faults are set per domain for all hosts or for chosen hosts. The simulator's hosts
+//! share one temporary storage directory in VDSM's layout: a domain appears there (unattached,
+//! as `make-domain` writes it) the first time a host reads it, and the pool verbs read and write
+//! its metadata as on real file storage, so monitors read what the pool manager wrote.
 //!
 //! # Control surface
 //! HTTP on the agent's listener, bearer token as for RPCs, JSON bodies:
 //!
 //! | request | effect |
 //! | --- | --- |
-//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, latencyMillis, pool, domainCount |
+//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, latencyMillis, pool, domainCount, spmLver (while pool manager) |
 //! | `GET /control/hosts/{host}` | one host, as above |
 //! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease and writes no report |
 //! | `DELETE /control/hosts/{host}/blackhole` | undo |
@@ -39,7 +42,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::domains::{DomainError, FileDomains};
 use super::host::HostAgent;
+use super::state::SpmRole;
 use super::storage::{ReadError, Storage, metadata_text};
 use crate::api::PoolConnection;
 use crate::protocol::server::{handle, into_http};
@@ -143,12 +148,34 @@ impl FaultTable {
 pub struct SimStorage {
     table: Arc<FaultTable>,
     host: usize,
+    domains: Option<FileDomains>,
 }
 
 impl SimStorage {
-    /// The storage of host number `host`.
+    /// The storage of host number `host`; healthy reads give a fresh domain's metadata.
     pub fn new(table: Arc<FaultTable>, host: usize) -> Self {
-        Self { table, host }
+        Self {
+            table,
+            host,
+            domains: None,
+        }
+    }
+
+    /// The same, with healthy reads from the domains of `domains` (the pool verbs' storage).
+    #[must_use]
+    pub fn reading(mut self, domains: FileDomains) -> Self {
+        self.domains = Some(domains);
+        self
+    }
+}
+
+fn healthy_read(domains: Option<&FileDomains>, sd: &str) -> Result<Vec<u8>, ReadError> {
+    match domains {
+        None => Ok(metadata_text(sd).into_bytes()),
+        Some(d) => d.read_bytes(sd).map_err(|e| match e {
+            DomainError::NotFound(_) => ReadError::NotFound,
+            other => ReadError::Io(std::io::Error::other(other.to_string())),
+        }),
     }
 }
 
@@ -156,12 +183,13 @@ impl Storage for SimStorage {
     fn read_metadata(&self, sd_uuid: &str) -> BoxFuture<'static, Result<Vec<u8>, ReadError>> {
         let table = Arc::clone(&self.table);
         let (host, sd) = (self.host, sd_uuid.to_owned());
+        let domains = self.domains.clone();
         Box::pin(async move {
             let started = Instant::now();
             let mut changes = table.generation.subscribe();
             loop {
                 match table.fault(host, &sd) {
-                    Fault::Healthy => return Ok(metadata_text(&sd).into_bytes()),
+                    Fault::Healthy => return healthy_read(domains.as_ref(), &sd),
                     Fault::Unreadable => {
                         return Err(ReadError::Io(std::io::Error::other("simulated I/O error")));
                     }
@@ -175,7 +203,7 @@ impl Storage for SimStorage {
                         let until = started + Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0));
                         tokio::select! {
                             _ = tokio::time::sleep_until(until.into()) => {
-                                return Ok(metadata_text(&sd).into_bytes());
+                                return healthy_read(domains.as_ref(), &sd);
                             }
                             _ = changes.changed() => {}
                         }
@@ -266,6 +294,8 @@ struct HostView {
     latency_millis: u128,
     pool: Option<PoolConnection>,
     domain_count: i32,
+    /// The pool manager's lease version while this host is pool manager.
+    spm_lver: Option<i64>,
 }
 
 fn view(host: &HostAgent) -> HostView {
@@ -278,6 +308,10 @@ fn view(host: &HostAgent) -> HostView {
         latency_millis: host.latency().as_millis(),
         pool: report.pool,
         domain_count: report.domain_count,
+        spm_lver: match host.spm_role() {
+            SpmRole::Spm { lver } => Some(lver),
+            SpmRole::Free => None,
+        },
     }
 }
 
