@@ -709,8 +709,10 @@ async fn simulator_faults_blackhole_restart_storage_and_latency_and_their_undo()
         .await,
         204
     );
-    report_where(&hosts, &name(2), "379 on host 2", |r| {
-        r.domains.first().is_some_and(|d| d.code == 379)
+    report_where(&hosts, &name(2), "2001 on host 2", |r| {
+        r.domains
+            .first()
+            .is_some_and(|d| d.code == 2001 && !d.acquired)
     })
     .await;
     let h3 = hosts.get(&name(3)).await.expect("host 3");
@@ -728,7 +730,7 @@ async fn simulator_faults_blackhole_restart_storage_and_latency_and_their_undo()
     })
     .await;
 
-    // A slow domain (past the check timeout) for host 3: 379 until the read returns.
+    // A slow domain (past the check timeout) for host 3: 2001 until the read returns.
     assert_eq!(
         control_call(
             reqwest::Method::PUT,
@@ -739,7 +741,7 @@ async fn simulator_faults_blackhole_restart_storage_and_latency_and_their_undo()
         204
     );
     report_where(&hosts, &name(3), "slow read reported", |r| {
-        r.domains.first().is_some_and(|d| d.code == 379)
+        r.domains.first().is_some_and(|d| d.code == 2001)
     })
     .await;
     assert_eq!(

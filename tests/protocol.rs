@@ -703,7 +703,7 @@ async fn missing_domain_is_358() {
 }
 
 #[tokio::test]
-async fn unreadable_metadata_is_379() {
+async fn unreadable_metadata_is_2001() {
     let a = Agent::start().await;
     let sd = uuid();
     let metadata = a
@@ -717,8 +717,8 @@ async fn unreadable_metadata_is_379() {
     std::fs::create_dir_all(&metadata).expect("dirs");
     monitored(&a, &sd).await;
     let v = a.wait_vitals(&sd, "a check", |v| v.actual).await;
-    assert!(!v.valid);
-    assert_eq!(v.code, 379);
+    assert!(!v.valid && !v.acquired);
+    assert_eq!(v.code, 2001);
     a.running.shutdown().await;
 }
 
@@ -767,7 +767,7 @@ impl Drop for Release {
 }
 
 #[tokio::test]
-async fn hung_read_is_not_actual_first_then_379_with_growing_last_check_then_recovers() {
+async fn hung_read_is_not_actual_first_then_2001_with_growing_last_check_then_recovers() {
     let a = Agent::start().await;
     let sd = uuid();
     let dom_md = a.root.path().join("mnt1").join(&sd).join("dom_md");
@@ -786,14 +786,14 @@ async fn hung_read_is_not_actual_first_then_379_with_growing_last_check_then_rec
     let first = a.stats().await[&sd].clone();
     assert!(!first.actual, "first status is synthetic: {first:?}");
     assert!(first.valid && first.code == 0, "{first:?}");
-    let hung = a.wait_vitals(&sd, "the deadline", |v| v.code == 379).await;
+    let hung = a.wait_vitals(&sd, "the deadline", |v| v.code == 2001).await;
     assert!(hung.actual && !hung.valid, "{hung:?}");
     let later = a
         .wait_vitals(&sd, "lastCheck growing", |v| {
             v.last_check > hung.last_check + 0.3
         })
         .await;
-    assert_eq!(later.code, 379);
+    assert_eq!(later.code, 2001);
     // Storage comes back: the hung read returns the metadata.
     release(&dom_md, &format!("SDUUID={sd}\nVERSION=5\n"));
     let v = a.wait_vitals(&sd, "recovery", |v| v.valid).await;
@@ -1064,4 +1064,107 @@ async fn reconstruct_master_needs_a_disconnected_host_and_writes_a_new_master() 
         BTreeMap::from([(d1.clone(), Attached), (d2.clone(), Active)])
     );
     a.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn simulated_hosts_share_storage_accept_a_fresh_master_and_hold_one_pool_manager() {
+    let running = start(Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise_url: None,
+        tls: None,
+        token: Token::new(TOKEN).expect("token"),
+        max_body_bytes: 64 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Simulated {
+            count: 2,
+            prefix: "sim".into(),
+        },
+        kube: None,
+    })
+    .await
+    .expect("simulator starts");
+    let base = format!("http://{}", running.local_addr());
+    let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
+    let endpoint = |i: usize| format!("{base}/hosts/sim-{i:04}/jsonrpc");
+    let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    for i in 0..2 {
+        // Lenient: a master fresh from make-domain passes (today's controller flows).
+        let p = params(
+            &sp,
+            i32::try_from(i + 1).expect("id"),
+            &d1,
+            Some(&[(&d1, Active)]),
+        );
+        client.connect(&endpoint(i), &p, T).await.expect("connects");
+    }
+    client
+        .call::<_, String>(&endpoint(0), method::POOL_SPM_START, &spm_start(&sp), T)
+        .await
+        .expect("host 0 is pool manager");
+    let e = client
+        .call::<_, String>(&endpoint(1), method::POOL_SPM_START, &spm_start(&sp), T)
+        .await;
+    assert_eq!(code(e), ErrorCode::AcquireLockFailure);
+    // The pool manager's writes are what every host reads: the domain attached by host 0 names
+    // the pool, and a master claimed by another pool is refused (324) even here.
+    client
+        .call::<_, Value>(
+            &endpoint(0),
+            method::DOMAIN_ATTACH,
+            &domain_params(&sp, &d2, "", 0),
+            T,
+        )
+        .await
+        .expect("attach");
+    let other = uuid();
+    let p = params(&other, 1, &d2, Some(&[(&d2, Active)]));
+    client
+        .disconnect(
+            &endpoint(1),
+            &DisconnectParams {
+                storagepool_id: sp.clone(),
+                host_id: 2,
+                scsi_key: sp.clone(),
+            },
+            T,
+        )
+        .await
+        .expect("host 1 leaves");
+    assert_eq!(
+        code(client.connect(&endpoint(1), &p, T).await),
+        ErrorCode::StoragePoolWrongMaster
+    );
+    // Unfinished work injected through the control surface holds the role (653).
+    let tasks = format!("{base}/control/hosts/sim-0000/tasks");
+    let http = reqwest::Client::new();
+    let put = http
+        .put(&tasks)
+        .bearer_auth(TOKEN)
+        .json(&json!({"unfinished": 1}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(put.status(), 204);
+    let stop = PoolParams {
+        storagepool_id: sp.clone(),
+    };
+    let e = client
+        .call::<_, Value>(&endpoint(0), method::POOL_SPM_STOP, &stop, T)
+        .await;
+    assert_eq!(code(e), ErrorCode::SpmStopError);
+    let del = http
+        .delete(&tasks)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(del.status(), 204);
+    client
+        .call::<_, Value>(&endpoint(0), method::POOL_SPM_STOP, &stop, T)
+        .await
+        .expect("spmStop");
+    running.shutdown().await;
 }

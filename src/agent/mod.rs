@@ -125,7 +125,7 @@ pub struct AgentArgs {
     /// Seconds between domain checks (VDSM: 10; at most 20).
     #[arg(long, default_value_t = 10.0)]
     pub monitor_period_seconds: f64,
-    /// Seconds a metadata read may take before the domain is reported unreadable (379).
+    /// Seconds a metadata read may take before the domain is reported unreadable (2001).
     #[arg(long, default_value_t = 10.0)]
     pub check_timeout_seconds: f64,
     /// Namespace of the host Leases (must exist).

@@ -19,11 +19,13 @@
 //! | `POST /control/hosts/{host}/restart` | memory lost: new bootId, no pool, no monitors |
 //! | `PUT /control/hosts/{host}/latency` `{"millis": 500}` | every RPC of the host waits that long first |
 //! | `DELETE /control/hosts/{host}/latency` | undo |
+//! | `PUT /control/hosts/{host}/tasks` `{"unfinished": 2}` | the host has that many unfinished pool-manager tasks (`spmStop` fails with 653) |
+//! | `DELETE /control/hosts/{host}/tasks` | undo |
 //! | `PUT /control/domains/{sdUUID}/fault` `{"kind": K, "seconds": S, "hosts": [..]}` | reads of the domain fail or slow down for the hosts listed (all hosts without `hosts`) |
 //! | `DELETE /control/domains/{sdUUID}/fault` | undo for every host |
 //!
-//! Fault kinds: `unreadable` (379), `missing` (358), `wrong-uuid` (379), `slow` (each read takes
-//! `seconds`; past the monitor's check timeout it is 379 until it returns), `hang` (reads never
+//! Fault kinds: `unreadable` (2001), `missing` (358), `wrong-uuid` (379), `slow` (each read takes
+//! `seconds`; past the monitor's check timeout it is 2001 until it returns), `hang` (reads never
 //! return until the fault changes), `healthy` (overrides a fault set for all hosts). Answers: 204
 //! on success, 404 for an unknown host, 400 for a bad body.
 
@@ -59,7 +61,7 @@ const BLACKHOLE_HOLD: Duration = Duration::from_secs(300);
 pub enum Fault {
     /// Reads succeed.
     Healthy,
-    /// Reads fail with an I/O error (379).
+    /// Reads fail with an I/O error (2001).
     Unreadable,
     /// The domain is not found (358).
     Missing,
@@ -255,6 +257,10 @@ pub(crate) fn routes(sim: Sim) -> Router {
             "/control/domains/{sd}/fault",
             put(fault_set).delete(fault_clear),
         )
+        .route(
+            "/control/hosts/{host}/tasks",
+            put(tasks_set).delete(tasks_clear),
+        )
         .with_state(sim)
 }
 
@@ -369,6 +375,22 @@ async fn latency_set(State(sim): State<Sim>, Path(name): Path<String>, body: Byt
 
 async fn latency_clear(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
     with_host(&sim, &name, |h| h.set_latency(Duration::ZERO))
+}
+
+#[derive(Deserialize)]
+struct TasksBody {
+    unfinished: u32,
+}
+
+async fn tasks_set(State(sim): State<Sim>, Path(name): Path<String>, body: Bytes) -> Response {
+    match serde_json::from_slice::<TasksBody>(&body) {
+        Ok(b) => with_host(&sim, &name, |h| h.set_unfinished_tasks(b.unfinished)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn tasks_clear(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    with_host(&sim, &name, |h| h.set_unfinished_tasks(0))
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,7 @@ pub enum ReadError {
     /// No mount under the root holds the domain (VDSM: 358).
     #[error("domain not found under the storage root")]
     NotFound,
-    /// The domain is there but its metadata cannot be read (VDSM: 379).
+    /// The domain is there but its metadata cannot be read (VDSM: 2001).
     #[error("metadata unreadable")]
     Io(#[source] io::Error),
 }
@@ -80,6 +80,8 @@ pub struct Metadata {
     pub sd_uuid: Option<String>,
     /// `VERSION=`: the domain format version.
     pub version: Option<i64>,
+    /// `CLASS=`: `Data`, `Iso` or `Backup`.
+    pub class: Option<String>,
 }
 
 /// Parses VDSM `KEY=VALUE` metadata lines (other lines and keys are ignored).
@@ -88,12 +90,14 @@ pub fn parse_metadata(bytes: &[u8]) -> Metadata {
     let mut md = Metadata {
         sd_uuid: None,
         version: None,
+        class: None,
     };
     for line in text.lines() {
         if let Some((key, value)) = line.split_once('=') {
             match key.trim() {
                 "SDUUID" => md.sd_uuid = Some(value.trim().to_ascii_lowercase()),
                 "VERSION" => md.version = value.trim().parse().ok(),
+                "CLASS" => md.class = Some(value.trim().to_owned()),
                 _ => {}
             }
         }
@@ -132,7 +136,8 @@ mod tests {
             parse_metadata(b"\xff\xfe garbage"),
             Metadata {
                 sd_uuid: None,
-                version: None
+                version: None,
+                class: None,
             }
         );
     }
