@@ -672,3 +672,121 @@ impl Verbs for HostAgent {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::domains::write_new_domain;
+    use crate::agent::sim::{FaultTable, SimStorage};
+    use crate::api::MapStatus;
+
+    const SP: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
+    const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+    const LEASE: SpmLease = SpmLease {
+        duration: Duration::from_secs(60),
+        renew_every: Duration::from_secs(5),
+    };
+
+    fn host(index: usize, root: &std::path::Path) -> HostAgent {
+        let storage: Arc<dyn Storage> =
+            Arc::new(SimStorage::new(Arc::new(FaultTable::default()), index));
+        let pool_storage = PoolStorage {
+            domains: FileDomains::new(root),
+            master_check: MasterCheck::Strict,
+            lease: LEASE,
+        };
+        HostAgent::new(
+            index,
+            format!("h{index}"),
+            String::new(),
+            storage,
+            pool_storage,
+            None,
+        )
+    }
+
+    fn connected(index: usize, root: &std::path::Path) -> HostAgent {
+        let h = host(index, root);
+        let id = i32::try_from(index + 1).expect("id");
+        h.connect(ConnectParams {
+            storagepool_id: SP.into(),
+            host_id: id,
+            scsi_key: String::new(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_dict: Some([(A.to_owned(), MapStatus::Active)].into_iter().collect()),
+        })
+        .expect("connects");
+        h
+    }
+
+    fn spm_start() -> SpmStartParams {
+        SpmStartParams {
+            storagepool_id: SP.into(),
+            prev_id: -1,
+            prev_lver: -1,
+            enable_scsi_fencing: false,
+            max_host_id: 250,
+            dom_version: None,
+        }
+    }
+
+    fn pool_on_storage() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_new_domain(dir.path(), "m", A).expect("layout");
+        let h = host(9, dir.path());
+        h.create(CreateParams {
+            storagepool_id: SP.into(),
+            name: "dc".into(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_list: vec![A.into()],
+        })
+        .expect("creates");
+        dir
+    }
+
+    #[test]
+    fn a_holder_that_cannot_renew_gives_the_role_up_before_anyone_may_take_it() {
+        let dir = pool_on_storage();
+        let (a, b) = (connected(0, dir.path()), connected(1, dir.path()));
+        a.spm_start(spm_start()).expect("a is pool manager");
+        let t0 = Instant::now();
+        // Renewals keep the role.
+        let (master, owner) = a.spm_renewal_due(t0 + LEASE.renew_every).expect("due");
+        a.renew_spm(&master, &owner, t0 + LEASE.renew_every);
+        assert!(!a.fence_if_stale(t0 + LEASE.renew_every + LEASE.duration / 2));
+        assert_eq!(
+            b.spm_start(spm_start()).map_err(|e| e.code),
+            Err(ErrorCode::AcquireLockFailure)
+        );
+        // No renewal for half the lease: the holder stops acting as pool manager, and its
+        // pool-manager verbs fail with 654 from then on.
+        assert!(a.fence_if_stale(t0 + LEASE.renew_every + LEASE.duration));
+        assert_eq!(a.spm_role(), SpmRole::Free);
+        let attach = DomainParams {
+            storagedomain_id: A.into(),
+            storagepool_id: SP.into(),
+            master_sd_uuid: String::new(),
+            master_version: 0,
+        };
+        assert_eq!(
+            a.domain_verb(method::DOMAIN_ATTACH, attach)
+                .map_err(|e| e.code),
+            Err(ErrorCode::SpmStatusError)
+        );
+    }
+
+    #[test]
+    fn a_restarted_holder_holds_nothing_and_its_renewals_are_dropped() {
+        let dir = pool_on_storage();
+        let a = connected(0, dir.path());
+        a.spm_start(spm_start()).expect("a is pool manager");
+        let later = Instant::now() + LEASE.renew_every;
+        let (master, owner) = a.spm_renewal_due(later).expect("due");
+        a.restart();
+        a.renew_spm(&master, &owner, later);
+        assert_eq!(a.spm_role(), SpmRole::Free);
+        assert!(a.spm_renewal_due(later + LEASE.renew_every).is_none());
+    }
+}
