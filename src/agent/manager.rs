@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use super::domains::{DomainError, FileDomains, LeaseError};
+use super::domains::{FileDomains, LeaseError};
 use super::metadata::{Metadata, ROLE_MASTER, ROLE_REGULAR, key};
 use super::state::Backend;
 use crate::api::{DomainMap, MapStatus};
@@ -336,10 +336,12 @@ impl Pool {
         }
         let blank = new_master.is_empty() || new_master == super::metadata::BLANK_UUID;
         match domains.read(sd) {
-            Err(DomainError::NotFound(_)) if !blank => {
+            // sp.py `deactivateSD`: a domain that cannot be produced is deactivated anyway,
+            // unless a master migration was asked.
+            Err(e) if !blank => {
                 return Err(VdsmError::new(
                     ErrorCode::StorageDomainAccessError,
-                    format!("{sd}: cannot migrate the master from a missing domain"),
+                    format!("{sd}: cannot migrate the master from it: {e}"),
                 ));
             }
             Ok(_) if sd == self.master => {
@@ -655,6 +657,23 @@ mod tests {
         // The new master's map says A is attached now.
         let map = b.pool_domains().expect("ok").expect("map");
         assert_eq!(map.get(A), Some(&MapStatus::Attached));
+    }
+
+    #[test]
+    fn a_master_that_cannot_be_read_is_not_migrated_away_379() {
+        let (dir, d) = storage();
+        let mut p = created(&d, Backend::Memory);
+        p.attach(&d, holder("h"), B).expect("attach");
+        p.activate(&d, B).expect("activate");
+        let metadata = dir.path().join("m").join(A).join("dom_md").join("metadata");
+        std::fs::remove_file(&metadata).expect("rm");
+        std::fs::create_dir(&metadata).expect("a directory where the file was");
+        let before = p.clone();
+        assert_eq!(
+            code(p.deactivate(&d, holder("h"), A, B, 2)),
+            ErrorCode::StorageDomainAccessError
+        );
+        assert_eq!(p, before);
     }
 
     #[test]
