@@ -330,6 +330,24 @@ async fn without_map_the_disk_backend_reads_the_master_and_checks_its_version() 
         .expect("disk backend");
     let info = a.info(&sp).await.expect("connected");
     assert_eq!(info.domain_map(), BTreeMap::from([(d1.clone(), Active)]));
+    // The disk backend's getInfo reads the pool keys from the master.
+    assert_eq!(
+        (info.info.name.as_str(), info.info.lver, info.info.spm_id),
+        ("dc", -1, -1)
+    );
+    a.call::<_, String>(method::POOL_SPM_START, &spm_start(&sp))
+        .await
+        .expect("spmStart");
+    let info = a.info(&sp).await.expect("connected");
+    assert_eq!((info.info.lver, info.info.spm_id), (2, 1));
+    a.call::<_, Value>(
+        method::POOL_SPM_STOP,
+        &PoolParams {
+            storagepool_id: sp.clone(),
+        },
+    )
+    .await
+    .expect("spmStop");
     // A refresh reads the map again; a wrong master is 324 and changes nothing.
     let refresh = |master: &str, version| RefreshParams {
         storagepool_id: sp.clone(),

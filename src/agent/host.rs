@@ -445,7 +445,30 @@ impl Verbs for HostAgent {
     }
 
     fn get_info(&self, params: GetInfoParams) -> Result<PoolInfo, VdsmError> {
-        self.lock().state.info(&params.storagepool_id)
+        let inner = self.lock();
+        let mut info = inner.state.info(&params.storagepool_id)?;
+        if inner.state.backend() == Some(Backend::Disk) {
+            // StoragePoolDiskBackend.getInfo: name and pool-manager keys from the master (a
+            // master that cannot be read is 304, sp.py `getInfo`).
+            let md = self
+                .pool_storage
+                .domains
+                .read(&info.info.master_uuid)
+                .map_err(|e| {
+                    VdsmError::new(
+                        ErrorCode::StoragePoolMasterNotFound,
+                        format!("master domain {}: {e}", info.info.master_uuid),
+                    )
+                })?;
+            let (spm_id, lver) = md.spm().unwrap_or((None, None));
+            info.info.name = md
+                .get(super::metadata::key::POOL_DESCRIPTION)
+                .unwrap_or_default()
+                .to_owned();
+            info.info.lver = lver.unwrap_or(-1);
+            info.info.spm_id = spm_id.unwrap_or(-1);
+        }
+        Ok(info)
     }
 
     fn repo_stats(&self) -> BTreeMap<String, Vitals> {
