@@ -1,5 +1,7 @@
 //! Protocol tests: the real `protocol::Client` against the real agent server on 127.0.0.1, with
-//! file storage in temp dirs and no API server (the agent serves calls from memory).
+//! file storage in temp dirs and no API server (the agent serves calls from memory). A real file
+//! host checks the master as VDSM does, so each pool here is first created on storage with
+//! `StoragePool.create`, as a pool manager would.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +11,10 @@ use poolkeeper::agent::monitor::MonitorConfig;
 use poolkeeper::agent::storage::make_file_domain;
 use poolkeeper::agent::{Hosts, Options, Running, TlsFiles, start};
 use poolkeeper::api::MapStatus::{self, Active, Attached};
-use poolkeeper::protocol::wire::{HostStats, PoolInfo};
+use poolkeeper::protocol::wire::{
+    CreateParams, DomainParams, HostStats, PoolInfo, PoolParams, RefreshParams, SpmStartParams,
+    SpmStatusResult, SwitchMasterParams, method,
+};
 use poolkeeper::protocol::{
     Client, ConnectParams, DisconnectParams, ErrorCode, RpcError, Token, Vitals,
 };
@@ -20,7 +25,7 @@ const TOKEN: &str = "test-token-0123456789";
 
 struct Agent {
     running: Running,
-    root: tempfile::TempDir,
+    root: std::sync::Arc<tempfile::TempDir>,
     client: Client,
     endpoint: String,
 }
@@ -31,7 +36,16 @@ impl Agent {
     }
 
     async fn start_with(tls: Option<TlsFiles>, max_body_bytes: usize) -> Self {
-        let root = tempfile::tempdir().expect("tempdir");
+        let root = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::start_on(root, tls, max_body_bytes).await
+    }
+
+    /// An agent over the storage of another one (two hosts sharing an export).
+    async fn start_on(
+        root: std::sync::Arc<tempfile::TempDir>,
+        tls: Option<TlsFiles>,
+        max_body_bytes: usize,
+    ) -> Self {
         let https = tls.is_some();
         let running = start(Options {
             listen: "127.0.0.1:0".parse().expect("addr"),
@@ -64,6 +78,34 @@ impl Agent {
 
     fn domain(&self, sd: &str) {
         make_file_domain(self.root.path(), "nfs1:_export", sd).expect("layout");
+    }
+
+    /// Makes `master` (unless it exists) and creates pool `sp` on it, as a pool manager would.
+    async fn pool(&self, sp: &str, master: &str) {
+        if poolkeeper::agent::domains::FileDomains::new(self.root.path())
+            .read(master)
+            .is_err()
+        {
+            self.domain(master);
+        }
+        let p = CreateParams {
+            storagepool_id: sp.to_owned(),
+            name: "dc".into(),
+            master_sd_uuid: master.to_owned(),
+            master_version: 1,
+            domain_list: vec![master.to_owned()],
+        };
+        self.call::<_, Value>(method::POOL_CREATE, &p)
+            .await
+            .expect("StoragePool.create");
+    }
+
+    async fn call<P: serde::Serialize + Sync, R: serde::de::DeserializeOwned>(
+        &self,
+        verb: &str,
+        params: &P,
+    ) -> Result<R, RpcError> {
+        self.client.call(&self.endpoint, verb, params, T).await
     }
 
     async fn connect(&self, p: &ConnectParams) -> Result<(), RpcError> {
@@ -143,8 +185,8 @@ fn code(r: Result<impl std::fmt::Debug, RpcError>) -> ErrorCode {
 async fn not_connected_connect_with_map_holds_it_and_monitors_active_entries() {
     let a = Agent::start().await;
     let (sp, d1, d2) = (uuid(), uuid(), uuid());
-    a.domain(&d1);
     a.domain(&d2);
+    a.pool(&sp, &d1).await;
     a.connect(&params(
         &sp,
         3,
@@ -178,6 +220,7 @@ async fn not_connected_connect_with_map_holds_it_and_monitors_active_entries() {
 async fn connected_to_another_pool_connect_fails_323_without_change() {
     let a = Agent::start().await;
     let (sp, other, d1) = (uuid(), uuid(), uuid());
+    a.pool(&sp, &d1).await;
     a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active)])))
         .await
         .expect("connects");
@@ -194,6 +237,10 @@ async fn connected_to_another_pool_connect_fails_323_without_change() {
 async fn connected_same_pool_and_host_id_replaces_the_whole_map_and_monitors() {
     let a = Agent::start().await;
     let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    a.pool(&sp, &d1).await;
+    // A second master of the same pool, as a master change that skipped the pool manager's
+    // migration would leave behind (VDSM accepts either as master).
+    a.pool(&sp, &d2).await;
     a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active), (&d2, Active)])))
         .await
         .expect("connects");
@@ -227,6 +274,7 @@ async fn connected_same_pool_and_host_id_replaces_the_whole_map_and_monitors() {
 async fn connected_with_another_host_id_fails_325() {
     let a = Agent::start().await;
     let (sp, d1) = (uuid(), uuid());
+    a.pool(&sp, &d1).await;
     a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active)])))
         .await
         .expect("connects");
@@ -244,6 +292,7 @@ async fn connected_with_another_host_id_fails_325() {
 async fn connected_with_a_map_connect_without_map_fails_325_and_keeps_the_map() {
     let a = Agent::start().await;
     let (sp, d1) = (uuid(), uuid());
+    a.pool(&sp, &d1).await;
     a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active)])))
         .await
         .expect("connects");
@@ -263,16 +312,112 @@ async fn connected_with_a_map_connect_without_map_fails_325_and_keeps_the_map() 
 }
 
 #[tokio::test]
-async fn not_connected_connect_without_map_is_a_clear_legacy_error() {
+async fn without_map_the_disk_backend_reads_the_master_and_checks_its_version() {
     let a = Agent::start().await;
-    let (sp, d1) = (uuid(), uuid());
-    let e = a.connect(&params(&sp, 1, &d1, None)).await;
-    let Err(RpcError::Vdsm(e)) = e else {
-        panic!("expected an error, got {e:?}")
-    };
-    assert_eq!(e.code, ErrorCode::StoragePoolConnectionError);
-    assert!(e.message.contains("legacy"), "{}", e.message);
+    let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    a.domain(&d2);
+    a.pool(&sp, &d1).await;
+    let mut p = params(&sp, 1, &d1, None);
+    p.master_version = 2;
+    assert_eq!(
+        code(a.connect(&p).await),
+        ErrorCode::StoragePoolWrongMaster,
+        "MASTER_VERSION on the master is 1"
+    );
     assert_eq!(code(a.info(&sp).await), ErrorCode::StoragePoolUnknown);
+    a.connect(&params(&sp, 1, &d1, None))
+        .await
+        .expect("disk backend");
+    let info = a.info(&sp).await.expect("connected");
+    assert_eq!(info.domain_map(), BTreeMap::from([(d1.clone(), Active)]));
+    // The disk backend's getInfo reads the pool keys from the master.
+    assert_eq!(
+        (info.info.name.as_str(), info.info.lver, info.info.spm_id),
+        ("dc", -1, -1)
+    );
+    a.call::<_, String>(method::POOL_SPM_START, &spm_start(&sp))
+        .await
+        .expect("spmStart");
+    let info = a.info(&sp).await.expect("connected");
+    assert_eq!((info.info.lver, info.info.spm_id), (2, 1));
+    a.call::<_, Value>(
+        method::POOL_SPM_STOP,
+        &PoolParams {
+            storagepool_id: sp.clone(),
+        },
+    )
+    .await
+    .expect("spmStop");
+    // A refresh reads the map again; a wrong master is 324 and changes nothing.
+    let refresh = |master: &str, version| RefreshParams {
+        storagepool_id: sp.clone(),
+        master_sd_uuid: master.to_owned(),
+        master_version: version,
+    };
+    assert_eq!(
+        code(
+            a.call::<_, Value>(method::POOL_REFRESH, &refresh(&d2, 1))
+                .await
+        ),
+        ErrorCode::StoragePoolWrongMaster
+    );
+    a.call::<_, Value>(method::POOL_REFRESH, &refresh(&d1, 1))
+        .await
+        .expect("refresh");
+    // With a map: the live upgrade to the memory backend; back without one: 325.
+    a.connect(&params(
+        &sp,
+        1,
+        &d1,
+        Some(&[(&d1, Active), (&d2, Attached)]),
+    ))
+    .await
+    .expect("upgrade");
+    assert_eq!(a.info(&sp).await.expect("connected").domain_map().len(), 2);
+    assert_eq!(
+        code(a.connect(&params(&sp, 1, &d1, None)).await),
+        ErrorCode::StoragePoolConnected
+    );
+    a.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_master_is_checked_as_set_master_domain_does_304_and_324() {
+    let a = Agent::start().await;
+    let (sp, other, d1, d2, d3) = (uuid(), uuid(), uuid(), uuid(), uuid());
+    let map = |m: &str| params(&sp, 1, m, Some(&[(m, Active)]));
+    assert_eq!(
+        code(a.connect(&map(&d1)).await),
+        ErrorCode::StoragePoolMasterNotFound,
+        "missing"
+    );
+    a.domain(&d1);
+    assert_eq!(
+        code(a.connect(&map(&d1)).await),
+        ErrorCode::StoragePoolWrongMaster,
+        "made by make-domain, not a master"
+    );
+    a.pool(&other, &d2).await;
+    assert_eq!(
+        code(a.connect(&map(&d2)).await),
+        ErrorCode::StoragePoolWrongMaster,
+        "the master of another pool"
+    );
+    a.pool(&sp, &d3).await;
+    assert_eq!(
+        code(a.connect(&map(&d3.to_ascii_uppercase())).await),
+        ErrorCode::StoragePoolMasterNotFound,
+        "upper case: no such domain directory"
+    );
+    let mut empty = map(&d3);
+    empty.master_sd_uuid.clear();
+    assert_eq!(
+        code(a.connect(&empty).await),
+        ErrorCode::StoragePoolMasterNotFound,
+        "no master"
+    );
+    assert_eq!(code(a.info(&sp).await), ErrorCode::StoragePoolUnknown);
+    a.connect(&map(&d3)).await.expect("make-domain plus create");
     a.running.shutdown().await;
 }
 
@@ -280,6 +425,7 @@ async fn not_connected_connect_without_map_is_a_clear_legacy_error() {
 async fn master_not_active_in_the_map_fails_324_connected_or_not() {
     let a = Agent::start().await;
     let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    a.pool(&sp, &d1).await;
     assert_eq!(
         code(
             a.connect(&params(
@@ -297,6 +443,7 @@ async fn master_not_active_in_the_map_fails_324_connected_or_not() {
         ErrorCode::StoragePoolUnknown,
         "no state change"
     );
+    a.pool(&sp, &d2).await;
     a.connect(&params(&sp, 1, &d2, Some(&[(&d2, Active)])))
         .await
         .expect("connects");
@@ -324,6 +471,7 @@ async fn disconnect_not_connected_or_other_pool_succeeds_and_disconnect_stops_mo
         .disconnect(&a.endpoint, &disc(&sp), T)
         .await
         .expect("not connected: success");
+    a.pool(&sp, &d1).await;
     a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active)])))
         .await
         .expect("connects");
@@ -346,18 +494,21 @@ async fn disconnect_not_connected_or_other_pool_succeeds_and_disconnect_stops_mo
 }
 
 #[tokio::test]
-async fn more_than_100_domains_fail_328() {
+async fn a_connect_is_never_refused_328_but_a_map_the_report_cannot_hold_is_302() {
     let a = Agent::start().await;
     let sp = uuid();
-    let map: Vec<String> = (0..101).map(|_| uuid()).collect();
-    let entries: Vec<(&str, MapStatus)> = map.iter().map(|d| (d.as_str(), Active)).collect();
+    let map: Vec<String> = (0..129).map(|_| uuid()).collect();
+    a.pool(&sp, &map[0]).await;
+    let entries: Vec<(&str, MapStatus)> = map.iter().map(|d| (d.as_str(), Attached)).collect();
+    let mut entries = entries;
+    entries[0].1 = Active;
     assert_eq!(
         code(a.connect(&params(&sp, 1, &map[0], Some(&entries))).await),
-        ErrorCode::TooManyDomainsInStoragePool
+        ErrorCode::StoragePoolConnectionError
     );
-    a.connect(&params(&sp, 1, &map[0], Some(&entries[..100])))
+    a.connect(&params(&sp, 1, &map[0], Some(&entries[..101])))
         .await
-        .expect("100 is fine");
+        .expect("101 domains: 328 is an attach error only");
     a.running.shutdown().await;
 }
 
@@ -367,6 +518,7 @@ async fn more_than_100_domains_fail_328() {
 async fn calls_without_the_right_token_are_refused_with_no_state_change() {
     let a = Agent::start().await;
     let (sp, d1) = (uuid(), uuid());
+    a.pool(&sp, &d1).await;
     let p = params(&sp, 1, &d1, Some(&[(&d1, Active)]));
     let body = json!({"jsonrpc": "2.0", "method": "StoragePool.connect", "params": p, "id": 1})
         .to_string();
@@ -531,11 +683,18 @@ async fn tls_with_the_right_ca_works_and_an_unknown_ca_is_refused() {
 
 // --- monitors over temp dirs ---
 
+/// Connects to a new pool whose map has `sd` active beside its master.
 async fn monitored(a: &Agent, sd: &str) {
-    let sp = uuid();
-    a.connect(&params(&sp, 1, sd, Some(&[(sd, Active)])))
-        .await
-        .expect("connects");
+    let (sp, master) = (uuid(), uuid());
+    a.pool(&sp, &master).await;
+    a.connect(&params(
+        &sp,
+        1,
+        &master,
+        Some(&[(&master, Active), (sd, Active)]),
+    ))
+    .await
+    .expect("connects");
 }
 
 #[tokio::test]
@@ -562,7 +721,7 @@ async fn missing_domain_is_358() {
 }
 
 #[tokio::test]
-async fn unreadable_metadata_is_379() {
+async fn unreadable_metadata_is_2001() {
     let a = Agent::start().await;
     let sd = uuid();
     let metadata = a
@@ -576,8 +735,8 @@ async fn unreadable_metadata_is_379() {
     std::fs::create_dir_all(&metadata).expect("dirs");
     monitored(&a, &sd).await;
     let v = a.wait_vitals(&sd, "a check", |v| v.actual).await;
-    assert!(!v.valid);
-    assert_eq!(v.code, 379);
+    assert!(!v.valid && !v.acquired);
+    assert_eq!(v.code, 2001);
     a.running.shutdown().await;
 }
 
@@ -626,7 +785,7 @@ impl Drop for Release {
 }
 
 #[tokio::test]
-async fn hung_read_is_not_actual_first_then_379_with_growing_last_check_then_recovers() {
+async fn hung_read_is_not_actual_first_then_2001_with_growing_last_check_then_recovers() {
     let a = Agent::start().await;
     let sd = uuid();
     let dom_md = a.root.path().join("mnt1").join(&sd).join("dom_md");
@@ -645,18 +804,385 @@ async fn hung_read_is_not_actual_first_then_379_with_growing_last_check_then_rec
     let first = a.stats().await[&sd].clone();
     assert!(!first.actual, "first status is synthetic: {first:?}");
     assert!(first.valid && first.code == 0, "{first:?}");
-    let hung = a.wait_vitals(&sd, "the deadline", |v| v.code == 379).await;
+    let hung = a.wait_vitals(&sd, "the deadline", |v| v.code == 2001).await;
     assert!(hung.actual && !hung.valid, "{hung:?}");
     let later = a
         .wait_vitals(&sd, "lastCheck growing", |v| {
             v.last_check > hung.last_check + 0.3
         })
         .await;
-    assert_eq!(later.code, 379);
+    assert_eq!(later.code, 2001);
     // Storage comes back: the hung read returns the metadata.
     release(&dom_md, &format!("SDUUID={sd}\nVERSION=5\n"));
     let v = a.wait_vitals(&sd, "recovery", |v| v.valid).await;
     assert_eq!(v.code, 0);
     assert!(v.last_check < later.last_check, "{v:?}");
     a.running.shutdown().await;
+}
+
+// --- the pool on storage: the pool manager's verbs ---
+
+fn domain_params(sp: &str, sd: &str, master: &str, version: i64) -> DomainParams {
+    DomainParams {
+        storagedomain_id: sd.to_owned(),
+        storagepool_id: sp.to_owned(),
+        master_sd_uuid: master.to_owned(),
+        master_version: version,
+    }
+}
+
+fn spm_start(sp: &str) -> SpmStartParams {
+    SpmStartParams {
+        storagepool_id: sp.to_owned(),
+        prev_id: -1,
+        prev_lver: -1,
+        enable_scsi_fencing: false,
+        max_host_id: 250,
+        dom_version: None,
+    }
+}
+
+impl Agent {
+    async fn spm_status(&self, sp: &str) -> (String, i64, i64) {
+        let p = PoolParams {
+            storagepool_id: sp.to_owned(),
+        };
+        let r: SpmStatusResult = self
+            .call(method::POOL_GET_SPM_STATUS, &p)
+            .await
+            .expect("getSpmStatus");
+        (r.spm_st.spm_status, r.spm_st.spm_lver, r.spm_st.spm_id)
+    }
+
+    async fn verb(&self, verb: &str, p: &DomainParams) -> Result<Value, RpcError> {
+        self.call(verb, p).await
+    }
+
+    fn metadata(&self, sd: &str) -> poolkeeper::agent::metadata::Metadata {
+        poolkeeper::agent::domains::FileDomains::new(self.root.path())
+            .read(sd)
+            .expect("metadata")
+    }
+}
+
+#[tokio::test]
+async fn pool_manager_verbs_run_only_on_the_pool_manager_and_write_metadata_as_vdsm() {
+    let a = Agent::start().await;
+    let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    a.domain(&d2);
+    a.pool(&sp, &d1).await;
+    let pool = PoolParams {
+        storagepool_id: sp.clone(),
+    };
+    assert_eq!(
+        code(
+            a.call::<_, Value>(method::POOL_SPM_START, &spm_start(&sp))
+                .await
+        ),
+        ErrorCode::StoragePoolUnknown,
+        "not connected"
+    );
+    a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active)])))
+        .await
+        .expect("connects");
+    let attach = domain_params(&sp, &d2, "", 0);
+    assert_eq!(
+        code(a.verb(method::DOMAIN_ATTACH, &attach).await),
+        ErrorCode::SpmStatusError,
+        "654 before spmStart"
+    );
+    // `create` held the master's lease for a moment (lver 1), as VDSM's does.
+    assert_eq!(a.spm_status(&sp).await, ("Free".into(), 1, -1));
+    a.call::<_, String>(method::POOL_SPM_START, &spm_start(&sp))
+        .await
+        .expect("spmStart");
+    assert_eq!(a.spm_status(&sp).await, ("SPM".into(), 2, 1));
+    let disc = DisconnectParams {
+        storagepool_id: sp.clone(),
+        host_id: 1,
+        scsi_key: sp.clone(),
+    };
+    let e = a.client.disconnect(&a.endpoint, &disc, T).await;
+    assert_eq!(code(e), ErrorCode::IsSpm);
+
+    a.verb(method::DOMAIN_ATTACH, &attach)
+        .await
+        .expect("attach");
+    assert_eq!(a.metadata(&d2).pools(), vec![sp.as_str()]);
+    assert_eq!(a.info(&sp).await.expect("info").domain_map()[&d2], Attached);
+    a.verb(method::DOMAIN_ACTIVATE, &attach)
+        .await
+        .expect("activate");
+    assert_eq!(a.info(&sp).await.expect("info").domain_map()[&d2], Active);
+    a.wait_vitals(&d2, "the activated domain monitored", |v| v.valid)
+        .await;
+
+    // Deactivating the master with a new one migrates the role first (the 3.5-era path).
+    a.verb(method::DOMAIN_DEACTIVATE, &domain_params(&sp, &d1, &d2, 2))
+        .await
+        .expect("deactivate the master");
+    let info = a.info(&sp).await.expect("info");
+    assert_eq!(
+        (info.info.master_uuid.as_str(), info.info.master_ver),
+        (d2.as_str(), 2)
+    );
+    assert_eq!(info.domain_map()[&d1], Attached);
+    assert!(a.metadata(&d2).is_master() && !a.metadata(&d1).is_master());
+    assert_eq!(
+        a.spm_status(&sp).await.0,
+        "SPM",
+        "the role moved with its lease"
+    );
+
+    // switchMaster (4.4.3+): no deactivation; the new master must be active.
+    let switch = |old: &str, new: &str, v| SwitchMasterParams {
+        storagepool_id: sp.clone(),
+        old_master_uuid: old.to_owned(),
+        new_master_uuid: new.to_owned(),
+        master_version: v,
+    };
+    assert_eq!(
+        code(
+            a.call::<_, Value>(method::POOL_SWITCH_MASTER, &switch(&d2, &d1, 3))
+                .await
+        ),
+        ErrorCode::StorageDomainNotActive
+    );
+    a.verb(method::DOMAIN_ACTIVATE, &domain_params(&sp, &d1, "", 0))
+        .await
+        .expect("activate");
+    a.call::<_, Value>(method::POOL_SWITCH_MASTER, &switch(&d2, &d1, 3))
+        .await
+        .expect("switchMaster");
+    assert!(a.metadata(&d1).is_master() && !a.metadata(&d2).is_master());
+
+    assert_eq!(
+        code(
+            a.verb(method::DOMAIN_DETACH, &domain_params(&sp, &d1, "", 0))
+                .await
+        ),
+        ErrorCode::CannotDetachMasterStorageDomain
+    );
+    a.verb(method::DOMAIN_DEACTIVATE, &domain_params(&sp, &d2, "", 0))
+        .await
+        .expect("deactivate");
+    a.verb(method::DOMAIN_DETACH, &domain_params(&sp, &d2, "", 0))
+        .await
+        .expect("detach");
+    assert!(a.metadata(&d2).pools().is_empty());
+    assert!(
+        !a.info(&sp)
+            .await
+            .expect("info")
+            .domain_map()
+            .contains_key(&d2)
+    );
+
+    // Unfinished work holds the role (653); once done, spmStop frees it and disconnect works.
+    let host = a.running.host("host-under-test").expect("host");
+    host.set_unfinished_tasks(1);
+    assert_eq!(
+        code(a.call::<_, Value>(method::POOL_SPM_STOP, &pool).await),
+        ErrorCode::SpmStopError
+    );
+    host.set_unfinished_tasks(0);
+    a.call::<_, Value>(method::POOL_SPM_STOP, &pool)
+        .await
+        .expect("spmStop");
+    // The lease of `d1`, taken again by switchMaster (lver 3), is free.
+    assert_eq!(a.spm_status(&sp).await, ("Free".into(), 3, -1));
+    a.client
+        .disconnect(&a.endpoint, &disc, T)
+        .await
+        .expect("disconnect after spmStop");
+    a.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_agents_sharing_storage_are_never_both_pool_manager() {
+    let a = Agent::start().await;
+    let b = Agent::start_on(std::sync::Arc::clone(&a.root), None, 64 * 1024).await;
+    let (sp, d1) = (uuid(), uuid());
+    a.pool(&sp, &d1).await;
+    for (agent, id) in [(&a, 1), (&b, 2)] {
+        agent
+            .connect(&params(&sp, id, &d1, Some(&[(&d1, Active)])))
+            .await
+            .expect("connects");
+    }
+    a.call::<_, String>(method::POOL_SPM_START, &spm_start(&sp))
+        .await
+        .expect("a starts");
+    // While `a` renews (every 50 ms, a 600 ms lease), `b` never gets the role.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        assert_eq!(
+            code(
+                b.call::<_, Value>(method::POOL_SPM_START, &spm_start(&sp))
+                    .await
+            ),
+            ErrorCode::AcquireLockFailure
+        );
+        assert_eq!(b.spm_status(&sp).await, ("Free".into(), 2, 1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // `a` dies without spmStop: its lease expires unrenewed and `b` takes over, lver + 1.
+    a.running.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match b
+            .call::<_, String>(method::POOL_SPM_START, &spm_start(&sp))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "b never took over: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(b.spm_status(&sp).await, ("SPM".into(), 3, 2));
+    b.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconstruct_master_needs_a_disconnected_host_and_writes_a_new_master() {
+    let a = Agent::start().await;
+    let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    a.domain(&d2);
+    a.pool(&sp, &d1).await;
+    let reconstruct = json!({"storagepoolID": sp, "hostId": 1, "name": "dc",
+        "masterSdUUID": d2, "masterVersion": 7, "domainDict": {&d1: "attached", &d2: "active"}});
+    a.connect(&params(&sp, 1, &d1, Some(&[(&d1, Active)])))
+        .await
+        .expect("connects");
+    assert_eq!(
+        code(
+            a.call::<_, Value>(method::POOL_RECONSTRUCT_MASTER, &reconstruct)
+                .await
+        ),
+        ErrorCode::StoragePoolConnected
+    );
+    let disc = DisconnectParams {
+        storagepool_id: sp.clone(),
+        host_id: 1,
+        scsi_key: sp.clone(),
+    };
+    a.client
+        .disconnect(&a.endpoint, &disc, T)
+        .await
+        .expect("disconnect");
+    a.call::<_, Value>(method::POOL_RECONSTRUCT_MASTER, &reconstruct)
+        .await
+        .expect("reconstructMaster");
+    // The disk backend connects on the new master with its version and map.
+    let mut p = params(&sp, 1, &d2, None);
+    p.master_version = 7;
+    a.connect(&p).await.expect("connects on the new master");
+    assert_eq!(
+        a.info(&sp).await.expect("info").domain_map(),
+        BTreeMap::from([(d1.clone(), Attached), (d2.clone(), Active)])
+    );
+    a.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn simulated_hosts_share_storage_accept_a_fresh_master_and_hold_one_pool_manager() {
+    let running = start(Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise_url: None,
+        tls: None,
+        token: Token::new(TOKEN).expect("token"),
+        max_body_bytes: 64 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Simulated {
+            count: 2,
+            prefix: "sim".into(),
+        },
+        kube: None,
+    })
+    .await
+    .expect("simulator starts");
+    let base = format!("http://{}", running.local_addr());
+    let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
+    let endpoint = |i: usize| format!("{base}/hosts/sim-{i:04}/jsonrpc");
+    let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    for i in 0..2 {
+        // Lenient: a master fresh from make-domain passes (today's controller flows).
+        let p = params(
+            &sp,
+            i32::try_from(i + 1).expect("id"),
+            &d1,
+            Some(&[(&d1, Active)]),
+        );
+        client.connect(&endpoint(i), &p, T).await.expect("connects");
+    }
+    client
+        .call::<_, String>(&endpoint(0), method::POOL_SPM_START, &spm_start(&sp), T)
+        .await
+        .expect("host 0 is pool manager");
+    let e = client
+        .call::<_, String>(&endpoint(1), method::POOL_SPM_START, &spm_start(&sp), T)
+        .await;
+    assert_eq!(code(e), ErrorCode::AcquireLockFailure);
+    // The pool manager's writes are what every host reads: the domain attached by host 0 names
+    // the pool, and a master claimed by another pool is refused (324) even here.
+    client
+        .call::<_, Value>(
+            &endpoint(0),
+            method::DOMAIN_ATTACH,
+            &domain_params(&sp, &d2, "", 0),
+            T,
+        )
+        .await
+        .expect("attach");
+    let other = uuid();
+    let p = params(&other, 1, &d2, Some(&[(&d2, Active)]));
+    client
+        .disconnect(
+            &endpoint(1),
+            &DisconnectParams {
+                storagepool_id: sp.clone(),
+                host_id: 2,
+                scsi_key: sp.clone(),
+            },
+            T,
+        )
+        .await
+        .expect("host 1 leaves");
+    assert_eq!(
+        code(client.connect(&endpoint(1), &p, T).await),
+        ErrorCode::StoragePoolWrongMaster
+    );
+    // Unfinished work injected through the control surface holds the role (653).
+    let tasks = format!("{base}/control/hosts/sim-0000/tasks");
+    let http = reqwest::Client::new();
+    let put = http
+        .put(&tasks)
+        .bearer_auth(TOKEN)
+        .json(&json!({"unfinished": 1}))
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(put.status(), 204);
+    let stop = PoolParams {
+        storagepool_id: sp.clone(),
+    };
+    let e = client
+        .call::<_, Value>(&endpoint(0), method::POOL_SPM_STOP, &stop, T)
+        .await;
+    assert_eq!(code(e), ErrorCode::SpmStopError);
+    let del = http
+        .delete(&tasks)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("control");
+    assert_eq!(del.status(), 204);
+    client
+        .call::<_, Value>(&endpoint(0), method::POOL_SPM_STOP, &stop, T)
+        .await
+        .expect("spmStop");
+    running.shutdown().await;
 }

@@ -2,7 +2,9 @@
 //! simulator with thousands of hosts has no task per monitor. Each tick asks every host for its
 //! checks due and reads the domain metadata: inline when storage answers at once (simulated
 //! storage), in a short-lived task with a deadline otherwise. At most one read per monitor is in
-//! flight; the decisions live in [`super::monitor`], this module only reads and calls back.
+//! flight; the decisions live in [`super::monitor`], this module only reads and calls back. The
+//! same ticker renews the leases of hosts that are pool manager (blocking I/O, off the runtime's
+//! workers) and fences a holder whose renewals stopped.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,8 +32,14 @@ pub async fn run_driver(
             return;
         }
         for host in hosts.iter() {
-            for (sd, generation) in host.poll_monitors(Instant::now()) {
+            let now = Instant::now();
+            for (sd, generation) in host.poll_monitors(now) {
                 start_check(host, sd, generation, config);
+            }
+            host.fence_if_stale(now);
+            if let Some((master, owner)) = host.spm_renewal_due(now) {
+                let host = Arc::clone(host);
+                tokio::task::spawn_blocking(move || host.renew_spm(&master, &owner, now));
             }
         }
     }

@@ -2,20 +2,33 @@
 //! pool connection, its monitors, and the VDSM verbs over them.
 //!
 //! State changes mark the host dirty and wake the reporter; nothing here talks to Kubernetes.
+//!
+//! The pool-manager verbs read and write domain metadata through [`FileDomains`] while the host's
+//! lock is held, so one host runs them one at a time, as VDSM's pool lock does. The pool
+//! manager's lease is renewed by the driver's ticker ([`HostAgent::spm_renewal_due`]); a host
+//! that has not renewed for half the lease's duration stops acting as pool manager
+//! ([`HostAgent::fence_if_stale`]) before another host may take the lease (after the whole
+//! duration).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::domains::{FileDomains, LeaseError};
+use super::manager::{self, Holder};
 use super::monitor::{Monitors, ReadResult};
-use super::state::PoolState;
+use super::state::{Backend, MasterCheck, PoolState, SpmRole};
 use super::storage::Storage;
 use crate::api::{HostReport, PoolConnection};
-use crate::protocol::wire::{ConnectParams, DisconnectParams, GetInfoParams, PoolInfo};
-use crate::protocol::{VdsmError, Verbs, Vitals};
+use crate::protocol::wire::{
+    ConnectParams, CreateParams, DisconnectParams, DomainParams, GetInfoParams, PoolInfo,
+    PoolParams, ReconstructMasterParams, RefreshParams, SpmStartParams, SpmStatus, SpmStatusResult,
+    SwitchMasterParams, method,
+};
+use crate::protocol::{ErrorCode, VdsmError, Verbs, Vitals};
 
 /// The agent version written in reports.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -27,6 +40,10 @@ struct Inner {
     monitors: Monitors,
     calls: VecDeque<ReceivedCall>,
     calls_total: u64,
+    /// When the pool manager's lease was last acquired or renewed (before the write started).
+    spm_renewed: Option<Instant>,
+    /// When a renewal was last started.
+    spm_renew_started: Option<Instant>,
 }
 
 /// How many of its latest pool calls a host keeps in its call log.
@@ -46,12 +63,45 @@ pub struct ReceivedCall {
     pub held: Option<PoolConnection>,
 }
 
+/// How the pool manager's lease is held: VDSM's defaults are a 60 s lease renewed every 5 s
+/// (sd.py `DEFAULT_LEASE_PARAMS`) for a 10 s monitor period; the agent keeps those ratios to
+/// its monitor period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpmLease {
+    /// How long a lease lasts without renewal; another host may take it after that.
+    pub duration: Duration,
+    /// How often the holder renews it.
+    pub renew_every: Duration,
+}
+
+impl SpmLease {
+    /// VDSM's ratios for a monitor `period`: six periods, renewed every half period.
+    pub fn for_period(period: Duration) -> Self {
+        Self {
+            duration: period * 6,
+            renew_every: period / 2,
+        }
+    }
+}
+
+/// Storage and rules of the pool verbs.
+#[derive(Clone, Debug)]
+pub struct PoolStorage {
+    /// Where domains are read and written.
+    pub domains: FileDomains,
+    /// How a connect's master is checked.
+    pub master_check: MasterCheck,
+    /// The pool manager's lease.
+    pub lease: SpmLease,
+}
+
 /// One host: what it holds in memory and how it answers the verbs.
 pub struct HostAgent {
     index: usize,
     name: String,
     endpoint: String,
     storage: Arc<dyn Storage>,
+    pool_storage: PoolStorage,
     inner: Mutex<Inner>,
     dirty: AtomicBool,
     changes: Option<UnboundedSender<usize>>,
@@ -59,6 +109,8 @@ pub struct HostAgent {
     rpc_dropped: AtomicBool,
     report_frozen: AtomicBool,
     latency_ms: AtomicU64,
+    renewing: AtomicBool,
+    tasks: AtomicU32,
 }
 
 impl std::fmt::Debug for HostAgent {
@@ -72,13 +124,15 @@ impl std::fmt::Debug for HostAgent {
 
 impl HostAgent {
     /// A host named `name` (its Host object and Lease), reachable at `endpoint`, whose monitors
-    /// read `storage`. `changes` receives `index` whenever the report may have changed (no
-    /// reporter: `None`). A fresh boot: new bootId, no pool.
+    /// read `storage` and whose pool verbs use `pool_storage`. `changes` receives `index`
+    /// whenever the report may have changed (no reporter: `None`). A fresh boot: new bootId, no
+    /// pool.
     pub fn new(
         index: usize,
         name: String,
         endpoint: String,
         storage: Arc<dyn Storage>,
+        pool_storage: PoolStorage,
         changes: Option<UnboundedSender<usize>>,
     ) -> Self {
         let host = Self {
@@ -86,12 +140,15 @@ impl HostAgent {
             name,
             endpoint,
             storage,
+            pool_storage,
             inner: Mutex::new(Inner {
                 boot_id: uuid::Uuid::new_v4().to_string(),
                 state: PoolState::default(),
                 monitors: Monitors::default(),
                 calls: VecDeque::new(),
                 calls_total: 0,
+                spm_renewed: None,
+                spm_renew_started: None,
             }),
             dirty: AtomicBool::new(false),
             changes,
@@ -99,6 +156,8 @@ impl HostAgent {
             rpc_dropped: AtomicBool::new(false),
             report_frozen: AtomicBool::new(false),
             latency_ms: AtomicU64::new(0),
+            renewing: AtomicBool::new(false),
+            tasks: AtomicU32::new(0),
         };
         host.mark_dirty();
         host
@@ -164,13 +223,16 @@ impl HostAgent {
     }
 
     /// Loses everything held in memory, as a process restart does: new bootId, no pool, no
-    /// monitors (reads in flight are ignored when they return).
+    /// monitors (reads in flight are ignored when they return). A pool manager's lease stays on
+    /// storage under the old bootId and expires unrenewed, as a dead holder's sanlock lease does.
     pub fn restart(&self) {
         {
             let mut inner = self.lock();
             inner.boot_id = uuid::Uuid::new_v4().to_string();
             inner.state = PoolState::default();
             inner.monitors.sync(std::iter::empty(), Instant::now());
+            inner.spm_renewed = None;
+            inner.spm_renew_started = None;
         }
         tracing::info!(host = %self.name, "host restarted, memory lost");
         self.mark_dirty();
@@ -279,6 +341,128 @@ impl HostAgent {
             self.mark_dirty();
         }
     }
+
+    /// This host's pool-manager role now.
+    pub fn spm_role(&self) -> SpmRole {
+        self.lock().state.spm()
+    }
+
+    /// Unfinished pool-manager tasks (`spmStop` fails with 653 while there are some).
+    pub fn set_unfinished_tasks(&self, n: u32) {
+        self.tasks.store(n, Ordering::Release);
+    }
+
+    /// Stops acting as pool manager when the lease went unrenewed for half its duration (the
+    /// holder's side of "never two pool managers"). True when the role was dropped.
+    pub(crate) fn fence_if_stale(&self, now: Instant) -> bool {
+        let mut inner = self.lock();
+        let dropped = Self::fence(&mut inner, self.pool_storage.lease, now);
+        drop(inner);
+        if dropped {
+            tracing::warn!(host = %self.name, "pool manager lease not renewed in time; role given up");
+            self.mark_dirty();
+        }
+        dropped
+    }
+
+    fn fence(inner: &mut Inner, lease: SpmLease, now: Instant) -> bool {
+        let stale = inner
+            .spm_renewed
+            .is_some_and(|t| now.saturating_duration_since(t) > lease.duration / 2);
+        if stale && inner.state.spm() != SpmRole::Free {
+            inner.state.set_spm(SpmRole::Free);
+            inner.spm_renewed = None;
+            return true;
+        }
+        false
+    }
+
+    /// The lease to renew now, if this host is pool manager and a renewal is due: `(master,
+    /// owner)`. Marks the renewal started.
+    pub(crate) fn spm_renewal_due(&self, now: Instant) -> Option<(String, String)> {
+        let mut inner = self.lock();
+        if inner.state.spm() == SpmRole::Free || self.renewing.load(Ordering::Acquire) {
+            return None;
+        }
+        let due = inner.spm_renew_started.is_none_or(|t| {
+            now.saturating_duration_since(t) >= self.pool_storage.lease.renew_every
+        });
+        if !due {
+            return None;
+        }
+        let master = inner.state.connection()?.master_domain.clone()?;
+        inner.spm_renew_started = Some(now);
+        self.renewing.store(true, Ordering::Release);
+        Some((master, inner.boot_id.clone()))
+    }
+
+    /// Renews the lease of `master` for `owner` (blocking I/O) and records the outcome.
+    pub(crate) fn renew_spm(&self, master: &str, owner: &str, started: Instant) {
+        let result = self.pool_storage.domains.renew_lease(master, owner);
+        let mut inner = self.lock();
+        self.renewing.store(false, Ordering::Release);
+        if inner.boot_id != owner || inner.state.spm() == SpmRole::Free {
+            return;
+        }
+        match result {
+            Ok(()) => inner.spm_renewed = Some(started),
+            Err(LeaseError::Lost) => {
+                inner.state.set_spm(SpmRole::Free);
+                inner.spm_renewed = None;
+                drop(inner);
+                tracing::warn!(host = %self.name, domain = %master, "pool manager lease lost");
+                self.mark_dirty();
+            }
+            // A failed write is retried at the next turn; the fence drops the role in time.
+            Err(e) => {
+                tracing::warn!(host = %self.name, domain = %master, error = %e, "lease renewal failed")
+            }
+        }
+    }
+
+    fn holder<'a>(&'a self, inner: &'a Inner, host_id: i64) -> Holder<'a> {
+        Holder {
+            owner: &inner.boot_id,
+            host_id,
+            duration: self.pool_storage.lease.duration,
+        }
+    }
+
+    /// The pool as its manager holds it (309/654 otherwise), after fencing a stale role.
+    fn managed_pool(
+        &self,
+        inner: &mut Inner,
+        pool: &str,
+    ) -> Result<(manager::Pool, i64), VdsmError> {
+        Self::fence(inner, self.pool_storage.lease, Instant::now());
+        let c = inner.state.managed(pool)?;
+        let p = manager::Pool {
+            uuid: c.uuid.clone(),
+            backend: inner.state.backend().unwrap_or(Backend::Memory),
+            master: c.master_domain.clone().unwrap_or_default(),
+            master_version: c.master_version,
+            map: c.domain_map.clone(),
+        };
+        Ok((p, i64::from(c.host_id)))
+    }
+
+    /// Applies a manager's pool to the state and the monitors.
+    fn apply_managed(&self, inner: &mut Inner, p: manager::Pool) {
+        inner.state.set_map(p.map);
+        inner.state.set_master(&p.master, p.master_version);
+        let Inner {
+            state, monitors, ..
+        } = inner;
+        monitors.sync(state.active_domains(), Instant::now());
+        self.mark_dirty();
+    }
+
+    fn master_name(&self, given: &str) -> String {
+        match self.pool_storage.master_check {
+            MasterCheck::Strict => given.to_owned(),
+            MasterCheck::Lenient => given.to_ascii_lowercase(),
+        }
+    }
 }
 
 impl Inner {
@@ -298,10 +482,19 @@ impl Inner {
 
 impl Verbs for HostAgent {
     fn connect(&self, params: ConnectParams) -> Result<(), VdsmError> {
+        let master = self.master_name(&params.master_sd_uuid);
         let mut inner = self.lock();
-        let result = inner.state.connect(&params);
-        inner.log_call(true, result.is_ok());
-        if let Err(e) = result {
+        // The checks that need no storage come first, as in hsm.py.
+        let refused = inner.state.connect_backend(&params).err().or_else(|| {
+            let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(&master));
+            let check = self.pool_storage.master_check;
+            inner
+                .state
+                .connect(&params, &master, read.as_ref(), check)
+                .err()
+        });
+        inner.log_call(true, refused.is_none());
+        if let Some(e) = refused {
             drop(inner);
             tracing::info!(host = %self.name, pool = %params.storagepool_id, code = e.code.code(), "connect refused");
             return Err(e);
@@ -320,9 +513,10 @@ impl Verbs for HostAgent {
 
     fn disconnect(&self, params: DisconnectParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
+        Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
         let changed = inner.state.disconnect(&params);
-        inner.log_call(false, true);
-        if changed {
+        inner.log_call(false, changed.is_ok());
+        if changed? {
             inner.monitors.sync(std::iter::empty(), Instant::now());
             drop(inner);
             tracing::info!(host = %self.name, pool = %params.storagepool_id, "disconnected from pool");
@@ -332,10 +526,371 @@ impl Verbs for HostAgent {
     }
 
     fn get_info(&self, params: GetInfoParams) -> Result<PoolInfo, VdsmError> {
-        self.lock().state.info(&params.storagepool_id)
+        let inner = self.lock();
+        let mut info = inner.state.info(&params.storagepool_id)?;
+        if inner.state.backend() == Some(Backend::Disk) {
+            // StoragePoolDiskBackend.getInfo: name and pool-manager keys from the master (a
+            // master that cannot be read is 304, sp.py `getInfo`).
+            let md = self
+                .pool_storage
+                .domains
+                .read(&info.info.master_uuid)
+                .map_err(|e| {
+                    VdsmError::new(
+                        ErrorCode::StoragePoolMasterNotFound,
+                        format!("master domain {}: {e}", info.info.master_uuid),
+                    )
+                })?;
+            let (spm_id, lver) = md.spm().unwrap_or((None, None));
+            info.info.name = md
+                .get(super::metadata::key::POOL_DESCRIPTION)
+                .unwrap_or_default()
+                .to_owned();
+            info.info.lver = lver.unwrap_or(-1);
+            info.info.spm_id = spm_id.unwrap_or(-1);
+        }
+        Ok(info)
     }
 
     fn repo_stats(&self) -> BTreeMap<String, Vitals> {
         self.lock().monitors.vitals(Instant::now())
+    }
+
+    fn spm_start(&self, params: SpmStartParams) -> Result<String, VdsmError> {
+        let mut inner = self.lock();
+        Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
+        let c = inner.state.pool(&params.storagepool_id)?;
+        let task = uuid::Uuid::new_v4().to_string();
+        if inner.state.spm() != SpmRole::Free {
+            return Ok(task);
+        }
+        let master = c.master_domain.clone().unwrap_or_default();
+        let host_id = i64::from(c.host_id);
+        let disk = inner.state.backend() == Some(Backend::Disk);
+        let started = Instant::now();
+        let lver = self
+            .holder(&inner, host_id)
+            .acquire(&self.pool_storage.domains, &master)?;
+        if disk {
+            // sp.py `startSpm`: `setSpmStatus(lver, id)` writes the disk backend's keys.
+            let written = self.pool_storage.domains.read(&master).and_then(|mut md| {
+                md.set(super::metadata::key::POOL_SPM_LVER, lver.to_string());
+                md.set(super::metadata::key::POOL_SPM_ID, host_id.to_string());
+                self.pool_storage.domains.write(&master, &md)
+            });
+            if let Err(e) = written {
+                self.holder(&inner, host_id)
+                    .release(&self.pool_storage.domains, &master);
+                return Err(e.vdsm(true));
+            }
+        }
+        if params.prev_id != -1 || params.prev_lver != -1 {
+            tracing::info!(host = %self.name, prev_id = params.prev_id, prev_lver = params.prev_lver, lver, "spmStart with a previous pool manager");
+        }
+        inner.state.set_spm(SpmRole::Spm { lver });
+        inner.spm_renewed = Some(started);
+        inner.spm_renew_started = Some(started);
+        drop(inner);
+        tracing::info!(host = %self.name, pool = %params.storagepool_id, lver, "pool manager started");
+        self.mark_dirty();
+        Ok(task)
+    }
+
+    fn spm_stop(&self, params: PoolParams) -> Result<(), VdsmError> {
+        let mut inner = self.lock();
+        Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
+        let c = inner.state.pool(&params.storagepool_id)?;
+        let tasks = self.tasks.load(Ordering::Acquire);
+        if tasks > 0 {
+            return Err(VdsmError::new(
+                ErrorCode::SpmStopError,
+                format!("spUUID={}: {tasks} unfinished task(s)", c.uuid),
+            ));
+        }
+        if inner.state.spm() == SpmRole::Free {
+            return Ok(());
+        }
+        let master = c.master_domain.clone().unwrap_or_default();
+        let host_id = i64::from(c.host_id);
+        if inner.state.backend() == Some(Backend::Disk) {
+            // sp.py `stopSpm`: `setSpmStatus(spmId=SPM_ID_FREE)`, failures ignored.
+            let freed = self.pool_storage.domains.read(&master).and_then(|mut md| {
+                md.set(super::metadata::key::POOL_SPM_ID, "-1");
+                self.pool_storage.domains.write(&master, &md)
+            });
+            if let Err(e) = freed {
+                tracing::warn!(host = %self.name, error = %e, "POOL_SPM_ID not freed");
+            }
+        }
+        self.holder(&inner, host_id)
+            .release(&self.pool_storage.domains, &master);
+        inner.state.set_spm(SpmRole::Free);
+        inner.spm_renewed = None;
+        drop(inner);
+        tracing::info!(host = %self.name, pool = %params.storagepool_id, "pool manager stopped");
+        self.mark_dirty();
+        Ok(())
+    }
+
+    fn spm_status(&self, params: PoolParams) -> Result<SpmStatusResult, VdsmError> {
+        let mut inner = self.lock();
+        Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
+        let c = inner.state.pool(&params.storagepool_id)?;
+        let master = c.master_domain.clone().unwrap_or_default();
+        let domains = &self.pool_storage.domains;
+        let (spm_lver, spm_id) = if inner.state.backend() == Some(Backend::Disk) {
+            // StoragePoolDiskBackend.getSpmStatus: the master's POOL_SPM_LVER and POOL_SPM_ID.
+            let md = domains.read(&master).map_err(|e| e.vdsm(false))?;
+            let (id, lver) = md
+                .spm()
+                .map_err(|e| VdsmError::new(ErrorCode::MetaDataValidationError, e.to_string()))?;
+            (lver.unwrap_or(-1), id.unwrap_or(-1))
+        } else {
+            // StoragePoolMemoryBackend.getSpmStatus: an inquire of the master's lease.
+            let (lver, holder) = domains
+                .inquire_lease(&master, self.pool_storage.lease.duration)
+                .map_err(manager::lease_error)?;
+            (if lver > 0 { lver } else { -1 }, holder.unwrap_or(-1))
+        };
+        Ok(SpmStatusResult {
+            spm_st: SpmStatus {
+                spm_status: inner.state.spm().name().to_owned(),
+                spm_lver,
+                spm_id,
+            },
+        })
+    }
+
+    fn create(&self, params: CreateParams) -> Result<(), VdsmError> {
+        let inner = self.lock();
+        let holder = self.holder(&inner, manager::RESERVED_HOST_ID);
+        manager::create(
+            &self.pool_storage.domains,
+            holder,
+            &params.storagepool_id.to_ascii_lowercase(),
+            &params.name,
+            &params.master_sd_uuid.to_ascii_lowercase(),
+            params.master_version,
+            &params
+                .domain_list
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn domain_verb(&self, verb: &str, params: DomainParams) -> Result<(), VdsmError> {
+        let mut inner = self.lock();
+        let (mut pool, host_id) = self.managed_pool(&mut inner, &params.storagepool_id)?;
+        let sd = params.storagedomain_id.to_ascii_lowercase();
+        let domains = &self.pool_storage.domains;
+        let holder = self.holder(&inner, host_id);
+        let result = match verb {
+            method::DOMAIN_ATTACH => pool.attach(domains, holder, &sd),
+            method::DOMAIN_ACTIVATE => pool.activate(domains, &sd),
+            method::DOMAIN_DEACTIVATE => pool.deactivate(
+                domains,
+                holder,
+                &sd,
+                &params.master_sd_uuid.to_ascii_lowercase(),
+                params.master_version,
+            ),
+            _ => pool.detach(domains, &sd),
+        };
+        // A failed migration may still have moved the master (VDSM's point of no return);
+        // the pool value says what holds.
+        self.apply_managed(&mut inner, pool);
+        drop(inner);
+        tracing::info!(host = %self.name, verb, domain = %sd, ok = result.is_ok(), "pool manager verb");
+        result
+    }
+
+    fn switch_master(&self, params: SwitchMasterParams) -> Result<(), VdsmError> {
+        let mut inner = self.lock();
+        let (mut pool, host_id) = self.managed_pool(&mut inner, &params.storagepool_id)?;
+        let old = params.old_master_uuid.to_ascii_lowercase();
+        if pool.master != old {
+            return Err(VdsmError::new(
+                ErrorCode::StoragePoolWrongMaster,
+                format!(
+                    "spUUID={}, msdUUID={old}: not the current master",
+                    pool.uuid
+                ),
+            ));
+        }
+        let holder = self.holder(&inner, host_id);
+        let result = pool.migrate(
+            &self.pool_storage.domains,
+            holder,
+            &old,
+            &params.new_master_uuid.to_ascii_lowercase(),
+            params.master_version,
+        );
+        self.apply_managed(&mut inner, pool);
+        result
+    }
+
+    fn refresh(&self, params: RefreshParams) -> Result<(), VdsmError> {
+        let master = self.master_name(&params.master_sd_uuid);
+        let mut inner = self.lock();
+        let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(&master));
+        let check = self.pool_storage.master_check;
+        inner.state.refresh(
+            &params.storagepool_id,
+            &master,
+            params.master_version,
+            read.as_ref(),
+            check,
+        )?;
+        let Inner {
+            state, monitors, ..
+        } = &mut *inner;
+        monitors.sync(state.active_domains(), Instant::now());
+        drop(inner);
+        self.mark_dirty();
+        Ok(())
+    }
+
+    fn reconstruct_master(&self, params: ReconstructMasterParams) -> Result<(), VdsmError> {
+        let inner = self.lock();
+        let pool = params.storagepool_id.to_ascii_lowercase();
+        if inner.state.pool(&pool).is_ok() {
+            return Err(VdsmError::new(
+                ErrorCode::StoragePoolConnected,
+                format!("connected to pool {pool}"),
+            ));
+        }
+        let map = params
+            .domain_dict
+            .iter()
+            .map(|(sd, s)| (sd.to_ascii_lowercase(), *s))
+            .collect();
+        manager::reconstruct(
+            &self.pool_storage.domains,
+            self.holder(&inner, i64::from(params.host_id)),
+            &pool,
+            &params.name,
+            &params.master_sd_uuid.to_ascii_lowercase(),
+            params.master_version,
+            &map,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::domains::write_new_domain;
+    use crate::agent::sim::{FaultTable, SimStorage};
+    use crate::api::MapStatus;
+
+    const SP: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
+    const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+    const LEASE: SpmLease = SpmLease {
+        duration: Duration::from_secs(60),
+        renew_every: Duration::from_secs(5),
+    };
+
+    fn host(index: usize, root: &std::path::Path) -> HostAgent {
+        let storage: Arc<dyn Storage> =
+            Arc::new(SimStorage::new(Arc::new(FaultTable::default()), index));
+        let pool_storage = PoolStorage {
+            domains: FileDomains::new(root),
+            master_check: MasterCheck::Strict,
+            lease: LEASE,
+        };
+        HostAgent::new(
+            index,
+            format!("h{index}"),
+            String::new(),
+            storage,
+            pool_storage,
+            None,
+        )
+    }
+
+    fn connected(index: usize, root: &std::path::Path) -> HostAgent {
+        let h = host(index, root);
+        let id = i32::try_from(index + 1).expect("id");
+        h.connect(ConnectParams {
+            storagepool_id: SP.into(),
+            host_id: id,
+            scsi_key: String::new(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_dict: Some([(A.to_owned(), MapStatus::Active)].into_iter().collect()),
+        })
+        .expect("connects");
+        h
+    }
+
+    fn spm_start() -> SpmStartParams {
+        SpmStartParams {
+            storagepool_id: SP.into(),
+            prev_id: -1,
+            prev_lver: -1,
+            enable_scsi_fencing: false,
+            max_host_id: 250,
+            dom_version: None,
+        }
+    }
+
+    fn pool_on_storage() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_new_domain(dir.path(), "m", A).expect("layout");
+        let h = host(9, dir.path());
+        h.create(CreateParams {
+            storagepool_id: SP.into(),
+            name: "dc".into(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_list: vec![A.into()],
+        })
+        .expect("creates");
+        dir
+    }
+
+    #[test]
+    fn a_holder_that_cannot_renew_gives_the_role_up_before_anyone_may_take_it() {
+        let dir = pool_on_storage();
+        let (a, b) = (connected(0, dir.path()), connected(1, dir.path()));
+        a.spm_start(spm_start()).expect("a is pool manager");
+        let t0 = Instant::now();
+        // Renewals keep the role.
+        let (master, owner) = a.spm_renewal_due(t0 + LEASE.renew_every).expect("due");
+        a.renew_spm(&master, &owner, t0 + LEASE.renew_every);
+        assert!(!a.fence_if_stale(t0 + LEASE.renew_every + LEASE.duration / 2));
+        assert_eq!(
+            b.spm_start(spm_start()).map_err(|e| e.code),
+            Err(ErrorCode::AcquireLockFailure)
+        );
+        // No renewal for half the lease: the holder stops acting as pool manager, and its
+        // pool-manager verbs fail with 654 from then on.
+        assert!(a.fence_if_stale(t0 + LEASE.renew_every + LEASE.duration));
+        assert_eq!(a.spm_role(), SpmRole::Free);
+        let attach = DomainParams {
+            storagedomain_id: A.into(),
+            storagepool_id: SP.into(),
+            master_sd_uuid: String::new(),
+            master_version: 0,
+        };
+        assert_eq!(
+            a.domain_verb(method::DOMAIN_ATTACH, attach)
+                .map_err(|e| e.code),
+            Err(ErrorCode::SpmStatusError)
+        );
+    }
+
+    #[test]
+    fn a_restarted_holder_holds_nothing_and_its_renewals_are_dropped() {
+        let dir = pool_on_storage();
+        let a = connected(0, dir.path());
+        a.spm_start(spm_start()).expect("a is pool manager");
+        let later = Instant::now() + LEASE.renew_every;
+        let (master, owner) = a.spm_renewal_due(later).expect("due");
+        a.restart();
+        a.renew_spm(&master, &owner, later);
+        assert_eq!(a.spm_role(), SpmRole::Free);
+        assert!(a.spm_renewal_due(later + LEASE.renew_every).is_none());
     }
 }

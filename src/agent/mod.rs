@@ -1,16 +1,22 @@
 //! The host agent: serves VDSM's pool verbs, holds the pool connection in memory only, runs domain
 //! monitors, reports into `Host.status.report`, renews its Lease; and the many-host simulator.
 //!
-//! Layout: [`state`] is the pure connect decision table; [`monitor`] the pure domain monitor
-//! table; [`storage`] where metadata is read from; [`host`] one host tying them together behind
+//! Layout: [`state`] is the pure connect decision table and pool-manager role; [`monitor`] the
+//! pure domain monitor table; [`metadata`] VDSM's sealed key=value metadata (pure);
+//! [`storage`] where monitors read metadata from; [`domains`] where the pool verbs read and
+//! write it, and the pool manager's lease; [`manager`] what the pool manager writes, as sp.py
+//! does; [`host`] one host tying them together behind
 //! the [`crate::protocol::Verbs`] trait; [`driver`] the shared ticker that reads metadata and
 //! feeds each host's monitors; [`report`] and [`lease`] the only code that talks to Kubernetes;
 //! [`sim`] simulated storage and fault injection. Calls are served from memory whatever the API
 //! server does.
 
+pub mod domains;
 pub mod driver;
 pub mod host;
 pub mod lease;
+pub mod manager;
+pub mod metadata;
 pub mod monitor;
 pub mod report;
 pub mod sim;
@@ -27,9 +33,11 @@ use axum::Router;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use self::host::HostAgent;
+use self::domains::FileDomains;
+use self::host::{HostAgent, PoolStorage, SpmLease};
 use self::lease::LeaseConfig;
 use self::monitor::{MAX_PERIOD, MonitorConfig};
+use self::state::MasterCheck;
 use self::storage::{FileStorage, Storage};
 use crate::protocol::server::{DEFAULT_MAX_BODY_BYTES, protect, router};
 use crate::protocol::{RPC_PATH, Token, TokenError, Verbs};
@@ -117,7 +125,7 @@ pub struct AgentArgs {
     /// Seconds between domain checks (VDSM: 10; at most 20).
     #[arg(long, default_value_t = 10.0)]
     pub monitor_period_seconds: f64,
-    /// Seconds a metadata read may take before the domain is reported unreadable (379).
+    /// Seconds a metadata read may take before the domain is reported unreadable (2001).
     #[arg(long, default_value_t = 10.0)]
     pub check_timeout_seconds: f64,
     /// Namespace of the host Leases (must exist).
@@ -214,6 +222,8 @@ pub struct Running {
     server: axum_server::Handle<SocketAddr>,
     server_task: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The simulator's storage directory, removed when the process stops.
+    _sim_root: Option<tempfile::TempDir>,
 }
 
 impl Running {
@@ -294,14 +304,23 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let changes = opts.kube.as_ref().map(|_| changes_tx);
 
+    let lease = SpmLease::for_period(opts.monitor.period);
+    let mut sim_root = None;
     let (hosts, faults, app): (Arc<[Arc<HostAgent>]>, _, Router) = match &opts.hosts {
         Hosts::Single { name, storage_root } => {
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(storage_root.clone()));
+            // Real file domains: the master is checked as VDSM checks it.
+            let pool_storage = PoolStorage {
+                domains: FileDomains::new(storage_root.clone()),
+                master_check: MasterCheck::Strict,
+                lease,
+            };
             let host = Arc::new(HostAgent::new(
                 0,
                 name.clone(),
                 format!("{base}{RPC_PATH}"),
                 storage,
+                pool_storage,
                 changes,
             ));
             let verbs: Arc<dyn Verbs> = host.clone();
@@ -310,13 +329,35 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         }
         Hosts::Simulated { count, prefix } => {
             let faults = Arc::new(sim::FaultTable::default());
+            // One storage directory shared by every simulated host, as a shared NFS export
+            // is: domains appear on first use; the master check is lenient (see
+            // `MasterCheck::Lenient`).
+            let root = tempfile::Builder::new()
+                .prefix("poolkeeper-sim-")
+                .tempdir()
+                .map_err(Error::Layout)?;
+            let pool_storage = PoolStorage {
+                domains: FileDomains::provisioning(root.path()),
+                master_check: MasterCheck::Lenient,
+                lease,
+            };
+            sim_root = Some(root);
             let hosts: Arc<[Arc<HostAgent>]> = (0..*count)
                 .map(|i| {
                     let name = format!("{prefix}-{i:04}");
-                    let storage: Arc<dyn Storage> =
-                        Arc::new(sim::SimStorage::new(Arc::clone(&faults), i));
+                    let storage: Arc<dyn Storage> = Arc::new(
+                        sim::SimStorage::new(Arc::clone(&faults), i)
+                            .reading(pool_storage.domains.clone()),
+                    );
                     let endpoint = format!("{base}/hosts/{name}{RPC_PATH}");
-                    Arc::new(HostAgent::new(i, name, endpoint, storage, changes.clone()))
+                    Arc::new(HostAgent::new(
+                        i,
+                        name,
+                        endpoint,
+                        storage,
+                        pool_storage.clone(),
+                        changes.clone(),
+                    ))
                 })
                 .collect();
             let by_name: HashMap<String, usize> = hosts
@@ -385,6 +426,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         server,
         server_task,
         tasks,
+        _sim_root: sim_root,
     })
 }
 

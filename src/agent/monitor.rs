@@ -1,7 +1,11 @@
 //! The domain monitor table of one host: which domains are monitored, their vitals, and what a
 //! finished (or hung) metadata read means for them. VDSM checks each `active` domain every period
-//! (`sd_health_check_delay`, 10 s); a read that passes its deadline makes the domain invalid (379)
-//! and `lastCheck` keeps growing until the read returns.
+//! (`sd_health_check_delay`, 10 s). VDSM's codes (monitor.py `_pathChecked`, check.py
+//! `CheckResult.delay`): a metadata read that fails, or passes its deadline, is 2001
+//! (`MiscFileReadException`) and `lastCheck` keeps growing until the read returns; a domain not
+//! found is 358; metadata naming another domain is 379 (`StorageDomainAccessError`). `acquired`
+//! (the host id held on the domain) turns true with a valid check of a data domain, never for
+//! ISO or export (`Backup`) domains, and false again after a failed check.
 //!
 //! Pure: no tokio, no clock (every method takes `now`), no I/O. [`super::driver`] does the reads
 //! on a ticker and feeds the results back through the host.
@@ -28,7 +32,7 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(20);
 pub struct MonitorConfig {
     /// Time between the end of a check and the start of the next (VDSM: 10 s).
     pub period: Duration,
-    /// How long a read may take before the domain is reported unreadable (379).
+    /// How long a read may take before the domain is reported unreadable (2001).
     pub check_timeout: Duration,
 }
 
@@ -210,15 +214,27 @@ impl Monitors {
         else {
             return false;
         };
-        let (valid, code, version) = match result {
-            Err(ReadError::NotFound) => (false, ErrorCode::StorageDomainDoesNotExist.code(), None),
-            Err(ReadError::Io(_)) => (false, ErrorCode::StorageDomainAccessError.code(), None),
+        let (valid, code, version, data) = match result {
+            Err(ReadError::NotFound) => (
+                false,
+                ErrorCode::StorageDomainDoesNotExist.code(),
+                None,
+                false,
+            ),
+            Err(ReadError::Io(_)) => (false, ErrorCode::MiscFileReadException.code(), None, false),
             Ok(bytes) => {
                 let md = parse_metadata(&bytes);
                 if md.sd_uuid.as_deref() == Some(sd) {
-                    (true, 0, md.version)
+                    // sd.py: ISO and Backup domains hold no host id.
+                    let data = !matches!(md.class.as_deref(), Some("Iso" | "Backup"));
+                    (true, 0, md.version, data)
                 } else {
-                    (false, ErrorCode::StorageDomainAccessError.code(), None)
+                    (
+                        false,
+                        ErrorCode::StorageDomainAccessError.code(),
+                        None,
+                        false,
+                    )
                 }
             }
         };
@@ -229,17 +245,16 @@ impl Monitors {
         m.last_update = now;
         m.in_flight = false;
         m.next_due = now + period;
-        if valid {
-            // VDSM acquires the host id once a status is actual and valid.
-            m.acquired = true;
-            if let Some(v) = version {
-                m.version = v;
-            }
+        // VDSM acquires the host id once a status is actual and valid (data domains only); a
+        // failed check reports it not acquired.
+        m.acquired = valid && data;
+        if let Some(v) = version {
+            m.version = v;
         }
         m.refresh(now)
     }
 
-    /// Records that the read of `sd` passed its deadline and is still running: invalid (379),
+    /// Records that the read of `sd` passed its deadline and is still running: invalid (2001),
     /// actual, and `lastCheck` keeps growing. True when the report changed.
     pub(crate) fn record_hung(&mut self, sd: &str, generation: u64, now: Instant) -> bool {
         let Some(m) = self
@@ -250,8 +265,9 @@ impl Monitors {
             return false;
         };
         m.valid = false;
-        m.code = ErrorCode::StorageDomainAccessError.code();
+        m.code = ErrorCode::MiscFileReadException.code();
         m.actual = true;
+        m.acquired = false;
         m.refresh(now)
     }
 
@@ -338,8 +354,9 @@ mod tests {
         let t1 = t0 + PERIOD;
         assert_eq!(
             check(&mut m, Err(ReadError::Io(std::io::Error::other("x"))), t1),
-            379
+            2001
         );
+        assert!(!m.report()[0].acquired, "a failed check is not acquired");
         let t2 = t1 + PERIOD;
         assert_eq!(check(&mut m, ok(B), t2), 379);
         let t3 = t2 + PERIOD;
@@ -353,7 +370,7 @@ mod tests {
         m.sync([A].into_iter(), t0);
         let (due, _) = m.poll(t0);
         assert!(m.record_hung(A, due[0].1, t0 + Duration::from_secs(10)));
-        assert_eq!(m.report()[0].code, 379);
+        assert_eq!(m.report()[0].code, 2001);
         assert!(m.report()[0].actual);
         assert!(!m.poll(t0 + Duration::from_secs(20)).1);
         assert!(m.poll(t0 + Duration::from_secs(31)).1, "crossed 30 s");
@@ -372,6 +389,31 @@ mod tests {
         assert!(r.valid);
         assert_eq!(r.last_check_seconds, 0.0);
         assert_eq!(r.delay_seconds, 30.0);
+    }
+
+    #[test]
+    fn iso_and_export_domains_are_never_acquired() {
+        let t0 = Instant::now();
+        let mut m = Monitors::default();
+        m.sync([A, B].into_iter(), t0);
+        let (due, _) = m.poll(t0);
+        for (sd, generation) in due {
+            let class = if sd == A { "Iso" } else { "Backup" };
+            let text = format!("CLASS={class}\nSDUUID={sd}\nVERSION=5\n");
+            m.record(
+                &sd,
+                generation,
+                Ok(text.into_bytes()),
+                Duration::ZERO,
+                PERIOD,
+                t0,
+            );
+        }
+        assert!(
+            m.report()
+                .iter()
+                .all(|d| d.valid && d.actual && !d.acquired)
+        );
     }
 
     #[test]

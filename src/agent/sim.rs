@@ -2,14 +2,17 @@
 //!
 //! Simulated storage holds every domain a host is asked to monitor (its metadata names it
 //! correctly) unless a fault says otherwise; it goes through the same monitor code as file
-//! storage. Faults are set per domain for all hosts or for chosen hosts.
+//! storage. Faults are set per domain for all hosts or for chosen hosts. The simulator's hosts
+//! share one temporary storage directory in VDSM's layout: a domain appears there (unattached,
+//! as `make-domain` writes it) the first time a host reads it, and the pool verbs read and write
+//! its metadata as on real file storage, so monitors read what the pool manager wrote.
 //!
 //! # Control surface
 //! HTTP on the agent's listener, bearer token as for RPCs, JSON bodies:
 //!
 //! | request | effect |
 //! | --- | --- |
-//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, rpcDropped, reportFrozen, latencyMillis, pool, domainCount |
+//! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, rpcDropped, reportFrozen, latencyMillis, pool, domainCount, spmLver (while pool manager) |
 //! | `GET /control/hosts/{host}` | one host, as above |
 //! | `GET /control/hosts/{host}/calls` | the host's call log: `total` pool calls received, and the latest `calls` (at most 64), oldest first, each `{atUnixMillis, verb, ok, held}` (`held`: the connection after the call) |
 //! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease and writes no report |
@@ -21,11 +24,13 @@
 //! | `POST /control/hosts/{host}/restart` | memory lost: new bootId, no pool, no monitors |
 //! | `PUT /control/hosts/{host}/latency` `{"millis": 500}` | every RPC of the host waits that long first |
 //! | `DELETE /control/hosts/{host}/latency` | undo |
+//! | `PUT /control/hosts/{host}/tasks` `{"unfinished": 2}` | the host has that many unfinished pool-manager tasks (`spmStop` fails with 653) |
+//! | `DELETE /control/hosts/{host}/tasks` | undo |
 //! | `PUT /control/domains/{sdUUID}/fault` `{"kind": K, "seconds": S, "hosts": [..]}` | reads of the domain fail or slow down for the hosts listed (all hosts without `hosts`) |
 //! | `DELETE /control/domains/{sdUUID}/fault` | undo for every host |
 //!
-//! Fault kinds: `unreadable` (379), `missing` (358), `wrong-uuid` (379), `slow` (each read takes
-//! `seconds`; past the monitor's check timeout it is 379 until it returns), `hang` (reads never
+//! Fault kinds: `unreadable` (2001), `missing` (358), `wrong-uuid` (379), `slow` (each read takes
+//! `seconds`; past the monitor's check timeout it is 2001 until it returns), `hang` (reads never
 //! return until the fault changes), `healthy` (overrides a fault set for all hosts). Answers: 204
 //! on success, 404 for an unknown host, 400 for a bad body.
 
@@ -44,7 +49,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::domains::{DomainError, FileDomains};
 use super::host::HostAgent;
+use super::state::SpmRole;
 use super::storage::{ReadError, Storage, metadata_text};
 use crate::api::PoolConnection;
 use crate::protocol::server::{handle, into_http};
@@ -59,7 +66,7 @@ const BLACKHOLE_HOLD: Duration = Duration::from_secs(300);
 pub enum Fault {
     /// Reads succeed.
     Healthy,
-    /// Reads fail with an I/O error (379).
+    /// Reads fail with an I/O error (2001).
     Unreadable,
     /// The domain is not found (358).
     Missing,
@@ -148,12 +155,34 @@ impl FaultTable {
 pub struct SimStorage {
     table: Arc<FaultTable>,
     host: usize,
+    domains: Option<FileDomains>,
 }
 
 impl SimStorage {
-    /// The storage of host number `host`.
+    /// The storage of host number `host`; healthy reads give a fresh domain's metadata.
     pub fn new(table: Arc<FaultTable>, host: usize) -> Self {
-        Self { table, host }
+        Self {
+            table,
+            host,
+            domains: None,
+        }
+    }
+
+    /// The same, with healthy reads from the domains of `domains` (the pool verbs' storage).
+    #[must_use]
+    pub fn reading(mut self, domains: FileDomains) -> Self {
+        self.domains = Some(domains);
+        self
+    }
+}
+
+fn healthy_read(domains: Option<&FileDomains>, sd: &str) -> Result<Vec<u8>, ReadError> {
+    match domains {
+        None => Ok(metadata_text(sd).into_bytes()),
+        Some(d) => d.read_bytes(sd).map_err(|e| match e {
+            DomainError::NotFound(_) => ReadError::NotFound,
+            other => ReadError::Io(std::io::Error::other(other.to_string())),
+        }),
     }
 }
 
@@ -161,12 +190,13 @@ impl Storage for SimStorage {
     fn read_metadata(&self, sd_uuid: &str) -> BoxFuture<'static, Result<Vec<u8>, ReadError>> {
         let table = Arc::clone(&self.table);
         let (host, sd) = (self.host, sd_uuid.to_owned());
+        let domains = self.domains.clone();
         Box::pin(async move {
             let started = Instant::now();
             let mut changes = table.generation.subscribe();
             loop {
                 match table.fault(host, &sd) {
-                    Fault::Healthy => return Ok(metadata_text(&sd).into_bytes()),
+                    Fault::Healthy => return healthy_read(domains.as_ref(), &sd),
                     Fault::Unreadable => {
                         return Err(ReadError::Io(std::io::Error::other("simulated I/O error")));
                     }
@@ -180,7 +210,7 @@ impl Storage for SimStorage {
                         let until = started + slow_read_time(seconds);
                         tokio::select! {
                             _ = tokio::time::sleep_until(until.into()) => {
-                                return Ok(metadata_text(&sd).into_bytes());
+                                return healthy_read(domains.as_ref(), &sd);
                             }
                             _ = changes.changed() => {}
                         }
@@ -250,6 +280,10 @@ pub(crate) fn routes(sim: Sim) -> Router {
             "/control/domains/{sd}/fault",
             put(fault_set).delete(fault_clear),
         )
+        .route(
+            "/control/hosts/{host}/tasks",
+            put(tasks_set).delete(tasks_clear),
+        )
         .with_state(sim)
 }
 
@@ -292,6 +326,8 @@ struct HostView {
     latency_millis: u128,
     pool: Option<PoolConnection>,
     domain_count: i32,
+    /// The pool manager's lease version while this host is pool manager.
+    spm_lver: Option<i64>,
 }
 
 fn view(host: &HostAgent) -> HostView {
@@ -306,6 +342,10 @@ fn view(host: &HostAgent) -> HostView {
         latency_millis: host.latency().as_millis(),
         pool: report.pool,
         domain_count: report.domain_count,
+        spm_lver: match host.spm_role() {
+            SpmRole::Spm { lver } => Some(lver),
+            SpmRole::Free => None,
+        },
     }
 }
 
@@ -419,6 +459,22 @@ async fn latency_set(State(sim): State<Sim>, Path(name): Path<String>, body: Byt
 
 async fn latency_clear(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
     with_host(&sim, &name, |h| h.set_latency(Duration::ZERO))
+}
+
+#[derive(Deserialize)]
+struct TasksBody {
+    unfinished: u32,
+}
+
+async fn tasks_set(State(sim): State<Sim>, Path(name): Path<String>, body: Bytes) -> Response {
+    match serde_json::from_slice::<TasksBody>(&body) {
+        Ok(b) => with_host(&sim, &name, |h| h.set_unfinished_tasks(b.unfinished)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn tasks_clear(State(sim): State<Sim>, Path(name): Path<String>) -> StatusCode {
+    with_host(&sim, &name, |h| h.set_unfinished_tasks(0))
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,6 @@
 //! Where domain metadata is read from: the [`Storage`] trait, its file implementation (VDSM's
-//! layout `<root>/<mount>/<sdUUID>/dom_md/metadata`), the metadata parser, and the layout writer
-//! for demos and tests.
+//! layout `<root>/<mount>/<sdUUID>/dom_md/metadata`), the monitor's tolerant metadata reader, and
+//! the layout writer for `make-domain`, demos and tests.
 //!
 //! A storage only reads; deadlines, delay and validity are the monitor's business, so real and
 //! simulated storage go through the same monitor code.
@@ -19,7 +19,7 @@ pub enum ReadError {
     /// No mount under the root holds the domain (VDSM: 358).
     #[error("domain not found under the storage root")]
     NotFound,
-    /// The domain is there but its metadata cannot be read (VDSM: 379).
+    /// The domain is there but its metadata cannot be read (VDSM: 2001).
     #[error("metadata unreadable")]
     Io(#[source] io::Error),
 }
@@ -61,7 +61,9 @@ impl Storage for FileStorage {
 }
 
 fn read_file_domain(root: &Path, sd_uuid: &str) -> Result<Vec<u8>, ReadError> {
-    let domain_dir = find_domain(root, sd_uuid)?.ok_or(ReadError::NotFound)?;
+    let domain_dir = super::domains::find_domain(root, sd_uuid)
+        .map_err(ReadError::Io)?
+        .ok_or(ReadError::NotFound)?;
     let file =
         std::fs::File::open(domain_dir.join("dom_md").join("metadata")).map_err(ReadError::Io)?;
     let mut buf = Vec::new();
@@ -71,21 +73,6 @@ fn read_file_domain(root: &Path, sd_uuid: &str) -> Result<Vec<u8>, ReadError> {
     Ok(buf)
 }
 
-/// `glob(<root>/*/<sdUUID>)`: the first mount (in name order) holding the domain directory.
-fn find_domain(root: &Path, sd_uuid: &str) -> Result<Option<PathBuf>, ReadError> {
-    let entries = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ReadError::Io(e)),
-    };
-    let mut mounts: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    mounts.sort();
-    Ok(mounts
-        .into_iter()
-        .map(|m| m.join(sd_uuid))
-        .find(|candidate| candidate.is_dir()))
-}
-
 /// What a metadata file says about its domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metadata {
@@ -93,6 +80,8 @@ pub struct Metadata {
     pub sd_uuid: Option<String>,
     /// `VERSION=`: the domain format version.
     pub version: Option<i64>,
+    /// `CLASS=`: `Data`, `Iso` or `Backup`.
+    pub class: Option<String>,
 }
 
 /// Parses VDSM `KEY=VALUE` metadata lines (other lines and keys are ignored).
@@ -101,12 +90,14 @@ pub fn parse_metadata(bytes: &[u8]) -> Metadata {
     let mut md = Metadata {
         sd_uuid: None,
         version: None,
+        class: None,
     };
     for line in text.lines() {
         if let Some((key, value)) = line.split_once('=') {
             match key.trim() {
                 "SDUUID" => md.sd_uuid = Some(value.trim().to_ascii_lowercase()),
                 "VERSION" => md.version = value.trim().parse().ok(),
+                "CLASS" => md.class = Some(value.trim().to_owned()),
                 _ => {}
             }
         }
@@ -114,24 +105,22 @@ pub fn parse_metadata(bytes: &[u8]) -> Metadata {
     md
 }
 
-/// The metadata of a healthy domain as [`make_file_domain`] writes it.
+/// The metadata of a healthy, unattached domain as [`make_file_domain`] writes it (VDSM's
+/// format, sealed).
 pub fn metadata_text(sd_uuid: &str) -> String {
-    format!(
-        "CLASS=Data\nDESCRIPTION=poolkeeper\nROLE=Regular\nSDUUID={sd_uuid}\nTYPE=LOCALFS\nVERSION=5\n"
-    )
+    let md = super::metadata::Metadata::new_domain(sd_uuid, "Data", "poolkeeper");
+    String::from_utf8_lossy(&md.to_bytes()).into_owned()
 }
 
-/// Creates `<root>/<mount>/<sd_uuid>/dom_md/metadata` naming `sd_uuid`; returns the metadata
-/// path. Existing files are overwritten.
+/// Creates `<root>/<mount>/<sd_uuid>/dom_md/metadata` for a new, unattached data domain in
+/// VDSM's format (`ROLE=Regular`, no `POOL_UUID`, sealed by `_SHA_CKSUM`); returns the metadata
+/// path. An existing file is overwritten. A pool manager's `StoragePool.create` or
+/// `StorageDomain.attach` makes it a pool's member.
 ///
 /// # Errors
 /// When a directory or the file cannot be written.
 pub fn make_file_domain(root: &Path, mount: &str, sd_uuid: &str) -> io::Result<PathBuf> {
-    let dom_md = root.join(mount).join(sd_uuid).join("dom_md");
-    std::fs::create_dir_all(&dom_md)?;
-    let path = dom_md.join("metadata");
-    std::fs::write(&path, metadata_text(sd_uuid))?;
-    Ok(path)
+    super::domains::write_new_domain(root, mount, sd_uuid)
 }
 
 #[cfg(test)]
@@ -147,7 +136,8 @@ mod tests {
             parse_metadata(b"\xff\xfe garbage"),
             Metadata {
                 sd_uuid: None,
-                version: None
+                version: None,
+                class: None,
             }
         );
     }

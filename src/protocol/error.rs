@@ -9,23 +9,52 @@ use std::time::Duration;
 /// the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
-    /// 302: connect failed; used for a connect this agent cannot serve (a legacy pool, for now).
+    /// 302: connect failed; used for a map larger than this agent can report.
     StoragePoolConnectionError,
     /// 309: a pool verb for a pool the host is not connected to.
     StoragePoolUnknown,
     /// 323: connect while the host is joined to another pool.
     CannotConnectMultiplePools,
-    /// 324: the master domain is not in the map's active set.
+    /// 324: the master domain is not a master, not of this pool, of another master version, or
+    /// not active in the map.
     StoragePoolWrongMaster,
     /// 325: connect with another hostID while connected, or a connect that would downgrade the
     /// memory backend (no `domainDict`).
     StoragePoolConnected,
-    /// 328: the map holds more domains than a pool may have (100).
+    /// 328: attaching a domain to a pool that holds 100 already (never on connect).
     TooManyDomainsInStoragePool,
     /// 358: the domain is not found on this host.
     StorageDomainDoesNotExist,
     /// 379: the domain is partly or entirely inaccessible.
     StorageDomainAccessError,
+    /// 304: the master domain is not found (sp.py `setMasterDomain`), or no master was named.
+    StoragePoolMasterNotFound,
+    /// 353: the domain is not in the pool's map, or its metadata does not name the pool.
+    StorageDomainNotInPool,
+    /// 369: the domain is not active in the pool's map.
+    StorageDomainNotActive,
+    /// 375: the domain is not a member of the pool (sp.py `validatePoolSD`).
+    StorageDomainNotMemberOfPool,
+    /// 380: the domain's metadata names another pool.
+    StorageDomainAlreadyAttached,
+    /// 383: the master domain cannot be detached.
+    CannotDetachMasterStorageDomain,
+    /// 651: the pool manager's lease is held by another host.
+    AcquireLockFailure,
+    /// 653: `spmStop` while the pool manager has unfinished tasks.
+    SpmStopError,
+    /// 654: a pool-manager verb on a host that is not the pool manager ("Not SPM").
+    SpmStatusError,
+    /// 656: an operation not allowed while this host is the pool manager (disconnect).
+    IsSpm,
+    /// 752: the metadata's `_SHA_CKSUM` does not match its keys.
+    MetaDataSealIsBroken,
+    /// 753: a metadata value VDSM's decoders refuse.
+    MetaDataValidationError,
+    /// 2001: a metadata read failed or timed out.
+    MiscFileReadException,
+    /// 2002: a metadata write failed.
+    MiscFileWriteException,
     /// -32700: the body is not JSON.
     ParseError,
     /// -32600: JSON, but not a JSON-RPC 2.0 request.
@@ -52,6 +81,20 @@ impl ErrorCode {
             Self::TooManyDomainsInStoragePool => 328,
             Self::StorageDomainDoesNotExist => 358,
             Self::StorageDomainAccessError => 379,
+            Self::StoragePoolMasterNotFound => 304,
+            Self::StorageDomainNotInPool => 353,
+            Self::StorageDomainNotActive => 369,
+            Self::StorageDomainNotMemberOfPool => 375,
+            Self::StorageDomainAlreadyAttached => 380,
+            Self::CannotDetachMasterStorageDomain => 383,
+            Self::AcquireLockFailure => 651,
+            Self::SpmStopError => 653,
+            Self::SpmStatusError => 654,
+            Self::IsSpm => 656,
+            Self::MetaDataSealIsBroken => 752,
+            Self::MetaDataValidationError => 753,
+            Self::MiscFileReadException => 2001,
+            Self::MiscFileWriteException => 2002,
             Self::ParseError => -32700,
             Self::InvalidRequest => -32600,
             Self::MethodNotFound => -32601,
@@ -72,6 +115,20 @@ impl ErrorCode {
             328 => Self::TooManyDomainsInStoragePool,
             358 => Self::StorageDomainDoesNotExist,
             379 => Self::StorageDomainAccessError,
+            304 => Self::StoragePoolMasterNotFound,
+            353 => Self::StorageDomainNotInPool,
+            369 => Self::StorageDomainNotActive,
+            375 => Self::StorageDomainNotMemberOfPool,
+            380 => Self::StorageDomainAlreadyAttached,
+            383 => Self::CannotDetachMasterStorageDomain,
+            651 => Self::AcquireLockFailure,
+            653 => Self::SpmStopError,
+            654 => Self::SpmStatusError,
+            656 => Self::IsSpm,
+            752 => Self::MetaDataSealIsBroken,
+            753 => Self::MetaDataValidationError,
+            2001 => Self::MiscFileReadException,
+            2002 => Self::MiscFileWriteException,
             -32700 => Self::ParseError,
             -32600 => Self::InvalidRequest,
             -32601 => Self::MethodNotFound,
@@ -92,6 +149,20 @@ impl ErrorCode {
             Self::TooManyDomainsInStoragePool => "TooManyDomainsInStoragePool",
             Self::StorageDomainDoesNotExist => "StorageDomainDoesNotExist",
             Self::StorageDomainAccessError => "StorageDomainAccessError",
+            Self::StoragePoolMasterNotFound => "StoragePoolMasterNotFound",
+            Self::StorageDomainNotInPool => "StorageDomainNotInPool",
+            Self::StorageDomainNotActive => "StorageDomainNotActive",
+            Self::StorageDomainNotMemberOfPool => "StorageDomainNotMemberOfPool",
+            Self::StorageDomainAlreadyAttached => "StorageDomainAlreadyAttached",
+            Self::CannotDetachMasterStorageDomain => "CannotDetachMasterStorageDomain",
+            Self::AcquireLockFailure => "AcquireLockFailure",
+            Self::SpmStopError => "SpmStopError",
+            Self::SpmStatusError => "SpmStatusError",
+            Self::IsSpm => "IsSpm",
+            Self::MetaDataSealIsBroken => "MetaDataSealIsBroken",
+            Self::MetaDataValidationError => "MetaDataValidationError",
+            Self::MiscFileReadException => "MiscFileReadException",
+            Self::MiscFileWriteException => "MiscFileWriteException",
             Self::ParseError => "ParseError",
             Self::InvalidRequest => "InvalidRequest",
             Self::MethodNotFound => "MethodNotFound",
@@ -196,14 +267,15 @@ mod tests {
     #[test]
     fn every_named_code_round_trips() {
         for code in [
-            302, 309, 323, 324, 325, 328, 358, 379, -32700, -32600, -32601, -32602, -32603,
+            302, 304, 309, 323, 324, 325, 328, 353, 358, 369, 375, 379, 380, 383, 651, 653, 654,
+            656, 752, 753, 2001, 2002, -32700, -32600, -32601, -32602, -32603,
         ] {
             let typed = ErrorCode::from_code(code);
             assert!(!matches!(typed, ErrorCode::Other(_)), "{code} has a name");
             assert_eq!(typed.code(), code);
         }
-        assert_eq!(ErrorCode::from_code(656), ErrorCode::Other(656));
-        assert_eq!(ErrorCode::Other(656).code(), 656);
+        assert_eq!(ErrorCode::from_code(655), ErrorCode::Other(655));
+        assert_eq!(ErrorCode::Other(655).code(), 655);
     }
 
     #[test]

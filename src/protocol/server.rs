@@ -19,8 +19,9 @@ use serde_json::Value;
 use super::error::{ErrorCode, VdsmError};
 use super::token::Token;
 use super::wire::{
-    ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, PoolInfo, RPC_PATH,
-    Response, Vitals, method,
+    ConnectParams, CreateParams, DisconnectParams, DomainParams, GetInfoParams, HostStats,
+    JSONRPC_VERSION, PoolInfo, PoolParams, RPC_PATH, ReconstructMasterParams, RefreshParams,
+    Response, SpmStartParams, SpmStatusResult, SwitchMasterParams, Vitals, method,
 };
 use crate::api::bounds;
 
@@ -51,6 +52,86 @@ pub trait Verbs: Send + Sync {
     /// The vitals of every domain monitored now (`Host.getStats` `storageDomains`,
     /// `Host.getStorageRepoStats`).
     fn repo_stats(&self) -> BTreeMap<String, Vitals>;
+
+    /// `StoragePool.spmStart`; returns the task id (the task has finished when it returns).
+    ///
+    /// # Errors
+    /// 309 not connected, 651 the lease is held elsewhere.
+    fn spm_start(&self, params: SpmStartParams) -> Result<String, VdsmError> {
+        Err(not_served(method::POOL_SPM_START, &params.storagepool_id))
+    }
+
+    /// `StoragePool.spmStop`.
+    ///
+    /// # Errors
+    /// 309 not connected, 653 unfinished tasks.
+    fn spm_stop(&self, params: PoolParams) -> Result<(), VdsmError> {
+        Err(not_served(method::POOL_SPM_STOP, &params.storagepool_id))
+    }
+
+    /// `StoragePool.getSpmStatus`.
+    ///
+    /// # Errors
+    /// 309 not connected.
+    fn spm_status(&self, params: PoolParams) -> Result<SpmStatusResult, VdsmError> {
+        Err(not_served(
+            method::POOL_GET_SPM_STATUS,
+            &params.storagepool_id,
+        ))
+    }
+
+    /// `StoragePool.create`.
+    ///
+    /// # Errors
+    /// VDSM's create errors (380 already attached, 651 lease held...).
+    fn create(&self, params: CreateParams) -> Result<(), VdsmError> {
+        Err(not_served(method::POOL_CREATE, &params.storagepool_id))
+    }
+
+    /// `StorageDomain.attach`, `activate`, `deactivate` or `detach` (`verb` is the method name).
+    ///
+    /// # Errors
+    /// 654 not the pool manager, 328 too many domains, 353/375 not in the pool...
+    fn domain_verb(&self, verb: &str, params: DomainParams) -> Result<(), VdsmError> {
+        Err(not_served(verb, &params.storagepool_id))
+    }
+
+    /// `StoragePool.switchMaster`.
+    ///
+    /// # Errors
+    /// 654 not the pool manager, 324 wrong master...
+    fn switch_master(&self, params: SwitchMasterParams) -> Result<(), VdsmError> {
+        Err(not_served(
+            method::POOL_SWITCH_MASTER,
+            &params.storagepool_id,
+        ))
+    }
+
+    /// `StoragePool.refresh` (disk backend).
+    ///
+    /// # Errors
+    /// 309 not connected, 304/324 wrong master.
+    fn refresh(&self, params: RefreshParams) -> Result<(), VdsmError> {
+        Err(not_served(method::POOL_REFRESH, &params.storagepool_id))
+    }
+
+    /// `StoragePool.reconstructMaster`.
+    ///
+    /// # Errors
+    /// 325 connected to the pool, 651 lease held...
+    fn reconstruct_master(&self, params: ReconstructMasterParams) -> Result<(), VdsmError> {
+        Err(not_served(
+            method::POOL_RECONSTRUCT_MASTER,
+            &params.storagepool_id,
+        ))
+    }
+}
+
+fn not_served(verb: &str, pool: &str) -> VdsmError {
+    VdsmError::new(
+        ErrorCode::MethodNotFound,
+        format!("method {verb:?} is not served (pool {pool})"),
+    )
 }
 
 /// Runs one HTTP body: parse, check, dispatch. `None` for a notification (a request without
@@ -137,6 +218,55 @@ fn call(verbs: &dyn Verbs, method: &str, params: Value) -> Result<Value, VdsmErr
             storage_domains: verbs.repo_stats(),
         }),
         method::HOST_GET_STORAGE_REPO_STATS => encode(&verbs.repo_stats()),
+        method::POOL_SPM_START => {
+            let p: SpmStartParams = decode(params)?;
+            p.validate()?;
+            encode(&verbs.spm_start(p)?)
+        }
+        method::POOL_SPM_STOP => {
+            let p: PoolParams = decode(params)?;
+            p.validate()?;
+            verbs.spm_stop(p)?;
+            Ok(Value::Bool(true))
+        }
+        method::POOL_GET_SPM_STATUS => {
+            let p: PoolParams = decode(params)?;
+            p.validate()?;
+            encode(&verbs.spm_status(p)?)
+        }
+        method::POOL_CREATE => {
+            let p: CreateParams = decode(params)?;
+            p.validate()?;
+            verbs.create(p)?;
+            Ok(Value::Bool(true))
+        }
+        method::DOMAIN_ATTACH
+        | method::DOMAIN_ACTIVATE
+        | method::DOMAIN_DEACTIVATE
+        | method::DOMAIN_DETACH => {
+            let p: DomainParams = decode(params)?;
+            p.validate()?;
+            verbs.domain_verb(method, p)?;
+            Ok(Value::Bool(true))
+        }
+        method::POOL_SWITCH_MASTER => {
+            let p: SwitchMasterParams = decode(params)?;
+            p.validate()?;
+            verbs.switch_master(p)?;
+            Ok(Value::Bool(true))
+        }
+        method::POOL_REFRESH => {
+            let p: RefreshParams = decode(params)?;
+            p.validate()?;
+            verbs.refresh(p)?;
+            Ok(Value::Bool(true))
+        }
+        method::POOL_RECONSTRUCT_MASTER => {
+            let p: ReconstructMasterParams = decode(params)?;
+            p.validate()?;
+            verbs.reconstruct_master(p)?;
+            Ok(Value::Bool(true))
+        }
         other => Err(VdsmError::new(
             ErrorCode::MethodNotFound,
             format!("method {} is not served", bounds::quote(other)),

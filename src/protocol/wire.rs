@@ -33,6 +33,28 @@ pub mod method {
     pub const HOST_GET_STATS: &str = "Host.getStats";
     /// `Host.getStorageRepoStats`: the domain vitals alone.
     pub const HOST_GET_STORAGE_REPO_STATS: &str = "Host.getStorageRepoStats";
+    /// `StoragePool.spmStart`: take the pool manager's lease on the master.
+    pub const POOL_SPM_START: &str = "StoragePool.spmStart";
+    /// `StoragePool.spmStop`: give the pool manager's role up.
+    pub const POOL_SPM_STOP: &str = "StoragePool.spmStop";
+    /// `StoragePool.getSpmStatus`: who holds the pool manager's role.
+    pub const POOL_GET_SPM_STATUS: &str = "StoragePool.getSpmStatus";
+    /// `StoragePool.create`: write a new pool onto its master domain.
+    pub const POOL_CREATE: &str = "StoragePool.create";
+    /// `StoragePool.switchMaster`: move the master role (VDSM 4.4.3 and later).
+    pub const POOL_SWITCH_MASTER: &str = "StoragePool.switchMaster";
+    /// `StoragePool.refresh`: re-read the map from the master (disk backend).
+    pub const POOL_REFRESH: &str = "StoragePool.refresh";
+    /// `StoragePool.reconstructMaster`: write fresh pool metadata onto a new master.
+    pub const POOL_RECONSTRUCT_MASTER: &str = "StoragePool.reconstructMaster";
+    /// `StorageDomain.attach`: make a domain a member of the pool (`attached`).
+    pub const DOMAIN_ATTACH: &str = "StorageDomain.attach";
+    /// `StorageDomain.activate`: mark an attached domain `active`.
+    pub const DOMAIN_ACTIVATE: &str = "StorageDomain.activate";
+    /// `StorageDomain.deactivate`: mark a domain `attached`, moving the master first if asked.
+    pub const DOMAIN_DEACTIVATE: &str = "StorageDomain.deactivate";
+    /// `StorageDomain.detach`: remove a domain from the pool.
+    pub const DOMAIN_DETACH: &str = "StorageDomain.detach";
 }
 
 /// A request as the client sends it.
@@ -221,6 +243,283 @@ impl GetInfoParams {
     /// When a parameter is malformed.
     pub fn validate(&self) -> Result<(), VdsmError> {
         check_uuid("storagepoolID", &self.storagepool_id)
+    }
+}
+
+/// Parameters naming only the pool (`StoragePool.spmStop`, `StoragePool.getSpmStatus`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PoolParams {
+    /// The pool's UUID.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+}
+
+impl PoolParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagepoolID", &self.storagepool_id)
+    }
+}
+
+fn default_max_host_id() -> i32 {
+    250
+}
+
+/// `StoragePool.spmStart` parameters (vdsm-api.yml; `prevID`/`prevLver` are deprecated and
+/// only logged by VDSM, `enableScsiFencing` unused).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SpmStartParams {
+    /// The pool's UUID.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+    /// The previous pool manager's host id as the caller knows it (-1: none).
+    #[serde(rename = "prevID", default = "minus_one")]
+    pub prev_id: i64,
+    /// The previous lease version as the caller knows it (-1: none).
+    #[serde(rename = "prevLver", default = "minus_one")]
+    pub prev_lver: i64,
+    /// Unused.
+    #[serde(rename = "enableScsiFencing", default)]
+    pub enable_scsi_fencing: bool,
+    /// The highest host id of the pool (VDSM sizes its mailbox with it; default 250).
+    #[serde(rename = "maxHostID", default = "default_max_host_id")]
+    pub max_host_id: i32,
+    /// The expected master domain format version.
+    #[serde(
+        rename = "domVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dom_version: Option<i64>,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+impl SpmStartParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagepoolID", &self.storagepool_id)
+    }
+}
+
+/// `StoragePool.getSpmStatus` result: `{"spm_st": {...}}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SpmStatusResult {
+    /// The status.
+    pub spm_st: SpmStatus,
+}
+
+/// The pool manager's status as VDSM answers it (sp.py `SPM_ACQUIRED`/`SPM_CONTEND`/`SPM_FREE`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SpmStatus {
+    /// This host's role: `SPM`, `Contend` or `Free`.
+    #[serde(rename = "spmStatus")]
+    pub spm_status: String,
+    /// The lease version (-1: none).
+    #[serde(rename = "spmLver")]
+    pub spm_lver: i64,
+    /// The holder's host id (-1: free).
+    #[serde(rename = "spmId")]
+    pub spm_id: i64,
+}
+
+/// `StoragePool.create` parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CreateParams {
+    /// The pool's UUID.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+    /// The pool's name (`POOL_DESCRIPTION`).
+    #[serde(default)]
+    pub name: String,
+    /// The master domain (one of `domainList`).
+    #[serde(rename = "masterSdUUID")]
+    pub master_sd_uuid: String,
+    /// The master version.
+    #[serde(rename = "masterVersion")]
+    pub master_version: i64,
+    /// Every domain of the new pool (a list, or VDSM's older comma-separated string).
+    #[serde(rename = "domainList", deserialize_with = "de_uuid_list")]
+    pub domain_list: Vec<String>,
+}
+
+fn de_uuid_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::List(l) => l,
+        Either::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl CreateParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagepoolID", &self.storagepool_id)?;
+        check_uuid("masterSdUUID", &self.master_sd_uuid)?;
+        self.domain_list
+            .iter()
+            .try_for_each(|sd| check_uuid("domainList entry", sd))
+    }
+}
+
+/// `StorageDomain.attach`/`activate`/`deactivate`/`detach` parameters (the master fields only
+/// for deactivate and detach).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DomainParams {
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub storagedomain_id: String,
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+    /// Deactivate: the new master when the domain is the master (blank: none).
+    #[serde(
+        rename = "masterSdUUID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub master_sd_uuid: String,
+    /// Deactivate: the new master version.
+    #[serde(rename = "masterVersion", default)]
+    pub master_version: i64,
+}
+
+impl DomainParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagedomainID", &self.storagedomain_id)?;
+        check_uuid("storagepoolID", &self.storagepool_id)?;
+        if !self.master_sd_uuid.is_empty() {
+            check_uuid("masterSdUUID", &self.master_sd_uuid)?;
+        }
+        Ok(())
+    }
+}
+
+/// `StoragePool.switchMaster` parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SwitchMasterParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+    /// The current master.
+    #[serde(rename = "oldMasterUUID")]
+    pub old_master_uuid: String,
+    /// The new master.
+    #[serde(rename = "newMasterUUID")]
+    pub new_master_uuid: String,
+    /// The new master version.
+    #[serde(rename = "masterVersion")]
+    pub master_version: i64,
+}
+
+impl SwitchMasterParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagepoolID", &self.storagepool_id)?;
+        check_uuid("oldMasterUUID", &self.old_master_uuid)?;
+        check_uuid("newMasterUUID", &self.new_master_uuid)
+    }
+}
+
+/// `StoragePool.refresh` parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RefreshParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+    /// The master domain.
+    #[serde(rename = "masterSdUUID")]
+    pub master_sd_uuid: String,
+    /// The master version.
+    #[serde(rename = "masterVersion")]
+    pub master_version: i64,
+}
+
+impl RefreshParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagepoolID", &self.storagepool_id)
+    }
+}
+
+/// `StoragePool.reconstructMaster` parameters (the lease tuning ones are accepted and ignored).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReconstructMasterParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub storagepool_id: String,
+    /// The host's id in the pool.
+    #[serde(rename = "hostId")]
+    pub host_id: i32,
+    /// The pool's name.
+    #[serde(default)]
+    pub name: String,
+    /// The new master.
+    #[serde(rename = "masterSdUUID")]
+    pub master_sd_uuid: String,
+    /// The new master version.
+    #[serde(rename = "masterVersion")]
+    pub master_version: i64,
+    /// The whole map.
+    #[serde(
+        rename = "domainDict",
+        serialize_with = "ser_domain_map",
+        deserialize_with = "de_domain_map"
+    )]
+    pub domain_dict: DomainMap,
+}
+
+fn ser_domain_map<S: Serializer>(map: &DomainMap, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(map.iter())
+}
+
+fn de_domain_map<'de, D: Deserializer<'de>>(d: D) -> Result<DomainMap, D::Error> {
+    Ok(de_domain_dict(d)?.unwrap_or_default())
+}
+
+impl ReconstructMasterParams {
+    /// Checks formats; the error is `-32602` invalid params.
+    ///
+    /// # Errors
+    /// When a parameter is malformed.
+    pub fn validate(&self) -> Result<(), VdsmError> {
+        check_uuid("storagepoolID", &self.storagepool_id)?;
+        check_host_id(self.host_id)?;
+        check_uuid("masterSdUUID", &self.master_sd_uuid)?;
+        self.domain_dict
+            .keys()
+            .try_for_each(|sd| check_uuid("domainDict key", sd))
     }
 }
 
