@@ -17,9 +17,9 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::{SignedDuration, Timestamp};
-use kube::{Api, api::PostParams, runtime::watcher};
+use kube::{Api, runtime::watcher};
 use poolkeeper::{
-    agent::{Running, sim::Fault},
+    agent::sim::Fault,
     api::{DomainPhase, Host, HostPhase, MapStatus, StorageDomain, StoragePool, StoragePoolStatus},
     controller::{self, Settings},
     protocol::{self, Token},
@@ -28,10 +28,10 @@ use serde_json::json;
 use support::{
     client,
     cluster::{
-        LEASE_NAMESPACE, TOKEN, WAIT, condition, create_domain, domain, ensure_namespace, host,
-        host_map, obj, pool, set_host_pool, start_hosts, wait_domain_phase, wait_host_phase,
+        LEASE_NAMESPACE, ProcessPool, TOKEN, WAIT, condition, domain, host, host_map, pool,
+        wait_domain_phase, wait_host_phase,
     },
-    control_plane, eventually, unique, uuid,
+    control_plane, eventually,
 };
 
 /// Only one controller may run against this control plane at a time, and each test starts its
@@ -163,56 +163,20 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 // A pool.
 
 /// A pool, its domains and its simulated hosts.
-struct Pool {
-    name: String,
-    domains: Vec<String>,
-    uuids: BTreeMap<String, String>,
-    hosts: Vec<String>,
-    agents: Running,
-}
+type Pool = ProcessPool;
 
-impl Pool {
-    /// The map every host must hold when all domains are active.
-    fn all_active(&self) -> BTreeMap<String, MapStatus> {
-        self.uuids
-            .values()
-            .map(|u| (u.clone(), MapStatus::Active))
-            .collect()
-    }
+/// The map every host must hold when all domains are active.
+fn all_active(p: &Pool) -> BTreeMap<String, MapStatus> {
+    p.uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect()
 }
 
 /// Starts `hosts` simulated hosts and creates a pool with `domains` data domains and `sync` as its
 /// `spec.sync`; every host joins it. Nothing happens until a controller runs.
 async fn create_pool(hosts: usize, domains: usize, sync: serde_json::Value) -> Pool {
-    ensure_namespace().await;
-    let agents = start_hosts(&unique("h"), hosts).await;
-    let name = unique("pool");
-    let p: StoragePool =
-        serde_json::from_value(obj("StoragePool", &name, json!({ "sync": sync }))).expect("pool");
-    Api::<StoragePool>::all(client().await)
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("create pool");
-    let mut names = Vec::new();
-    let mut uuids = BTreeMap::new();
-    for _ in 0..domains {
-        let d = unique("sd");
-        let u = uuid();
-        create_domain(&d, &u, Some(&name)).await;
-        uuids.insert(d.clone(), u);
-        names.push(d);
-    }
-    let host_names: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
-    for h in &host_names {
-        set_host_pool(h, Some(&name)).await;
-    }
-    Pool {
-        name,
-        domains: names,
-        uuids,
-        hosts: host_names,
-        agents,
-    }
+    ProcessPool::create("h", hosts, domains, sync).await
 }
 
 /// Hosts that report holding exactly `expected` (pool map), read in one list.
@@ -327,7 +291,7 @@ async fn controller_killed_mid_rollout_converges_without_losing_ids_or_map() {
     for h in p.agents.hosts() {
         h.set_latency(Duration::from_millis(300));
     }
-    let expected = p.all_active();
+    let expected = all_active(&p);
 
     let first = ControllerProcess::start();
     let held = eventually(

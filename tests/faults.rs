@@ -33,18 +33,15 @@ use kube::{
     api::{Patch, PatchParams, PostParams, WatchEvent, WatchParams},
 };
 use poolkeeper::{
-    agent::{Running, host::HostAgent},
+    agent::host::HostAgent,
     api::{DomainPhase, Host, MapStatus, StorageDomain, StoragePool},
     controller::context::FENCE_FRESH,
 };
 use serde_json::json;
 use support::{
     client,
-    cluster::{
-        LEASE_NAMESPACE, TOKEN, condition, create_domain, ensure_namespace, merge_spec, obj,
-        set_host_pool, start_hosts,
-    },
-    control_plane, eventually, unique, uuid,
+    cluster::{LEASE_NAMESPACE, ProcessPool, TOKEN, condition, merge_spec},
+    control_plane, eventually, unique,
 };
 
 /// The tests take turns: one controller at a time, and some restart the control plane.
@@ -204,16 +201,20 @@ impl Supervised {
 // ---------------------------------------------------------------------------------------------
 // A pool and what it must look like.
 
-/// A pool, its domains and its simulated hosts.
+/// A pool, its domains and its simulated hosts, and when the test asked each domain to leave.
 struct Pool {
-    name: String,
-    /// Domain object names, in order (the first is the master: it never leaves).
-    domains: Vec<String>,
-    uuids: BTreeMap<String, String>,
-    hosts: Vec<String>,
-    agents: Running,
+    /// The pool (its first domain is the master: it never leaves).
+    pool: ProcessPool,
     /// When the test asked each domain (by uuid) to leave: maintenance or detach.
     leaving: Mutex<BTreeMap<String, SystemTime>>,
+}
+
+impl std::ops::Deref for Pool {
+    type Target = ProcessPool;
+
+    fn deref(&self) -> &ProcessPool {
+        &self.pool
+    }
 }
 
 /// What a domain should end as.
@@ -228,34 +229,8 @@ enum Want {
 /// Starts `hosts` simulated hosts and a pool with `domains` data domains and `sync` as its
 /// `spec.sync`; every host joins it.
 async fn create_pool(hosts: usize, domains: usize, sync: serde_json::Value) -> Pool {
-    ensure_namespace().await;
-    let agents = start_hosts(&unique("fh"), hosts).await;
-    let name = unique("fpool");
-    let p: StoragePool =
-        serde_json::from_value(obj("StoragePool", &name, json!({ "sync": sync }))).expect("pool");
-    Api::<StoragePool>::all(client().await)
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("create pool");
-    let mut names = Vec::new();
-    let mut uuids = BTreeMap::new();
-    for _ in 0..domains {
-        let d = unique("fsd");
-        let u = uuid();
-        create_domain(&d, &u, Some(&name)).await;
-        uuids.insert(d.clone(), u);
-        names.push(d);
-    }
-    let host_names: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
-    for h in &host_names {
-        set_host_pool(h, Some(&name)).await;
-    }
     Pool {
-        name,
-        domains: names,
-        uuids,
-        hosts: host_names,
-        agents,
+        pool: ProcessPool::create("f", hosts, domains, sync).await,
         leaving: Mutex::new(BTreeMap::new()),
     }
 }

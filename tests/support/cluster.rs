@@ -361,3 +361,56 @@ pub fn condition(
 pub fn name_of<K: ResourceExt>(o: &K) -> String {
     o.name_any()
 }
+
+/// A pool, its domains and its simulated hosts, as the process-level tests (controller restarts,
+/// faults) create them.
+pub struct ProcessPool {
+    /// The pool's name.
+    pub name: String,
+    /// Domain object names, in creation order (the first is the master).
+    pub domains: Vec<String>,
+    /// Domain name → uuid.
+    pub uuids: BTreeMap<String, String>,
+    /// The hosts' names.
+    pub hosts: Vec<String>,
+    /// The simulated hosts.
+    pub agents: agent::Running,
+}
+
+impl ProcessPool {
+    /// Starts `hosts` simulated hosts (names from `prefix`) and creates a pool with `domains` data
+    /// domains and `sync` as its `spec.sync`; every host joins it. Nothing happens until a
+    /// controller runs.
+    pub async fn create(prefix: &str, hosts: usize, domains: usize, sync: Value) -> Self {
+        ensure_namespace().await;
+        let agents = start_hosts(&unique(prefix), hosts).await;
+        let name = unique(&format!("{prefix}pool"));
+        let p: StoragePool =
+            serde_json::from_value(obj("StoragePool", &name, json!({ "sync": sync })))
+                .expect("pool");
+        Api::<StoragePool>::all(client().await)
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("create pool");
+        let mut names = Vec::new();
+        let mut uuids = BTreeMap::new();
+        for _ in 0..domains {
+            let d = unique(&format!("{prefix}sd"));
+            let u = uuid();
+            create_domain(&d, &u, Some(&name)).await;
+            uuids.insert(d.clone(), u);
+            names.push(d);
+        }
+        let host_names: Vec<String> = agents.hosts().iter().map(|h| h.name().to_owned()).collect();
+        for h in &host_names {
+            set_host_pool(h, Some(&name)).await;
+        }
+        Self {
+            name,
+            domains: names,
+            uuids,
+            hosts: host_names,
+            agents,
+        }
+    }
+}
