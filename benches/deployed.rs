@@ -280,6 +280,7 @@ fn floor_report(round: usize) -> HostReport {
                 .iter()
                 .map(|u| (u.clone(), MapStatus::Active))
                 .collect(),
+            spm_lver: None,
         }),
         domains: uuids
             .iter()

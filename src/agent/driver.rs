@@ -4,7 +4,7 @@
 //! storage), in a short-lived task with a deadline otherwise. At most one read per monitor is in
 //! flight; the decisions live in [`super::monitor`], this module only reads and calls back. The
 //! same ticker renews the leases of hosts that are pool manager (blocking I/O, off the runtime's
-//! workers) and fences a holder whose renewals stopped.
+//! workers; not while a simulated host is cut off) and fences a holder whose renewals stopped.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +37,12 @@ pub async fn run_driver(
                 start_check(host, sd, generation, config);
             }
             host.fence_if_stale(now);
+            // A cut-off simulated host is cut off from storage too (a hung or dead host): its
+            // renewals stop, so it gives the role up at half the lease and another host may
+            // take it once the lease expires, as with a dead holder's sanlock lease.
+            if host.is_blackholed() {
+                continue;
+            }
             if let Some((master, owner)) = host.spm_renewal_due(now) {
                 let host = Arc::clone(host);
                 tokio::task::spawn_blocking(move || host.renew_spm(&master, &owner, now));

@@ -55,7 +55,9 @@ pub const CALL_LOG_LEN: usize = 64;
 pub struct ReceivedCall {
     /// When the host handled the call.
     pub at: SystemTime,
-    /// `StoragePool.connect` (`true`) or `StoragePool.disconnect` (`false`).
+    /// The verb, VDSM's method name (`StoragePool.connect`, `StoragePool.spmStart`, ...).
+    pub verb: &'static str,
+    /// The verb is `StoragePool.connect`.
     pub connect: bool,
     /// Whether the host accepted it.
     pub ok: bool,
@@ -457,6 +459,80 @@ impl HostAgent {
         self.mark_dirty();
     }
 
+    /// `spmStart` under the host's lock: the task id, and whether the role was taken now.
+    fn start_spm(
+        &self,
+        inner: &mut Inner,
+        params: &SpmStartParams,
+    ) -> Result<(String, bool), VdsmError> {
+        Self::fence(inner, self.pool_storage.lease, Instant::now());
+        let c = inner.state.pool(&params.storagepool_id)?;
+        let task = uuid::Uuid::new_v4().to_string();
+        if inner.state.spm() != SpmRole::Free {
+            return Ok((task, false));
+        }
+        let master = c.master_domain.clone().unwrap_or_default();
+        let host_id = i64::from(c.host_id);
+        let disk = inner.state.backend() == Some(Backend::Disk);
+        let started = Instant::now();
+        let lver = self
+            .holder(inner, host_id)
+            .acquire(&self.pool_storage.domains, &master)?;
+        if disk {
+            // sp.py `startSpm`: `setSpmStatus(lver, id)` writes the disk backend's keys.
+            let written = self.pool_storage.domains.read(&master).and_then(|mut md| {
+                md.set(super::metadata::key::POOL_SPM_LVER, lver.to_string());
+                md.set(super::metadata::key::POOL_SPM_ID, host_id.to_string());
+                self.pool_storage.domains.write(&master, &md)
+            });
+            if let Err(e) = written {
+                self.holder(inner, host_id)
+                    .release(&self.pool_storage.domains, &master);
+                return Err(e.vdsm(true));
+            }
+        }
+        if params.prev_id != -1 || params.prev_lver != -1 {
+            tracing::info!(host = %self.name, prev_id = params.prev_id, prev_lver = params.prev_lver, lver, "spmStart with a previous pool manager");
+        }
+        inner.state.set_spm(SpmRole::Spm { lver });
+        inner.spm_renewed = Some(started);
+        inner.spm_renew_started = Some(started);
+        Ok((task, true))
+    }
+
+    /// `spmStop` under the host's lock; true when the role was given up now.
+    fn stop_spm(&self, inner: &mut Inner, params: &PoolParams) -> Result<bool, VdsmError> {
+        Self::fence(inner, self.pool_storage.lease, Instant::now());
+        let c = inner.state.pool(&params.storagepool_id)?;
+        let tasks = self.tasks.load(Ordering::Acquire);
+        if tasks > 0 {
+            return Err(VdsmError::new(
+                ErrorCode::SpmStopError,
+                format!("spUUID={}: {tasks} unfinished task(s)", c.uuid),
+            ));
+        }
+        if inner.state.spm() == SpmRole::Free {
+            return Ok(false);
+        }
+        let master = c.master_domain.clone().unwrap_or_default();
+        let host_id = i64::from(c.host_id);
+        if inner.state.backend() == Some(Backend::Disk) {
+            // sp.py `stopSpm`: `setSpmStatus(spmId=SPM_ID_FREE)`, failures ignored.
+            let freed = self.pool_storage.domains.read(&master).and_then(|mut md| {
+                md.set(super::metadata::key::POOL_SPM_ID, "-1");
+                self.pool_storage.domains.write(&master, &md)
+            });
+            if let Err(e) = freed {
+                tracing::warn!(host = %self.name, error = %e, "POOL_SPM_ID not freed");
+            }
+        }
+        self.holder(inner, host_id)
+            .release(&self.pool_storage.domains, &master);
+        inner.state.set_spm(SpmRole::Free);
+        inner.spm_renewed = None;
+        Ok(true)
+    }
+
     fn master_name(&self, given: &str) -> String {
         match self.pool_storage.master_check {
             MasterCheck::Strict => given.to_owned(),
@@ -466,13 +542,14 @@ impl HostAgent {
 }
 
 impl Inner {
-    fn log_call(&mut self, connect: bool, ok: bool) {
+    fn log_call(&mut self, verb: &'static str, ok: bool) {
         if self.calls.len() == CALL_LOG_LEN {
             self.calls.pop_front();
         }
         self.calls.push_back(ReceivedCall {
             at: SystemTime::now(),
-            connect,
+            verb,
+            connect: verb == method::POOL_CONNECT,
             ok,
             held: self.state.connection().cloned(),
         });
@@ -493,7 +570,7 @@ impl Verbs for HostAgent {
                 .connect(&params, &master, read.as_ref(), check)
                 .err()
         });
-        inner.log_call(true, refused.is_none());
+        inner.log_call(method::POOL_CONNECT, refused.is_none());
         if let Some(e) = refused {
             drop(inner);
             tracing::info!(host = %self.name, pool = %params.storagepool_id, code = e.code.code(), "connect refused");
@@ -515,7 +592,7 @@ impl Verbs for HostAgent {
         let mut inner = self.lock();
         Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
         let changed = inner.state.disconnect(&params);
-        inner.log_call(false, changed.is_ok());
+        inner.log_call(method::POOL_DISCONNECT, changed.is_ok());
         if changed? {
             inner.monitors.sync(std::iter::empty(), Instant::now());
             drop(inner);
@@ -558,78 +635,27 @@ impl Verbs for HostAgent {
 
     fn spm_start(&self, params: SpmStartParams) -> Result<String, VdsmError> {
         let mut inner = self.lock();
-        Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
-        let c = inner.state.pool(&params.storagepool_id)?;
-        let task = uuid::Uuid::new_v4().to_string();
-        if inner.state.spm() != SpmRole::Free {
-            return Ok(task);
-        }
-        let master = c.master_domain.clone().unwrap_or_default();
-        let host_id = i64::from(c.host_id);
-        let disk = inner.state.backend() == Some(Backend::Disk);
-        let started = Instant::now();
-        let lver = self
-            .holder(&inner, host_id)
-            .acquire(&self.pool_storage.domains, &master)?;
-        if disk {
-            // sp.py `startSpm`: `setSpmStatus(lver, id)` writes the disk backend's keys.
-            let written = self.pool_storage.domains.read(&master).and_then(|mut md| {
-                md.set(super::metadata::key::POOL_SPM_LVER, lver.to_string());
-                md.set(super::metadata::key::POOL_SPM_ID, host_id.to_string());
-                self.pool_storage.domains.write(&master, &md)
-            });
-            if let Err(e) = written {
-                self.holder(&inner, host_id)
-                    .release(&self.pool_storage.domains, &master);
-                return Err(e.vdsm(true));
-            }
-        }
-        if params.prev_id != -1 || params.prev_lver != -1 {
-            tracing::info!(host = %self.name, prev_id = params.prev_id, prev_lver = params.prev_lver, lver, "spmStart with a previous pool manager");
-        }
-        inner.state.set_spm(SpmRole::Spm { lver });
-        inner.spm_renewed = Some(started);
-        inner.spm_renew_started = Some(started);
+        let result = self.start_spm(&mut inner, &params);
+        inner.log_call(method::POOL_SPM_START, result.is_ok());
+        let started = matches!(result, Ok((_, true)));
         drop(inner);
-        tracing::info!(host = %self.name, pool = %params.storagepool_id, lver, "pool manager started");
-        self.mark_dirty();
-        Ok(task)
+        if started {
+            tracing::info!(host = %self.name, pool = %params.storagepool_id, "pool manager started");
+            self.mark_dirty();
+        }
+        result.map(|(task, _)| task)
     }
 
     fn spm_stop(&self, params: PoolParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
-        Self::fence(&mut inner, self.pool_storage.lease, Instant::now());
-        let c = inner.state.pool(&params.storagepool_id)?;
-        let tasks = self.tasks.load(Ordering::Acquire);
-        if tasks > 0 {
-            return Err(VdsmError::new(
-                ErrorCode::SpmStopError,
-                format!("spUUID={}: {tasks} unfinished task(s)", c.uuid),
-            ));
-        }
-        if inner.state.spm() == SpmRole::Free {
-            return Ok(());
-        }
-        let master = c.master_domain.clone().unwrap_or_default();
-        let host_id = i64::from(c.host_id);
-        if inner.state.backend() == Some(Backend::Disk) {
-            // sp.py `stopSpm`: `setSpmStatus(spmId=SPM_ID_FREE)`, failures ignored.
-            let freed = self.pool_storage.domains.read(&master).and_then(|mut md| {
-                md.set(super::metadata::key::POOL_SPM_ID, "-1");
-                self.pool_storage.domains.write(&master, &md)
-            });
-            if let Err(e) = freed {
-                tracing::warn!(host = %self.name, error = %e, "POOL_SPM_ID not freed");
-            }
-        }
-        self.holder(&inner, host_id)
-            .release(&self.pool_storage.domains, &master);
-        inner.state.set_spm(SpmRole::Free);
-        inner.spm_renewed = None;
+        let result = self.stop_spm(&mut inner, &params);
+        inner.log_call(method::POOL_SPM_STOP, result.is_ok());
         drop(inner);
-        tracing::info!(host = %self.name, pool = %params.storagepool_id, "pool manager stopped");
-        self.mark_dirty();
-        Ok(())
+        if result == Ok(true) {
+            tracing::info!(host = %self.name, pool = %params.storagepool_id, "pool manager stopped");
+            self.mark_dirty();
+        }
+        result.map(|_| ())
     }
 
     fn spm_status(&self, params: PoolParams) -> Result<SpmStatusResult, VdsmError> {
@@ -662,9 +688,9 @@ impl Verbs for HostAgent {
     }
 
     fn create(&self, params: CreateParams) -> Result<(), VdsmError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let holder = self.holder(&inner, manager::RESERVED_HOST_ID);
-        manager::create(
+        let result = manager::create(
             &self.pool_storage.domains,
             holder,
             &params.storagepool_id.to_ascii_lowercase(),
@@ -676,7 +702,9 @@ impl Verbs for HostAgent {
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect::<Vec<_>>(),
-        )
+        );
+        inner.log_call(method::POOL_CREATE, result.is_ok());
+        result
     }
 
     fn domain_verb(&self, verb: &str, params: DomainParams) -> Result<(), VdsmError> {
@@ -700,6 +728,13 @@ impl Verbs for HostAgent {
         // A failed migration may still have moved the master (VDSM's point of no return);
         // the pool value says what holds.
         self.apply_managed(&mut inner, pool);
+        let logged = match verb {
+            method::DOMAIN_ATTACH => method::DOMAIN_ATTACH,
+            method::DOMAIN_ACTIVATE => method::DOMAIN_ACTIVATE,
+            method::DOMAIN_DEACTIVATE => method::DOMAIN_DEACTIVATE,
+            _ => method::DOMAIN_DETACH,
+        };
+        inner.log_call(logged, result.is_ok());
         drop(inner);
         tracing::info!(host = %self.name, verb, domain = %sd, ok = result.is_ok(), "pool manager verb");
         result
@@ -727,6 +762,7 @@ impl Verbs for HostAgent {
             params.master_version,
         );
         self.apply_managed(&mut inner, pool);
+        inner.log_call(method::POOL_SWITCH_MASTER, result.is_ok());
         result
     }
 

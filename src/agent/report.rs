@@ -67,10 +67,10 @@ struct Slot {
 enum Known {
     /// Not there.
     Absent,
-    /// There, with this endpoint and report.
+    /// There, with this endpoint and report (boxed: a report is large, `Absent` is empty).
     Present {
         endpoint: String,
-        report: Option<HostReport>,
+        report: Option<Box<HostReport>>,
     },
 }
 
@@ -91,10 +91,10 @@ impl Slot {
 enum Seen {
     /// The Host is gone (deleted, or missing from a relist).
     Gone,
-    /// The Host exists with this endpoint and carries this report.
+    /// The Host exists with this endpoint and carries this report (boxed, as in [`Known`]).
     Report {
         endpoint: String,
-        report: Option<HostReport>,
+        report: Option<Box<HostReport>>,
     },
 }
 
@@ -220,7 +220,7 @@ pub async fn run_reporter(
                     let Some(slot) = slots.get_mut(i) else { continue };
                     let differs = match &seen {
                         Seen::Gone => true,
-                        Seen::Report { report, .. } => report.as_ref() != slot.last_written.as_ref(),
+                        Seen::Report { report, .. } => report.as_deref() != slot.last_written.as_ref(),
                     };
                     slot.known = Some(match &seen {
                         Seen::Gone => Known::Absent,
@@ -289,7 +289,7 @@ fn seen(
 ) -> Vec<(usize, Seen)> {
     let report = |h: Host| Seen::Report {
         endpoint: h.spec.endpoint,
-        report: h.status.and_then(|s| s.report),
+        report: h.status.and_then(|s| s.report).map(Box::new),
     };
     match event {
         Ok(watcher::Event::Init) => {
@@ -362,7 +362,9 @@ async fn write(
                     }
                     Err(e) => return Err(ReportError::Register(e)),
                 },
-                Some(Known::Present { endpoint, report }) if endpoint == host.endpoint() => report,
+                Some(Known::Present { endpoint, report }) if endpoint == host.endpoint() => {
+                    report.map(|r| *r)
+                }
                 _ => ensure_registered(&api, &host)
                     .await
                     .map_err(ReportError::Register)?,

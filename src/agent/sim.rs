@@ -55,6 +55,7 @@ use super::state::SpmRole;
 use super::storage::{ReadError, Storage, metadata_text};
 use crate::api::PoolConnection;
 use crate::protocol::server::{handle, into_http};
+use crate::protocol::wire::method;
 
 /// How long a call to a blackholed (or rpc-dropped) host is held before the connection gets a 503 (callers time
 /// out long before).
@@ -388,7 +389,11 @@ async fn show_calls(State(sim): State<Sim>, Path(name): Path<String>) -> Respons
                 .at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis()),
-            verb: if c.connect { "connect" } else { "disconnect" },
+            verb: match c.verb {
+                method::POOL_CONNECT => "connect",
+                method::POOL_DISCONNECT => "disconnect",
+                other => other,
+            },
             ok: c.ok,
             held: c.held,
         })

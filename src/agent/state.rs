@@ -270,6 +270,7 @@ impl PoolState {
                 master_domain: Some(master),
                 master_version: p.master_version,
                 domain_map: map,
+                spm_lver: None,
             },
             backend,
             spm,
@@ -420,9 +421,15 @@ impl PoolState {
         self.conn.iter().flat_map(|c| c.view.domain_map.active())
     }
 
-    /// The connection as the report shows it.
+    /// The connection as the report shows it, with the pool-manager role (`spmLver`).
     pub fn report(&self) -> Option<PoolConnection> {
-        self.conn.as_ref().map(|c| c.view.clone())
+        self.conn.as_ref().map(|c| PoolConnection {
+            spm_lver: match c.spm {
+                SpmRole::Spm { lver } => Some(lver),
+                SpmRole::Free => None,
+            },
+            ..c.view.clone()
+        })
     }
 }
 

@@ -49,6 +49,8 @@ pub mod types {
     pub const IN_SYNC: &str = "InSync";
     /// The host can reach every active domain of its pool.
     pub const OPERATIONAL: &str = "Operational";
+    /// The pool has a running pool manager (VDSM's SPM); the message names the host.
+    pub const POOL_MANAGER: &str = "PoolManager";
 }
 
 /// Sets (or replaces) the condition of `type_` in `conditions`.
@@ -251,6 +253,18 @@ pub mod reasons {
     pub const IDLE: &str = "Idle";
     /// The master domain changed (event).
     pub const MASTER_CHANGED: &str = "MasterChanged";
+    /// The pool manager runs on the recorded host (it reports the role).
+    pub const MANAGER_RUNNING: &str = "ManagerRunning";
+    /// The pool manager is being started on the recorded host (`spmStart`).
+    pub const MANAGER_STARTING: &str = "ManagerStarting";
+    /// The pool manager is being stopped on a host that must give the role up (`spmStop`).
+    pub const MANAGER_STOPPING: &str = "ManagerStopping";
+    /// No responsive, in-sync Up host can take the pool manager's role.
+    pub const NO_MANAGER_CANDIDATE: &str = "NoManagerCandidate";
+    /// A new pool manager was chosen (event).
+    pub const MANAGER_CHOSEN: &str = "PoolManagerChosen";
+    /// The chosen host took the pool manager's role (event).
+    pub const MANAGER_STARTED: &str = "PoolManagerStarted";
 
     // Domain.
     /// The domain is active and every Up host sees it.

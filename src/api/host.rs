@@ -147,6 +147,11 @@ pub struct PoolConnection {
     #[serde(default, skip_serializing_if = "DomainMap::is_empty")]
     #[schemars(length(max = PoolConnection::MAX_MAP_ENTRIES))]
     pub domain_map: DomainMap,
+    /// Set while this host is the pool's manager (VDSM's SPM, as `getSpmStatus` answers
+    /// `spmStatus: SPM`): the version of the manager's lease it holds on the master domain.
+    /// Unset on every other host. Calls never carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spm_lver: Option<i64>,
 }
 
 impl PoolConnection {

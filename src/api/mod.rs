@@ -19,8 +19,8 @@ pub use domain::{
 pub use host::{DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolConnection};
 pub use map::DomainMap;
 pub use pool::{
-    DomainMapEntry, HostCounts, HostIdEntry, LagReason, LaggingHost, MapStatus, StoragePool,
-    StoragePoolSpec, StoragePoolStatus, SyncSpec,
+    DomainMapEntry, HostCounts, HostIdEntry, LagReason, LaggingHost, MapStatus, PoolManagerStatus,
+    StoragePool, StoragePoolSpec, StoragePoolStatus, SyncSpec,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -43,6 +43,11 @@ pub const MAX_DOMAINS_PER_POOL: usize = 100;
         json_path = ".status.counts.inSync"
     ),
     printcolumn(
+        name = "Manager",
+        type_ = "string",
+        json_path = ".status.poolManager.host"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -202,6 +207,12 @@ pub struct StoragePoolStatus {
     #[serde(default)]
     pub master_version: i64,
 
+    /// The pool manager (VDSM's SPM) the controller chose, recorded before it is started so that
+    /// a restarted controller or a second replica never starts another one. Whether it runs is in
+    /// the `PoolManager` condition; the hosts' reports (`report.pool.spmLver`) are the truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_manager: Option<PoolManagerStatus>,
+
     /// The stable per-pool id of each host (VDSM's hostID, the sanlock host id).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2000))]
@@ -215,6 +226,23 @@ pub struct StoragePoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub lagging_hosts: Vec<LaggingHost>,
+}
+
+/// The pool manager the controller chose, and the one before it (what `spmStart` is told).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolManagerStatus {
+    /// The Host's name.
+    #[schemars(length(max = super::bounds::NAME_MAX))]
+    pub host: String,
+    /// Its id in the pool (VDSM's `spmId`).
+    pub host_id: i32,
+    /// The version of the manager's lease as the host reported it; -1 until it holds the role.
+    pub lver: i64,
+    /// The previous manager's host id, sent as `prevID` to `spmStart`; -1 when there was none.
+    pub prev_id: i32,
+    /// The previous manager's lease version, sent as `prevLver`; -1 when unknown.
+    pub prev_lver: i64,
 }
 
 /// One entry of the domain map.

@@ -3,7 +3,8 @@
 //! call so the report can be built from the plan **and** the outcome. Which hosts are called, and
 //! in what order, is the planner's decision; act keeps at most `maxConcurrentConnects` of a pool's
 //! calls in flight ([`Waves`]), starting the next as soon as one ends, so a rollout of 2,000 hosts
-//! moves at the pace of its calls rather than one reconcile per handful of hosts.
+//! moves at the pace of its calls rather than one reconcile per handful of hosts. The pool
+//! manager's call (`spmStart`/`spmStop`, at most one per pool) goes apart from the waves.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -13,14 +14,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use futures::StreamExt;
 use kube::{ResourceExt, runtime::reflector::ObjectRef as StoreRef};
+use serde::de::IgnoredAny;
 use tracing::{debug, info, warn};
 
 use super::{Context, Error};
 use crate::{
     api::StoragePool,
     metrics::CallLabels,
+    plan::manager::{ManagerCall, ManagerVerb},
     plan::{CallFailure, CallKind, CallOutcome, HostCall, Observed, Plan},
-    protocol,
+    protocol::{self, wire::method},
 };
 
 /// What act did: each call's outcome, and the pool's resourceVersion after persisting the map.
@@ -70,11 +73,19 @@ pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result
         super::crash::reached("map-persisted", "");
     }
 
-    if !plan.calls.is_empty()
+    if (!plan.calls.is_empty() || plan.manager.call.is_some())
         && let Some(fence) = &ctx.fence
         && !fence.holds().await
     {
         return Err(Error::LeadershipLost);
+    }
+    if plan.manager.confirmed
+        && let Some(entry) = &observed.manager
+    {
+        ctx.managers.confirm(pool, entry.sent_at);
+    }
+    if let Some(call) = &plan.manager.call {
+        call_manager(ctx, observed, call);
     }
     let outcomes = call_hosts(ctx, observed, plan).await;
     Ok(Acted {
@@ -281,6 +292,91 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
         host: call.host().to_owned(),
         kind: call.kind(),
         result,
+    }
+}
+
+/// Sends the pool-manager call in the background (one per pool at a time, recorded in the
+/// pool's manager ledger) and asks for a reconcile when it ends: its outcome shows in the
+/// host's report and in the ledger the next plan reads.
+fn call_manager(ctx: &Arc<Context>, observed: &Observed, call: &ManagerCall) {
+    let timeout = crate::plan::connect_timeout(&observed.pool.spec.sync);
+    let boot_id = observed
+        .hosts
+        .get(&call.host)
+        .and_then(|h| h.report.parsed())
+        .map(|r| r.boot_id.clone())
+        .unwrap_or_default();
+    let pool = observed.pool.name.clone();
+    let (ctx, call) = (ctx.clone(), call.clone());
+    tokio::spawn(async move {
+        if let Some(fence) = &ctx.fence
+            && !fence.still_holds().await
+        {
+            warn!(host = %call.host, "not the leader any more; pool manager call not sent");
+            return;
+        }
+        let Some(sent_at) =
+            ctx.managers
+                .start(&pool, &call, &boot_id, timeout, jiff::Timestamp::now())
+        else {
+            return;
+        };
+        let result = send_manager(&ctx, &call, timeout).await;
+        ctx.managers.finished(&pool, sent_at, &result);
+        let _ = ctx.requeue.send(StoreRef::new(&pool));
+    });
+}
+
+#[tracing::instrument(skip_all, fields(host = %call.host, verb = call.verb.as_str()))]
+async fn send_manager(
+    ctx: &Context,
+    call: &ManagerCall,
+    timeout: Duration,
+) -> Result<(), CallFailure> {
+    let rpc = &ctx.settings.rpc;
+    let result = match call.verb {
+        ManagerVerb::Start => {
+            let params = protocol::wire::SpmStartParams {
+                storagepool_id: call.pool_uuid.clone(),
+                prev_id: i64::from(call.prev_id),
+                prev_lver: call.prev_lver,
+                enable_scsi_fencing: false,
+                max_host_id: call.max_host_id,
+                dom_version: None,
+            };
+            rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SPM_START, &params, timeout)
+                .await
+        }
+        ManagerVerb::Stop => {
+            let params = protocol::wire::PoolParams {
+                storagepool_id: call.pool_uuid.clone(),
+            };
+            rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SPM_STOP, &params, timeout)
+                .await
+        }
+    };
+    let verb = call.verb.as_str();
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.category(),
+    };
+    ctx.metrics
+        .host_calls
+        .get_or_create(&CallLabels { verb, outcome })
+        .inc();
+    match result {
+        Ok(_) => {
+            info!(pool_uuid = %call.pool_uuid, prev_id = call.prev_id, prev_lver = call.prev_lver, "pool manager call accepted");
+            Ok(())
+        }
+        Err(e) => {
+            let failure = CallFailure {
+                code: e.vdsm_code().map(protocol::ErrorCode::code),
+                message: crate::api::bounds::outside(&error_chain(&e)).into_owned(),
+            };
+            warn!(error = %failure, category = e.category(), "pool manager call failed");
+            Err(failure)
+        }
     }
 }
 

@@ -11,8 +11,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, runtime::events::Reporter};
 
 use super::{
-    ControllerArgs, Error, FIELD_MANAGER, act::Waves, events::Recorder, ledger::Ledger,
-    observe::HostViews, report::Pacer, watch::Stores, write::Writer,
+    ControllerArgs, Error, FIELD_MANAGER,
+    act::Waves,
+    events::Recorder,
+    ledger::{Ledger, Managers},
+    observe::HostViews,
+    report::Pacer,
+    watch::Stores,
+    write::Writer,
 };
 use crate::{api::StoragePool, metrics::Metrics, protocol};
 
@@ -62,6 +68,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// What was sent to which host and what became of it.
     pub ledger: Ledger,
+    /// Each pool's last pool-manager call and what became of it.
+    pub managers: Managers,
     /// Each Host's narrowed report and status, per Host version (a memo of the caches).
     pub views: HostViews,
     /// Each pool's calls being sent, at most `maxConcurrentConnects` at once.
@@ -200,6 +208,7 @@ impl Context {
             settings,
             metrics,
             ledger: Ledger::default(),
+            managers: Managers::default(),
             views: HostViews::default(),
             waves: Waves::default(),
             pacer: Pacer::default(),

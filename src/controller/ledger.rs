@@ -20,6 +20,7 @@ use jiff::Timestamp;
 use crate::plan::{
     CallFailure, HostCall,
     ledger::{HostCalls, LedgerOp},
+    manager::{ManagerCall, ManagerCalls},
 };
 
 /// The ledger of host calls.
@@ -100,6 +101,61 @@ impl Ledger {
         let mut map = self.lock();
         if !map.is_empty() {
             map.retain(|host, _| exists(host));
+        }
+    }
+}
+
+/// Each pool's last pool-manager call (`spmStart`/`spmStop`) and what became of it: the
+/// planner's input for one call per pool at a time and its backoff
+/// ([`crate::plan::manager`]). Lost on restart like the host ledger: the record in the pool's
+/// status and the hosts' reports say what the next call must be.
+#[derive(Debug, Default)]
+pub struct Managers {
+    pools: Mutex<HashMap<String, ManagerCalls>>,
+}
+
+impl Managers {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, ManagerCalls>> {
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pool's entry, if any.
+    pub fn get(&self, pool: &str) -> Option<ManagerCalls> {
+        self.lock().get(pool).cloned()
+    }
+
+    /// Forgets the pool's entry of the call started at `sent_at` (it did what it asked); an
+    /// entry of a call started since is kept.
+    pub fn confirm(&self, pool: &str, sent_at: Timestamp) {
+        let mut map = self.lock();
+        if map.get(pool).is_some_and(|e| e.sent_at == sent_at) {
+            map.remove(pool);
+        }
+    }
+
+    /// Records that `call` starts now for `pool`, unless a call of the pool is still in flight;
+    /// returns the call's start (its identity) when it may be sent.
+    pub fn start(
+        &self,
+        pool: &str,
+        call: &ManagerCall,
+        boot_id: &str,
+        timeout: Duration,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
+        let mut map = self.lock();
+        if map.get(pool).is_some_and(|e| e.in_flight(timeout, now)) {
+            return None;
+        }
+        let entry = ManagerCalls::started(map.remove(pool), call, boot_id, now);
+        map.insert(pool.to_owned(), entry);
+        Some(now)
+    }
+
+    /// Records the answer to the call started at `sent_at`.
+    pub fn finished(&self, pool: &str, sent_at: Timestamp, result: &Result<(), CallFailure>) {
+        if let Some(entry) = self.lock().get_mut(pool) {
+            entry.finished(sent_at, result, Timestamp::now());
         }
     }
 }

@@ -85,12 +85,14 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
         .map(|e| (e.host.clone(), lease_view(ctx, &e.host, now)))
         .collect();
     let ledger = ctx.ledger.snapshot(hosts.keys().map(String::as_str));
+    let manager = ctx.managers.get(&pool_view.name);
     Observed {
         pool: pool_view,
         domains,
         uuids_elsewhere,
         hosts,
         ledger,
+        manager,
         departed,
     }
 }

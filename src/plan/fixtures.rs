@@ -9,14 +9,15 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
+use super::manager::{ManagerCall, ManagerVerb};
 use super::{
     CallKind, CallOutcome, DOMAIN_FINALIZER, DomainView, FinalizerAction, HostCall, HostView,
     LeaseView, ObjectKind, Observation, Observed, POOL_FINALIZER, Plan, PoolView, Report,
     ReportView, SharedReport,
 };
 use crate::api::{
-    DomainType, DomainVitals, HostReport, HostSpec, StorageDomainSpec, StorageDomainStatus,
-    StorageKind, StoragePoolSpec, StoragePoolStatus, StorageSpec, SyncSpec,
+    DomainType, DomainVitals, HostReport, HostSpec, PoolConnection, StorageDomainSpec,
+    StorageDomainStatus, StorageKind, StoragePoolSpec, StoragePoolStatus, StorageSpec, SyncSpec,
 };
 
 /// The pool uuid every fixture pool uses.
@@ -135,6 +136,7 @@ pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
         uuids_elsewhere: BTreeMap::new(),
         hosts: BTreeMap::new(),
         ledger: BTreeMap::new(),
+        manager: None,
         departed: BTreeMap::new(),
     };
     // Room for every host (the API allows up to 2000).
@@ -163,7 +165,16 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
     let report = report.make_mut();
     match call {
         HostCall::Connect { params, .. } => {
-            report.pool = Some(params.clone());
+            // A connect to the same pool keeps the pool manager's role, as on the agent.
+            let spm_lver = report
+                .pool
+                .as_ref()
+                .filter(|p| p.uuid == params.uuid)
+                .and_then(|p| p.spm_lver);
+            report.pool = Some(PoolConnection {
+                spm_lver,
+                ..params.clone()
+            });
             // Keep the vitals of monitors that keep running (a fault injected by a test stays).
             let old: BTreeMap<String, DomainVitals> = report
                 .domains
@@ -182,6 +193,20 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
         }
     }
     report.domain_count = i32::try_from(report.domains.len()).unwrap_or(0);
+}
+
+/// The agent side of a pool-manager call: the role taken (with the next lease version) or given
+/// up, in the host's report.
+pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
+    let ReportView::Parsed(report) = &mut h.report else {
+        return;
+    };
+    if let Some(pool) = report.make_mut().pool.as_mut() {
+        pool.spm_lver = match call.verb {
+            ManagerVerb::Start => Some(call.prev_lver.max(0) + 1),
+            ManagerVerb::Stop => None,
+        };
+    }
 }
 
 /// The shell side after acting: writes the report's statuses and the plan's finalizers back.
@@ -213,7 +238,8 @@ pub fn write_back(o: &mut Observed, plan: &Plan, report: &Report) {
     o.domains.retain(|_, d| !d.deleting || d.has_finalizer);
 }
 
-/// One reconcile in which every call succeeds and every agent obeys at once.
+/// One reconcile in which every call succeeds and every agent obeys at once (the pool manager's
+/// call too).
 pub fn step(o: &mut Observed, now: Timestamp) -> (Plan, Report) {
     step_with(o, now, &[])
 }
@@ -236,6 +262,11 @@ pub fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> 
             kind: call.kind(),
             result: Ok(()),
         });
+    }
+    if let Some(call) = &plan.manager.call
+        && let Some(h) = o.hosts.get_mut(&call.host)
+    {
+        obey_manager(h, call);
     }
     let report = super::report(o, &plan, &outcomes, now);
     write_back(o, &plan, &report);

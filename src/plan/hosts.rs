@@ -439,6 +439,7 @@ fn build_call(
                 master_domain: Some(desired.master_domain.clone()?),
                 master_version: desired.master_version,
                 domain_map: desired.domain_map.clone(),
+                spm_lver: None,
             },
         }),
     }

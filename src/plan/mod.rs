@@ -44,6 +44,7 @@
 //!   the master and the versions.
 //! - [`hosts`]: responsiveness, host ids, sync judgement, phases, and the RPCs to send.
 //! - [`ledger`]: the call ledger's rules: send, wait, back off, lapse; how an entry changes.
+//! - [`manager`]: the pool manager (SPM): who holds the role, who should, `spmStart`/`spmStop`.
 //! - [`rollout`]: the rollout clock: when the current rollout started and its deadline.
 //! - [`domains`]: domain phases, the problem grace period, blame, blocking hosts.
 //! - [`requeue`]: when to look again without a watch event.
@@ -69,6 +70,7 @@ pub mod domains;
 pub mod fixtures;
 pub mod hosts;
 pub mod ledger;
+pub mod manager;
 pub mod map;
 pub mod requeue;
 pub mod rollout;
@@ -113,6 +115,8 @@ pub struct Observed {
     pub hosts: BTreeMap<String, HostView>,
     /// The call ledger's entries for these hosts (hosts without an entry have none).
     pub ledger: BTreeMap<String, ledger::HostCalls>,
+    /// The pool's last pool-manager call, from the shell's ledger (`None`: none remembered).
+    pub manager: Option<manager::ManagerCalls>,
     /// Hosts named in `status.hostIds` whose Host object is gone, with their Lease (`None` without
     /// one). An agent whose Lease is current may still hold the pool under its id (it registers
     /// its Host again), so that id is not handed to another host.
@@ -369,6 +373,9 @@ pub struct Plan {
     pub ledger: Vec<ledger::LedgerOp>,
     /// Finalizers to add or remove.
     pub finalizers: Vec<FinalizerChange>,
+    /// The pool manager: what to record, the `spmStart`/`spmStop` due now (sent after
+    /// `persist_first`, apart from `calls`).
+    pub manager: manager::ManagerPlan,
     /// When to reconcile again even if nothing changes (grace end, backoff end, Lease expiry,
     /// rollout deadline).
     pub requeue_after: Option<Duration>,
@@ -767,6 +774,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
             calls: Vec::new(),
             ledger: Vec::new(),
             finalizers: Vec::new(),
+            manager: manager::ManagerPlan::idle(observed.pool.status.pool_manager.clone()),
             requeue_after: None,
             hosts: BTreeMap::new(),
             domains: BTreeMap::new(),
@@ -795,9 +803,31 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         &mut hostv,
         now,
     );
-    let (calls, ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
+    let (mut calls, ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
+    let manager = manager::plan(observed, &pool_uuid, &desired, &hostv, now);
+    // A host that holds the pool manager's role is disconnected only after `spmStop` (VDSM
+    // refuses the disconnect with 656 until then).
+    calls.retain(|c| {
+        let held = c.kind() == CallKind::Disconnect && manager.hold_disconnect.contains(c.host());
+        if held && let Some(v) = hostv.get_mut(c.host()) {
+            v.call_pending = true;
+        }
+        !held
+    });
+    // The manager's record is persisted before its `spmStart`, like the map before a connect.
+    let persist_first = if manager.record == observed.pool.status.pool_manager {
+        persist_first
+    } else {
+        let mut next = persist_first.unwrap_or_else(|| observed.pool.status.clone());
+        next.pool_manager.clone_from(&manager.record);
+        Some(next)
+    };
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
     let requeue_after = requeue::after(observed, &hostv, &domainv, rollout_start, now);
+    let requeue_after = match manager.retry_at.map(|t| requeue::until(t, now)) {
+        Some(d) => Some(requeue_after.map_or(d, |r| r.min(d))),
+        None => requeue_after,
+    };
     Plan {
         pool_uuid,
         halted: None,
@@ -806,6 +836,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         calls,
         ledger,
         finalizers,
+        manager,
         requeue_after,
         hosts: hostv,
         domains: domainv,

@@ -58,7 +58,7 @@ pub fn after(
 }
 
 /// How long until `t`, at least one second (a requeue sooner than that only burns CPU).
-fn until(t: Timestamp, now: Timestamp) -> Duration {
+pub fn until(t: Timestamp, now: Timestamp) -> Duration {
     let d = t.duration_since(now).max(SignedDuration::from_secs(1));
     Duration::try_from(d).unwrap_or(Duration::from_secs(1))
 }

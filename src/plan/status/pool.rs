@@ -14,6 +14,7 @@ use crate::api::bounds;
 use crate::api::condition::{ConditionStatus, find, reasons, types};
 use crate::api::{DomainPhase, HostCounts, LagReason, LaggingHost, MapStatus, StoragePoolStatus};
 use crate::plan::domains::attached_domains;
+use crate::plan::manager::ManagerState;
 use crate::plan::{
     EventType, Halt, HostRole, HostVerdict, ObjectRef, Observed, Plan, PlannedEvent, SyncFailure,
     rollout,
@@ -146,6 +147,9 @@ pub(super) fn status(
         stalled,
     }
     .set(&mut s.conditions, g, now);
+    s.pool_manager.clone_from(&plan.manager.record);
+    manager_condition(&plan.manager.state).set(&mut s.conditions, types::POOL_MANAGER, g, now);
+    manager_events(observed, plan, events);
 
     if plan.desired.master_domain != current.master_domain {
         let name = |m: &Option<String>| m.clone().unwrap_or_else(|| "none".into());
@@ -162,6 +166,86 @@ pub(super) fn status(
         });
     }
     s
+}
+
+/// The `PoolManager` condition: `True` while the recorded host reports the role.
+fn manager_condition(state: &ManagerState) -> Cond {
+    let failed = |f: &Option<String>| {
+        f.as_ref()
+            .map(|e| format!("; the last attempt failed: {e}"))
+            .unwrap_or_default()
+    };
+    match state {
+        ManagerState::Running {
+            host,
+            host_id,
+            lver,
+        } => Cond::new(
+            True,
+            reasons::MANAGER_RUNNING,
+            format!("{host} (host id {host_id}) is the pool manager, lease version {lver}"),
+        ),
+        ManagerState::Starting { host, failure } => Cond::new(
+            False,
+            reasons::MANAGER_STARTING,
+            format!("starting the pool manager on {host}{}", failed(failure)),
+        ),
+        ManagerState::Stopping { host, failure } => Cond::new(
+            False,
+            reasons::MANAGER_STOPPING,
+            format!(
+                "stopping the pool manager on {host}, which may not keep the role (maintenance, left the pool, NonOperational, or a second manager){}",
+                failed(failure)
+            ),
+        ),
+        ManagerState::NoCandidate { last } => Cond::new(
+            False,
+            reasons::NO_MANAGER_CANDIDATE,
+            match last {
+                Some(h) => format!(
+                    "{h} cannot hold the pool manager's role and no other responsive, in-sync Up host can take it"
+                ),
+                None => "no responsive, in-sync Up host can be the pool manager yet".to_owned(),
+            },
+        ),
+        ManagerState::NotNeeded => Cond::new(
+            False,
+            reasons::NO_ACTIVE_DATA_DOMAIN,
+            "the pool has no master domain, so no pool manager",
+        ),
+    }
+}
+
+/// Events on the pool manager's transitions: another host chosen, the role taken.
+fn manager_events(observed: &Observed, plan: &Plan, events: &mut Vec<PlannedEvent>) {
+    let p = &observed.pool;
+    let before = p.status.pool_manager.as_ref().map(|m| m.host.as_str());
+    let after = plan.manager.record.as_ref();
+    if let Some(m) = after.filter(|m| before != Some(m.host.as_str())) {
+        events.push(PlannedEvent {
+            object: ObjectRef::pool(&p.name),
+            type_: EventType::Normal,
+            reason: reasons::MANAGER_CHOSEN,
+            note: format!(
+                "pool manager {} -> {} (host id {})",
+                before.unwrap_or("none"),
+                m.host,
+                m.host_id
+            ),
+        });
+    }
+    let was_running =
+        find(&p.status.conditions, types::POOL_MANAGER).is_some_and(|c| c.status == True.as_str());
+    if let ManagerState::Running { host, lver, .. } = &plan.manager.state
+        && !was_running
+    {
+        events.push(PlannedEvent {
+            object: ObjectRef::pool(&p.name),
+            type_: EventType::Normal,
+            reason: reasons::MANAGER_STARTED,
+            note: format!("{host} holds the pool manager's role (lease version {lver})"),
+        });
+    }
 }
 
 /// What only a person can fix: refused hosts, flagged domains, a last data domain asked to leave

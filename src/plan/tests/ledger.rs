@@ -36,6 +36,8 @@ fn disconnect_awaiting_its_report_is_not_repeated() {
     let mut o = steady(1, 1, t0());
     long_lease(&mut o);
     o.hosts.get_mut("h0000").expect("h").spec.maintenance = true;
+    // The pool manager gives its role up first (spmStop); then it is disconnected.
+    step(&mut o, t0());
     let call = call_to(&o, "h0000", t0());
     assert_eq!(call.kind(), CallKind::Disconnect);
     accept(&mut o, &call, t0());
@@ -268,6 +270,8 @@ fn call_that_failed_in_the_background_gets_its_event_once() {
     let mut o = steady(1, 1, t0());
     long_lease(&mut o);
     o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    // The pool manager gives its role up first (spmStop); then it is disconnected.
+    step(&mut o, t0());
     let call = call_to(&o, "h0000", t0());
     // The call outlived its reconcile's report and failed afterwards: no outcome this round, only
     // the ledger knows.

@@ -81,6 +81,8 @@ fn host_judged_unresponsive_gets_no_grace_until_a_renewal_is_seen() {
     let (p, _) = step(&mut o, t0());
     assert!(!p.hosts["h0000"].responsive);
     assert_eq!(host_phase(&o, "h0000"), Some(HostPhase::NonResponsive));
+    // The pool manager's role moved off h0000 (chosen, then started on h0001).
+    step(&mut o, t0());
     // The controller restarts (or regains the API server) at t0 + 60 and finds the old Lease.
     found_all(&mut o, at(-1000), later(t0(), 60));
     let (p, r) = step(&mut o, later(t0(), 61));

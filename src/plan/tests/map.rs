@@ -70,6 +70,7 @@ fn new_pool_persists_map_master_and_ids_before_telling_hosts() {
                 master_domain: Some(uuid_of("d000")),
                 master_version: 1,
                 domain_map: map,
+                spm_lver: None,
             },
         }
     );

@@ -18,6 +18,7 @@ mod host_ids;
 mod ledger;
 mod liveness;
 mod maintenance;
+mod manager;
 mod map;
 mod master;
 mod problems;

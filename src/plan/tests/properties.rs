@@ -173,6 +173,7 @@ fn parsed_report(name: String) -> impl Strategy<Value = HostReport> {
                 master_domain: master,
                 master_version,
                 domain_map: map,
+                spm_lver: None,
             },
         );
     let monitored: Vec<_> = uuids()
@@ -399,6 +400,7 @@ fn observed() -> impl Strategy<Value = Observed> {
                     .map(|h| (h.name.clone(), h))
                     .collect(),
                 ledger: BTreeMap::new(),
+                manager: None,
                 departed: DEPARTED
                     .iter()
                     .zip(departed)
@@ -455,6 +457,7 @@ fn record(o: &mut Observed, host: &str, call: &SentCall) {
                 master_domain: status.master_domain.clone(),
                 master_version: status.master_version,
                 domain_map: status.domain_map.clone(),
+                spm_lver: None,
             },
         }
     } else {

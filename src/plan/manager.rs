@@ -1,0 +1,447 @@
+//! The pool manager (VDSM's SPM): who holds the role, who should, and the one call (`spmStart`
+//! or `spmStop`) that moves toward that. Pure.
+//!
+//! The hosts' reports are the truth: a responsive host whose report names this pool with
+//! `spmLver` holds the role. The controller's choice is recorded in `status.poolManager` before
+//! `spmStart` is sent (persisted with the map, [`super::Plan::persist_first`]), so a restarted
+//! controller or a second replica starts the same host, never another one; and the lease on the
+//! master domain makes two managers impossible even when a controller is wrong (a second
+//! `spmStart` fails with 651 while the holder renews, and a holder that cannot renew gives the
+//! role up before its lease may be taken).
+//!
+//! Rules, in order:
+//! 1. No master (the pool is in maintenance): no manager. A host that still holds the role is
+//!    stopped; its disconnect waits (VDSM refuses it with 656 until `spmStop`).
+//! 2. A responsive host that holds the role but may not keep it (maintenance, left the pool,
+//!    NonOperational) is stopped first; its disconnect waits too.
+//! 3. A responsive member that reports the role is the manager: recorded, adopted if the record
+//!    named another host (the report is the truth). A second one (never expected) is stopped.
+//! 4. Otherwise the recorded host keeps the choice while it may take the role (a responsive
+//!    member, not NonOperational, whose connects do not fail) and gets `spmStart` once it is
+//!    connected (a restarted agent is reconnected first); else the responsive,
+//!    in-sync Up member with the lowest host id is chosen, with the previous manager as
+//!    `prevID`/`prevLver` (oVirt picks by SPM priority, random among equals; the lowest id is
+//!    as good and the same in every replica).
+//!
+//! One pool-manager call per pool at a time; a failed call is retried after a backoff (1 s
+//! doubling, at most [`MAX_BACKOFF`]), an accepted one waits `connectTimeoutSeconds` for the
+//! host's report before it is sent again (both verbs are idempotent on the host).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::ledger::{CallState, backoff_delay, connect_timeout};
+use super::{CallFailure, Desired, HostRole, HostVerdict, Observed};
+use crate::api::{HostPhase, PoolManagerStatus};
+
+/// The longest wait between two attempts of a pool-manager call: the pool has no manager
+/// meanwhile, and a call costs the host one lease read.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A pool-manager verb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ManagerVerb {
+    /// `StoragePool.spmStart`.
+    Start,
+    /// `StoragePool.spmStop`.
+    Stop,
+}
+
+impl ManagerVerb {
+    /// The verb's short name (metric labels, messages).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "spmStart",
+            Self::Stop => "spmStop",
+        }
+    }
+}
+
+/// One pool-manager call to one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerCall {
+    /// The Host's name.
+    pub host: String,
+    /// `Host.spec.endpoint`.
+    pub endpoint: String,
+    /// The verb.
+    pub verb: ManagerVerb,
+    /// `storagepoolID`.
+    pub pool_uuid: String,
+    /// `prevID` (`spmStart` only): the previous manager's host id, -1 when none.
+    pub prev_id: i32,
+    /// `prevLver` (`spmStart` only): the previous manager's lease version, -1 when unknown.
+    pub prev_lver: i64,
+    /// `maxHostID` (`spmStart` only): `spec.sync.maxHosts`.
+    pub max_host_id: i32,
+}
+
+/// What the shell remembers about a pool's last pool-manager call (its ledger entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerCalls {
+    /// The host called.
+    pub host: String,
+    /// The verb.
+    pub verb: ManagerVerb,
+    /// The host's `bootId` when the call was sent.
+    pub boot_id: String,
+    /// When the call started (it also identifies the call).
+    pub sent_at: Timestamp,
+    /// What became of it.
+    pub state: CallState,
+    /// Consecutive failures of this verb on this host.
+    pub failures: u32,
+    /// The last failure, until a call is accepted.
+    pub failure: Option<CallFailure>,
+}
+
+impl ManagerCalls {
+    /// The entry after `call` starts at `now`; failures carry over from a `previous` entry for
+    /// the same host and verb.
+    pub fn started(
+        previous: Option<Self>,
+        call: &ManagerCall,
+        boot_id: &str,
+        now: Timestamp,
+    ) -> Self {
+        let (failures, failure) = previous
+            .filter(|p| p.host == call.host && p.verb == call.verb)
+            .map_or((0, None), |p| (p.failures, p.failure));
+        Self {
+            host: call.host.clone(),
+            verb: call.verb,
+            boot_id: boot_id.to_owned(),
+            sent_at: now,
+            state: CallState::InFlight,
+            failures,
+            failure,
+        }
+    }
+
+    /// Records the answer at `now` to the call sent at `sent_at` (an older call's is ignored).
+    pub fn finished(
+        &mut self,
+        sent_at: Timestamp,
+        result: &Result<(), CallFailure>,
+        now: Timestamp,
+    ) {
+        if self.sent_at != sent_at || self.state != CallState::InFlight {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                self.state = CallState::Accepted { at: now };
+                self.failure = None;
+            }
+            Err(f) => {
+                self.failures = self.failures.saturating_add(1);
+                self.failure = Some(f.clone());
+                self.state = CallState::Failed { at: now };
+            }
+        }
+    }
+
+    /// Whether the call is still running (and its marker still trusted) at `now`.
+    pub fn in_flight(&self, timeout: Duration, now: Timestamp) -> bool {
+        self.state == CallState::InFlight && now < plus(self.sent_at, timeout.saturating_mul(2))
+    }
+}
+
+/// Where the pool's manager stands (input to the `PoolManager` condition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManagerState {
+    /// The pool has no master, so no manager.
+    NotNeeded,
+    /// The host reports the role.
+    Running {
+        /// The host.
+        host: String,
+        /// Its host id.
+        host_id: i32,
+        /// Its lease version.
+        lver: i64,
+    },
+    /// `spmStart` is being sent to the recorded host.
+    Starting {
+        /// The host.
+        host: String,
+        /// Why the last attempt failed, if it did.
+        failure: Option<String>,
+    },
+    /// A host that may not keep the role is being stopped.
+    Stopping {
+        /// The host.
+        host: String,
+        /// Why the last attempt failed, if it did.
+        failure: Option<String>,
+    },
+    /// No host can take the role.
+    NoCandidate {
+        /// The recorded manager that cannot hold the role any more, if any.
+        last: Option<String>,
+    },
+}
+
+/// The pool-manager part of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerPlan {
+    /// `status.poolManager` to hold (persisted before any call when it changes).
+    pub record: Option<PoolManagerStatus>,
+    /// Where the manager stands.
+    pub state: ManagerState,
+    /// The call due now, if any.
+    pub call: Option<ManagerCall>,
+    /// The pool's ledger entry did what it asked: the shell drops it.
+    pub confirmed: bool,
+    /// Hosts that hold the role and must give it up before they are disconnected.
+    pub hold_disconnect: BTreeSet<String>,
+    /// When the clock alone makes a call due (a backoff ends, a wait for a report ends).
+    pub retry_at: Option<Timestamp>,
+}
+
+impl ManagerPlan {
+    /// Nothing to do; the record kept as it is (a halted pool).
+    pub fn idle(record: Option<PoolManagerStatus>) -> Self {
+        Self {
+            record,
+            state: ManagerState::NotNeeded,
+            call: None,
+            confirmed: false,
+            hold_disconnect: BTreeSet::new(),
+            retry_at: None,
+        }
+    }
+}
+
+/// The previous manager to name in `spmStart` when the role moves away from `current`.
+fn previous_of(current: Option<&PoolManagerStatus>) -> (i32, i64) {
+    match current {
+        None => (-1, -1),
+        Some(c) if c.lver >= 0 => (c.host_id, c.lver),
+        Some(c) => (c.prev_id, c.prev_lver),
+    }
+}
+
+/// The pool-manager plan: what to record, the call due now, the disconnects that must wait.
+pub fn plan(
+    observed: &Observed,
+    pool_uuid: &str,
+    desired: &Desired,
+    hosts: &BTreeMap<String, HostVerdict>,
+    now: Timestamp,
+) -> ManagerPlan {
+    let current = observed.pool.status.pool_manager.as_ref();
+    let has_master = desired.master_domain.is_some();
+    // (host, host id, lver) of every responsive host that reports the role in this pool.
+    let holders: Vec<(&str, i32, i64)> = hosts
+        .iter()
+        .filter(|(_, v)| v.responsive && !v.report_invalid)
+        .filter_map(|(name, _)| {
+            let c = observed.hosts.get(name)?.report.parsed()?.pool.as_ref()?;
+            let lver = c.spm_lver.filter(|_| c.uuid == pool_uuid)?;
+            Some((name.as_str(), c.host_id, lver))
+        })
+        .collect();
+    // The recorded host keeps the choice while it is a responsive member that is not failing
+    // (a restarted agent being reconnected keeps it); it may hold or take the role once it is
+    // connected to the pool.
+    let keeps_record = |name: &str| {
+        has_master
+            && hosts.get(name).is_some_and(|v| {
+                v.role == HostRole::Member
+                    && v.responsive
+                    && !v.report_invalid
+                    && v.failure.is_none()
+                    && v.phase != HostPhase::NonOperational
+            })
+    };
+    let may_keep =
+        |name: &str| keeps_record(name) && hosts.get(name).is_some_and(|v| v.connected_here);
+    let running = holders
+        .iter()
+        .filter(|(h, ..)| may_keep(h))
+        .min_by_key(|(h, ..)| (current.is_none_or(|c| c.host != *h), *h))
+        .copied();
+    // Holders that must give the role up: those that may not keep it, and any second one.
+    let strays: Vec<&str> = holders
+        .iter()
+        .map(|(h, ..)| *h)
+        .filter(|h| running.is_none_or(|(r, ..)| r != *h))
+        .collect();
+    let hold_disconnect = strays
+        .iter()
+        .filter(|h| !may_keep(h))
+        .map(|h| (*h).to_owned())
+        .collect();
+
+    let record = if !has_master {
+        None
+    } else if let Some((host, host_id, lver)) = running {
+        let (prev_id, prev_lver) = match current {
+            Some(c) if c.host == host => (c.prev_id, c.prev_lver),
+            other => previous_of(other),
+        };
+        Some(PoolManagerStatus {
+            host: host.to_owned(),
+            host_id,
+            lver,
+            prev_id,
+            prev_lver,
+        })
+    } else if let Some(c) =
+        current.filter(|c| keeps_record(&c.host) || strays.contains(&c.host.as_str()))
+    {
+        // Keeps its choice while it may take the role, or while it is being stopped.
+        Some(c.clone())
+    } else if let Some(host) = candidate(hosts, desired, &strays) {
+        let (prev_id, prev_lver) = previous_of(current);
+        Some(PoolManagerStatus {
+            host_id: desired.host_ids.get(host).copied().unwrap_or(-1),
+            host: host.to_owned(),
+            lver: -1,
+            prev_id,
+            prev_lver,
+        })
+    } else {
+        current.cloned()
+    };
+
+    let entry = observed.manager.as_ref();
+    let holds = |h: &str| holders.iter().any(|(x, ..)| *x == h);
+    let timeout = connect_timeout(&observed.pool.spec.sync);
+    let confirmed = entry.is_some_and(|e| {
+        !e.in_flight(timeout, now)
+            && match e.verb {
+                ManagerVerb::Start => holds(&e.host),
+                ManagerVerb::Stop => !holds(&e.host),
+            }
+    });
+    let entry = entry.filter(|_| !confirmed);
+    let failure_of = |host: &str, verb: ManagerVerb| {
+        entry
+            .filter(|e| e.host == host && e.verb == verb)
+            .and_then(|e| e.failure.as_ref())
+            .map(ToString::to_string)
+    };
+
+    let want = if let Some(h) = strays.first() {
+        Some((*h, ManagerVerb::Stop))
+    } else if running.is_none() {
+        record
+            .as_ref()
+            .filter(|r| may_keep(&r.host))
+            .map(|r| (r.host.as_str(), ManagerVerb::Start))
+    } else {
+        None
+    };
+    let state = if let Some((host, host_id, lver)) = running {
+        ManagerState::Running {
+            host: host.to_owned(),
+            host_id,
+            lver,
+        }
+    } else if let Some((host, ManagerVerb::Stop)) = want {
+        ManagerState::Stopping {
+            host: host.to_owned(),
+            failure: failure_of(host, ManagerVerb::Stop),
+        }
+    } else if let Some(r) = record.as_ref().filter(|r| keeps_record(&r.host)) {
+        ManagerState::Starting {
+            host: r.host.clone(),
+            failure: failure_of(&r.host, ManagerVerb::Start),
+        }
+    } else if !has_master {
+        ManagerState::NotNeeded
+    } else {
+        ManagerState::NoCandidate {
+            last: record.as_ref().map(|r| r.host.clone()),
+        }
+    };
+
+    let mut retry_at = None;
+    let call = want.and_then(|(host, verb)| {
+        let h = observed.hosts.get(host)?;
+        let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
+        if let Some(until) = wait_until(entry, host, verb, boot_id, timeout, now) {
+            retry_at = Some(until);
+            return None;
+        }
+        let (prev_id, prev_lver) = match (verb, &record) {
+            (ManagerVerb::Start, Some(r)) => (r.prev_id, r.prev_lver),
+            _ => (-1, -1),
+        };
+        Some(ManagerCall {
+            host: host.to_owned(),
+            endpoint: h.spec.endpoint.clone(),
+            verb,
+            pool_uuid: pool_uuid.to_owned(),
+            prev_id,
+            prev_lver,
+            max_host_id: observed.pool.spec.sync.max_hosts,
+        })
+    });
+    ManagerPlan {
+        record,
+        state,
+        call,
+        confirmed,
+        hold_disconnect,
+        retry_at,
+    }
+}
+
+/// The responsive, in-sync Up member with the lowest host id that does not hold the role
+/// elsewhere-bound (not a stray).
+fn candidate<'a>(
+    hosts: &'a BTreeMap<String, HostVerdict>,
+    desired: &Desired,
+    strays: &[&str],
+) -> Option<&'a str> {
+    hosts
+        .iter()
+        .filter(|(name, v)| {
+            v.role == HostRole::Member
+                && v.responsive
+                && v.in_sync
+                && !v.report_invalid
+                && v.phase == HostPhase::Up
+                && !strays.contains(&name.as_str())
+        })
+        .filter_map(|(name, _)| Some((desired.host_ids.get(name).copied()?, name.as_str())))
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Until when the call `verb` to `host` must wait, if it must: another call of the pool still
+/// running, this very call accepted and its report not in yet, or a backoff after failures.
+fn wait_until(
+    entry: Option<&ManagerCalls>,
+    host: &str,
+    verb: ManagerVerb,
+    boot_id: &str,
+    timeout: Duration,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let e = entry?;
+    if e.in_flight(timeout, now) {
+        return Some(plus(e.sent_at, timeout.saturating_mul(2)));
+    }
+    if e.host != host || e.verb != verb {
+        return None;
+    }
+    let until = match e.state {
+        CallState::Accepted { at } if e.boot_id == boot_id => plus(at, timeout),
+        CallState::Failed { at } | CallState::Lapsed { at } => {
+            plus(at, backoff_delay(e.failures, host).min(MAX_BACKOFF))
+        }
+        CallState::Accepted { .. } | CallState::InFlight => return None,
+    };
+    (now < until).then_some(until)
+}
+
+fn plus(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(t)
+}

@@ -1,0 +1,263 @@
+//! The pool manager: chosen among responsive in-sync Up hosts, recorded before `spmStart`, moved
+//! when its host fails or goes to maintenance, and what the hosts report is the truth.
+
+use super::*;
+use crate::api::PoolManagerStatus;
+use crate::plan::ledger::CallState;
+use crate::plan::manager::{ManagerCalls, ManagerState, ManagerVerb};
+
+fn spm_of<'a>(o: &'a mut Observed, host: &str) -> &'a mut Option<i64> {
+    &mut report_of(o, host)
+        .pool
+        .as_mut()
+        .expect("connected")
+        .spm_lver
+}
+
+fn manager_call(plan: &Plan) -> Option<(&str, ManagerVerb)> {
+    plan.manager
+        .call
+        .as_ref()
+        .map(|c| (c.host.as_str(), c.verb))
+}
+
+/// A converged pool whose hosts hold the map but where no manager was ever chosen.
+fn no_manager_yet(hosts: usize) -> Observed {
+    let mut o = steady(hosts, 1, t0());
+    o.pool.status.pool_manager = None;
+    for h in o.hosts.keys().cloned().collect::<Vec<_>>() {
+        *spm_of(&mut o, &h) = None;
+    }
+    o
+}
+
+#[test]
+fn a_converged_pool_has_its_lowest_id_host_as_running_manager() {
+    let o = steady(3, 1, t0());
+    assert_eq!(
+        o.pool.status.pool_manager,
+        Some(PoolManagerStatus {
+            host: "h0000".into(),
+            host_id: 1,
+            lver: 1,
+            prev_id: -1,
+            prev_lver: -1,
+        })
+    );
+    let c = cond(&o.pool.status.conditions, types::POOL_MANAGER);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reasons::MANAGER_RUNNING)
+    );
+    let p = plan(&o, t0());
+    assert_eq!(p.manager.call, None, "a running manager is left alone");
+    assert_eq!(p.persist_first, None, "and nothing is written");
+}
+
+#[test]
+fn the_choice_is_recorded_before_spm_start_is_sent() {
+    let o = no_manager_yet(3);
+    let p = plan(&o, t0());
+    let recorded = p
+        .persist_first
+        .as_ref()
+        .and_then(|s| s.pool_manager.clone())
+        .expect("the choice is persisted first");
+    assert_eq!((recorded.host.as_str(), recorded.lver), ("h0000", -1));
+    let call = p.manager.call.as_ref().expect("spmStart");
+    assert_eq!(
+        (call.host.as_str(), call.verb, call.prev_id, call.prev_lver),
+        ("h0000", ManagerVerb::Start, -1, -1)
+    );
+    assert_eq!(call.pool_uuid, POOL_UUID);
+}
+
+#[test]
+fn a_restarted_controller_starts_the_recorded_host_not_another() {
+    let mut o = no_manager_yet(3);
+    // Another replica recorded h0002 and crashed before its spmStart was answered.
+    o.pool.status.pool_manager = Some(PoolManagerStatus {
+        host: "h0002".into(),
+        host_id: 3,
+        lver: -1,
+        prev_id: -1,
+        prev_lver: -1,
+    });
+    let p = plan(&o, t0());
+    assert_eq!(manager_call(&p), Some(("h0002", ManagerVerb::Start)));
+    assert_eq!(p.persist_first, None, "the record stands");
+}
+
+#[test]
+fn a_call_in_flight_or_backing_off_is_not_sent_again() {
+    let mut o = no_manager_yet(2);
+    let call = plan(&o, t0()).manager.call.expect("spmStart");
+    let boot = report_of(&mut o, "h0000").boot_id.clone();
+    o.manager = Some(ManagerCalls::started(None, &call, &boot, t0()));
+    o.pool.status.pool_manager = plan(&o, t0()).manager.record;
+    assert_eq!(manager_call(&plan(&o, t0())), None, "in flight");
+    // Refused (the lease is still held elsewhere): retried after the backoff, not before.
+    let failure = CallFailure {
+        code: Some(651),
+        message: "cannot obtain lock".into(),
+    };
+    if let Some(e) = o.manager.as_mut() {
+        e.finished(t0(), &Err(failure), t0());
+    }
+    let p = plan(&o, t0());
+    assert_eq!(manager_call(&p), None);
+    let retry = p.manager.retry_at.expect("a retry time");
+    assert!(retry > t0() && retry <= later(t0(), 2), "{retry}");
+    assert!(p.requeue_after.is_some_and(|d| d <= Duration::from_secs(2)));
+    match &p.manager.state {
+        ManagerState::Starting { host, failure } => {
+            assert_eq!(host, "h0000");
+            assert!(failure.as_deref().is_some_and(|f| f.contains("651")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        manager_call(&plan(&o, later(t0(), 2))),
+        Some(("h0000", ManagerVerb::Start))
+    );
+}
+
+#[test]
+fn a_manager_that_stops_responding_is_replaced_naming_it_as_previous() {
+    let mut o = steady(3, 1, t0());
+    let now = later(t0(), 1);
+    renew_all(&mut o, now);
+    expire_lease(&mut o, "h0000");
+    let p = plan(&o, now);
+    let recorded = p
+        .persist_first
+        .as_ref()
+        .and_then(|s| s.pool_manager.clone())
+        .expect("the new choice is persisted first");
+    assert_eq!(
+        recorded,
+        PoolManagerStatus {
+            host: "h0001".into(),
+            host_id: 2,
+            lver: -1,
+            prev_id: 1,
+            prev_lver: 1,
+        }
+    );
+    let call = p.manager.call.as_ref().expect("spmStart");
+    assert_eq!(
+        (call.host.as_str(), call.prev_id, call.prev_lver),
+        ("h0001", 1, 1)
+    );
+    // The stale report of the silent host still says SPM; it is not believed, and the new
+    // manager runs once its own report says so.
+    let (_, report) = step(&mut o, now);
+    assert_eq!(*spm_of(&mut o, "h0001"), Some(2));
+    let (p, _) = step(&mut o, now);
+    assert_eq!(p.manager.call, None);
+    assert!(
+        matches!(&p.manager.state, ManagerState::Running { host, lver: 2, .. } if host == "h0001")
+    );
+    assert!(
+        report
+            .events
+            .iter()
+            .any(|e| e.reason == reasons::MANAGER_CHOSEN && e.note.contains("h0000 -> h0001"))
+    );
+}
+
+#[test]
+fn a_host_put_in_maintenance_gives_the_role_up_before_it_is_disconnected() {
+    let mut o = steady(3, 1, t0());
+    o.hosts.get_mut("h0000").expect("host").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert_eq!(
+        disconnects(&p),
+        Vec::<&str>::new(),
+        "VDSM refuses to disconnect its pool manager (656)"
+    );
+    assert_eq!(manager_call(&p), Some(("h0000", ManagerVerb::Stop)));
+    assert!(matches!(p.manager.state, ManagerState::Stopping { .. }));
+    // Stopped: now it is disconnected, and another host takes the role.
+    step(&mut o, t0());
+    assert_eq!(*spm_of(&mut o, "h0000"), None);
+    let p = plan(&o, t0());
+    assert_eq!(disconnects(&p), vec!["h0000"]);
+    assert_eq!(manager_call(&p), Some(("h0001", ManagerVerb::Start)));
+    let recorded = p.manager.record.expect("recorded");
+    assert_eq!((recorded.prev_id, recorded.prev_lver), (1, 1));
+}
+
+#[test]
+fn what_the_hosts_report_is_the_truth() {
+    let mut o = steady(3, 1, t0());
+    // The record says h0000, but h0002 reports the role (the status was restored from a backup).
+    *spm_of(&mut o, "h0000") = None;
+    *spm_of(&mut o, "h0002") = Some(7);
+    let p = plan(&o, t0());
+    assert_eq!(p.manager.call, None, "no second manager is started");
+    let recorded = p.manager.record.expect("recorded");
+    assert_eq!(
+        (recorded.host.as_str(), recorded.host_id, recorded.lver),
+        ("h0002", 3, 7)
+    );
+    assert!(p.persist_first.is_some());
+}
+
+#[test]
+fn a_second_host_reporting_the_role_is_stopped() {
+    let mut o = steady(3, 1, t0());
+    *spm_of(&mut o, "h0001") = Some(9);
+    let p = plan(&o, t0());
+    assert_eq!(manager_call(&p), Some(("h0001", ManagerVerb::Stop)));
+    assert!(matches!(&p.manager.state, ManagerState::Running { host, .. } if host == "h0000"));
+}
+
+#[test]
+fn a_pool_without_master_has_no_manager_and_stops_the_holder_first() {
+    let mut o = steady(2, 1, t0());
+    o.domains.get_mut("d000").expect("domain").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert_eq!(p.desired.master_domain, None);
+    assert_eq!(
+        disconnects(&p),
+        vec!["h0001"],
+        "the manager's disconnect waits"
+    );
+    assert_eq!(manager_call(&p), Some(("h0000", ManagerVerb::Stop)));
+    assert_eq!(p.manager.record, None);
+    converge(&mut o, t0(), 10);
+    assert_eq!(o.pool.status.pool_manager, None);
+    assert!(
+        o.hosts
+            .values()
+            .all(|h| h.report.parsed().is_some_and(|r| r.pool.is_none()))
+    );
+    let c = cond(&o.pool.status.conditions, types::POOL_MANAGER);
+    assert_eq!(c.status, "False");
+}
+
+#[test]
+fn no_candidate_while_no_host_is_in_sync_and_up() {
+    let mut o = world(2, 1, t0());
+    for h in ["h0000", "h0001"] {
+        expire_lease(&mut o, h);
+    }
+    let p = plan(&o, t0());
+    assert_eq!(p.manager.call, None);
+    assert_eq!(p.manager.state, ManagerState::NoCandidate { last: None });
+}
+
+#[test]
+fn a_confirmed_call_is_forgotten() {
+    let mut o = no_manager_yet(2);
+    let call = plan(&o, t0()).manager.call.expect("spmStart");
+    let mut entry = ManagerCalls::started(None, &call, "", t0());
+    entry.finished(t0(), &Ok(()), t0());
+    assert!(matches!(entry.state, CallState::Accepted { .. }));
+    o.manager = Some(entry);
+    *spm_of(&mut o, "h0000") = Some(1);
+    let p = plan(&o, t0());
+    assert!(p.manager.confirmed);
+    assert_eq!(p.manager.call, None);
+}

@@ -1,0 +1,252 @@
+//! The pool manager (VDSM's SPM) against the real control plane, the real controller and
+//! simulated hosts over real sockets: one is chosen and started, shown with kubectl and in events,
+//! and moved when its host is cut off, restarts, or goes to maintenance. Throughout, a sampler
+//! reads every host's own role (what the agent holds in memory, not what the controller thinks)
+//! and the test asserts that no two hosts were ever pool manager at once.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use poolkeeper::agent::host::HostAgent;
+use poolkeeper::agent::state::SpmRole;
+use poolkeeper::api::{Host, PoolManagerStatus};
+use serde_json::json;
+use support::cluster::{
+    PoolOptions, SimPool, TOKEN, WAIT, condition, host, merge_spec, pool, sim_pool,
+};
+use support::{client, eventually, kubectl_ok};
+
+/// The pool's recorded manager once its `PoolManager` condition is True.
+async fn running_manager(pool_name: &str) -> PoolManagerStatus {
+    eventually(
+        &format!("pool {pool_name} has a running pool manager"),
+        WAIT,
+        || async move {
+            let status = pool(pool_name).await.status?;
+            let (s, ..) = condition(&status.conditions, "PoolManager")?;
+            let m = status.pool_manager?;
+            (s == "True" && m.lver > 0).then_some(m)
+        },
+    )
+    .await
+}
+
+/// The hosts that hold the role now, by their own state.
+fn holders(hosts: &[Arc<HostAgent>]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|h| matches!(h.spm_role(), SpmRole::Spm { .. }))
+        .map(|h| h.name().to_owned())
+        .collect()
+}
+
+/// Samples every host's own role until stopped; remembers the most holders seen at once.
+struct Sampler {
+    most: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    fn start(sim: &SimPool) -> Self {
+        let hosts: Vec<Arc<HostAgent>> = sim.agents.hosts().to_vec();
+        let most = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (most.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Acquire) {
+                m.fetch_max(holders(&hosts).len(), Ordering::AcqRel);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        Self { most, stop, task }
+    }
+
+    /// Stops sampling; the most pool managers seen at once.
+    async fn most(self) -> usize {
+        self.stop.store(true, Ordering::Release);
+        self.task.await.expect("sampler");
+        self.most.load(Ordering::Acquire)
+    }
+}
+
+/// Sends `method` to `/control/hosts/{host}/{action}` on the simulator; asserts 204.
+async fn control(sim: &SimPool, method: reqwest::Method, host: &str, action: &str) {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    let url = format!(
+        "http://{}/control/hosts/{host}/{action}",
+        sim.agents.local_addr()
+    );
+    let status = reqwest::Client::new()
+        .request(method.clone(), url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("control call")
+        .status();
+    assert_eq!(status, 204, "{method} {action} on {host}");
+}
+
+/// The verbs a host received, in order, with whether it accepted each.
+fn verbs(sim: &SimPool, host: &str) -> Vec<(&'static str, bool)> {
+    let (calls, _) = sim.agents.host(host).expect("host").calls();
+    calls.iter().map(|c| (c.verb, c.ok)).collect()
+}
+
+/// The reasons of the events.k8s.io events about `object`.
+async fn event_reasons(object: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(client().await, "default");
+    let list = events.list(&Default::default()).await.expect("events");
+    list.items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(object))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pool_gets_one_pool_manager_after_its_hosts_connect() {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let sampler = Sampler::start(&sim);
+    let m = running_manager(&sim.pool).await;
+    assert!(sim.hosts.contains(&m.host), "{m:?}");
+    assert_eq!((m.prev_id, m.prev_lver), (-1, -1));
+    // The host holds the role, and says so in its report.
+    assert_eq!(holders(sim.agents.hosts()), vec![m.host.clone()]);
+    let report = host(&m.host)
+        .await
+        .status
+        .and_then(|s| s.report)
+        .and_then(|r| r.pool)
+        .expect("connected");
+    assert_eq!(report.spm_lver, Some(m.lver));
+    assert_eq!(report.host_id, m.host_id);
+
+    // kubectl shows it.
+    let table = kubectl_ok(&["get", "sp", &sim.pool]);
+    assert!(table.contains("MANAGER"), "{table}");
+    assert!(table.contains(&m.host), "{table}");
+    let reasons = eventually("pool manager events", WAIT, || async {
+        let r = event_reasons(&sim.pool).await;
+        (r.iter().any(|x| x == "PoolManagerChosen") && r.iter().any(|x| x == "PoolManagerStarted"))
+            .then_some(r)
+    })
+    .await;
+    assert!(!reasons.is_empty());
+
+    // The verbs each host received: every host connected; the manager then took the role, once,
+    // after its connect; no other host was asked.
+    for h in &sim.hosts {
+        let v = verbs(&sim, h);
+        let first_connect = v
+            .iter()
+            .position(|c| *c == ("StoragePool.connect", true))
+            .unwrap_or_else(|| panic!("{h} connected: {v:?}"));
+        let starts: Vec<usize> = v
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.0 == "StoragePool.spmStart")
+            .map(|(i, _)| i)
+            .collect();
+        if *h == m.host {
+            assert_eq!(starts.len(), 1, "{h}: one spmStart: {v:?}");
+            assert!(
+                starts[0] > first_connect,
+                "{h}: spmStart after connect: {v:?}"
+            );
+            assert!(v[starts[0]].1, "{h}: accepted");
+        } else {
+            assert!(starts.is_empty(), "{h} was never asked: {v:?}");
+        }
+        assert!(
+            v.iter().all(|c| c.0 != "StoragePool.spmStop"),
+            "{h}: no spmStop: {v:?}"
+        );
+    }
+    assert_eq!(sampler.most().await, 1, "never two pool managers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_moves_off_a_cut_off_host_and_back_after_a_restart_never_two_at_once() {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let sampler = Sampler::start(&sim);
+    let first = running_manager(&sim.pool).await;
+
+    // Cut off: the host renews nothing; it gives the role up at half its lease and another host
+    // takes it once the lease expired.
+    control(&sim, reqwest::Method::PUT, &first.host, "blackhole").await;
+    let second = eventually("the role moved off the cut-off host", WAIT, || async {
+        let m = running_manager(&sim.pool).await;
+        (m.host != first.host).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        (second.prev_id, second.prev_lver),
+        (first.host_id, first.lver)
+    );
+    assert!(second.lver > first.lver, "the lease version grows");
+    assert_eq!(holders(sim.agents.hosts()), vec![second.host.clone()]);
+    control(&sim, reqwest::Method::DELETE, &first.host, "blackhole").await;
+
+    // The manager's agent restarts: memory lost, its lease left on storage under its old boot
+    // until it expires; then the controller starts it again on the same host (the recorded one).
+    sim.agents.host(&second.host).expect("host").restart();
+    let third = eventually("the restarted manager runs again", WAIT, || async {
+        let m = running_manager(&sim.pool).await;
+        (m.lver > second.lver).then_some(m)
+    })
+    .await;
+    assert_eq!(third.host, second.host, "the recorded host keeps the role");
+    assert_eq!(holders(sim.agents.hosts()), vec![third.host.clone()]);
+    // A refused spmStart (lease still held by the old boot) may precede the accepted one.
+    let v = verbs(&sim, &third.host);
+    assert!(v.contains(&("StoragePool.spmStart", true)), "{v:?}");
+    assert_eq!(sampler.most().await, 1, "never two pool managers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_put_in_maintenance_stops_the_role_before_it_is_disconnected() {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let sampler = Sampler::start(&sim);
+    let first = running_manager(&sim.pool).await;
+    merge_spec::<Host>(&first.host, json!({"maintenance": true})).await;
+    let second = eventually("the role moved to another host", WAIT, || async {
+        let m = running_manager(&sim.pool).await;
+        (m.host != first.host).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        (second.prev_id, second.prev_lver),
+        (first.host_id, first.lver)
+    );
+    eventually("the old manager is disconnected", WAIT, || async {
+        host(&first.host)
+            .await
+            .status
+            .and_then(|s| s.report)
+            .is_some_and(|r| r.pool.is_none())
+            .then_some(())
+    })
+    .await;
+    // It was stopped first, then disconnected, and never refused a disconnect (656).
+    let v = verbs(&sim, &first.host);
+    let stop = v
+        .iter()
+        .position(|c| *c == ("StoragePool.spmStop", true))
+        .unwrap_or_else(|| panic!("spmStop: {v:?}"));
+    let disconnect = v
+        .iter()
+        .position(|c| *c == ("StoragePool.disconnect", true))
+        .unwrap_or_else(|| panic!("disconnect: {v:?}"));
+    assert!(stop < disconnect, "{v:?}");
+    assert!(
+        !v.contains(&("StoragePool.disconnect", false)),
+        "no disconnect refused: {v:?}"
+    );
+    assert_eq!(sampler.most().await, 1, "never two pool managers");
+}
