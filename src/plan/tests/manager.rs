@@ -261,3 +261,45 @@ fn a_confirmed_call_is_forgotten() {
     assert!(p.manager.confirmed);
     assert_eq!(p.manager.call, None);
 }
+
+#[test]
+fn a_recorded_host_whose_connects_fail_loses_the_choice() {
+    let mut o = no_manager_yet(2);
+    o.pool.status.pool_manager = Some(PoolManagerStatus {
+        host: "h0000".into(),
+        host_id: 1,
+        lver: -1,
+        prev_id: -1,
+        prev_lver: -1,
+    });
+    // h0000 restarted and its connects are refused: it cannot take the role, h0001 can.
+    report_of(&mut o, "h0000").pool = None;
+    report_of(&mut o, "h0000").boot_id = "h0000-boot-2".into();
+    let call = call_to(&o, "h0000", t0());
+    refuse(&mut o, &call, 1, t0(), 304, "master domain not found");
+    let p = plan(&o, t0());
+    assert_eq!(manager_call(&p), Some(("h0001", ManagerVerb::Start)));
+    let recorded = p.manager.record.expect("recorded");
+    assert_eq!(recorded.host, "h0001");
+    assert_eq!(
+        (recorded.prev_id, recorded.prev_lver),
+        (-1, -1),
+        "h0000 never held the role"
+    );
+}
+
+#[test]
+fn a_restarted_manager_keeps_the_choice_while_it_is_reconnected() {
+    let mut o = steady(2, 1, t0());
+    report_of(&mut o, "h0000").pool = None;
+    report_of(&mut o, "h0000").boot_id = "h0000-boot-2".into();
+    let p = plan(&o, t0());
+    assert_eq!(connects(&p), vec!["h0000"]);
+    assert_eq!(p.manager.call, None, "not before it is connected");
+    assert_eq!(p.manager.record, o.pool.status.pool_manager);
+    step(&mut o, t0());
+    assert_eq!(
+        manager_call(&plan(&o, t0())),
+        Some(("h0000", ManagerVerb::Start))
+    );
+}
