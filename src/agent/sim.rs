@@ -14,8 +14,8 @@
 //! | --- | --- |
 //! | `GET /control/hosts` | every host: name, endpoint, bootId, blackholed, rpcDropped, reportFrozen, latencyMillis, pool, domainCount, spmLver (while pool manager) |
 //! | `GET /control/hosts/{host}` | one host, as above |
-//! | `GET /control/hosts/{host}/calls` | the host's call log: `total` pool calls received, and the latest `calls` (at most 64), oldest first, each `{atUnixMillis, verb, ok, held}` (`held`: the connection after the call) |
-//! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease and writes no report |
+//! | `GET /control/hosts/{host}/calls` | the host's call log: `total` pool calls received, and the latest `calls` (at most 64), oldest first, each `{atUnixMillis, verb, ok, held}` (`verb`: `connect`, `disconnect`, or VDSM's method name of a pool-manager verb such as `StoragePool.spmStart`; `held`: the connection after the call) |
+//! | `PUT /control/hosts/{host}/blackhole` | the host answers no RPC (calls hang until the caller's timeout), renews no Lease, writes no report and renews no pool-manager lease (it gives the role up at half the lease) |
 //! | `DELETE /control/hosts/{host}/blackhole` | undo |
 //! | `PUT /control/hosts/{host}/rpc-drop` | the host answers no RPC (calls hang until the caller's timeout and are never executed), but renews its Lease and writes its reports |
 //! | `DELETE /control/hosts/{host}/rpc-drop` | undo |
