@@ -18,7 +18,6 @@ use tracing::{debug, info, warn};
 use super::{Context, Error};
 use crate::{
     api::StoragePool,
-    metrics::CallLabels,
     plan::{CallFailure, CallKind, CallOutcome, HostCall, Observed, Plan},
     protocol,
 };
@@ -238,6 +237,7 @@ impl Wave {
 #[tracing::instrument(skip_all, fields(host = %call.host(), verb = ?call.kind()))]
 async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome {
     let rpc = &ctx.settings.rpc;
+    let started = std::time::Instant::now();
     let result = match call {
         HostCall::Connect {
             endpoint, params, ..
@@ -259,9 +259,7 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
         Err(e) => e.category(),
     };
     ctx.metrics
-        .host_calls
-        .get_or_create(&CallLabels { verb, outcome })
-        .inc();
+        .host_call(verb, outcome, started.elapsed().as_secs_f64());
     let result = match result {
         Ok(()) => {
             debug!("host call succeeded");
