@@ -2,10 +2,10 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test lint crds control-plane demo bench fmt
+.PHONY: test lint crds control-plane observability-tools demo bench fmt
 
-## test: build the control plane if missing, then run every test
-test: control-plane
+## test: build the control plane and the observability tools if missing, then run every test
+test: control-plane observability-tools
 	$(CARGO) test
 
 ## lint: formatting, clippy with warnings denied, plan and api pure, no import circle, generated CRDs current
@@ -24,6 +24,10 @@ crds:
 ## control-plane: build kube-apiserver, kubectl (v1.36.3) and etcd (v3.6.x) from Go modules, once
 control-plane:
 	@./hack/build-control-plane.sh >/dev/null
+
+## observability-tools: build promtool and kube-state-metrics from Go modules, once (tests/observability_*.rs run them)
+observability-tools:
+	@./hack/build-observability-tools.sh >/dev/null
 
 ## demo: a local control plane, the controller and simulated hosts; Ctrl-C stops everything
 demo: control-plane

@@ -247,9 +247,10 @@ pub mod reasons {
     pub const DOMAINS_ATTACHED: &str = "DomainsAttached";
     /// The pool is being deleted: hosts are being disconnected.
     pub const DELETING: &str = "Deleting";
-    /// Nothing blocks progress.
+    /// A transition is in progress and nothing blocks it (`Stalled=False` while `Reconciling=True`).
     pub const PROGRESSING: &str = "Progressing";
-    /// Nothing is changing.
+    /// Nothing is changing and nothing waits for a person (`Reconciling=False`, and `Stalled=False`
+    /// when no transition is in progress).
     pub const IDLE: &str = "Idle";
     /// The master domain changed (event).
     pub const MASTER_CHANGED: &str = "MasterChanged";
@@ -273,8 +274,12 @@ pub mod reasons {
     pub const ACTIVATING: &str = "Activating";
     /// Some connected host still reports the deactivated domain.
     pub const HOSTS_STILL_REPORTING: &str = "HostsStillReporting";
-    /// No host reports the deactivated domain.
+    /// No host reports the deactivated domain (`MovingToMaintenance=False` once it is in
+    /// maintenance or detaching).
     pub const NO_HOST_REPORTS: &str = "NoHostReports";
+    /// The domain is to be active: maintenance was not asked for (`MovingToMaintenance=False` on an
+    /// active, activating, inactive or unknown domain).
+    pub const MAINTENANCE_NOT_REQUESTED: &str = "MaintenanceNotRequested";
     /// In maintenance, as requested.
     pub const MAINTENANCE: &str = "Maintenance";
     /// Some connected host still holds the detached domain in its map.

@@ -27,6 +27,12 @@ pub const FINALIZER: &str = "poolkeeper.io/detach";
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the domain is or is not Ready, e.g. HostsStillReporting or LastDataDomain"
+    ),
+    printcolumn(
         name = "Valid",
         type_ = "integer",
         json_path = ".status.hosts.valid",
@@ -47,6 +53,19 @@ pub const FINALIZER: &str = "poolkeeper.io/detach";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "UUID",
+        type_ = "string",
+        json_path = ".spec.uuid",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "What the domain waits for, e.g. the hosts that still monitor it",
+        priority = 1
     ),
     selectable = ".spec.pool"
 )]

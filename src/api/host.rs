@@ -19,15 +19,27 @@ use super::DomainMap;
     version = "v1alpha1",
     kind = "Host",
     plural = "hosts",
+    shortname = "ho",
     category = "poolkeeper",
     status = "HostStatus",
     doc = "A host running the poolkeeper agent, and what it reports.",
     printcolumn(name = "Pool", type_ = "string", json_path = ".spec.pool"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the host is or is not Ready, e.g. StorageDomainUnreachable or ConnectFailed"
+    ),
+    printcolumn(
         name = "In-Sync",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"InSync\")].status"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
         name = "Domains",
@@ -39,6 +51,26 @@ use super::DomainMap;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Agent",
+        type_ = "string",
+        json_path = ".status.report.agentVersion",
+        description = "The agent's version",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.endpoint",
+        description = "The agent's JSON-RPC endpoint",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
     ),
     selectable = ".spec.pool"
 )]
@@ -230,3 +262,13 @@ impl HostPhase {
         }
     }
 }
+
+/// Every host phase, for metrics that export one series per phase.
+pub const ALL_PHASES: [HostPhase; 6] = [
+    HostPhase::Up,
+    HostPhase::Connecting,
+    HostPhase::NonOperational,
+    HostPhase::NonResponsive,
+    HostPhase::PreparingForMaintenance,
+    HostPhase::Maintenance,
+];

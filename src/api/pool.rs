@@ -53,9 +53,35 @@ pub const MAX_DOMAINS_PER_POOL: usize = 100;
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the pool is or is not Ready, e.g. RollingOut, SyncFailing or TooManyHosts"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Map",
+        type_ = "integer",
+        json_path = ".status.mapVersion",
+        description = "The map version hosts are given",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Master",
+        type_ = "string",
+        json_path = ".status.masterDomain",
+        description = "The master domain's UUID",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        priority = 1
     ),
     validation = Rule::new(
         "!has(self.spec.uuid) || !has(self.status) || !has(self.status.uuid) || self.spec.uuid == self.status.uuid"
@@ -391,6 +417,21 @@ pub enum LagReason {
 }
 
 impl LagReason {
+    /// The API string (metric labels use it too).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotResponding => "NotResponding",
+            Self::ConnectFailing => "ConnectFailing",
+            Self::NotConfirming => "NotConfirming",
+            Self::ReportUnparsable => "ReportUnparsable",
+            Self::BeingDisconnected => "BeingDisconnected",
+            Self::NotToldYet => "NotToldYet",
+            Self::WaitingForReport => "WaitingForReport",
+            Self::WaitingTurn => "WaitingTurn",
+            Self::Connecting => "Connecting",
+        }
+    }
+
     /// Whether the reason is a problem that may need a person, rather than healthy progress.
     pub fn is_problem(self) -> bool {
         match self {
@@ -428,6 +469,19 @@ mod tests {
 
     #[test]
     fn lag_reasons_serialise_as_their_names() {
+        for r in [
+            LagReason::NotResponding,
+            LagReason::ConnectFailing,
+            LagReason::NotConfirming,
+            LagReason::ReportUnparsable,
+            LagReason::BeingDisconnected,
+            LagReason::NotToldYet,
+            LagReason::WaitingForReport,
+            LagReason::WaitingTurn,
+            LagReason::Connecting,
+        ] {
+            assert_eq!(serde_json::to_value(r).expect("serialises"), r.as_str());
+        }
         let entry = LaggingHost::new("h0001", LagReason::NotToldYet, "not told yet");
         let json = serde_json::to_value(&entry).expect("serialises");
         assert_eq!(

@@ -20,7 +20,6 @@ use tracing::{debug, info, warn};
 use super::{Context, Error};
 use crate::{
     api::StoragePool,
-    metrics::CallLabels,
     plan::manager::{ManagerCall, ManagerVerb},
     plan::{CallFailure, CallKind, CallOutcome, HostCall, Observed, Plan},
     protocol::{self, wire::method},
@@ -249,6 +248,7 @@ impl Wave {
 #[tracing::instrument(skip_all, fields(host = %call.host(), verb = ?call.kind()))]
 async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome {
     let rpc = &ctx.settings.rpc;
+    let started = std::time::Instant::now();
     let result = match call {
         HostCall::Connect {
             endpoint, params, ..
@@ -270,9 +270,7 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
         Err(e) => e.category(),
     };
     ctx.metrics
-        .host_calls
-        .get_or_create(&CallLabels { verb, outcome })
-        .inc();
+        .host_call(verb, outcome, started.elapsed().as_secs_f64());
     let result = match result {
         Ok(()) => {
             debug!("host call succeeded");
@@ -334,6 +332,7 @@ async fn send_manager(
     timeout: Duration,
 ) -> Result<(), CallFailure> {
     let rpc = &ctx.settings.rpc;
+    let started = std::time::Instant::now();
     let result = match call.verb {
         ManagerVerb::Start => {
             let params = protocol::wire::SpmStartParams {
@@ -361,9 +360,7 @@ async fn send_manager(
         Err(e) => e.category(),
     };
     ctx.metrics
-        .host_calls
-        .get_or_create(&CallLabels { verb, outcome })
-        .inc();
+        .host_call(verb, outcome, started.elapsed().as_secs_f64());
     match result {
         Ok(_) => {
             info!(pool_uuid = %call.pool_uuid, prev_id = call.prev_id, prev_lver = call.prev_lver, "pool manager call accepted");

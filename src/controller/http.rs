@@ -1,4 +1,4 @@
-//! `/metrics` (Prometheus text), `/healthz` (the process serves) and `/readyz` (every cache has
+//! `/metrics` (OpenMetrics or Prometheus text, as the scraper asks), `/healthz` (the process serves) and `/readyz` (every cache has
 //! finished its initial list, or this replica is a leader-election standby).
 
 use std::{net::SocketAddr, sync::Arc};
@@ -31,11 +31,16 @@ pub async fn serve(addr: SocketAddr, ctx: Arc<Context>) -> Result<SocketAddr, Er
     Ok(bound)
 }
 
-async fn metrics(State(ctx): State<Arc<Context>>) -> ([(&'static str, &'static str); 1], String) {
-    (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-        ctx.metrics.render(),
-    )
+/// The metrics in the format the scraper's `Accept` asks for, with its content type.
+async fn metrics(
+    State(ctx): State<Arc<Context>>,
+    headers: axum::http::HeaderMap,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = ctx.metrics.render_for(accept);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn readyz(State(ctx): State<Arc<Context>>) -> (StatusCode, &'static str) {

@@ -218,7 +218,7 @@ pub async fn run_with(
 }
 
 /// The name of the Lease replicas compete for.
-const LEADER_LEASE: &str = "poolkeeper-controller";
+const LEADER_LEASE: &str = crate::metrics::LEADER_LEASE;
 
 /// Runs as one of several replicas: serves health at once (a standby is live and ready, so a
 /// rolling update can proceed), reconciles only while it holds the `poolkeeper-controller` Lease,
@@ -281,6 +281,8 @@ async fn run_inner(
     *ctx.leader
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = leader.clone();
+    // A standby says so on its metrics until it acquires the Lease; without election it acts.
+    ctx.metrics.set_leader(leader.is_none());
     let server = http::serve(metrics_addr, ctx.clone()).await?;
     info!(addr = %server, "serving metrics and health");
 
@@ -299,6 +301,7 @@ async fn run_inner(
             return result;
         }
         info!("leader election: acquired, reconciling");
+        ctx.metrics.set_leader(true);
     }
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lost_flag = lost.clone();
@@ -344,6 +347,7 @@ async fn run_inner(
         .run(reconcile_pool, error_policy, ctx.clone())
         .for_each(log_failure);
     tokio::join!(pools, domains);
+    ctx.metrics.set_leader(false);
     ctx.leader
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)

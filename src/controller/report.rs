@@ -18,8 +18,8 @@ use super::{
     write::{WriteError, object_ref},
 };
 use crate::{
-    api::{Host, StorageDomain, StoragePool},
-    metrics::{PoolPhaseLabels, PoolStateLabels},
+    api::{DomainPhase, Host, StorageDomain, StoragePool},
+    metrics::{BlockingLabels, PoolPhaseLabels, PoolStateLabels},
     plan::{self, HostControllerStatus, ObjectKind, Observed, PlannedEvent, Report, needs_write},
 };
 
@@ -353,4 +353,40 @@ fn export_gauges(ctx: &Context, pool: &str, report: &Report) {
             })
             .set(phases.get(phase.as_str()).copied().unwrap_or(0));
     }
+    let mut host_phases = std::collections::BTreeMap::new();
+    for status in report.hosts.values() {
+        if let Some(phase) = status.phase {
+            *host_phases.entry(phase.as_str()).or_insert(0_i64) += 1;
+        }
+    }
+    for phase in crate::api::host::ALL_PHASES {
+        ctx.metrics
+            .pool_host_phases
+            .get_or_create(&PoolPhaseLabels {
+                pool: pool.to_owned(),
+                phase: phase.as_str(),
+            })
+            .set(host_phases.get(phase.as_str()).copied().unwrap_or(0));
+    }
+    let blocking = report
+        .domains
+        .iter()
+        .filter_map(|(domain, s)| Some((domain, s.phase?, s)))
+        .filter(|(_, phase, _)| {
+            matches!(
+                phase,
+                DomainPhase::MovingToMaintenance | DomainPhase::Detaching
+            )
+        })
+        .flat_map(|(domain, phase, s)| {
+            s.blocking_hosts.iter().map(move |b| BlockingLabels {
+                pool: pool.to_owned(),
+                domain: domain.clone(),
+                phase: phase.as_str(),
+                host: b.host.clone(),
+                reason: b.reason.as_str(),
+            })
+        })
+        .collect();
+    ctx.metrics.set_blocking(pool, blocking);
 }

@@ -62,8 +62,10 @@ impl Cond {
 }
 
 /// What an object's `Ready`, `Reconciling` and `Stalled` conditions say. `Reconciling` and
-/// `Stalled` are either true for a reason, or false with reasons `Idle` and `Progressing` and no
-/// message; both may be true at once (a transition that waits for a person).
+/// `Stalled` are either true for a reason, or false with a reason that says the state the object
+/// is in, with no message: `Reconciling=False` is `Idle`; `Stalled=False` is `Progressing` while a
+/// transition runs and `Idle` when none does (never `Progressing` on an object where nothing
+/// moves). Both may be true at once (a transition that waits for a person).
 pub(super) struct Progress {
     /// `Ready`.
     pub ready: Cond,
@@ -88,6 +90,7 @@ impl Progress {
     pub fn set(self, conditions: &mut Vec<Condition>, g: Option<i64>, now: Timestamp) {
         use ConditionStatus::{False, True};
         self.ready.set(conditions, types::READY, g, now);
+        let in_progress = self.reconciling.is_some();
         let reconciling = match self.reconciling {
             Some(why) => Cond::of(True, why),
             None => Cond::new(False, reasons::IDLE, ""),
@@ -95,7 +98,8 @@ impl Progress {
         reconciling.set(conditions, types::RECONCILING, g, now);
         let stalled = match self.stalled {
             Some(why) => Cond::of(True, why),
-            None => Cond::new(False, reasons::PROGRESSING, ""),
+            None if in_progress => Cond::new(False, reasons::PROGRESSING, ""),
+            None => Cond::new(False, reasons::IDLE, ""),
         };
         stalled.set(conditions, types::STALLED, g, now);
     }

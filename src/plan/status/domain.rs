@@ -229,7 +229,7 @@ fn conditions(
             ),
         )
     } else {
-        Cond::new(False, reasons::NO_HOST_REPORTS, "")
+        Cond::new(False, not_moving_reason(v), "")
     };
     moving.set(c, types::MOVING_TO_MAINTENANCE, g, now);
 
@@ -255,6 +255,28 @@ fn conditions(
         )
     };
     problem.set(c, types::PROBLEM, g, now);
+}
+
+/// Why a domain is not moving to maintenance, in the words of the state it is in: it got there
+/// (`NoHostReports`, in maintenance or detaching), it is in no pool (`Unattached`), it was asked
+/// but is kept active as the last data domain (`LastDataDomain`), or it is to be active
+/// (`MaintenanceNotRequested`).
+fn not_moving_reason(v: &DomainVerdict) -> &'static str {
+    match v.phase {
+        DomainPhase::Maintenance | DomainPhase::Detaching => reasons::NO_HOST_REPORTS,
+        DomainPhase::Unattached => reasons::UNATTACHED,
+        DomainPhase::Active
+        | DomainPhase::Activating
+        | DomainPhase::Inactive
+        | DomainPhase::Unknown
+        | DomainPhase::MovingToMaintenance => {
+            if v.last_data_domain.is_some() {
+                reasons::LAST_DATA_DOMAIN
+            } else {
+                reasons::MAINTENANCE_NOT_REQUESTED
+            }
+        }
+    }
 }
 
 fn phase_reason(p: DomainPhase) -> &'static str {
@@ -365,7 +387,7 @@ pub fn orphan_domain(
         },
     };
     progress.set(c, g, now);
-    Cond::new(False, reasons::NO_HOST_REPORTS, "").set(c, types::MOVING_TO_MAINTENANCE, g, now);
+    Cond::new(False, reasons::UNATTACHED, "").set(c, types::MOVING_TO_MAINTENANCE, g, now);
     Cond::new(False, reasons::NO_PROBLEM, "").set(c, types::PROBLEM, g, now);
     status
 }

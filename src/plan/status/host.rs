@@ -176,7 +176,23 @@ fn operational(v: &HostVerdict, refused: &str) -> Option<Cond> {
             )
         })
     } else {
-        Some(Cond::new(True, reasons::DOMAINS_REACHABLE, ""))
+        // Only an Up host's reports are judged; the others say the state they are in, not a
+        // verdict on domains no one asked them to reach.
+        Some(match v.phase {
+            HostPhase::NonResponsive => Cond::new(
+                Unknown,
+                reasons::LEASE_EXPIRED,
+                "the host does not respond; whether it reaches its domains is not known",
+            ),
+            HostPhase::Maintenance => Cond::new(True, reasons::HOST_MAINTENANCE, ""),
+            HostPhase::PreparingForMaintenance => {
+                Cond::new(True, reasons::PREPARING_FOR_MAINTENANCE, "")
+            }
+            HostPhase::Connecting => Cond::new(True, reasons::CONNECTING, ""),
+            HostPhase::Up | HostPhase::NonOperational => {
+                Cond::new(True, reasons::DOMAINS_REACHABLE, "")
+            }
+        })
     }
 }
 

@@ -13,6 +13,7 @@ use crate::api::condition::{find, is_true, reasons, types};
 use crate::api::{DomainPhase, DomainType, HostPhase, MapStatus, PoolConnection};
 
 mod bad_input;
+mod condition_reasons;
 mod detach;
 mod host_ids;
 mod ledger;

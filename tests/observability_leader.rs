@@ -1,0 +1,94 @@
+//! The leader gauge (`leader_election_master_status`, client-go's name) of two elected replicas
+//! against a real API server: 1 on the replica that holds the `poolkeeper-controller` Lease, 0 on
+//! the standby.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use poolkeeper::{
+    controller::{self, ControllerArgs, Settings},
+    protocol::{self, Token},
+};
+use support::{
+    cluster::{LEASE_NAMESPACE, TOKEN, client_as, ensure_namespace},
+    eventually,
+};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Replica {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+async fn replica() -> Replica {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr")
+    };
+    let args = ControllerArgs {
+        lease_namespace: LEASE_NAMESPACE.into(),
+        token_file: "/dev/null".into(),
+        agent_ca_file: None,
+        metrics_addr: addr,
+        concurrency: 2,
+        leader_elect: true,
+        leader_election_namespace: LEASE_NAMESPACE.into(),
+    };
+    let settings = Settings {
+        lease_namespace: LEASE_NAMESPACE.into(),
+        concurrency: 2,
+        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+    };
+    let client = client_as("poolkeeper-controller").await;
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        controller::run_elected(client, settings, &args, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Replica {
+        addr,
+        stop: Some(tx),
+    }
+}
+
+/// The replica's leader gauge, once its metrics answer.
+async fn leading(addr: SocketAddr) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find(|l| l.starts_with("leader_election_master_status{name=\"poolkeeper-controller\"}"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn wait_gauge(r: &Replica, want: f64, what: &str) {
+    eventually(what, WAIT, || async {
+        (leading(r.addr).await == Some(want)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_gauge_is_one_on_the_holder_only() {
+    ensure_namespace().await;
+    let mut a = replica().await;
+    wait_gauge(&a, 1.0, "the first replica leads").await;
+    let mut b = replica().await;
+    wait_gauge(&b, 0.0, "the second replica stands by").await;
+    assert_eq!(leading(a.addr).await, Some(1.0));
+
+    for r in [&mut a, &mut b] {
+        let _ = r.stop.take().expect("stop").send(());
+    }
+}
