@@ -2,7 +2,8 @@
 //! simulated hosts over real sockets: one is chosen and started, shown with kubectl and in events,
 //! and moved when its host is cut off, restarts, or goes to maintenance. Throughout, a sampler
 //! reads every host's own role (what the agent holds in memory, not what the controller thinks)
-//! and the test asserts that no two hosts were ever pool manager at once.
+//! and the test asserts that no two hosts were ever pool manager at once. When the master
+//! changes, the manager switches it on storage before any host is told (the hosts' call logs).
 
 mod support;
 
@@ -14,7 +15,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use poolkeeper::agent::host::HostAgent;
 use poolkeeper::agent::state::SpmRole;
-use poolkeeper::api::{Host, PoolManagerStatus};
+use poolkeeper::api::{Host, PoolManagerStatus, StorageDomain};
 use serde_json::json;
 use support::cluster::{
     PoolOptions, SimPool, TOKEN, WAIT, condition, host, merge_spec, pool, sim_pool,
@@ -248,5 +249,94 @@ async fn a_manager_put_in_maintenance_stops_the_role_before_it_is_disconnected()
         !v.contains(&("StoragePool.disconnect", false)),
         "no disconnect refused: {v:?}"
     );
+    assert_eq!(sampler.most().await, 1, "never two pool managers");
+}
+
+/// Waits until every host's own connection names `master` at `version`.
+async fn every_host_on(sim: &SimPool, master: &str, version: i64) {
+    eventually(
+        &format!("every host connected with master {master} v{version}"),
+        WAIT,
+        || async move {
+            sim.agents
+                .hosts()
+                .iter()
+                .all(|h| {
+                    h.connection().is_some_and(|c| {
+                        c.master_domain.as_deref() == Some(master) && c.master_version == version
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// Moves the master to `to` by putting `from` in maintenance (and `to` out of it); then
+/// asserts the manager switched it on storage (`switchMaster`, accepted, keeping its role)
+/// before any host received a connect naming it, and that no host refused a connect.
+async fn master_moves(sim: &SimPool, from: &str, to: &str, version: i64) {
+    let before = running_manager(&sim.pool).await;
+    let new_master = sim.uuids[to].clone();
+    merge_spec::<StorageDomain>(to, json!({"maintenance": false})).await;
+    merge_spec::<StorageDomain>(from, json!({"maintenance": true})).await;
+    every_host_on(sim, &new_master, version).await;
+    let status = pool(&sim.pool).await.status.expect("status");
+    assert_eq!(status.master_domain.as_deref(), Some(new_master.as_str()));
+    assert_eq!(status.master_version, version, "masterVersion bumped");
+
+    // The manager's switch, accepted, names the new master in what it holds after it.
+    let (calls, _) = sim.agents.host(&before.host).expect("host").calls();
+    let switch = calls
+        .iter()
+        .find(|c| {
+            c.verb == "StoragePool.switchMaster"
+                && c.held.as_ref().and_then(|h| h.master_domain.as_deref())
+                    == Some(new_master.as_str())
+        })
+        .unwrap_or_else(|| panic!("switchMaster on {}: {calls:?}", before.host));
+    assert!(switch.ok, "{calls:?}");
+    assert_eq!(
+        switch.held.as_ref().map(|h| h.master_version),
+        Some(version)
+    );
+    // No host received a connect naming the new master before it, and none refused one.
+    for h in &sim.hosts {
+        let (calls, _) = sim.agents.host(h).expect("host").calls();
+        for c in calls.iter().filter(|c| c.connect) {
+            assert!(c.ok, "{h} refused a connect: {calls:?}");
+            let names_new = c.held.as_ref().and_then(|x| x.master_domain.as_deref())
+                == Some(new_master.as_str());
+            if names_new && c.held.as_ref().is_some_and(|x| x.master_version == version) {
+                assert!(
+                    c.at >= switch.at,
+                    "{h}: connect before the switch: {calls:?}"
+                );
+            }
+        }
+    }
+    // The manager kept its role through the move (its lease moved with the master).
+    let after = running_manager(&sim.pool).await;
+    assert_eq!((after.host, after.lver), (before.host.clone(), before.lver));
+    assert_eq!(holders(sim.agents.hosts()), vec![before.host]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_is_switched_through_the_manager_before_hosts_are_told_and_back_again() {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let sampler = Sampler::start(&sim);
+    let m = running_manager(&sim.pool).await;
+    let first = pool(&sim.pool).await.status.expect("status");
+    let (d0, d1) = (sim.domains[0].clone(), sim.domains[1].clone());
+    assert_eq!(
+        first.master_domain.as_deref(),
+        Some(sim.uuids[&d0].as_str())
+    );
+    every_host_on(&sim, &sim.uuids[&d0], first.master_version).await;
+    assert!(m.lver > 0);
+
+    master_moves(&sim, &d0, &d1, first.master_version + 1).await;
+    // And back to the domain that was master before (the simulator refused that with 324).
+    master_moves(&sim, &d1, &d0, first.master_version + 2).await;
     assert_eq!(sampler.most().await, 1, "never two pool managers");
 }

@@ -349,6 +349,11 @@ impl HostAgent {
         self.lock().state.spm()
     }
 
+    /// The pool connection the host holds now (its own memory, not its report).
+    pub fn connection(&self) -> Option<PoolConnection> {
+        self.lock().state.connection().cloned()
+    }
+
     /// Unfinished pool-manager tasks (`spmStop` fails with 653 while there are some).
     pub fn set_unfinished_tasks(&self, n: u32) {
         self.tasks.store(n, Ordering::Release);
@@ -742,9 +747,16 @@ impl Verbs for HostAgent {
 
     fn switch_master(&self, params: SwitchMasterParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
-        let (mut pool, host_id) = self.managed_pool(&mut inner, &params.storagepool_id)?;
+        let (mut pool, host_id) = match self.managed_pool(&mut inner, &params.storagepool_id) {
+            Ok(p) => p,
+            Err(e) => {
+                inner.log_call(method::POOL_SWITCH_MASTER, false);
+                return Err(e);
+            }
+        };
         let old = params.old_master_uuid.to_ascii_lowercase();
         if pool.master != old {
+            inner.log_call(method::POOL_SWITCH_MASTER, false);
             return Err(VdsmError::new(
                 ErrorCode::StoragePoolWrongMaster,
                 format!(
@@ -763,6 +775,8 @@ impl Verbs for HostAgent {
         );
         self.apply_managed(&mut inner, pool);
         inner.log_call(method::POOL_SWITCH_MASTER, result.is_ok());
+        drop(inner);
+        tracing::info!(host = %self.name, pool = %params.storagepool_id, new_master = %params.new_master_uuid, master_version = params.master_version, ok = result.is_ok(), "switchMaster");
         result
     }
 

@@ -44,8 +44,9 @@ pub enum MasterCheck {
     /// As sp.py `setMasterDomain`: the master exists (304), says `ROLE=Master` and lists the
     /// pool in `POOL_UUID` (324). Real file domains.
     Strict,
-    /// As `Strict`, except that a memory-backend master still fresh from `make-domain`
-    /// (`ROLE=Regular`, no `POOL_UUID`) is accepted: the simulator's default, so flows that do
+    /// As `Strict`, except that a memory-backend master never attached to a pool (no
+    /// `POOL_UUID`, whatever its `ROLE`: fresh from `make-domain`, or moved to or from by
+    /// `switchMaster`) is accepted: the simulator's default, so flows that do
     /// not run the pool manager's verbs yet keep working on simulated storage.
     Lenient,
 }
@@ -125,7 +126,9 @@ pub fn verify_master(
         Some(Err(e)) => return Err(e.vdsm(false)),
         Some(Ok(md)) => md,
     };
-    let fresh = !md.is_master() && md.pools().is_empty();
+    // Never attached to any pool: fresh from `make-domain`, or made master by a
+    // `switchMaster` of a pool whose domains were never attached (either role).
+    let fresh = md.pools().is_empty();
     if check == MasterCheck::Lenient && backend == Backend::Memory && fresh {
         return Ok(None);
     }
@@ -600,6 +603,14 @@ mod tests {
         // Lenient (the simulator): a fresh, unattached domain passes as a memory-backend master.
         let mut s = PoolState::default();
         s.connect(&p, A, Some(&fresh), Lenient).expect("lenient");
+        // ... and so does one that `switchMaster` made master without attaching it, the one a
+        // switch back goes to (once master, now `Regular`) or the one switched to (`Master`).
+        let mut switched_to = Metadata::new_domain(A, "Data", "a");
+        switched_to.set(key::ROLE, "Master");
+        assert_eq!(refused(Some(&Ok(switched_to.clone())), Strict), wrong);
+        let mut s = PoolState::default();
+        s.connect(&p, A, Some(&Ok(switched_to)), Lenient)
+            .expect("lenient after a switch");
     }
 
     #[test]

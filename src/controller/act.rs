@@ -353,6 +353,22 @@ async fn send_manager(
             rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SPM_STOP, &params, timeout)
                 .await
         }
+        ManagerVerb::SwitchMaster => {
+            let Some(switch) = &call.switch else {
+                return Err(CallFailure {
+                    code: None,
+                    message: "switchMaster without a master to switch to".to_owned(),
+                });
+            };
+            let params = protocol::wire::SwitchMasterParams {
+                storagepool_id: call.pool_uuid.clone(),
+                old_master_uuid: switch.old.clone(),
+                new_master_uuid: switch.new.clone(),
+                master_version: switch.version,
+            };
+            rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SWITCH_MASTER, &params, timeout)
+                .await
+        }
     };
     let verb = call.verb.as_str();
     let outcome = match &result {

@@ -202,10 +202,15 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
         return;
     };
     if let Some(pool) = report.make_mut().pool.as_mut() {
-        pool.spm_lver = match call.verb {
-            ManagerVerb::Start => Some(call.prev_lver.max(0) + 1),
-            ManagerVerb::Stop => None,
-        };
+        match (call.verb, &call.switch) {
+            (ManagerVerb::Start, _) => pool.spm_lver = Some(call.prev_lver.max(0) + 1),
+            (ManagerVerb::Stop, _) => pool.spm_lver = None,
+            (ManagerVerb::SwitchMaster, Some(s)) => {
+                pool.master_domain = Some(s.new.clone());
+                pool.master_version = s.version;
+            }
+            (ManagerVerb::SwitchMaster, None) => {}
+        }
     }
 }
 

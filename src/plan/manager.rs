@@ -22,6 +22,12 @@
 //!    in-sync Up member with the lowest host id is chosen, with the previous manager as
 //!    `prevID`/`prevLver` (oVirt picks by SPM priority, random among equals; the lowest id is
 //!    as good and the same in every replica).
+//! 5. A running manager whose own connection names another master than the desired one gets
+//!    `StoragePool.switchMaster(old, new, masterVersion)` (VDSM 4.4.3 and later), and every
+//!    connect waits until its report names the new master: a connect naming a master the
+//!    manager has not moved yet is refused by VDSM (324), and the manager's lease would stay
+//!    on the old master. Without a running manager (or when the new master is not active in
+//!    its map) connects are not held.
 //!
 //! One pool-manager call per pool at a time; a failed call is retried after a backoff (1 s
 //! doubling, at most [`MAX_BACKOFF`]), an accepted one waits `connectTimeoutSeconds` for the
@@ -34,7 +40,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::ledger::{CallState, backoff_delay, connect_timeout};
 use super::{CallFailure, Desired, HostRole, HostVerdict, Observed};
-use crate::api::{HostPhase, PoolManagerStatus};
+use crate::api::{HostPhase, MapStatus, PoolManagerStatus};
 
 /// The longest wait between two attempts of a pool-manager call: the pool has no manager
 /// meanwhile, and a call costs the host one lease read.
@@ -47,6 +53,9 @@ pub enum ManagerVerb {
     Start,
     /// `StoragePool.spmStop`.
     Stop,
+    /// `StoragePool.switchMaster`: the master moves on storage (and the manager's lease with
+    /// it) before any host receives a connect naming the new master.
+    SwitchMaster,
 }
 
 impl ManagerVerb {
@@ -55,6 +64,7 @@ impl ManagerVerb {
         match self {
             Self::Start => "spmStart",
             Self::Stop => "spmStop",
+            Self::SwitchMaster => "switchMaster",
         }
     }
 }
@@ -76,6 +86,20 @@ pub struct ManagerCall {
     pub prev_lver: i64,
     /// `maxHostID` (`spmStart` only): `spec.sync.maxHosts`.
     pub max_host_id: i32,
+    /// The move (`switchMaster` only).
+    pub switch: Option<MasterSwitch>,
+}
+
+/// `StoragePool.switchMaster` parameters: the master the manager holds, the desired one, and
+/// the desired (bumped) `masterVersion`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterSwitch {
+    /// `oldMasterUUID`: the master of the manager's own connection.
+    pub old: String,
+    /// `newMasterUUID`: the desired master.
+    pub new: String,
+    /// `masterVersion`: the desired one.
+    pub version: i64,
 }
 
 /// What the shell remembers about a pool's last pool-manager call (its ledger entry).
@@ -197,6 +221,8 @@ pub struct ManagerPlan {
     pub confirmed: bool,
     /// Hosts that hold the role and must give it up before they are disconnected.
     pub hold_disconnect: BTreeSet<String>,
+    /// Connects wait: they name a master the running manager has not switched to yet.
+    pub hold_connects: bool,
     /// When the clock alone makes a call due (a backoff ends, a wait for a report ends).
     pub retry_at: Option<Timestamp>,
 }
@@ -210,6 +236,7 @@ impl ManagerPlan {
             call: None,
             confirmed: false,
             hold_disconnect: BTreeSet::new(),
+            hold_connects: false,
             retry_at: None,
         }
     }
@@ -308,6 +335,10 @@ pub fn plan(
         current.cloned()
     };
 
+    // The running manager moves the master on storage first (rule 5): its own connection
+    // names the master it holds; the desired one, active in that connection's map and with a
+    // higher version, is switched to before any host receives a connect naming it.
+    let switch = running.and_then(|(host, ..)| switch_of(observed, host, desired));
     let entry = observed.manager.as_ref();
     let holds = |h: &str| holders.iter().any(|(x, ..)| *x == h);
     let timeout = connect_timeout(&observed.pool.spec.sync);
@@ -316,6 +347,7 @@ pub fn plan(
             && match e.verb {
                 ManagerVerb::Start => holds(&e.host),
                 ManagerVerb::Stop => !holds(&e.host),
+                ManagerVerb::SwitchMaster => switch.is_none(),
             }
     });
     let entry = entry.filter(|_| !confirmed);
@@ -333,6 +365,8 @@ pub fn plan(
             .as_ref()
             .filter(|r| may_keep(&r.host))
             .map(|r| (r.host.as_str(), ManagerVerb::Start))
+    } else if let (Some(_), Some((host, ..))) = (&switch, running) {
+        Some((host, ManagerVerb::SwitchMaster))
     } else {
         None
     };
@@ -380,6 +414,7 @@ pub fn plan(
             prev_id,
             prev_lver,
             max_host_id: observed.pool.spec.sync.max_hosts,
+            switch: switch.clone().filter(|_| verb == ManagerVerb::SwitchMaster),
         })
     });
     ManagerPlan {
@@ -388,8 +423,26 @@ pub fn plan(
         call,
         confirmed,
         hold_disconnect,
+        hold_connects: switch.is_some(),
         retry_at,
     }
+}
+
+/// The `switchMaster` the running manager `host` needs, if any: its connection names another
+/// master than the desired one, the desired one is active in its map (else VDSM refuses with
+/// 353/369) and the desired version is higher (else 324).
+fn switch_of(observed: &Observed, host: &str, desired: &Desired) -> Option<MasterSwitch> {
+    let held = observed.hosts.get(host)?.report.parsed()?.pool.as_ref()?;
+    let old = held.master_domain.as_ref()?;
+    let new = desired.master_domain.as_ref()?;
+    let movable = old != new
+        && held.domain_map.get(new) == Some(&MapStatus::Active)
+        && desired.master_version > held.master_version;
+    movable.then(|| MasterSwitch {
+        old: old.clone(),
+        new: new.clone(),
+        version: desired.master_version,
+    })
 }
 
 /// The responsive, in-sync Up member with the lowest host id that does not hold the role

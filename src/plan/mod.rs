@@ -807,8 +807,12 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
     let manager = manager::plan(observed, &pool_uuid, &desired, &hostv, now);
     // A host that holds the pool manager's role is disconnected only after `spmStop` (VDSM
     // refuses the disconnect with 656 until then).
+    // A connect naming a new master waits for the manager's `switchMaster`.
     calls.retain(|c| {
-        let held = c.kind() == CallKind::Disconnect && manager.hold_disconnect.contains(c.host());
+        let held = match c.kind() {
+            CallKind::Disconnect => manager.hold_disconnect.contains(c.host()),
+            CallKind::Connect => manager.hold_connects,
+        };
         if held && let Some(v) = hostv.get_mut(c.host()) {
             v.call_pending = true;
         }

@@ -303,3 +303,97 @@ fn a_restarted_manager_keeps_the_choice_while_it_is_reconnected() {
         Some(("h0000", ManagerVerb::Start))
     );
 }
+
+/// The master each host's own connection names.
+fn masters(o: &mut Observed) -> Vec<(String, Option<String>, i64)> {
+    let names: Vec<String> = o.hosts.keys().cloned().collect();
+    names
+        .into_iter()
+        .map(|h| {
+            let c = report_of(o, &h).pool.clone().expect("connected");
+            (h, c.master_domain, c.master_version)
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_master_is_switched_to_on_the_manager_before_any_host_is_told() {
+    let mut o = steady(3, 2, t0());
+    let old = o.pool.status.clone();
+    assert_eq!(old.master_domain, Some(uuid_of("d000")));
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+
+    // The map with the new master is persisted first; no host gets a connect naming it yet, the
+    // running manager gets switchMaster(old, new, bumped version).
+    let p = plan(&o, t0());
+    assert_eq!(p.desired.master_domain, Some(uuid_of("d001")));
+    assert!(p.persist_first.is_some(), "the new map is persisted first");
+    assert!(
+        p.calls.iter().all(|c| c.kind() != CallKind::Connect),
+        "{:?}",
+        p.calls
+    );
+    assert!(p.manager.hold_connects);
+    let call = p.manager.call.clone().expect("switchMaster");
+    assert_eq!(
+        (call.host.as_str(), call.verb),
+        ("h0000", ManagerVerb::SwitchMaster)
+    );
+    let switch = call.switch.clone().expect("its parameters");
+    assert_eq!(
+        (switch.old, switch.new, switch.version),
+        (uuid_of("d000"), uuid_of("d001"), old.master_version + 1)
+    );
+
+    // The manager did not answer yet (its call is in flight): still nothing to the hosts.
+    let boot = report_of(&mut o, "h0000").boot_id.clone();
+    o.manager = Some(ManagerCalls::started(None, &call, &boot, t0()));
+    let p = plan(&o, t0());
+    assert_eq!(manager_call(&p), None, "in flight");
+    assert!(p.calls.iter().all(|c| c.kind() != CallKind::Connect));
+
+    // Once its report names the new master, the connects go out, every one naming it.
+    o.manager = None;
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(manager_call(&p), Some(("h0000", ManagerVerb::SwitchMaster)));
+    let (p, _) = step(&mut o, t0());
+    assert!(!p.manager.hold_connects);
+    assert!(p.calls.iter().any(|c| c.kind() == CallKind::Connect));
+    for c in &p.calls {
+        if let HostCall::Connect { params, .. } = c {
+            assert_eq!(params.master_domain, Some(uuid_of("d001")));
+            assert_eq!(params.master_version, old.master_version + 1);
+        }
+    }
+    converge(&mut o, t0(), 10);
+    for (h, master, version) in masters(&mut o) {
+        assert_eq!(
+            (master, version),
+            (Some(uuid_of("d001")), old.master_version + 1),
+            "{h}"
+        );
+    }
+    assert_eq!(
+        manager_call(&plan(&o, t0())),
+        None,
+        "nothing more to switch"
+    );
+}
+
+#[test]
+fn without_a_running_manager_connects_are_not_held_for_a_switch() {
+    // The manager's host is gone (its role lost): a stalled switch must not stall the pool.
+    let mut o = steady(2, 2, t0());
+    for h in o.hosts.keys().cloned().collect::<Vec<_>>() {
+        *spm_of(&mut o, &h) = None;
+    }
+    o.pool.status.pool_manager = None;
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert!(!p.manager.hold_connects);
+    assert!(p.calls.iter().any(|c| c.kind() == CallKind::Connect));
+    assert_ne!(
+        manager_call(&p).map(|c| c.1),
+        Some(ManagerVerb::SwitchMaster)
+    );
+}
