@@ -126,8 +126,11 @@ fn run_entrypoint(image: &Unpacked, args: &[&str]) -> Output {
         c.args(&entrypoint[1..]);
         c
     };
+    // Nothing of this process's environment but where `chroot` is.
+    let path = std::env::var_os("PATH").unwrap_or_default();
     cmd.args(args)
         .env_clear()
+        .env("PATH", path)
         .output()
         .expect("run the image's entrypoint")
 }
