@@ -15,6 +15,19 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 root="${POOLKEEPER_CACHE_DIR:-$HOME/.cache/poolkeeper}"
 bin="${POOLKEEPER_CP_DIR:-$root/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION}"
 if [ "${1:-}" = "--print-dir" ]; then echo "$bin"; exit 0; fi
+if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ]; then
+  echo "$bin"
+  exit 0
+fi
+if ! command -v go >/dev/null; then
+  cat >&2 <<MSG
+Go is needed to build the test control plane (etcd $ETCD_VERSION, kube-apiserver and kubectl
+$K8S_VERSION) from their Go modules, once, into $bin.
+Install Go 1.24 or newer (your distribution's golang package, or https://go.dev/dl), put \`go\` on
+PATH, and run make again. A newer toolchain that a module asks for is fetched by Go itself.
+MSG
+  exit 1
+fi
 mkdir -p "$bin"
 
 export GOFLAGS="${GOFLAGS:--mod=mod}"
@@ -22,6 +35,32 @@ export CGO_ENABLED=0
 
 staging_version="v0.${K8S_VERSION#v1.}"          # v1.36.3 -> v0.36.3
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"  # v1.36.3 -> 36
+
+# `go build` of one command with a progress line every 25 compiled packages (a cold build is
+# silent for many minutes otherwise). Compiler errors pass through as they are: package paths,
+# the only other lines of `go build -v`, have no spaces or colons.
+progress_build() {
+  local name=$1 pkg=$2; shift 2
+  echo ">> $name: counting packages" >&2
+  local total
+  total=$(go list -deps "$pkg" 2>/dev/null | wc -l)
+  local start=$SECONDS
+  go build -v "$@" "$pkg" 2>&1 | {
+    n=0
+    while IFS= read -r line; do
+      case "$line" in
+        *" "* | *:*) echo "$line" ;;
+        *)
+          n=$((n + 1))
+          if [ $((n % 25)) -eq 0 ]; then
+            echo ">> $name: $n of at most $total packages compiled ($((SECONDS - start)) s)"
+          fi
+          ;;
+      esac
+    done
+  }
+  echo ">> $name: built in $((SECONDS - start)) s"
+}
 
 build_kube() {
   local work="$root/wrappers/kube-$K8S_VERSION"
@@ -46,7 +85,7 @@ build_kube() {
   for cmd in kube-apiserver kubectl; do
     if [ ! -x "$bin/$cmd" ]; then
       echo ">> building $cmd $K8S_VERSION (a cold build takes 10-20 minutes on 2 cores)"
-      go build -trimpath -o "$bin/$cmd.tmp" -ldflags "$ld" "k8s.io/kubernetes/cmd/$cmd"
+      progress_build "$cmd" "k8s.io/kubernetes/cmd/$cmd" -trimpath -o "$bin/$cmd.tmp" -ldflags "$ld"
       mv "$bin/$cmd.tmp" "$bin/$cmd"
     fi
   done
@@ -63,15 +102,11 @@ build_etcd() {
     go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
   fi
   echo ">> building etcd $ETCD_VERSION"
-  go build -trimpath -o "$bin/etcd.tmp" -ldflags "-s -w" go.etcd.io/etcd/server/v3
+  progress_build etcd go.etcd.io/etcd/server/v3 -trimpath -o "$bin/etcd.tmp" -ldflags "-s -w"
   mv "$bin/etcd.tmp" "$bin/etcd"
 }
 
-if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ]; then
-  echo "$bin"
-  exit 0
-fi
-echo ">> building the test control plane into $bin" >&2
+echo ">> building the test control plane into $bin (once; progress below)" >&2
 ( build_etcd ) >&2
 ( build_kube ) >&2
 echo "$bin"

@@ -19,14 +19,16 @@
 //! - [`controller`]: the reconciler shell around [`plan`].
 //! - [`shutdown`]: the stop signal (SIGINT, SIGTERM) every long-running subcommand waits for.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
-//! - [`testenv`]: a real local control plane (etcd + kube-apiserver) for tests and [`dev`].
-//! - [`dev`]: `poolkeeper dev`, the control plane, controller and simulated hosts in one command.
+//! - `testenv`: a real local control plane (etcd + kube-apiserver) for tests and `dev`.
+//! - `dev`: `poolkeeper dev`, the control plane, controller and simulated hosts in one command.
+//!   Both only with the `dev` cargo feature (on by default, off in the image).
 //! - `properties` (tests only): property tests of every parser of outside input; the planner's
 //!   are in `plan`'s tests.
 
 pub mod agent;
 pub mod api;
 pub mod controller;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod metrics;
 pub mod plan;
@@ -35,4 +37,5 @@ mod properties;
 pub mod protocol;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "dev")]
 pub mod testenv;

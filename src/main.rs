@@ -19,6 +19,7 @@ enum Command {
     /// Run the controller.
     Controller(poolkeeper::controller::ControllerArgs),
     /// Start a local control plane, the controller and simulated hosts, and run until interrupted.
+    #[cfg(feature = "dev")]
     Dev(poolkeeper::dev::DevArgs),
     /// Create a file-domain layout (`<root>/<mount>/<uuid>/dom_md/metadata`) for demos and tests.
     MakeDomain(poolkeeper::agent::MakeDomainArgs),
@@ -62,6 +63,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Agent(args) => Ok(poolkeeper::agent::run(args).await?),
         Command::Controller(args) => Ok(poolkeeper::controller::run(args).await?),
+        #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(poolkeeper::dev::run(args).await?),
         Command::MakeDomain(args) => Ok(poolkeeper::agent::make_domain(&args)?),
     }

@@ -45,14 +45,12 @@ fn api_error(result: Result<DynamicObject, kube::Error>) -> String {
 #[test]
 fn crds_directory_is_current() {
     let expected = poolkeeper::api::crds_yaml().expect("crds");
-    for file in ["crds/poolkeeper.yaml", "deploy/crds.yaml"] {
-        let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
-        let actual = std::fs::read_to_string(&path).expect("generated CRD file");
-        assert!(
-            actual == expected,
-            "{file} is stale: run `make crds` and commit the result"
-        );
-    }
+    let path = format!("{}/crds/poolkeeper.yaml", env!("CARGO_MANIFEST_DIR"));
+    let actual = std::fs::read_to_string(&path).expect("generated CRD file");
+    assert!(
+        actual == expected,
+        "crds/poolkeeper.yaml is stale: run `make crds` and commit the result"
+    );
 }
 
 #[tokio::test]

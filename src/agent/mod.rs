@@ -8,11 +8,12 @@
 //! does; [`host`] one host tying them together behind
 //! the [`crate::protocol::Verbs`] trait; [`driver`] the shared ticker that reads metadata and
 //! feeds each host's monitors; [`report`] and [`lease`] the only code that talks to Kubernetes;
-//! [`sim`] simulated storage and fault injection. Calls are served from memory whatever the API
-//! server does.
+//! [`sim`] simulated storage and fault injection; [`health`] the probe and metrics endpoint.
+//! Calls are served from memory whatever the API server does.
 
 pub mod domains;
 pub mod driver;
+pub mod health;
 pub mod host;
 pub mod lease;
 pub mod manager;
@@ -142,6 +143,10 @@ pub struct AgentArgs {
     /// per renewal, 0.1 writes per second per idle host).
     #[arg(long, default_value_t = 10.0)]
     pub lease_renew_seconds: f64,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (plain HTTP, no token; apart from the
+    /// RPC port). Not served unless given.
+    #[arg(long, env = "POOLKEEPER_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// Run N simulated hosts instead of one real host.
     #[arg(long, value_name = "N")]
     pub simulate: Option<usize>,
@@ -555,6 +560,9 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
     let client = kube::Client::try_default().await.map_err(Error::Kube)?;
     opts.kube = Some((client, lease_config(&args)?));
     let running = start(opts).await?;
+    if let Some(addr) = args.health_addr {
+        health::serve(addr, Arc::clone(&running.hosts)).await?;
+    }
     running.run_until(crate::shutdown::signal()).await
 }
 

@@ -116,6 +116,16 @@ pub enum Error {
     /// Leader election could not start.
     #[error("starting leader election")]
     LeaderElection(#[source] kube_lease_manager::LeaseManagerError),
+    /// The leader-election timings contradict each other.
+    #[error(
+        "--leader-election-renew-grace-seconds ({grace}) must be less than --leader-election-lease-seconds ({lease})"
+    )]
+    LeaderElectionTimings {
+        /// The Lease duration, seconds.
+        lease: u64,
+        /// The renewal grace, seconds.
+        grace: u64,
+    },
     /// This replica lost the leader-election Lease and stopped acting.
     #[error("lost the leader-election lease")]
     LeadershipLost,
@@ -152,7 +162,7 @@ impl Error {
             Self::Token(_) => "Token",
             Self::CaFile { .. } => "CaFile",
             Self::Http { .. } => "Http",
-            Self::LeaderElection(_) => "LeaderElection",
+            Self::LeaderElection(_) | Self::LeaderElectionTimings { .. } => "LeaderElection",
             Self::LeadershipLost => "LeadershipLost",
         }
     }
@@ -186,6 +196,14 @@ pub struct ControllerArgs {
     /// The namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "poolkeeper-system")]
     pub leader_election_namespace: String,
+    /// How long the leader-election Lease lasts without renewal: a leader that dies without
+    /// releasing it is replaced after at most this long.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub leader_election_lease_seconds: u64,
+    /// How long before the Lease expires the leader renews it (less than the lease; more leaves
+    /// room for a slow API server, and a leader that cannot renew in time stops acting).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3599))]
+    pub leader_election_renew_grace_seconds: u64,
 }
 
 /// Runs the controller with the ambient Kubernetes configuration until SIGINT/SIGTERM.
@@ -193,6 +211,10 @@ pub struct ControllerArgs {
 /// # Errors
 /// When the client or the metrics server cannot start.
 pub async fn run(args: ControllerArgs) -> Result<(), Error> {
+    // Flags first: a mistake is reported as such, before any connection is tried.
+    if args.leader_elect {
+        election_timings(&args)?;
+    }
     let client = Client::try_default().await.map_err(Error::Config)?;
     let settings = Settings::from_args(&args)?;
     let shutdown = crate::shutdown::signal();
@@ -217,6 +239,19 @@ pub async fn run_with(
     run_inner(client, settings, metrics_addr, None, shutdown).await
 }
 
+/// The leader-election Lease duration and renewal grace, in seconds. The lease manager panics on
+/// a grace that is not shorter than the lease; a flag mistake is an error message instead.
+fn election_timings(args: &ControllerArgs) -> Result<(u64, u64), Error> {
+    let (lease, grace) = (
+        args.leader_election_lease_seconds,
+        args.leader_election_renew_grace_seconds,
+    );
+    if grace == 0 || grace >= lease {
+        return Err(Error::LeaderElectionTimings { lease, grace });
+    }
+    Ok((lease, grace))
+}
+
 /// The name of the Lease replicas compete for.
 const LEADER_LEASE: &str = crate::metrics::LEADER_LEASE;
 
@@ -233,13 +268,14 @@ pub async fn run_elected(
     args: &ControllerArgs,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), Error> {
+    let (lease, grace) = election_timings(args)?;
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("poolkeeper-{}", uuid::Uuid::new_v4().simple()));
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
         .with_namespace(&args.leader_election_namespace)
         .with_identity(&identity)
-        .with_duration(15)
-        .with_grace(5)
+        .with_duration(lease)
+        .with_grace(grace)
         .with_field_manager(FIELD_MANAGER)
         .build()
         .await
