@@ -36,6 +36,8 @@ async fn replica() -> Replica {
         concurrency: 2,
         leader_elect: true,
         leader_election_namespace: LEASE_NAMESPACE.into(),
+        leader_election_lease_seconds: 15,
+        leader_election_renew_grace_seconds: 5,
     };
     let settings = Settings {
         lease_namespace: LEASE_NAMESPACE.into(),
