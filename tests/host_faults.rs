@@ -23,30 +23,13 @@ use poolkeeper::api::{
 };
 use serde_json::json;
 use support::cluster::{
-    PoolOptions, SimPool, TOKEN, WAIT, condition, create_domain, domain, domain_phase, host,
+    PoolOptions, SimPool, WAIT, condition, control, create_domain, domain, domain_phase, host,
     host_map, merge_spec, pool, sim_pool, start_hosts, wait_domain_phase,
 };
 use support::{client, eventually, unique, uuid};
 
 // ---------------------------------------------------------------------------------------------
 // Faults, through the simulator's control surface.
-
-/// Sends `method` to `/control/hosts/{host}/{action}` on the simulator of `sim`; asserts 204.
-async fn control(sim: &SimPool, method: reqwest::Method, host: &str, action: &str) {
-    let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    let url = format!(
-        "http://{}/control/hosts/{host}/{action}",
-        sim.agents.local_addr()
-    );
-    let status = reqwest::Client::new()
-        .request(method.clone(), url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("control call")
-        .status();
-    assert_eq!(status, 204, "{method} {action} on {host}");
-}
 
 /// Sets (`on`) or clears a host fault (`rpc-drop`, `report-freeze`).
 async fn fault(sim: &SimPool, host: &str, fault: &str, on: bool) {

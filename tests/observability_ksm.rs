@@ -22,24 +22,6 @@ const CONFIG: &str = concat!(
     "/deploy/observability/kube-state-metrics-config.yaml"
 );
 
-/// kube-state-metrics, built when missing (a no-op once cached).
-fn ksm_binary() -> String {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/hack/build-observability-tools.sh"
-    );
-    let out = Command::new(script)
-        .arg("kube-state-metrics")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run hack/build-observability-tools.sh");
-    assert!(
-        out.status.success(),
-        "cannot build kube-state-metrics: run `make observability-tools`"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 struct Ksm(Child);
 
 impl Drop for Ksm {
@@ -138,7 +120,7 @@ fn assert_conditions(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_state_metrics_exposes_every_phase_and_condition_of_live_objects() {
-    let binary = ksm_binary();
+    let binary = support::go_tool("kube-state-metrics");
     let sp = sim_pool(PoolOptions::default()).await;
     // One domain in maintenance, so two phases are live.
     let parked = &sp.domains[1];

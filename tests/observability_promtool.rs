@@ -5,30 +5,14 @@
 //! fire it, names the pool, domain and hosts, and stays silent otherwise), and `check metrics` on
 //! the controller's own exposition.
 
+mod support;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const RULES: &str = include_str!("../deploy/observability/prometheusrule.yaml");
 const RULE_TESTS: &str = include_str!("../deploy/observability/prometheusrule_test.yaml");
-
-/// promtool, built when missing (a no-op once cached; `make test` builds it first, with progress).
-fn promtool() -> PathBuf {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/hack/build-observability-tools.sh"
-    );
-    let out = Command::new(script)
-        .arg("promtool")
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run hack/build-observability-tools.sh");
-    assert!(
-        out.status.success(),
-        "cannot build promtool: run `make observability-tools`"
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
 
 fn run(promtool: &Path, args: &[&str], dir: &Path) -> String {
     let out = Command::new(promtool)
@@ -62,7 +46,7 @@ fn rule_files() -> tempfile::TempDir {
 
 #[test]
 fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
-    let promtool = promtool();
+    let promtool = support::go_tool("promtool");
     let dir = rule_files();
     let checked = run(
         &promtool,
@@ -102,7 +86,7 @@ fn every_alert_has_a_unit_test() {
 
 #[test]
 fn promtool_reads_the_controllers_metrics() {
-    let promtool = promtool();
+    let promtool = support::go_tool("promtool");
     let metrics = poolkeeper::metrics::Metrics::default();
     metrics.host_call("connect", "ok", 0.002);
     metrics.reconciled("success", 0.01);

@@ -18,7 +18,7 @@ use poolkeeper::agent::state::SpmRole;
 use poolkeeper::api::{Host, PoolManagerStatus, StorageDomain};
 use serde_json::json;
 use support::cluster::{
-    PoolOptions, SimPool, TOKEN, WAIT, condition, host, merge_spec, pool, sim_pool,
+    PoolOptions, SimPool, WAIT, condition, control, host, merge_spec, pool, sim_pool,
 };
 use support::{client, eventually, kubectl_ok};
 
@@ -74,23 +74,6 @@ impl Sampler {
         self.task.await.expect("sampler");
         self.most.load(Ordering::Acquire)
     }
-}
-
-/// Sends `method` to `/control/hosts/{host}/{action}` on the simulator; asserts 204.
-async fn control(sim: &SimPool, method: reqwest::Method, host: &str, action: &str) {
-    let _already_installed = rustls::crypto::ring::default_provider().install_default();
-    let url = format!(
-        "http://{}/control/hosts/{host}/{action}",
-        sim.agents.local_addr()
-    );
-    let status = reqwest::Client::new()
-        .request(method.clone(), url)
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("control call")
-        .status();
-    assert_eq!(status, 204, "{method} {action} on {host}");
 }
 
 /// The verbs a host received, in order, with whether it accepted each.

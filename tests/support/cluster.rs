@@ -414,3 +414,20 @@ impl ProcessPool {
         }
     }
 }
+
+/// Sends `method` to `/control/hosts/{host}/{action}` on the simulator of `sim`; asserts 204.
+pub async fn control(sim: &SimPool, method: reqwest::Method, host: &str, action: &str) {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+    let url = format!(
+        "http://{}/control/hosts/{host}/{action}",
+        sim.agents.local_addr()
+    );
+    let status = reqwest::Client::new()
+        .request(method.clone(), url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("control call")
+        .status();
+    assert_eq!(status, 204, "{method} {action} on {host}");
+}

@@ -116,3 +116,23 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The path of Go tool `name` (`promtool`, `kube-state-metrics`), built from its Go module when
+/// missing (`hack/build-observability-tools.sh`; a no-op once cached, and `make test` builds them
+/// first, with progress).
+pub fn go_tool(name: &str) -> std::path::PathBuf {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/hack/build-observability-tools.sh"
+    );
+    let out = std::process::Command::new(script)
+        .arg(name)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run hack/build-observability-tools.sh");
+    assert!(
+        out.status.success(),
+        "cannot build {name}: run `make observability-tools`"
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
