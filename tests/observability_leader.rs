@@ -1,6 +1,7 @@
 //! The leader gauge (`leader_election_master_status`, client-go's name) of two elected replicas
 //! against a real API server: 1 on the replica that holds the `poolkeeper-controller` Lease, 0 on
-//! the standby.
+//! the standby; and a leader asked to stop right after it acquired the Lease (before its caches
+//! synced, where kube-runtime's runner used to wait forever) stops, and the standby takes over.
 
 mod support;
 
@@ -21,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(60);
 struct Replica {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<Result<(), controller::Error>>,
 }
 
 async fn replica() -> Replica {
@@ -46,7 +48,7 @@ async fn replica() -> Replica {
     };
     let client = client_as("poolkeeper-controller").await;
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
+    let done = tokio::spawn(async move {
         controller::run_elected(client, settings, &args, async move {
             let _ = rx.await;
         })
@@ -55,6 +57,7 @@ async fn replica() -> Replica {
     Replica {
         addr,
         stop: Some(tx),
+        done,
     }
 }
 
@@ -93,4 +96,22 @@ async fn the_leader_gauge_is_one_on_the_holder_only() {
     for r in [&mut a, &mut b] {
         let _ = r.stop.take().expect("stop").send(());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_over_and_the_gauge_follows() {
+    ensure_namespace().await;
+    let mut a = replica().await;
+    wait_gauge(&a, 1.0, "the first replica leads").await;
+    let mut b = replica().await;
+    wait_gauge(&b, 0.0, "the second replica stands by").await;
+
+    let _ = a.stop.take().expect("stop").send(());
+    let stopped = tokio::time::timeout(WAIT, &mut a.done).await;
+    assert!(
+        matches!(stopped, Ok(Ok(Ok(())))),
+        "the leader stops cleanly: {stopped:?}"
+    );
+    wait_gauge(&b, 1.0, "the standby takes over").await;
+    let _ = b.stop.take().expect("stop").send(());
 }

@@ -255,6 +255,11 @@ fn election_timings(args: &ControllerArgs) -> Result<(u64, u64), Error> {
 /// The name of the Lease replicas compete for.
 const LEADER_LEASE: &str = crate::metrics::LEADER_LEASE;
 
+/// How long reconciles in flight may run on after a shutdown (or a lost Lease) before they are
+/// dropped: short enough that the leader Lease is still released (up to 5 s more) within the
+/// Pod's `terminationGracePeriodSeconds` of 10.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs as one of several replicas: serves health at once (a standby is live and ready, so a
 /// rolling update can proceed), reconciles only while it holds the `poolkeeper-controller` Lease,
 /// and stops with [`Error::LeadershipLost`] when it loses it (the Pod restarts as a standby; a
@@ -361,6 +366,7 @@ async fn run_inner(
     // is waiting, and a reconcile is level-triggered, so bursts cost one extra run at most.
     let config = kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let stop_seen = shutdown_rx.clone();
     // The domain controller sees the same domain and pool changes as the pool controller.
     let (domain_changes, domains_too) = watch::tee(streams.domains);
     let (pool_changes, pools_too) = watch::tee(streams.pools);
@@ -382,7 +388,19 @@ async fn run_inner(
         })
         .run(reconcile_pool, error_policy, ctx.clone())
         .for_each(log_failure);
-    tokio::join!(pools, domains);
+    // kube-runtime holds a controller's runner until its store is ready, and after a shutdown
+    // nothing feeds the store any more: a replica asked to stop before its caches synced (just
+    // after it acquired the Lease, or while the API server is unreachable) would wait forever.
+    // Reconciles in flight get SHUTDOWN_GRACE to finish; then they are dropped (a cut call is
+    // re-planned from the hosts' reports by the next leader).
+    let mut stopping = stop_seen;
+    tokio::select! {
+        _ = async { tokio::join!(pools, domains) } => {}
+        () = async {
+            let _ = stopping.wait_for(|stop| *stop).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after the shutdown grace; stopping anyway"),
+    }
     ctx.metrics.set_leader(false);
     ctx.leader
         .lock()
