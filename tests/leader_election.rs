@@ -8,63 +8,14 @@ use std::{net::SocketAddr, time::Duration};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::PostParams};
-use poolkeeper::{
-    api::StoragePool,
-    controller::{self, ControllerArgs, Settings},
-    protocol::{self, Token},
-};
+use poolkeeper::api::StoragePool;
 use support::{
     client,
-    cluster::{LEASE_NAMESPACE, TOKEN, client_as, ensure_namespace, obj},
+    cluster::{LEASE_NAMESPACE, ensure_namespace, obj, replica},
     eventually, unique,
 };
-use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Replica {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), controller::Error>>,
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-    l.local_addr().expect("addr")
-}
-
-async fn replica() -> Replica {
-    let addr = free_addr();
-    let args = ControllerArgs {
-        lease_namespace: LEASE_NAMESPACE.into(),
-        token_file: "/dev/null".into(),
-        agent_ca_file: None,
-        metrics_addr: addr,
-        concurrency: 4,
-        leader_elect: true,
-        leader_election_namespace: LEASE_NAMESPACE.into(),
-        leader_election_lease_seconds: 15,
-        leader_election_renew_grace_seconds: 5,
-    };
-    let settings = Settings {
-        lease_namespace: LEASE_NAMESPACE.into(),
-        concurrency: 4,
-        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
-    };
-    let client = client_as("poolkeeper-controller").await;
-    let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(async move {
-        controller::run_elected(client, settings, &args, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Replica {
-        addr,
-        stop: Some(tx),
-        done,
-    }
-}
 
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let resp = reqwest::get(format!("http://{addr}{path}")).await.ok()?;

@@ -7,59 +7,12 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use poolkeeper::{
-    controller::{self, ControllerArgs, Settings},
-    protocol::{self, Token},
-};
 use support::{
-    cluster::{LEASE_NAMESPACE, TOKEN, client_as, ensure_namespace},
+    cluster::{Replica, ensure_namespace, replica},
     eventually,
 };
-use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-struct Replica {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), controller::Error>>,
-}
-
-async fn replica() -> Replica {
-    let addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr")
-    };
-    let args = ControllerArgs {
-        lease_namespace: LEASE_NAMESPACE.into(),
-        token_file: "/dev/null".into(),
-        agent_ca_file: None,
-        metrics_addr: addr,
-        concurrency: 2,
-        leader_elect: true,
-        leader_election_namespace: LEASE_NAMESPACE.into(),
-        leader_election_lease_seconds: 15,
-        leader_election_renew_grace_seconds: 5,
-    };
-    let settings = Settings {
-        lease_namespace: LEASE_NAMESPACE.into(),
-        concurrency: 2,
-        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
-    };
-    let client = client_as("poolkeeper-controller").await;
-    let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(async move {
-        controller::run_elected(client, settings, &args, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Replica {
-        addr,
-        stop: Some(tx),
-        done,
-    }
-}
 
 /// The replica's leader gauge, once its metrics answer.
 async fn leading(addr: SocketAddr) -> Option<f64> {

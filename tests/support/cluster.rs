@@ -431,3 +431,53 @@ pub async fn control(sim: &SimPool, method: reqwest::Method, host: &str, action:
         .status();
     assert_eq!(status, 204, "{method} {action} on {host}");
 }
+
+/// A controller replica run with `--leader-elect` in this process, as the Deployment runs two.
+pub struct Replica {
+    /// Where it serves metrics and health.
+    pub addr: SocketAddr,
+    /// Stops it (graceful shutdown).
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Its run, finished once it stopped.
+    pub done: tokio::task::JoinHandle<Result<(), controller::Error>>,
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    l.local_addr().expect("addr")
+}
+
+/// Starts an elected replica with the deployed timings (Lease of 15 s, renewed 5 s before).
+pub async fn replica() -> Replica {
+    let addr = free_addr();
+    let args = controller::ControllerArgs {
+        lease_namespace: LEASE_NAMESPACE.into(),
+        token_file: "/dev/null".into(),
+        agent_ca_file: None,
+        metrics_addr: addr,
+        concurrency: 4,
+        leader_elect: true,
+        leader_election_namespace: LEASE_NAMESPACE.into(),
+        leader_election_lease_seconds: 15,
+        leader_election_renew_grace_seconds: 5,
+    };
+    let settings = Settings {
+        lease_namespace: LEASE_NAMESPACE.into(),
+        concurrency: 4,
+        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+    };
+    let client = client_as("poolkeeper-controller").await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done = tokio::spawn(async move {
+        controller::run_elected(client, settings, &args, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    Replica {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}
