@@ -4,7 +4,7 @@
 //! in what order, is the planner's decision; act keeps at most `maxConcurrentConnects` of a pool's
 //! calls in flight ([`Waves`]), starting the next as soon as one ends, so a rollout of 2,000 hosts
 //! moves at the pace of its calls rather than one reconcile per handful of hosts. The pool
-//! manager's call (`spmStart`/`spmStop`, at most one per pool) goes apart from the waves.
+//! manager's call (`spmStart`, `spmStop` or `switchMaster`, at most one per pool) goes apart from the waves.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
