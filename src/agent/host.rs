@@ -408,7 +408,14 @@ impl HostAgent {
         let result = self.pool_storage.domains.renew_lease(master, owner);
         let mut inner = self.lock();
         self.renewing.store(false, Ordering::Release);
-        if inner.boot_id != owner || inner.state.spm() == SpmRole::Free {
+        // The master (and the lease with it) may have moved while this renewal ran: the old
+        // master's lease is then released on purpose, and losing it says nothing of the role.
+        let still_master = inner
+            .state
+            .connection()
+            .and_then(|c| c.master_domain.as_deref())
+            == Some(master);
+        if inner.boot_id != owner || inner.state.spm() == SpmRole::Free || !still_master {
             return;
         }
         match result {
@@ -453,8 +460,17 @@ impl HostAgent {
         Ok((p, i64::from(c.host_id)))
     }
 
-    /// Applies a manager's pool to the state and the monitors.
-    fn apply_managed(&self, inner: &mut Inner, p: manager::Pool) {
+    /// Applies a manager's pool to the state and the monitors. A moved master means the
+    /// lease moved with it, taken afresh no earlier than `started`.
+    fn apply_managed(&self, inner: &mut Inner, p: manager::Pool, started: Instant) {
+        let moved = inner
+            .state
+            .connection()
+            .is_some_and(|c| c.master_domain.as_deref() != Some(p.master.as_str()));
+        if moved && inner.state.spm() != SpmRole::Free {
+            inner.spm_renewed = Some(started);
+            inner.spm_renew_started = Some(started);
+        }
         inner.state.set_map(p.map);
         inner.state.set_master(&p.master, p.master_version);
         let Inner {
@@ -714,6 +730,7 @@ impl Verbs for HostAgent {
 
     fn domain_verb(&self, verb: &str, params: DomainParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
+        let started = Instant::now();
         let (mut pool, host_id) = self.managed_pool(&mut inner, &params.storagepool_id)?;
         let sd = params.storagedomain_id.to_ascii_lowercase();
         let domains = &self.pool_storage.domains;
@@ -732,7 +749,7 @@ impl Verbs for HostAgent {
         };
         // A failed migration may still have moved the master (VDSM's point of no return);
         // the pool value says what holds.
-        self.apply_managed(&mut inner, pool);
+        self.apply_managed(&mut inner, pool, started);
         let logged = match verb {
             method::DOMAIN_ATTACH => method::DOMAIN_ATTACH,
             method::DOMAIN_ACTIVATE => method::DOMAIN_ACTIVATE,
@@ -747,6 +764,7 @@ impl Verbs for HostAgent {
 
     fn switch_master(&self, params: SwitchMasterParams) -> Result<(), VdsmError> {
         let mut inner = self.lock();
+        let started = Instant::now();
         let (mut pool, host_id) = match self.managed_pool(&mut inner, &params.storagepool_id) {
             Ok(p) => p,
             Err(e) => {
@@ -773,7 +791,7 @@ impl Verbs for HostAgent {
             &params.new_master_uuid.to_ascii_lowercase(),
             params.master_version,
         );
-        self.apply_managed(&mut inner, pool);
+        self.apply_managed(&mut inner, pool, started);
         inner.log_call(method::POOL_SWITCH_MASTER, result.is_ok());
         drop(inner);
         tracing::info!(host = %self.name, pool = %params.storagepool_id, new_master = %params.new_master_uuid, master_version = params.master_version, ok = result.is_ok(), "switchMaster");
@@ -836,6 +854,7 @@ mod tests {
 
     const SP: &str = "5849b030-626e-47cb-ad90-3ce782d831b3";
     const A: &str = "aaaaaaaa-0000-0000-0000-000000000001";
+    const B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
     const LEASE: SpmLease = SpmLease {
         duration: Duration::from_secs(60),
         renew_every: Duration::from_secs(5),
@@ -942,5 +961,60 @@ mod tests {
         a.renew_spm(&master, &owner, later);
         assert_eq!(a.spm_role(), SpmRole::Free);
         assert!(a.spm_renewal_due(later + LEASE.renew_every).is_none());
+    }
+
+    #[test]
+    fn a_renewal_racing_a_master_switch_keeps_the_role_and_the_next_one_renews_the_new_master() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_new_domain(dir.path(), "a", A).expect("layout");
+        write_new_domain(dir.path(), "b", B).expect("layout");
+        host(9, dir.path())
+            .create(CreateParams {
+                storagepool_id: SP.into(),
+                name: "dc".into(),
+                master_sd_uuid: A.into(),
+                master_version: 1,
+                domain_list: vec![A.into(), B.into()],
+            })
+            .expect("creates");
+        let a = host(0, dir.path());
+        a.connect(ConnectParams {
+            storagepool_id: SP.into(),
+            host_id: 1,
+            scsi_key: String::new(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_dict: Some(
+                [
+                    (A.to_owned(), MapStatus::Active),
+                    (B.to_owned(), MapStatus::Active),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+        })
+        .expect("connects");
+        a.spm_start(spm_start()).expect("a is pool manager");
+        let due = Instant::now() + LEASE.renew_every;
+        // The driver starts renewing A's lease; the switch moves the role's lease to B and
+        // releases A's before that renewal finishes.
+        let (master, owner) = a.spm_renewal_due(due).expect("due");
+        assert_eq!(master, A);
+        a.switch_master(SwitchMasterParams {
+            storagepool_id: SP.into(),
+            old_master_uuid: A.into(),
+            new_master_uuid: B.into(),
+            master_version: 2,
+        })
+        .expect("switches");
+        a.renew_spm(&master, &owner, due);
+        assert!(
+            matches!(a.spm_role(), SpmRole::Spm { .. }),
+            "the role survives the stale renewal"
+        );
+        let (master, _) = a
+            .spm_renewal_due(due + LEASE.renew_every)
+            .expect("due again");
+        assert_eq!(master, B, "renewals follow the master");
     }
 }

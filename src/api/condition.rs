@@ -300,6 +300,9 @@ pub mod reasons {
     pub const POOL_NOT_FOUND: &str = "PoolNotFound";
     /// The pool's last active data domain cannot leave while other domains are active.
     pub const LAST_DATA_DOMAIN: &str = "LastDataDomain";
+    /// The master waits for a successor to be active on the pool manager's host before it
+    /// leaves (a few seconds: one map rollout).
+    pub const MASTER_HANDOVER: &str = "MasterHandover";
 
     // Host.
     /// The Lease is current.

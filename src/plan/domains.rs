@@ -180,7 +180,10 @@ pub fn judge(
         .filter(|(_, c)| {
             matches!(
                 c,
-                DomainClass::Member | DomainClass::Leaving | DomainClass::Kept(_)
+                DomainClass::Member
+                    | DomainClass::Leaving
+                    | DomainClass::Kept(_)
+                    | DomainClass::HandingOver
             )
         })
         .filter_map(|(n, _)| observed.domains.get(n))
@@ -353,6 +356,10 @@ pub fn judge(
                 last_data_domain: Some(others),
                 ..active_verdict(d, tally, up_hosts, desired, grace, hosts, now, pool)
             },
+            DomainClass::HandingOver => DomainVerdict {
+                master_handover: true,
+                ..active_verdict(d, tally, up_hosts, desired, grace, hosts, now, pool)
+            },
             DomainClass::Leaving if moving.contains(&d.name) => {
                 moving_verdict(tally, DomainPhase::MovingToMaintenance, Some(pool))
             }
@@ -399,7 +406,10 @@ pub fn judge(
                 v.owned = false;
                 verdicts.insert(name.clone(), v);
             }
-            DomainClass::Member | DomainClass::Leaving | DomainClass::Kept(_) => {}
+            DomainClass::Member
+            | DomainClass::Leaving
+            | DomainClass::Kept(_)
+            | DomainClass::HandingOver => {}
         }
     }
     verdicts
@@ -427,6 +437,7 @@ fn base(phase: DomainPhase, pool: Option<&str>) -> DomainVerdict {
         up_hosts: 0,
         grace_ends: None,
         last_data_domain: None,
+        master_handover: false,
     }
 }
 

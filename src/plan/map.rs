@@ -82,6 +82,12 @@ pub enum DomainClass {
     /// until they go to maintenance (oVirt refuses to deactivate the last master while other
     /// domains are active, as no new master could be elected).
     Kept(BTreeSet<String>),
+    /// The master, asked to leave the active set while another data domain is to take over, but
+    /// no successor is active yet where the master can move to it (the pool manager's own
+    /// connection): it stays active, and master, until one is. VDSM refuses a `switchMaster` to a
+    /// domain its pool does not hold active (369), and a connect naming a master the manager has
+    /// not moved is refused by every host (324).
+    HandingOver,
 }
 
 /// The class of every observed domain, by name.
@@ -109,6 +115,7 @@ pub fn eligibility(observed: &Observed) -> Eligibility {
     flag_duplicates(observed, &mut classes);
     flag_over_limit(observed, &mut classes);
     keep_last_data_domain(observed, &mut classes);
+    keep_master_until_successor(observed, &mut classes);
     classes
 }
 
@@ -267,6 +274,64 @@ fn keep_last_data_domain(observed: &Observed, classes: &mut Eligibility) {
     }
 }
 
+/// The domains a new master may be chosen from: those active in the running pool manager's own
+/// connection (its report names this pool and the role), as `switchMaster` moves the master only
+/// to one of them; without a running manager, those active in the persisted map.
+fn successors(observed: &Observed) -> BTreeSet<&str> {
+    let status = &observed.pool.status;
+    let pool_uuid = status.uuid.as_deref();
+    let manager_map = status
+        .pool_manager
+        .as_ref()
+        .and_then(|m| observed.hosts.get(&m.host))
+        .and_then(|h| h.report.parsed())
+        .and_then(|r| r.pool.as_ref())
+        .filter(|c| Some(c.uuid.as_str()) == pool_uuid && c.spm_lver.is_some())
+        .map(|c| &c.domain_map);
+    manager_map
+        .unwrap_or(&status.domain_map)
+        .iter()
+        .filter(|(_, s)| **s == MapStatus::Active)
+        .map(|(uuid, _)| uuid.as_str())
+        .collect()
+}
+
+/// The current master does not leave the active set before a successor can take over: when it
+/// is asked to leave while other data domains want to be active, but none of them is active
+/// where the master can move ([`successors`]), it stays active and master ([`DomainClass::HandingOver`]).
+/// The successor becomes active first (a map with both), then the master moves, then the old
+/// master leaves: what oVirt does too, electing a new master only among active domains.
+fn keep_master_until_successor(observed: &Observed, classes: &mut Eligibility) {
+    let Some(master) = observed.pool.status.master_domain.as_deref() else {
+        return;
+    };
+    let wants_master = |d: &super::DomainView| d.spec.type_ == DomainType::Data;
+    let Some((name, _)) = classes.iter().find(|(n, c)| {
+        observed.domains.get(*n).is_some_and(|d| {
+            d.spec.uuid == master
+                && match c {
+                    DomainClass::Member => d.spec.maintenance,
+                    DomainClass::Leaving => true,
+                    _ => false,
+                }
+        })
+    }) else {
+        return;
+    };
+    let name = name.clone();
+    let others: Vec<&str> = classes
+        .iter()
+        .filter(|(n, c)| **c == DomainClass::Member && **n != name)
+        .filter_map(|(n, _)| observed.domains.get(n))
+        .filter(|d| !d.spec.maintenance && wants_master(d))
+        .map(|d| d.spec.uuid.as_str())
+        .collect();
+    let ready = successors(observed);
+    if !others.is_empty() && !others.iter().any(|u| ready.contains(u)) {
+        classes.insert(name, DomainClass::HandingOver);
+    }
+}
+
 /// Whether a leaving domain is still on its way to maintenance (hosts still monitor it) rather than
 /// detaching: the answer decides whether it stays in the map as `attached` or leaves the map.
 pub fn leaving_is_moving(current_phase: Option<DomainPhase>, still_reported: bool) -> bool {
@@ -295,7 +360,9 @@ pub fn desired(
         };
         let entry = match class {
             DomainClass::Member if d.spec.maintenance => MapStatus::Attached,
-            DomainClass::Member | DomainClass::Kept(_) => MapStatus::Active,
+            DomainClass::Member | DomainClass::Kept(_) | DomainClass::HandingOver => {
+                MapStatus::Active
+            }
             DomainClass::Leaving if moving.contains(name) => MapStatus::Attached,
             DomainClass::Leaving | DomainClass::Waiting | DomainClass::Flagged(_) => continue,
         };
@@ -322,15 +389,18 @@ pub fn desired(
 }
 
 /// The master: the current one while it is an active, healthy data domain; else the preferred one,
-/// else the first healthy one by name; else any active data domain (an Inactive master is kept
-/// rather than none, as oVirt's reconstruct would pick it when nothing better exists). A data
-/// domain kept active as the last one ([`DomainClass::Kept`]) is active here.
+/// else the first healthy one by name, either only among the domains the manager can move the
+/// master to ([`successors`]) while a master exists; else the current one while present; else
+/// any active data domain (an Inactive master is kept rather than none, as oVirt's reconstruct
+/// would pick it when nothing better exists). A data domain kept active as the last one
+/// ([`DomainClass::Kept`]) or until its successor is ready ([`DomainClass::HandingOver`]) is
+/// active here.
 fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
     let candidates: Vec<(&str, bool)> = classes
         .iter()
         .filter_map(|(name, c)| match c {
             DomainClass::Member => observed.domains.get(name).filter(|d| !d.spec.maintenance),
-            DomainClass::Kept(_) => observed.domains.get(name),
+            DomainClass::Kept(_) | DomainClass::HandingOver => observed.domains.get(name),
             _ => None,
         })
         .filter(|d| d.spec.type_ == DomainType::Data)
@@ -343,16 +413,21 @@ fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
         .collect();
     let current = observed.pool.status.master_domain.as_deref();
     let preferred = observed.pool.spec.master_domain.as_deref();
+    // A new master replaces a present one only where the manager can move it ([`successors`]).
+    let ready = successors(observed);
+    let movable = |u: &str| current.is_none() || ready.contains(u);
     let healthy = |uuid: Option<&str>| candidates.iter().any(|(u, h)| Some(*u) == uuid && *h);
     let present = |uuid: Option<&str>| candidates.iter().any(|(u, _)| Some(*u) == uuid);
     let pick = if healthy(current) {
         current
-    } else if healthy(preferred) {
+    } else if healthy(preferred) && preferred.is_some_and(movable) {
         preferred
-    } else if let Some((u, _)) = candidates.iter().find(|(_, h)| *h) {
+    } else if let Some((u, _)) = candidates.iter().find(|(u, h)| *h && movable(u)) {
         Some(*u)
     } else if present(current) {
         current
+    } else if let Some((u, _)) = candidates.iter().find(|(_, h)| *h) {
+        Some(*u)
     } else {
         candidates.first().map(|(u, _)| *u)
     };

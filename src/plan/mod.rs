@@ -649,6 +649,9 @@ pub struct DomainVerdict {
     /// Asked to leave the active set but kept active, and master, as the pool's last active data
     /// domain: the other active domains, to put in maintenance first.
     pub last_data_domain: Option<BTreeSet<String>>,
+    /// Asked to leave the active set, but kept active, and master, until another data domain is
+    /// active where the master can move to it ([`map::DomainClass::HandingOver`]).
+    pub master_handover: bool,
 }
 
 /// Bad input on a domain.

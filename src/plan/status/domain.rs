@@ -259,8 +259,8 @@ fn conditions(
 
 /// Why a domain is not moving to maintenance, in the words of the state it is in: it got there
 /// (`NoHostReports`, in maintenance or detaching), it is in no pool (`Unattached`), it was asked
-/// but is kept active as the last data domain (`LastDataDomain`), or it is to be active
-/// (`MaintenanceNotRequested`).
+/// but is kept active as the last data domain (`LastDataDomain`) or until the master moved to
+/// another domain (`MasterHandover`), or it is to be active (`MaintenanceNotRequested`).
 fn not_moving_reason(v: &DomainVerdict) -> &'static str {
     match v.phase {
         DomainPhase::Maintenance | DomainPhase::Detaching => reasons::NO_HOST_REPORTS,
@@ -272,6 +272,8 @@ fn not_moving_reason(v: &DomainVerdict) -> &'static str {
         | DomainPhase::MovingToMaintenance => {
             if v.last_data_domain.is_some() {
                 reasons::LAST_DATA_DOMAIN
+            } else if v.master_handover {
+                reasons::MASTER_HANDOVER
             } else {
                 reasons::MAINTENANCE_NOT_REQUESTED
             }

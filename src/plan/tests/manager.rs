@@ -381,6 +381,52 @@ fn a_new_master_is_switched_to_on_the_manager_before_any_host_is_told() {
 }
 
 #[test]
+fn a_master_leaving_as_its_successor_activates_stays_until_the_manager_holds_the_successor() {
+    let mut o = steady(3, 2, t0());
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 10);
+    let old = o.pool.status.clone();
+    assert_eq!(old.master_domain, Some(uuid_of("d000")));
+    // One edit: d001 back to active and the master d000 to maintenance. The manager's map holds
+    // d001 attached, so it cannot switch to it (VDSM: 369): d000 stays active and master.
+    o.domains.get_mut("d001").expect("d").spec.maintenance = false;
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert_eq!(p.desired.master_domain, Some(uuid_of("d000")));
+    for d in ["d000", "d001"] {
+        assert_eq!(
+            p.desired.domain_map.get(&uuid_of(d)),
+            Some(&MapStatus::Active),
+            "{d}"
+        );
+    }
+    assert!(p.domains["d000"].master_handover);
+    // Every connect names the master the manager holds when it is sent (another one is
+    // refused by VDSM with 324), and the master moves through switchMaster.
+    let mut switched = false;
+    for _ in 0..10 {
+        let held = report_of(&mut o, "h0000")
+            .pool
+            .as_ref()
+            .and_then(|c| c.master_domain.clone());
+        let (p, _) = step(&mut o, t0());
+        switched |= manager_call(&p) == Some(("h0000", ManagerVerb::SwitchMaster));
+        for c in &p.calls {
+            if let HostCall::Connect { params, .. } = c {
+                assert_eq!(params.master_domain, held, "{c:?}");
+            }
+        }
+    }
+    assert!(switched, "the master moved on storage");
+    assert_eq!(o.pool.status.master_domain, Some(uuid_of("d001")));
+    assert_eq!(o.pool.status.master_version, old.master_version + 1);
+    assert_eq!(phase(&o, "d000"), Some(DomainPhase::Maintenance));
+    for (h, master, _) in masters(&mut o) {
+        assert_eq!(master, Some(uuid_of("d001")), "{h}");
+    }
+}
+
+#[test]
 fn without_a_running_manager_connects_are_not_held_for_a_switch() {
     // The manager's host is gone (its role lost): a stalled switch must not stall the pool.
     let mut o = steady(2, 2, t0());
