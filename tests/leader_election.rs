@@ -1,6 +1,7 @@
 //! Two controller replicas against a real API server, both running as the deployed
 //! ServiceAccount: only the holder of the `poolkeeper-controller` Lease reconciles, the standby
-//! reports ready (so rolling updates proceed), and when the leader stops the standby takes over.
+//! reports ready (so rolling updates proceed), and when the leader stops the standby takes over
+//! at once: the Lease is released, not left to expire.
 
 mod support;
 
@@ -11,11 +12,15 @@ use kube::{Api, api::PostParams};
 use poolkeeper::api::StoragePool;
 use support::{
     client,
-    cluster::{LEASE_NAMESPACE, ensure_namespace, obj, replica},
+    cluster::{LEASE_NAMESPACE, ensure_namespace, obj, replica_with_lease},
     eventually, unique,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// A Lease that outlasts every wait of this test: a standby that took over only on expiry would
+/// fail it.
+const LONG_LEASE: (u64, u64) = (600, 10);
 
 async fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let resp = reqwest::get(format!("http://{addr}{path}")).await.ok()?;
@@ -68,9 +73,9 @@ async fn holder() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     ensure_namespace().await;
-    let mut a = replica().await;
+    let mut a = replica_with_lease(LONG_LEASE.0, LONG_LEASE.1).await;
     let first = eventually("a leader", WAIT, || async { holder().await }).await;
-    let mut b = replica().await;
+    let mut b = replica_with_lease(LONG_LEASE.0, LONG_LEASE.1).await;
 
     let pool = create_pool().await;
     wait_reconciled(&pool).await;
@@ -92,7 +97,8 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over() {
     .await;
     assert_eq!(ready.1, "standby");
 
-    // The leader stops (as on a rolling update): it releases the Lease and the standby takes over.
+    // The leader stops (as on a rolling update): it releases the Lease, and the standby takes it
+    // at once (well within WAIT), not when the 600 s Lease would have expired.
     let _ = leader.stop.take().expect("stop").send(());
     eventually("the leader stopped", WAIT, || async {
         leader.done.is_finished().then_some(())

@@ -16,6 +16,7 @@
 //!   publishes events.
 //! - [`finalize`]: the plan's finalizer changes, last.
 //! - [`domains`]: the second controller, for domains no existing pool owns.
+//! - [`election`]: leader election over the `poolkeeper-controller` Lease (a standby wakes when it is released).
 //! - [`ledger`]: the call ledger, the only state not rebuilt from the API server that plans read.
 //! - [`liveness`]: when each host Lease's renewal was observed (a cache rebuilt on start, as the
 //!   node-lifecycle controller's), from which the planner judges responsiveness.
@@ -29,6 +30,7 @@ pub mod act;
 pub mod context;
 pub mod crash;
 pub mod domains;
+pub mod election;
 pub mod events;
 pub mod finalize;
 pub mod http;
@@ -276,16 +278,15 @@ pub async fn run_elected(
     let (lease, grace) = election_timings(args)?;
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("poolkeeper-{}", uuid::Uuid::new_v4().simple()));
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEADER_LEASE)
-        .with_namespace(&args.leader_election_namespace)
-        .with_identity(&identity)
-        .with_duration(lease)
-        .with_grace(grace)
-        .with_field_manager(FIELD_MANAGER)
-        .build()
-        .await
-        .map_err(Error::LeaderElection)?;
-    let (leader, task) = manager.watch().await;
+    let candidate = election::Candidate {
+        namespace: args.leader_election_namespace.clone(),
+        lease: LEADER_LEASE.to_owned(),
+        identity: identity.clone(),
+        duration: lease,
+        grace,
+        field_manager: FIELD_MANAGER.to_owned(),
+    };
+    let (leader, task) = election::campaign(client.clone(), candidate).await?;
     info!(identity = %identity, lease = LEADER_LEASE, "leader election: standing by");
     let fence = context::Fence::new(
         kube::Api::namespaced(client.clone(), &args.leader_election_namespace),
@@ -300,9 +301,9 @@ pub async fn run_elected(
         shutdown,
     )
     .await;
-    // Every receiver is gone now: the manager releases the Lease, so a standby takes over at once
-    // instead of after the Lease expires.
-    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    // Every receiver is gone now: the Lease is released, and the standby, woken by the release,
+    // takes over at once instead of after the Lease expires.
+    let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
     result
 }
 

@@ -450,6 +450,11 @@ pub fn free_addr() -> SocketAddr {
 
 /// Starts an elected replica with the deployed timings (Lease of 15 s, renewed 5 s before).
 pub async fn replica() -> Replica {
+    replica_with_lease(15, 5).await
+}
+
+/// Starts an elected replica whose Lease lasts `lease` seconds, renewed `grace` before expiry.
+pub async fn replica_with_lease(lease: u64, grace: u64) -> Replica {
     let addr = free_addr();
     let args = controller::ControllerArgs {
         lease_namespace: LEASE_NAMESPACE.into(),
@@ -459,8 +464,8 @@ pub async fn replica() -> Replica {
         concurrency: 4,
         leader_elect: true,
         leader_election_namespace: LEASE_NAMESPACE.into(),
-        leader_election_lease_seconds: 15,
-        leader_election_renew_grace_seconds: 5,
+        leader_election_lease_seconds: lease,
+        leader_election_renew_grace_seconds: grace,
     };
     let settings = Settings {
         lease_namespace: LEASE_NAMESPACE.into(),
