@@ -541,6 +541,8 @@ async fn simulator_200_hosts_register_heartbeat_and_answer_connect() {
     let pool = uuid();
     let sd = uuid();
     let client = rpc_client();
+    // The pool exists on the simulated storage once one host created it (VDSM's master check).
+    create_pool(&registered[0].spec.endpoint, &pool, &sd).await;
     let results: Vec<Result<(), RpcError>> = futures::stream::iter(registered.iter().enumerate())
         .map(|(i, h)| {
             let p = connect_params(
@@ -600,6 +602,7 @@ async fn simulator_faults_blackhole_restart_storage_and_latency_and_their_undo()
     let endpoint = |i: usize| running.hosts()[i].endpoint().to_owned();
     let client = rpc_client();
     let (pool, sd) = (uuid(), uuid());
+    create_pool(&endpoint(0), &pool, &sd).await;
     for i in 0..4 {
         let p = connect_params(
             &pool,
@@ -947,6 +950,9 @@ async fn binary_simulator_registers_hosts_and_answers_at_their_endpoints() {
             h.spec.endpoint,
             format!("http://{listen}/hosts/{name}/jsonrpc")
         );
+        if i == 0 {
+            create_pool(&h.spec.endpoint, &pool, &sd).await;
+        }
         let p = connect_params(&pool, i + 1, &sd, &[(&sd, MapStatus::Active)]);
         rpc_client()
             .connect(&h.spec.endpoint, &p, CALL)

@@ -15,12 +15,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use poolkeeper::agent::host::HostAgent;
 use poolkeeper::agent::state::SpmRole;
-use poolkeeper::api::{Host, PoolManagerStatus, StorageDomain};
+use poolkeeper::api::{Host, MapStatus, PoolManagerStatus, StorageDomain};
 use serde_json::json;
 use support::cluster::{
-    PoolOptions, SimPool, WAIT, condition, control, host, merge_spec, pool, sim_pool,
+    PoolOptions, SimPool, WAIT, condition, control, create_domain, host, merge_spec, pool, sim_pool,
 };
-use support::{client, eventually, kubectl_ok};
+use support::{client, eventually, kubectl_ok, unique, uuid};
 
 /// The pool's recorded manager once its `PoolManager` condition is True.
 async fn running_manager(pool_name: &str) -> PoolManagerStatus {
@@ -322,4 +322,79 @@ async fn the_master_is_switched_through_the_manager_before_hosts_are_told_and_ba
     // And back to the domain that was master before (the simulator refused that with 324).
     master_moves(&sim, &d1, &d0, first.master_version + 2).await;
     assert_eq!(sampler.most().await, 1, "never two pool managers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_is_created_on_storage_before_hosts_connect_and_a_new_domain_attached_before_hosts_hear_of_it()
+ {
+    let sim = sim_pool(PoolOptions::default()).await;
+    let m = running_manager(&sim.pool).await;
+    // One host created the pool on storage (the simulated storage checks the master as VDSM
+    // does: a connect to a pool that does not exist there is refused), before any connect.
+    let created: Vec<(String, std::time::SystemTime)> = sim
+        .hosts
+        .iter()
+        .flat_map(|h| {
+            let (calls, _) = sim.agents.host(h).expect("host").calls();
+            calls
+                .iter()
+                .filter(|c| c.verb == "StoragePool.create")
+                .map(|c| {
+                    assert!(c.ok, "{h}: create accepted: {calls:?}");
+                    (h.clone(), c.at)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "one create: {created:?}");
+    let (creator, created_at) = &created[0];
+    assert_eq!(creator, &m.host, "the manager-to-be created it");
+    for h in &sim.hosts {
+        let (calls, _) = sim.agents.host(h).expect("host").calls();
+        for c in calls.iter().filter(|c| c.connect) {
+            assert!(c.ok, "{h} refused a connect: {calls:?}");
+            assert!(c.at >= *created_at, "{h}: connect before create: {calls:?}");
+        }
+    }
+    let status = pool(&sim.pool).await.status.expect("status");
+    let on_storage = status.storage.expect("the pool on storage is recorded");
+    for d in &sim.domains {
+        assert!(on_storage.attached.contains(&sim.uuids[d]), "{d} attached");
+    }
+
+    // A domain added later is attached by the manager before any host is told about it.
+    let (name, sd) = (unique("sd"), uuid());
+    create_domain(&name, &sd, Some(&sim.pool)).await;
+    eventually("every host monitors the new domain", WAIT, || async {
+        sim.agents
+            .hosts()
+            .iter()
+            .all(|h| {
+                h.connection()
+                    .is_some_and(|c| c.domain_map.get(&sd) == Some(&MapStatus::Active))
+            })
+            .then_some(())
+    })
+    .await;
+    let (calls, _) = sim.agents.host(&m.host).expect("host").calls();
+    let attach = calls
+        .iter()
+        .find(|c| c.verb == "StorageDomain.attach")
+        .unwrap_or_else(|| panic!("attach on {}: {calls:?}", m.host));
+    assert!(attach.ok, "{calls:?}");
+    for h in &sim.hosts {
+        let (calls, _) = sim.agents.host(h).expect("host").calls();
+        for c in calls.iter().filter(|c| c.connect) {
+            assert!(c.ok, "{h} refused a connect: {calls:?}");
+            let names_it = c
+                .held
+                .as_ref()
+                .is_some_and(|x| x.domain_map.contains_key(&sd));
+            if names_it {
+                assert!(c.at >= attach.at, "{h}: told before the attach: {calls:?}");
+            }
+        }
+    }
+    let status = pool(&sim.pool).await.status.expect("status");
+    assert!(status.storage.is_some_and(|s| s.attached.contains(&sd)));
 }

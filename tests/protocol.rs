@@ -1085,7 +1085,7 @@ async fn reconstruct_master_needs_a_disconnected_host_and_writes_a_new_master() 
 }
 
 #[tokio::test]
-async fn simulated_hosts_share_storage_accept_a_fresh_master_and_hold_one_pool_manager() {
+async fn simulated_hosts_share_storage_check_the_master_as_vdsm_and_hold_one_pool_manager() {
     let running = start(Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise_url: None,
@@ -1108,8 +1108,25 @@ async fn simulated_hosts_share_storage_accept_a_fresh_master_and_hold_one_pool_m
     let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
     let endpoint = |i: usize| format!("{base}/hosts/sim-{i:04}/jsonrpc");
     let (sp, d1, d2) = (uuid(), uuid(), uuid());
+    // A domain fresh from make-domain is no pool's master: refused (324) as by VDSM, until the
+    // pool is created on the shared storage (by one host; the other sees it).
+    let first = params(&sp, 1, &d1, Some(&[(&d1, Active)]));
+    assert_eq!(
+        code(client.connect(&endpoint(0), &first, T).await),
+        ErrorCode::StoragePoolWrongMaster
+    );
+    let create = CreateParams {
+        storagepool_id: sp.clone(),
+        name: "dc".into(),
+        master_sd_uuid: d1.clone(),
+        master_version: 1,
+        domain_list: vec![d1.clone()],
+    };
+    client
+        .call::<_, Value>(&endpoint(0), method::POOL_CREATE, &create, T)
+        .await
+        .expect("create");
     for i in 0..2 {
-        // Lenient: a master fresh from make-domain passes (today's controller flows).
         let p = params(
             &sp,
             i32::try_from(i + 1).expect("id"),

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::domains::{FileDomains, LeaseError};
 use super::manager::{self, Holder};
 use super::monitor::{Monitors, ReadResult};
-use super::state::{Backend, MasterCheck, PoolState, SpmRole};
+use super::state::{Backend, PoolState, SpmRole};
 use super::storage::Storage;
 use crate::api::{HostReport, PoolConnection};
 use crate::protocol::wire::{
@@ -91,8 +91,6 @@ impl SpmLease {
 pub struct PoolStorage {
     /// Where domains are read and written.
     pub domains: FileDomains,
-    /// How a connect's master is checked.
-    pub master_check: MasterCheck,
     /// The pool manager's lease.
     pub lease: SpmLease,
 }
@@ -553,13 +551,6 @@ impl HostAgent {
         inner.spm_renewed = None;
         Ok(true)
     }
-
-    fn master_name(&self, given: &str) -> String {
-        match self.pool_storage.master_check {
-            MasterCheck::Strict => given.to_owned(),
-            MasterCheck::Lenient => given.to_ascii_lowercase(),
-        }
-    }
 }
 
 impl Inner {
@@ -580,16 +571,12 @@ impl Inner {
 
 impl Verbs for HostAgent {
     fn connect(&self, params: ConnectParams) -> Result<(), VdsmError> {
-        let master = self.master_name(&params.master_sd_uuid);
+        let master = params.master_sd_uuid.as_str();
         let mut inner = self.lock();
         // The checks that need no storage come first, as in hsm.py.
         let refused = inner.state.connect_backend(&params).err().or_else(|| {
-            let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(&master));
-            let check = self.pool_storage.master_check;
-            inner
-                .state
-                .connect(&params, &master, read.as_ref(), check)
-                .err()
+            let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(master));
+            inner.state.connect(&params, master, read.as_ref()).err()
         });
         inner.log_call(method::POOL_CONNECT, refused.is_none());
         if let Some(e) = refused {
@@ -799,16 +786,14 @@ impl Verbs for HostAgent {
     }
 
     fn refresh(&self, params: RefreshParams) -> Result<(), VdsmError> {
-        let master = self.master_name(&params.master_sd_uuid);
+        let master = params.master_sd_uuid.as_str();
         let mut inner = self.lock();
-        let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(&master));
-        let check = self.pool_storage.master_check;
+        let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(master));
         inner.state.refresh(
             &params.storagepool_id,
-            &master,
+            master,
             params.master_version,
             read.as_ref(),
-            check,
         )?;
         let Inner {
             state, monitors, ..
@@ -865,7 +850,6 @@ mod tests {
             Arc::new(SimStorage::new(Arc::new(FaultTable::default()), index));
         let pool_storage = PoolStorage {
             domains: FileDomains::new(root),
-            master_check: MasterCheck::Strict,
             lease: LEASE,
         };
         HostAgent::new(

@@ -38,7 +38,6 @@ use self::domains::FileDomains;
 use self::host::{HostAgent, PoolStorage, SpmLease};
 use self::lease::LeaseConfig;
 use self::monitor::{MAX_PERIOD, MonitorConfig};
-use self::state::MasterCheck;
 use self::storage::{FileStorage, Storage};
 use crate::protocol::server::{DEFAULT_MAX_BODY_BYTES, protect, router};
 use crate::protocol::{RPC_PATH, Token, TokenError, Verbs};
@@ -317,7 +316,6 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             // Real file domains: the master is checked as VDSM checks it.
             let pool_storage = PoolStorage {
                 domains: FileDomains::new(storage_root.clone()),
-                master_check: MasterCheck::Strict,
                 lease,
             };
             let host = Arc::new(HostAgent::new(
@@ -335,15 +333,14 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         Hosts::Simulated { count, prefix } => {
             let faults = Arc::new(sim::FaultTable::default());
             // One storage directory shared by every simulated host, as a shared NFS export
-            // is: domains appear on first use; the master check is lenient (see
-            // `MasterCheck::Lenient`).
+            // is: domains appear on first use (unattached, as `make-domain` leaves them); the
+            // master check is VDSM's, so a pool exists only once `StoragePool.create` made it.
             let root = tempfile::Builder::new()
                 .prefix("poolkeeper-sim-")
                 .tempdir()
                 .map_err(Error::Layout)?;
             let pool_storage = PoolStorage {
                 domains: FileDomains::provisioning(root.path()),
-                master_check: MasterCheck::Lenient,
                 lease,
             };
             sim_root = Some(root);

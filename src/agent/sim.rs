@@ -645,6 +645,22 @@ mod tests {
             domain_dict: Some([(A.to_owned(), MapStatus::Active)].into_iter().collect()),
         };
         let short = Duration::from_millis(300);
+        // The pool exists on the shared simulated storage once a host created it.
+        let create = crate::protocol::wire::CreateParams {
+            storagepool_id: A.into(),
+            name: "dc".into(),
+            master_sd_uuid: A.into(),
+            master_version: 1,
+            domain_list: vec![A.into()],
+        };
+        rpc.call::<_, serde_json::Value>(
+            other.endpoint(),
+            crate::protocol::wire::method::POOL_CREATE,
+            &create,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("create");
 
         let put = control(reqwest::Method::PUT, "unit-0000/rpc-drop".into());
         assert_eq!(put.await.expect("sent").status(), 204);

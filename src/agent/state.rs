@@ -38,19 +38,6 @@ pub enum Backend {
     Disk,
 }
 
-/// How strictly a connect's master is checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MasterCheck {
-    /// As sp.py `setMasterDomain`: the master exists (304), says `ROLE=Master` and lists the
-    /// pool in `POOL_UUID` (324). Real file domains.
-    Strict,
-    /// As `Strict`, except that a memory-backend master never attached to a pool (no
-    /// `POOL_UUID`, whatever its `ROLE`: fresh from `make-domain`, or moved to or from by
-    /// `switchMaster`) is accepted: the simulator's default, so flows that do
-    /// not run the pool manager's verbs yet keep working on simulated storage.
-    Lenient,
-}
-
 /// This host's pool-manager role (sp.py `spmRole`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpmRole {
@@ -102,7 +89,6 @@ pub fn verify_master(
     master: MasterRead<'_>,
     backend: Backend,
     master_version: i64,
-    check: MasterCheck,
 ) -> Result<Option<DomainMap>, VdsmError> {
     let wrong = |why: &str| {
         VdsmError::new(
@@ -126,12 +112,6 @@ pub fn verify_master(
         Some(Err(e)) => return Err(e.vdsm(false)),
         Some(Ok(md)) => md,
     };
-    // Never attached to any pool: fresh from `make-domain`, or made master by a
-    // `switchMaster` of a pool whose domains were never attached (either role).
-    let fresh = md.pools().is_empty();
-    if check == MasterCheck::Lenient && backend == Backend::Memory && fresh {
-        return Ok(None);
-    }
     if !md.is_master() {
         return Err(wrong("not a master domain at all"));
     }
@@ -246,11 +226,10 @@ impl PoolState {
         p: &ConnectParams,
         master_sd: &str,
         master: MasterRead<'_>,
-        check: MasterCheck,
     ) -> Result<(), VdsmError> {
         let backend = self.connect_backend(p)?;
         let pool = p.storagepool_id.to_ascii_lowercase();
-        let disk_map = verify_master(&pool, master_sd, master, backend, p.master_version, check)?;
+        let disk_map = verify_master(&pool, master_sd, master, backend, p.master_version)?;
         let map: DomainMap = match (&p.domain_dict, disk_map) {
             (Some(dict), _) => dict
                 .iter()
@@ -292,7 +271,6 @@ impl PoolState {
         master_sd: &str,
         master_version: i64,
         master: MasterRead<'_>,
-        check: MasterCheck,
     ) -> Result<(), VdsmError> {
         let c = self.connected(pool)?;
         let p = ConnectParams {
@@ -303,7 +281,7 @@ impl PoolState {
             master_version,
             domain_dict: (c.backend == Backend::Memory).then(|| c.view.domain_map.clone()),
         };
-        self.connect(&p, master_sd, master, check)
+        self.connect(&p, master_sd, master)
     }
 
     fn connected(&self, pool: &str) -> Result<&Conn, VdsmError> {
@@ -447,7 +425,6 @@ mod tests {
     const B: &str = "bbbbbbbb-0000-0000-0000-000000000002";
 
     use MapStatus::{Active, Attached};
-    use MasterCheck::{Lenient, Strict};
 
     fn connect_params(pool: &str, host: i32, map: Option<&[(&str, MapStatus)]>) -> ConnectParams {
         ConnectParams {
@@ -477,7 +454,7 @@ mod tests {
     fn try_connect(s: &mut PoolState, p: &ConnectParams) -> Result<(), VdsmError> {
         let md = master_of(&p.storagepool_id, &[(A, Active)]);
         let master = p.master_sd_uuid.clone();
-        s.connect(p, &master, Some(&md), Strict)
+        s.connect(p, &master, Some(&md))
     }
 
     fn connected(map: &[(&str, MapStatus)]) -> PoolState {
@@ -545,14 +522,14 @@ mod tests {
     fn without_map_the_disk_backend_reads_the_map_from_the_master() {
         let mut s = PoolState::default();
         let md = master_of(SP, &[(A, Active), (B, Attached)]);
-        s.connect(&connect_params(SP, 1, None), A, Some(&md), Strict)
+        s.connect(&connect_params(SP, 1, None), A, Some(&md))
             .expect("connects");
         assert_eq!(s.backend(), Some(Backend::Disk));
         assert_eq!(s.active_domains().collect::<Vec<_>>(), vec![A]);
         assert_eq!(s.connection().map(|c| c.domain_map.len()), Some(2));
         // Again without a map: a refresh from storage, still the disk backend.
         let md = master_of(SP, &[(A, Active), (B, Active)]);
-        s.connect(&connect_params(SP, 1, None), A, Some(&md), Strict)
+        s.connect(&connect_params(SP, 1, None), A, Some(&md))
             .expect("refresh");
         assert_eq!(s.active_domains().count(), 2);
         // With a map: the live upgrade to the memory backend.
@@ -568,49 +545,42 @@ mod tests {
         p.master_version = 2;
         let md = master_of(SP, &[(A, Active)]);
         assert_eq!(
-            code(s.connect(&p, A, Some(&md), Strict)),
+            code(s.connect(&p, A, Some(&md))),
             Some(ErrorCode::StoragePoolWrongMaster)
         );
         // The memory backend compares with the call's own version: never refused for it.
         p.domain_dict = Some([(A.to_owned(), Active)].into_iter().collect());
-        s.connect(&p, A, Some(&md), Strict).expect("memory backend");
+        s.connect(&p, A, Some(&md)).expect("memory backend");
     }
 
     #[test]
     fn the_master_check_refuses_as_set_master_domain_does() {
         let p = connect_params(SP, 1, Some(&[(A, Active)]));
-        let refused = |md: MasterRead<'_>, check| {
+        let refused = |md: MasterRead<'_>| {
             let mut s = PoolState::default();
-            let r = code(s.connect(&p, A, md, check));
+            let r = code(s.connect(&p, A, md));
             assert_eq!(s, PoolState::default());
             r
         };
         let wrong = Some(ErrorCode::StoragePoolWrongMaster);
         let not_found = Some(ErrorCode::StoragePoolMasterNotFound);
-        assert_eq!(refused(None, Strict), not_found);
+        assert_eq!(refused(None), not_found);
         let missing = Err(DomainError::NotFound(A.into()));
-        assert_eq!(refused(Some(&missing), Lenient), not_found);
+        assert_eq!(refused(Some(&missing)), not_found);
+        // Fresh from make-domain: no pool's master until `StoragePool.create` made it one.
         let fresh = Ok(Metadata::new_domain(A, "Data", "a"));
-        assert_eq!(refused(Some(&fresh), Strict), wrong);
+        assert_eq!(refused(Some(&fresh)), wrong);
         let mut regular_of_pool = master_of(SP, &[]);
         if let Ok(md) = &mut regular_of_pool {
             md.set(key::ROLE, "Regular");
         }
-        assert_eq!(refused(Some(&regular_of_pool), Strict), wrong);
-        assert_eq!(refused(Some(&regular_of_pool), Lenient), wrong);
+        assert_eq!(refused(Some(&regular_of_pool)), wrong);
         let other_pool = master_of(SP2, &[]);
-        assert_eq!(refused(Some(&other_pool), Lenient), wrong);
-        // Lenient (the simulator): a fresh, unattached domain passes as a memory-backend master.
-        let mut s = PoolState::default();
-        s.connect(&p, A, Some(&fresh), Lenient).expect("lenient");
-        // ... and so does one that `switchMaster` made master without attaching it, the one a
-        // switch back goes to (once master, now `Regular`) or the one switched to (`Master`).
-        let mut switched_to = Metadata::new_domain(A, "Data", "a");
-        switched_to.set(key::ROLE, "Master");
-        assert_eq!(refused(Some(&Ok(switched_to.clone())), Strict), wrong);
-        let mut s = PoolState::default();
-        s.connect(&p, A, Some(&Ok(switched_to)), Lenient)
-            .expect("lenient after a switch");
+        assert_eq!(refused(Some(&other_pool)), wrong);
+        // A `Master` that lists no pool (never created) is refused too.
+        let mut never_created = Metadata::new_domain(A, "Data", "a");
+        never_created.set(key::ROLE, "Master");
+        assert_eq!(refused(Some(&Ok(never_created))), wrong);
     }
 
     #[test]
@@ -635,7 +605,7 @@ mod tests {
         let mut p = connect_params(SP, 1, Some(&[(B, Attached)]));
         p.master_sd_uuid.clear();
         assert_eq!(
-            code(s.connect(&p, "", None, Lenient)),
+            code(s.connect(&p, "", None)),
             Some(ErrorCode::StoragePoolMasterNotFound)
         );
     }

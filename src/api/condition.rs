@@ -264,6 +264,12 @@ pub mod reasons {
     pub const NO_MANAGER_CANDIDATE: &str = "NoManagerCandidate";
     /// A new pool manager was chosen (event).
     pub const MANAGER_CHOSEN: &str = "PoolManagerChosen";
+    /// The pool was created on storage (`StoragePool.create` accepted).
+    pub const POOL_CREATED: &str = "PoolCreatedOnStorage";
+    /// A domain was attached to the pool on storage (`StorageDomain.attach` accepted).
+    pub const DOMAIN_ATTACHED: &str = "DomainAttached";
+    /// A domain was detached from the pool on storage (`StorageDomain.detach` accepted).
+    pub const DOMAIN_DETACHED: &str = "DomainDetached";
     /// The chosen host took the pool manager's role (event).
     pub const MANAGER_STARTED: &str = "PoolManagerStarted";
 
@@ -303,6 +309,8 @@ pub mod reasons {
     /// The master waits for a successor to be active on the pool manager's host before it
     /// leaves (a few seconds: one map rollout).
     pub const MASTER_HANDOVER: &str = "MasterHandover";
+    /// The domain waits for the pool manager to attach it to the pool on storage.
+    pub const ATTACHING: &str = "Attaching";
 
     // Host.
     /// The Lease is current.

@@ -20,7 +20,7 @@ pub use host::{DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, 
 pub use map::DomainMap;
 pub use pool::{
     DomainMapEntry, HostCounts, HostIdEntry, LagReason, LaggingHost, MapStatus, PoolManagerStatus,
-    StoragePool, StoragePoolSpec, StoragePoolStatus, SyncSpec,
+    PoolOnStorage, StoragePool, StoragePoolSpec, StoragePoolStatus, SyncSpec,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -1,5 +1,7 @@
 //! `StoragePool`: a set of hosts sharing a set of storage domains, and the authoritative domain map.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -239,6 +241,14 @@ pub struct StoragePoolStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_manager: Option<PoolManagerStatus>,
 
+    /// The pool on storage, as the pool manager's calls left it: whether `StoragePool.create` was
+    /// accepted (the master's metadata names the pool), and every domain whose own metadata lists
+    /// the pool (created with it or attached since). A domain enters the map only once
+    /// attached, and leaves it only once detached. Unset on a pool recorded before this field
+    /// that has a master: its map is taken as attached (whoever made it created it on storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<PoolOnStorage>,
+
     /// The stable per-pool id of each host (VDSM's hostID, the sanlock host id).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2000))]
@@ -252,6 +262,20 @@ pub struct StoragePoolStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub lagging_hosts: Vec<LaggingHost>,
+}
+
+/// The pool as it exists on storage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolOnStorage {
+    /// `StoragePool.create` was accepted: the pool exists on storage. False from the pool's first
+    /// status until then (no host is connected meanwhile).
+    #[serde(default)]
+    pub created: bool,
+    /// The UUIDs of the domains whose metadata lists the pool (`POOL_UUID`), sorted.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    #[schemars(length(max = 100))]
+    pub attached: BTreeSet<String>,
 }
 
 /// The pool manager the controller chose, and the one before it (what `spmStart` is told).

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::{Context, Error};
 use crate::{
     api::StoragePool,
-    plan::manager::{ManagerCall, ManagerVerb},
+    plan::manager::{ManagerCall, ManagerVerb, StorageOp},
     plan::{CallFailure, CallKind, CallOutcome, HostCall, Observed, Plan},
     protocol::{self, wire::method},
 };
@@ -369,6 +369,15 @@ async fn send_manager(
             rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SWITCH_MASTER, &params, timeout)
                 .await
         }
+        ManagerVerb::Create | ManagerVerb::Attach | ManagerVerb::Detach => {
+            let Some(op) = &call.storage else {
+                return Err(CallFailure {
+                    code: None,
+                    message: "a storage call without its parameters".to_owned(),
+                });
+            };
+            send_storage(rpc, call, op, timeout).await
+        }
     };
     let verb = call.verb.as_str();
     let outcome = match &result {
@@ -389,6 +398,67 @@ async fn send_manager(
             };
             warn!(error = %failure, category = e.category(), "pool manager call failed");
             Err(failure)
+        }
+    }
+}
+
+/// `StoragePool.create`, `StorageDomain.attach` or `StorageDomain.detach`. A create refused
+/// with 380 because a domain already lists this very pool is a success: an earlier create of
+/// this pool was accepted but not recorded (the controller stopped in between), and VDSM's
+/// create is not idempotent.
+async fn send_storage(
+    rpc: &protocol::Client,
+    call: &ManagerCall,
+    op: &StorageOp,
+    timeout: Duration,
+) -> Result<IgnoredAny, protocol::RpcError> {
+    let domain = |sd: &str| protocol::wire::DomainParams {
+        storagedomain_id: sd.to_owned(),
+        storagepool_id: call.pool_uuid.clone(),
+        master_sd_uuid: String::new(),
+        master_version: 0,
+    };
+    let first = op.domains.first().map(String::as_str).unwrap_or_default();
+    match call.verb {
+        ManagerVerb::Create => {
+            let params = protocol::wire::CreateParams {
+                storagepool_id: call.pool_uuid.clone(),
+                name: op.name.clone(),
+                master_sd_uuid: op.master.clone(),
+                master_version: op.master_version,
+                domain_list: op.domains.clone(),
+            };
+            match rpc
+                .call::<_, IgnoredAny>(&call.endpoint, method::POOL_CREATE, &params, timeout)
+                .await
+            {
+                Err(e)
+                    if e.vdsm_code() == Some(protocol::ErrorCode::StorageDomainAlreadyAttached)
+                        && e.to_string().contains(&call.pool_uuid) =>
+                {
+                    info!(error = %e, "the pool already exists on storage");
+                    Ok(IgnoredAny)
+                }
+                other => other,
+            }
+        }
+        ManagerVerb::Attach => {
+            rpc.call::<_, IgnoredAny>(
+                &call.endpoint,
+                method::DOMAIN_ATTACH,
+                &domain(first),
+                timeout,
+            )
+            .await
+        }
+        _ => {
+            let params = protocol::wire::DomainParams {
+                master_sd_uuid: op.master.clone(),
+                master_version: op.master_version,
+                ..domain(first)
+            };
+            rpc.call::<_, IgnoredAny>(&call.endpoint, method::DOMAIN_DETACH, &params, timeout)
+                .await
         }
     }
 }

@@ -363,6 +363,16 @@ pub fn judge(
             DomainClass::Leaving if moving.contains(&d.name) => {
                 moving_verdict(tally, DomainPhase::MovingToMaintenance, Some(pool))
             }
+            DomainClass::Leaving
+                if tally.holders.is_empty() && desired.domain_map.contains_key(&d.spec.uuid) =>
+            {
+                // No host holds it; the pool manager detaches it next (it stays in the map as
+                // `attached` until then).
+                DomainVerdict {
+                    map: Some(MapStatus::Attached),
+                    ..base(DomainPhase::Detaching, Some(pool))
+                }
+            }
             DomainClass::Leaving if tally.holders.is_empty() => {
                 let mut v = moving_verdict(tally, DomainPhase::Unattached, None);
                 v.blocking.clear();
@@ -398,6 +408,11 @@ pub fn judge(
             DomainClass::Flagged(flag) => {
                 let mut v = base(DomainPhase::Unattached, d.status.pool.as_deref());
                 v.flag = Some(flag.clone());
+                verdicts.insert(name.clone(), v);
+            }
+            DomainClass::Attaching => {
+                let mut v = base(DomainPhase::Unattached, None);
+                v.attaching = true;
                 verdicts.insert(name.clone(), v);
             }
             DomainClass::Waiting => {
@@ -438,6 +453,7 @@ fn base(phase: DomainPhase, pool: Option<&str>) -> DomainVerdict {
         grace_ends: None,
         last_data_domain: None,
         master_handover: false,
+        attaching: false,
     }
 }
 

@@ -4,7 +4,7 @@
 //! and with the `fixtures` feature, which benches and integration tests get through the crate's
 //! dev-dependency on itself (they cannot see `cfg(test)` code, hence `pub`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -16,8 +16,9 @@ use super::{
     ReportView, SharedReport,
 };
 use crate::api::{
-    DomainType, DomainVitals, HostReport, HostSpec, PoolConnection, StorageDomainSpec,
-    StorageDomainStatus, StorageKind, StoragePoolSpec, StoragePoolStatus, StorageSpec, SyncSpec,
+    DomainType, DomainVitals, HostReport, HostSpec, MapStatus, PoolConnection, PoolOnStorage,
+    StorageDomainSpec, StorageDomainStatus, StorageKind, StoragePoolSpec, StoragePoolStatus,
+    StorageSpec, SyncSpec,
 };
 
 /// The pool uuid every fixture pool uses.
@@ -128,8 +129,28 @@ pub fn vitals(uuid: &str) -> DomainVitals {
 }
 
 /// A world of one pool with `domains` data domains `d000..` and `hosts` hosts `h0000..` (and room
-/// for them all in `maxHosts`), nothing reconciled yet.
+/// for them all in `maxHosts`), nothing reconciled yet; the pool exists on storage with those
+/// domains attached (as after `StoragePool.create`).
 pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
+    let mut o = new_pool(hosts, domains, now);
+    o.pool.status.storage = Some(PoolOnStorage {
+        created: true,
+        attached: o.domains.values().map(|d| d.spec.uuid.clone()).collect(),
+    });
+    o
+}
+
+/// Adds `d` to the world as attached to the pool on storage (as after the pool manager's
+/// `StorageDomain.attach`), for tests about what follows.
+pub fn add_attached(o: &mut Observed, d: DomainView) {
+    if let Some(s) = o.pool.status.storage.as_mut() {
+        s.attached.insert(d.spec.uuid.clone());
+    }
+    o.domains.insert(d.name.clone(), d);
+}
+
+/// As [`world`], but the pool does not exist on storage yet: the first plan creates it.
+pub fn new_pool(hosts: usize, domains: usize, now: Timestamp) -> Observed {
     let mut o = Observed {
         pool: pool(),
         domains: BTreeMap::new(),
@@ -210,6 +231,18 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
                 pool.master_version = s.version;
             }
             (ManagerVerb::SwitchMaster, None) => {}
+            // VDSM's attach and detach change the manager's own map (memory backend).
+            (ManagerVerb::Attach, _) => {
+                for sd in call.storage.iter().flat_map(|s| &s.domains) {
+                    pool.domain_map.insert(sd.clone(), MapStatus::Attached);
+                }
+            }
+            (ManagerVerb::Detach, _) => {
+                for sd in call.storage.iter().flat_map(|s| &s.domains) {
+                    pool.domain_map.remove(sd);
+                }
+            }
+            (ManagerVerb::Create, _) => {}
         }
     }
 }
@@ -275,7 +308,36 @@ pub fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> 
     }
     let report = super::report(o, &plan, &outcomes, now);
     write_back(o, &plan, &report);
+    if let Some(call) = &plan.manager.call {
+        record_storage(o, call);
+    }
     (plan, report)
+}
+
+/// What the next reconcile records after an accepted storage call (`create`, `attach`,
+/// `detach`): the pool's record of what is on storage.
+pub fn record_storage(o: &mut Observed, call: &ManagerCall) {
+    let Some(op) = &call.storage else {
+        return;
+    };
+    let mut attached: Option<BTreeSet<String>> =
+        super::map::attached(&o.pool.status).map(|a| a.into_iter().map(str::to_owned).collect());
+    match call.verb {
+        ManagerVerb::Create => attached = Some(op.domains.iter().cloned().collect()),
+        ManagerVerb::Attach => attached
+            .get_or_insert_default()
+            .extend(op.domains.iter().cloned()),
+        ManagerVerb::Detach => {
+            if let Some(a) = attached.as_mut() {
+                a.retain(|d| !op.domains.contains(d));
+            }
+        }
+        ManagerVerb::Start | ManagerVerb::Stop | ManagerVerb::SwitchMaster => return,
+    }
+    o.pool.status.storage = attached.map(|attached| PoolOnStorage {
+        created: true,
+        attached,
+    });
 }
 
 /// Reconciles until nothing changes (at most `max` rounds); returns the rounds taken.

@@ -39,8 +39,9 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::ledger::{CallState, backoff_delay, connect_timeout};
+use super::map::StorageWork;
 use super::{CallFailure, Desired, HostRole, HostVerdict, Observed};
-use crate::api::{HostPhase, MapStatus, PoolManagerStatus};
+use crate::api::{HostPhase, MapStatus, PoolManagerStatus, PoolOnStorage};
 
 /// The longest wait between two attempts of a pool-manager call: the pool has no manager
 /// meanwhile, and a call costs the host one lease read.
@@ -56,6 +57,14 @@ pub enum ManagerVerb {
     /// `StoragePool.switchMaster`: the master moves on storage (and the manager's lease with
     /// it) before any host receives a connect naming the new master.
     SwitchMaster,
+    /// `StoragePool.create`: the pool on storage, before any host is connected to it (not a
+    /// pool-manager verb in VDSM: any host runs it under a temporary lease).
+    Create,
+    /// `StorageDomain.attach`: a domain joins the pool on storage before it enters the map.
+    Attach,
+    /// `StorageDomain.detach`: a leaving domain no host monitors leaves the pool on storage
+    /// before it leaves the map.
+    Detach,
 }
 
 impl ManagerVerb {
@@ -65,6 +74,9 @@ impl ManagerVerb {
             Self::Start => "spmStart",
             Self::Stop => "spmStop",
             Self::SwitchMaster => "switchMaster",
+            Self::Create => "create",
+            Self::Attach => "attach",
+            Self::Detach => "detach",
         }
     }
 }
@@ -88,6 +100,22 @@ pub struct ManagerCall {
     pub max_host_id: i32,
     /// The move (`switchMaster` only).
     pub switch: Option<MasterSwitch>,
+    /// `create`: the pool's name, master, master version and domain list; `attach`/`detach`:
+    /// the domain (and, for `detach`, the current master and version).
+    pub storage: Option<StorageOp>,
+}
+
+/// The parameters of a call that changes the pool on storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageOp {
+    /// `StoragePool.create`'s `name` (the StoragePool's name).
+    pub name: String,
+    /// The master domain (`masterSdUUID`).
+    pub master: String,
+    /// `masterVersion`.
+    pub master_version: i64,
+    /// The domains: `domainList` for `create`, the one domain for `attach`/`detach`.
+    pub domains: Vec<String>,
 }
 
 /// `StoragePool.switchMaster` parameters: the master the manager holds, the desired one, and
@@ -119,6 +147,9 @@ pub struct ManagerCalls {
     pub failures: u32,
     /// The last failure, until a call is accepted.
     pub failure: Option<CallFailure>,
+    /// The domains a storage call (`create`, `attach`, `detach`) named: what its acceptance
+    /// changes in the record of the pool on storage.
+    pub domains: Vec<String>,
 }
 
 impl ManagerCalls {
@@ -141,6 +172,11 @@ impl ManagerCalls {
             state: CallState::InFlight,
             failures,
             failure,
+            domains: call
+                .storage
+                .as_ref()
+                .map(|s| s.domains.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -221,8 +257,12 @@ pub struct ManagerPlan {
     pub confirmed: bool,
     /// Hosts that hold the role and must give it up before they are disconnected.
     pub hold_disconnect: BTreeSet<String>,
-    /// Connects wait: they name a master the running manager has not switched to yet.
+    /// Connects wait: they name a master the running manager has not switched to yet, or the
+    /// pool is not created on storage yet.
     pub hold_connects: bool,
+    /// `status.storage` to hold: the record of the pool on storage after an accepted storage
+    /// call (persisted first, like the map).
+    pub storage: Option<PoolOnStorage>,
     /// When the clock alone makes a call due (a backoff ends, a wait for a report ends).
     pub retry_at: Option<Timestamp>,
 }
@@ -237,6 +277,7 @@ impl ManagerPlan {
             confirmed: false,
             hold_disconnect: BTreeSet::new(),
             hold_connects: false,
+            storage: None,
             retry_at: None,
         }
     }
@@ -256,6 +297,7 @@ pub fn plan(
     observed: &Observed,
     pool_uuid: &str,
     desired: &Desired,
+    work: &StorageWork,
     hosts: &BTreeMap<String, HostVerdict>,
     now: Timestamp,
 ) -> ManagerPlan {
@@ -303,7 +345,7 @@ pub fn plan(
         .map(|h| (*h).to_owned())
         .collect();
 
-    let record = if !has_master {
+    let mut record = if !has_master {
         None
     } else if let Some((host, host_id, lver)) = running {
         let (prev_id, prev_lver) = match current {
@@ -342,14 +384,45 @@ pub fn plan(
     let entry = observed.manager.as_ref();
     let holds = |h: &str| holders.iter().any(|(x, ..)| *x == h);
     let timeout = connect_timeout(&observed.pool.spec.sync);
+    let on_storage = super::map::attached(&observed.pool.status);
+    let recorded = |e: &ManagerCalls| {
+        let has = |d: &String| on_storage.as_ref().is_some_and(|a| a.contains(d.as_str()));
+        match e.verb {
+            ManagerVerb::Create => on_storage.is_some(),
+            ManagerVerb::Attach => e.domains.iter().all(has),
+            ManagerVerb::Detach => !e.domains.iter().any(has),
+            _ => false,
+        }
+    };
     let confirmed = entry.is_some_and(|e| {
         !e.in_flight(timeout, now)
             && match e.verb {
                 ManagerVerb::Start => holds(&e.host),
                 ManagerVerb::Stop => !holds(&e.host),
                 ManagerVerb::SwitchMaster => switch.is_none(),
+                ManagerVerb::Create | ManagerVerb::Attach | ManagerVerb::Detach => recorded(e),
             }
     });
+    // An accepted storage call changes the record of the pool on storage (persisted first).
+    let storage = entry
+        .filter(|e| matches!(e.state, CallState::Accepted { .. }) && !recorded(e))
+        .and_then(|e| {
+            let mut attached: BTreeSet<String> = on_storage
+                .iter()
+                .flatten()
+                .map(|d| (*d).to_owned())
+                .collect();
+            match e.verb {
+                ManagerVerb::Create => attached = e.domains.iter().cloned().collect(),
+                ManagerVerb::Attach => attached.extend(e.domains.iter().cloned()),
+                ManagerVerb::Detach => attached.retain(|d| !e.domains.contains(d)),
+                _ => return None,
+            }
+            Some(PoolOnStorage {
+                created: true,
+                attached,
+            })
+        });
     let entry = entry.filter(|_| !confirmed);
     let failure_of = |host: &str, verb: ManagerVerb| {
         entry
@@ -358,17 +431,55 @@ pub fn plan(
             .map(ToString::to_string)
     };
 
+    // The pool is created on storage by the recorded manager if it may take the role, else by
+    // the responsive member with the lowest host id (VDSM runs `create` on any host, under a
+    // temporary lease; the engine uses the SPM-to-be).
+    let creator = || {
+        current
+            .map(|r| r.host.as_str())
+            .filter(|h| keeps_record(h))
+            .or_else(|| {
+                hosts
+                    .keys()
+                    .filter(|h| keeps_record(h))
+                    .filter_map(|h| Some((desired.host_ids.get(h)?, h.as_str())))
+                    .min()
+                    .map(|(_, h)| h)
+            })
+    };
+    let creating = work.create.as_ref().and_then(|_| creator());
+    // The host that creates the pool is the manager-to-be: recorded with the create, so the
+    // role goes to it once it is connected (as oVirt's engine creates the pool on its SPM).
+    if let (Some(host), None) = (creating, &record) {
+        record = Some(PoolManagerStatus {
+            host: host.to_owned(),
+            host_id: desired.host_ids.get(host).copied().unwrap_or(-1),
+            lver: -1,
+            prev_id: -1,
+            prev_lver: -1,
+        });
+    }
     let want = if let Some(h) = strays.first() {
         Some((*h, ManagerVerb::Stop))
-    } else if running.is_none() {
+    } else if let Some(h) = creating {
+        Some((h, ManagerVerb::Create))
+    } else if work.create.is_some() {
+        None
+    } else if let Some((host, ..)) = running {
+        if switch.is_some() {
+            Some((host, ManagerVerb::SwitchMaster))
+        } else if work.attach.is_some() {
+            Some((host, ManagerVerb::Attach))
+        } else if work.detach.is_some() {
+            Some((host, ManagerVerb::Detach))
+        } else {
+            None
+        }
+    } else {
         record
             .as_ref()
             .filter(|r| may_keep(&r.host))
             .map(|r| (r.host.as_str(), ManagerVerb::Start))
-    } else if let (Some(_), Some((host, ..))) = (&switch, running) {
-        Some((host, ManagerVerb::SwitchMaster))
-    } else {
-        None
     };
     let state = if let Some((host, host_id, lver)) = running {
         ManagerState::Running {
@@ -415,6 +526,7 @@ pub fn plan(
             prev_lver,
             max_host_id: observed.pool.spec.sync.max_hosts,
             switch: switch.clone().filter(|_| verb == ManagerVerb::SwitchMaster),
+            storage: storage_op(observed, desired, work, entry, verb),
         })
     });
     ManagerPlan {
@@ -423,8 +535,45 @@ pub fn plan(
         call,
         confirmed,
         hold_disconnect,
-        hold_connects: switch.is_some(),
+        // Nothing is connected to a pool that does not exist on storage yet (VDSM: 304/324).
+        hold_connects: switch.is_some() || on_storage.is_none(),
+        storage,
         retry_at,
+    }
+}
+
+/// The parameters of a storage call: `create` names every domain of the first map, or the
+/// master alone after a failed attempt (one domain attached elsewhere, 380, must not keep the
+/// pool from existing; the others are attached one by one then).
+fn storage_op(
+    observed: &Observed,
+    desired: &Desired,
+    work: &StorageWork,
+    entry: Option<&ManagerCalls>,
+    verb: ManagerVerb,
+) -> Option<StorageOp> {
+    let op = |master: &str, domains: Vec<String>| StorageOp {
+        name: observed.pool.name.clone(),
+        master: master.to_owned(),
+        master_version: desired.master_version,
+        domains,
+    };
+    let master = desired.master_domain.as_deref().unwrap_or_default();
+    match verb {
+        ManagerVerb::Create => {
+            let (master, _, list) = work.create.as_ref()?;
+            let failed_before =
+                entry.is_some_and(|e| e.verb == ManagerVerb::Create && e.failures > 0);
+            let domains = if failed_before {
+                vec![master.clone()]
+            } else {
+                list.clone()
+            };
+            Some(op(master, domains))
+        }
+        ManagerVerb::Attach => Some(op(master, vec![work.attach.clone()?])),
+        ManagerVerb::Detach => Some(op(master, vec![work.detach.clone()?])),
+        ManagerVerb::Start | ManagerVerb::Stop | ManagerVerb::SwitchMaster => None,
     }
 }
 

@@ -8,7 +8,8 @@ use jiff::Timestamp;
 use super::{Desired, DomainFlag, Halt, Observed, PoolView, UuidClaim, rollout};
 use crate::api::pool::MAX_DOMAINS_PER_POOL;
 use crate::api::{
-    DomainMap, DomainPhase, DomainType, HostIdEntry, MapStatus, StoragePoolSpec, StoragePoolStatus,
+    DomainMap, DomainPhase, DomainType, HostIdEntry, MapStatus, PoolOnStorage, StoragePoolSpec,
+    StoragePoolStatus,
 };
 
 /// The first compatibility version that pushes the map on connect (this design).
@@ -88,6 +89,9 @@ pub enum DomainClass {
     /// domain its pool does not hold active (369), and a connect naming a master the manager has
     /// not moved is refused by every host (324).
     HandingOver,
+    /// `spec.pool` names this pool, which exists on storage, but the domain is not attached to
+    /// it yet: it enters the map once the pool manager attached it (`StorageDomain.attach`).
+    Attaching,
 }
 
 /// The class of every observed domain, by name.
@@ -114,9 +118,100 @@ pub fn eligibility(observed: &Observed) -> Eligibility {
     }
     flag_duplicates(observed, &mut classes);
     flag_over_limit(observed, &mut classes);
+    hold_unattached(observed, &mut classes);
     keep_last_data_domain(observed, &mut classes);
     keep_master_until_successor(observed, &mut classes);
     classes
+}
+
+/// The domains attached to the pool on storage (their metadata lists it): the record in status,
+/// or, for a pool recorded before that record existed and that has a master, its map (whoever
+/// made that map made the pool on storage). `None` while the pool is not created on storage.
+pub fn attached(status: &StoragePoolStatus) -> Option<BTreeSet<&str>> {
+    match (&status.storage, &status.master_domain) {
+        (Some(s), _) if s.created => Some(s.attached.iter().map(String::as_str).collect()),
+        (Some(_), _) | (None, None) => None,
+        (None, Some(_)) => Some(status.domain_map.keys().map(String::as_str).collect()),
+    }
+}
+
+/// Members not attached to a pool that exists on storage wait for the pool manager's attach
+/// ([`DomainClass::Attaching`]). Before the pool is created, every member goes into the first
+/// map: `StoragePool.create` attaches them all at once. A domain already placed in this pool
+/// (in its map, or its status names the pool) got there attached: it is never held back.
+fn hold_unattached(observed: &Observed, classes: &mut Eligibility) {
+    let status = &observed.pool.status;
+    let Some(attached) = attached(status) else {
+        return;
+    };
+    let pool = observed.pool.name.as_str();
+    for (name, class) in classes.iter_mut() {
+        let unattached = observed.domains.get(name).is_some_and(|d| {
+            let uuid = d.spec.uuid.as_str();
+            !attached.contains(uuid)
+                && !status.domain_map.contains_key(uuid)
+                && d.status.pool.as_deref() != Some(pool)
+        });
+        if *class == DomainClass::Member && unattached {
+            *class = DomainClass::Attaching;
+        }
+    }
+}
+
+/// What the pool manager must do on storage for the desired map, in order: create the pool (the
+/// desired master and the map's domains; the master alone once a create failed, so one domain
+/// attached elsewhere cannot keep the pool from existing), attach a member, detach a leaving
+/// domain no host monitors any more.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StorageWork {
+    /// `StoragePool.create`: the master, its version and the domain list.
+    pub create: Option<(String, i64, Vec<String>)>,
+    /// The next domain to attach (by uuid).
+    pub attach: Option<String>,
+    /// The next domain to detach (by uuid).
+    pub detach: Option<String>,
+}
+
+/// The storage work the desired map needs ([`StorageWork`]). `moving` holds the leaving domains
+/// some host still monitors (not detachable yet).
+pub fn storage_work(
+    observed: &Observed,
+    classes: &Eligibility,
+    moving: &BTreeSet<String>,
+    desired: &Desired,
+) -> StorageWork {
+    let status = &observed.pool.status;
+    let Some(attached) = attached(status) else {
+        let create = desired.master_domain.as_ref().map(|master| {
+            (
+                master.clone(),
+                desired.master_version,
+                desired.domain_map.keys().cloned().collect(),
+            )
+        });
+        return StorageWork {
+            create,
+            ..StorageWork::default()
+        };
+    };
+    let uuid_of = |class: &DomainClass, moving_ok: bool| {
+        classes
+            .iter()
+            .filter(|(n, c)| *c == class && (moving_ok || !moving.contains(*n)))
+            .filter_map(|(n, _)| observed.domains.get(n))
+            .map(|d| d.spec.uuid.clone())
+            .find(|u| {
+                // Attach what is not attached; detach what is, but never the master.
+                (class == &DomainClass::Attaching) != attached.contains(u.as_str())
+                    && desired.master_domain.as_ref() != Some(u)
+            })
+    };
+    StorageWork {
+        create: None,
+        attach: uuid_of(&DomainClass::Attaching, true),
+        detach: uuid_of(&DomainClass::Leaving, false)
+            .filter(|u| desired.domain_map.contains_key(u)),
+    }
 }
 
 /// Of several StorageDomains with one uuid, one keeps it and the members that do not are flagged
@@ -353,6 +448,14 @@ pub fn desired(
     host_ids: BTreeMap<String, i32>,
 ) -> Desired {
     let status = &observed.pool.status;
+    let on_storage = attached(status);
+    let awaits_detach = |d: &super::DomainView| {
+        status.master_domain.is_some()
+            && !observed.pool.deleting
+            && on_storage
+                .as_ref()
+                .is_some_and(|a| a.contains(d.spec.uuid.as_str()))
+    };
     let mut domain_map = DomainMap::new();
     for (name, class) in classes {
         let Some(d) = observed.domains.get(name) else {
@@ -364,7 +467,13 @@ pub fn desired(
                 MapStatus::Active
             }
             DomainClass::Leaving if moving.contains(name) => MapStatus::Attached,
-            DomainClass::Leaving | DomainClass::Waiting | DomainClass::Flagged(_) => continue,
+            // No host monitors it any more; it stays until the pool manager detached it (VDSM
+            // detaches only a domain of the manager's map), which needs a master.
+            DomainClass::Leaving if awaits_detach(d) => MapStatus::Attached,
+            DomainClass::Leaving
+            | DomainClass::Waiting
+            | DomainClass::Flagged(_)
+            | DomainClass::Attaching => continue,
         };
         domain_map.insert(d.spec.uuid.clone(), entry);
     }
@@ -469,6 +578,11 @@ pub fn persist_first(
         })
         .collect();
     let mut next = current.clone();
+    if current.storage.is_none() && current.master_domain.is_none() {
+        // A new pool: not on storage until its create is accepted (a pool recorded before this
+        // record with a master is taken as created, see [`attached`]).
+        next.storage = Some(PoolOnStorage::default());
+    }
     next.uuid = Some(pool_uuid.to_owned());
     next.domain_map = desired.domain_map.clone();
     next.map_version = desired.map_version;

@@ -652,6 +652,9 @@ pub struct DomainVerdict {
     /// Asked to leave the active set, but kept active, and master, until another data domain is
     /// active where the master can move to it ([`map::DomainClass::HandingOver`]).
     pub master_handover: bool,
+    /// A member waiting for the pool manager to attach it to the pool on storage
+    /// ([`map::DomainClass::Attaching`]).
+    pub attaching: bool,
 }
 
 /// Bad input on a domain.
@@ -807,7 +810,8 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         now,
     );
     let (mut calls, ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
-    let manager = manager::plan(observed, &pool_uuid, &desired, &hostv, now);
+    let work = map::storage_work(observed, &eligibility, &leaving_held, &desired);
+    let manager = manager::plan(observed, &pool_uuid, &desired, &work, &hostv, now);
     // A host that holds the pool manager's role is disconnected only after `spmStop` (VDSM
     // refuses the disconnect with 656 until then).
     // A connect naming a new master waits for the manager's `switchMaster`.
@@ -821,14 +825,19 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         }
         !held
     });
-    // The manager's record is persisted before its `spmStart`, like the map before a connect.
-    let persist_first = if manager.record == observed.pool.status.pool_manager {
-        persist_first
-    } else {
-        let mut next = persist_first.unwrap_or_else(|| observed.pool.status.clone());
-        next.pool_manager.clone_from(&manager.record);
-        Some(next)
-    };
+    // The manager's record is persisted before its `spmStart`, like the map before a connect,
+    // and so is what an accepted storage call changed on storage.
+    let persist_first =
+        if manager.record == observed.pool.status.pool_manager && manager.storage.is_none() {
+            persist_first
+        } else {
+            let mut next = persist_first.unwrap_or_else(|| observed.pool.status.clone());
+            next.pool_manager.clone_from(&manager.record);
+            if let Some(storage) = &manager.storage {
+                next.storage = Some(storage.clone());
+            }
+            Some(next)
+        };
     let finalizers = domains::finalizers(observed, &hostv, &domainv);
     let requeue_after = requeue::after(observed, &hostv, &domainv, rollout_start, now);
     let requeue_after = match manager.retry_at.map(|t| requeue::until(t, now)) {

@@ -134,7 +134,7 @@ fn conditions(
         .or_else(|| v.last_data_domain.as_ref().map(last_data_domain_why))
         .or_else(|| {
             let unmonitored = v.map == Some(MapStatus::Active) && v.phase == DomainPhase::Unknown;
-            (pool_in_maintenance && unmonitored).then(|| {
+            (pool_in_maintenance && (unmonitored || v.attaching)).then(|| {
                 Why::new(
                     reasons::NO_ACTIVE_DATA_DOMAIN,
                     "the pool is in maintenance: it has no active data domain (no master), so no host is connected to it and none monitors this domain; activate a data domain of the pool",
@@ -151,6 +151,11 @@ fn conditions(
             reasons::MAINTENANCE,
             "in maintenance, as requested; no host monitors it",
         ),
+        (None, DomainPhase::Unattached) if v.attaching => Cond::new(
+            False,
+            reasons::ATTACHING,
+            "waiting for the pool manager to attach the domain to the pool on storage (StorageDomain.attach); it enters the map then",
+        ),
         (None, DomainPhase::Unattached) => {
             Cond::new(True, reasons::UNATTACHED, "the domain is in no pool")
         }
@@ -163,6 +168,11 @@ fn conditions(
             False,
             reasons::HOSTS_STILL_REPORTING,
             format!("still monitored by: {blockers}"),
+        ),
+        (None, DomainPhase::Detaching) if v.blocking.is_empty() => Cond::new(
+            False,
+            reasons::DETACHING,
+            "no host holds the domain; waiting for the pool manager to detach it from the pool on storage (StorageDomain.detach)",
         ),
         (None, DomainPhase::Detaching) => Cond::new(
             False,
@@ -187,6 +197,7 @@ fn conditions(
         {
             Some(ready.why.clone())
         }
+        DomainPhase::Unattached if v.attaching => Some(ready.why.clone()),
         _ => None,
     };
 

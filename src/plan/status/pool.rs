@@ -234,6 +234,53 @@ fn manager_events(observed: &Observed, plan: &Plan, events: &mut Vec<PlannedEven
             ),
         });
     }
+    // The pool on storage: created, a domain attached or detached (recorded from the accepted
+    // call).
+    if let Some(after) = &plan.manager.storage {
+        let before = crate::plan::map::attached(&p.status);
+        let mut note = |reason, what: String| {
+            events.push(PlannedEvent {
+                object: ObjectRef::pool(&p.name),
+                type_: EventType::Normal,
+                reason,
+                note: what,
+            });
+        };
+        match before {
+            None => note(
+                reasons::POOL_CREATED,
+                format!(
+                    "created on storage with {} domain(s): {}",
+                    after.attached.len(),
+                    short_list(
+                        &after
+                            .attached
+                            .iter()
+                            .map(String::as_str)
+                            .collect::<Vec<_>>()
+                    )
+                ),
+            ),
+            Some(before) => {
+                for sd in after
+                    .attached
+                    .iter()
+                    .filter(|d| !before.contains(d.as_str()))
+                {
+                    note(
+                        reasons::DOMAIN_ATTACHED,
+                        format!("{sd} attached on storage"),
+                    );
+                }
+                for sd in before.iter().filter(|d| !after.attached.contains(**d)) {
+                    note(
+                        reasons::DOMAIN_DETACHED,
+                        format!("{sd} detached on storage"),
+                    );
+                }
+            }
+        }
+    }
     let was_running =
         find(&p.status.conditions, types::POOL_MANAGER).is_some_and(|c| c.status == True.as_str());
     if let ManagerState::Running { host, lver, .. } = &plan.manager.state
@@ -312,7 +359,7 @@ fn stalls(observed: &Observed, plan: &Plan, hosts: &BTreeMap<String, HostVerdict
         let waiting: Vec<&str> = plan
             .domains
             .iter()
-            .filter(|(_, v)| v.owned && v.map == Some(MapStatus::Active))
+            .filter(|(_, v)| v.owned && (v.map == Some(MapStatus::Active) || v.attaching))
             .map(|(n, _)| n.as_str())
             .collect();
         if !waiting.is_empty() {

@@ -99,12 +99,9 @@ fn copy_of_an_active_domain_in_another_pool_is_refused_there_and_ignored_here() 
 #[test]
 fn of_two_new_domains_with_one_uuid_the_older_keeps_it_then_the_first_by_name() {
     let mut o = world(1, 0, t0());
-    o.domains
-        .insert("b".into(), copy_of("shared", "b", POOL, at(0)));
-    o.domains
-        .insert("c".into(), copy_of("shared", "c", POOL, at(0)));
-    o.domains
-        .insert("a".into(), copy_of("shared", "a", POOL, at(5)));
+    add_attached(&mut o, copy_of("shared", "b", POOL, at(0)));
+    add_attached(&mut o, copy_of("shared", "c", POOL, at(0)));
+    add_attached(&mut o, copy_of("shared", "a", POOL, at(5)));
     let p = plan(&o, t0());
     assert_eq!(p.desired.domain_map.len(), 1);
     assert_eq!(p.domains["b"].flag, None);

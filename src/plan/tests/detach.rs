@@ -3,6 +3,7 @@
 //! for the old one.
 
 use super::*;
+use crate::plan::manager::ManagerVerb;
 
 #[test]
 fn detached_active_domain_moves_to_maintenance_then_detaches_then_is_unattached() {
@@ -14,10 +15,33 @@ fn detached_active_domain_moves_to_maintenance_then_detaches_then_is_unattached(
         p.desired.domain_map.get(&uuid_of("d001")),
         Some(&MapStatus::Attached)
     );
-    // Hosts stopped monitoring it: now it leaves the map.
+    // Hosts stopped monitoring it: the pool manager detaches it on storage while it is still in
+    // the map (VDSM detaches only a domain of the manager's map), then it leaves the map.
     let (p, _) = step(&mut o, t0());
     assert_eq!(p.domains["d001"].phase, DomainPhase::Detaching);
+    assert_eq!(
+        p.desired.domain_map.get(&uuid_of("d001")),
+        Some(&MapStatus::Attached)
+    );
+    let detach = p.manager.call.clone().expect("detach");
+    assert_eq!(
+        (detach.host.as_str(), detach.verb),
+        ("h0000", ManagerVerb::Detach)
+    );
+    assert_eq!(
+        detach.storage.map(|s| s.domains),
+        Some(vec![uuid_of("d001")])
+    );
+    let (p, _) = step(&mut o, t0());
     assert!(!p.desired.domain_map.contains_key(&uuid_of("d001")));
+    assert!(
+        o.pool
+            .status
+            .storage
+            .as_ref()
+            .is_some_and(|s| !s.attached.contains(&uuid_of("d001"))),
+        "the record says it is detached"
+    );
     converge(&mut o, t0(), 5);
     assert_eq!(phase(&o, "d001"), Some(DomainPhase::Unattached));
     assert_eq!(o.domains["d001"].status.pool, None);
@@ -28,19 +52,25 @@ fn detached_active_domain_moves_to_maintenance_then_detaches_then_is_unattached(
 fn deleted_domain_keeps_its_finalizer_until_detached() {
     let mut o = steady(2, 2, t0());
     o.domains.get_mut("d001").expect("d").deleting = true;
-    let (p, _) = step(&mut o, t0());
-    assert!(p.finalizers.is_empty(), "{:?}", p.finalizers);
-    let (p, _) = step(&mut o, t0());
-    assert!(p.finalizers.is_empty());
-    let (p, _) = step(&mut o, t0());
-    assert_eq!(
-        p.finalizers,
-        vec![FinalizerChange {
-            object: ObjectRef::domain("d001"),
-            finalizer: DOMAIN_FINALIZER,
-            action: FinalizerAction::Remove,
-        }]
-    );
+    // Hosts stop monitoring it, then the pool manager detaches it on storage: only then is the
+    // finalizer removed.
+    let mut detached = false;
+    for _ in 0..5 {
+        let (p, _) = step(&mut o, t0());
+        if !p.finalizers.is_empty() {
+            assert!(detached, "detached on storage before the finalizer goes");
+            assert_eq!(
+                p.finalizers,
+                vec![FinalizerChange {
+                    object: ObjectRef::domain("d001"),
+                    finalizer: DOMAIN_FINALIZER,
+                    action: FinalizerAction::Remove,
+                }]
+            );
+            break;
+        }
+        detached |= p.manager.call.as_ref().map(|c| c.verb) == Some(ManagerVerb::Detach);
+    }
     assert!(
         !o.domains.contains_key("d001"),
         "gone once the finalizer is removed"

@@ -144,7 +144,7 @@ fn preparing_for_maintenance_host_still_blocks_until_it_stops_reporting() {
 #[test]
 fn domain_is_activating_until_every_up_host_reports_it_valid_and_actual() {
     let mut o = steady(3, 1, t0());
-    o.domains.insert("d001".into(), domain("d001", Some(POOL)));
+    add_attached(&mut o, domain("d001", Some(POOL)));
     let (p, _) = step(&mut o, t0());
     assert_eq!(p.domains["d001"].phase, DomainPhase::Activating);
     // Every host took the map; h0002's monitor has not completed its first check.
@@ -301,7 +301,7 @@ fn round_with_silent_hosts(o: &mut Observed, now: Timestamp, silent: &[&str]) ->
 #[test]
 fn domain_a_host_was_told_and_never_confirmed_stays_moving_until_it_reports() {
     let mut o = steady(2, 2, t0());
-    o.domains.insert("d002".into(), domain("d002", Some(POOL)));
+    add_attached(&mut o, domain("d002", Some(POOL)));
     // Both hosts take the map with d002 active; h0000 never reports it (its report is stale, and
     // shows neither d002 nor its new map).
     for s in 1..=3 {
@@ -341,7 +341,7 @@ fn domain_a_host_was_told_and_never_confirmed_stays_moving_until_it_reports() {
 #[test]
 fn host_that_refused_or_restarted_holds_no_domain_it_was_told() {
     let mut o = steady(2, 2, t0());
-    o.domains.insert("d002".into(), domain("d002", Some(POOL)));
+    add_attached(&mut o, domain("d002", Some(POOL)));
     let now = later(t0(), 1);
     let to_h0 = call_to(&o, "h0000", now);
     let to_h1 = call_to(&o, "h0001", now);

@@ -13,7 +13,7 @@ fn a_persisted_new_map_never_says_ready() {
     assert_eq!(cond(&before.pool.conditions, types::READY).status, "True");
     for i in 0..2 {
         let d = crate::plan::fixtures::domain(&format!("d{i:03}"), Some(POOL));
-        o.domains.insert(d.name.clone(), d);
+        add_attached(&mut o, d);
     }
     let p = plan(&o, later(t0(), 1));
     let persisted = p.persist_first.as_ref().expect("persist first");

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::fixtures::{
-    POOL, POOL_UUID, at, converge, domain, failed, host, later, obey, pool, renew_all, steady,
-    step, step_with, uuid_of, vitals, world, write_back,
+    POOL, POOL_UUID, add_attached, at, converge, domain, failed, host, later, obey, pool,
+    renew_all, steady, step, step_with, uuid_of, vitals, world, write_back,
 };
 use super::*;
 use crate::api::condition::{find, is_true, reasons, types};
@@ -26,6 +26,7 @@ mod problems;
 mod properties;
 mod spec_edits;
 mod status_size;
+mod storage;
 mod sync;
 mod write_budget;
 

@@ -270,7 +270,7 @@ fn catching_up_host_is_not_blamed_before_the_rollout_deadline() {
     let mut o = steady(4, 1, t0());
     o.pool.spec.sync.max_concurrent_connects = 2;
     o.pool.spec.sync.connect_timeout_seconds = 10;
-    o.domains.insert("d001".into(), domain("d001", Some(POOL)));
+    add_attached(&mut o, domain("d001", Some(POOL)));
     // Rollout starts; the hosts accept the connect but never report (their reports lag).
     let p = plan(&o, t0());
     assert!(p.persist_first.is_some());
