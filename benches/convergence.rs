@@ -119,6 +119,7 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
         hosts: Hosts::Simulated {
             count: n,
             prefix: prefix.clone(),
+            storage: None,
         },
         kube: Some((
             client.clone(),

@@ -130,6 +130,7 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
         hosts: Hosts::Simulated {
             count: args.hosts,
             prefix: "host".into(),
+            storage: None,
         },
         kube: Some((
             client.clone(),

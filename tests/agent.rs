@@ -486,6 +486,7 @@ async fn simulator_200_hosts_register_heartbeat_and_answer_connect() {
     let sim = Hosts::Simulated {
         count: N,
         prefix: prefix.clone(),
+        storage: None,
     };
     let running = start(options(sim, kube.clone(), &ns))
         .await
@@ -591,6 +592,7 @@ async fn simulator_faults_blackhole_restart_storage_and_latency_and_their_undo()
     let sim = Hosts::Simulated {
         count: 4,
         prefix: prefix.clone(),
+        storage: None,
     };
     let running = start(options(sim, kube.clone(), &ns))
         .await

@@ -9,8 +9,8 @@ use poolkeeper::api::{
     DomainPhase, HostPhase, HostStatus, StorageDomainSpec, StorageDomainStatus, StoragePoolStatus,
 };
 use poolkeeper::plan::fixtures::{
-    POOL, at, converge, domain, failed, host, later, renew_all, steady, step, step_with, uuid_of,
-    vitals, world, write_back,
+    POOL, add_attached, at, converge, domain, failed, host, later, renew_all, steady, step,
+    step_with, uuid_of, vitals, world, write_back,
 };
 use poolkeeper::plan::{
     self, CallOutcome, LeaseView, Observation, Observed, ReportView, orphan_domain,
@@ -188,7 +188,7 @@ fn pool_health_follows_its_conditions() {
     // A new domain rolls out.
     let mut rolling = o.clone();
     let d = domain("d009", Some(POOL));
-    rolling.domains.insert(d.name.clone(), d);
+    add_attached(&mut rolling, d);
     let (_, r) = step_with(&mut rolling, t0(), &[failed("h0002", 2001, "slow")]);
     let mut one_failing = rolling.clone();
     one_failing.pool.status = r.pool;
@@ -196,7 +196,7 @@ fn pool_health_follows_its_conditions() {
 
     let mut rolling = o.clone();
     let d = domain("d009", Some(POOL));
-    rolling.domains.insert(d.name.clone(), d);
+    add_attached(&mut rolling, d);
     step_unconfirmed(&mut rolling, t0());
     expect(&pool_obj(&rolling), "Progressing", "RollingOut");
 
@@ -229,10 +229,20 @@ fn domain_health_in_every_phase() {
     newer.domains.get_mut("d001").expect("d").generation = Some(2);
     expect(&domain_obj(&newer, "d001"), "Progressing", "latest spec");
 
+    // Attaching: the pool manager has not attached the new domain on storage yet.
+    let mut attaching = o.clone();
+    let d = domain("d009", Some(POOL));
+    attaching.domains.insert(d.name.clone(), d);
+    let p = plan::plan(&attaching, t0());
+    let r = plan::report(&attaching, &p, &[], t0());
+    let d = &attaching.domains["d009"];
+    let attaching_obj = domain_with("d009", d.generation, &d.spec, &r.domains["d009"]);
+    expect(&attaching_obj, "Progressing", "Attaching");
+
     // Activating: the hosts have not reported the new domain yet.
     let mut activating = o.clone();
     let d = domain("d009", Some(POOL));
-    activating.domains.insert(d.name.clone(), d);
+    add_attached(&mut activating, d);
     step(&mut activating, t0());
     assert_eq!(
         activating.domains["d009"].status.phase,
@@ -385,7 +395,7 @@ fn host_health_in_every_phase() {
     // A connect that fails, then one that is accepted but not confirmed yet.
     let mut failing = o.clone();
     let d = domain("d009", Some(POOL));
-    failing.domains.insert(d.name.clone(), d);
+    add_attached(&mut failing, d);
     step_with(&mut failing, t0(), &[failed("h0001", 323, "another pool")]);
     assert_eq!(
         failing.hosts["h0001"].controller.phase,

@@ -1099,6 +1099,7 @@ async fn simulated_hosts_share_storage_check_the_master_as_vdsm_and_hold_one_poo
         hosts: Hosts::Simulated {
             count: 2,
             prefix: "sim".into(),
+            storage: None,
         },
         kube: None,
     })

@@ -152,6 +152,11 @@ pub struct AgentArgs {
     /// Name prefix of simulated hosts: `<prefix>-0000`, `<prefix>-0001`...
     #[arg(long, default_value = "sim")]
     pub sim_prefix: String,
+    /// Where the simulated hosts keep their domains (one directory shared by all, as an NFS
+    /// export is). Default: a temporary directory, removed on exit; give one to keep the pools
+    /// on storage across agent restarts, as real storage does.
+    #[arg(long, value_name = "DIR")]
+    pub sim_storage: Option<PathBuf>,
 }
 
 /// Arguments of `poolkeeper make-domain`.
@@ -184,6 +189,8 @@ pub enum Hosts {
         count: usize,
         /// Name prefix.
         prefix: String,
+        /// Their shared storage directory (created if missing); `None`: a temporary one.
+        storage: Option<PathBuf>,
     },
 }
 
@@ -330,20 +337,34 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             let app = router(verbs, opts.token.clone(), opts.max_body_bytes);
             (Arc::from(vec![host]), None, app)
         }
-        Hosts::Simulated { count, prefix } => {
+        Hosts::Simulated {
+            count,
+            prefix,
+            storage,
+        } => {
             let faults = Arc::new(sim::FaultTable::default());
             // One storage directory shared by every simulated host, as a shared NFS export
             // is: domains appear on first use (unattached, as `make-domain` leaves them); the
             // master check is VDSM's, so a pool exists only once `StoragePool.create` made it.
-            let root = tempfile::Builder::new()
-                .prefix("poolkeeper-sim-")
-                .tempdir()
-                .map_err(Error::Layout)?;
+            let dir = match storage {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir).map_err(Error::Layout)?;
+                    dir.clone()
+                }
+                None => {
+                    let root = tempfile::Builder::new()
+                        .prefix("poolkeeper-sim-")
+                        .tempdir()
+                        .map_err(Error::Layout)?;
+                    let dir = root.path().to_owned();
+                    sim_root = Some(root);
+                    dir
+                }
+            };
             let pool_storage = PoolStorage {
-                domains: FileDomains::provisioning(root.path()),
+                domains: FileDomains::provisioning(&dir),
                 lease,
             };
-            sim_root = Some(root);
             let hosts: Arc<[Arc<HostAgent>]> = (0..*count)
                 .map(|i| {
                     let name = format!("{prefix}-{i:04}");
@@ -523,6 +544,7 @@ impl Options {
                 Hosts::Simulated {
                     count,
                     prefix: args.sim_prefix.clone(),
+                    storage: args.sim_storage.clone(),
                 }
             }
             None => {

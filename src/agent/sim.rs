@@ -621,6 +621,7 @@ mod tests {
             hosts: Hosts::Simulated {
                 count: 2,
                 prefix: "unit".into(),
+                storage: None,
             },
             kube: None,
         })

@@ -208,6 +208,8 @@ pub async fn start_hosts(prefix: &str, count: usize) -> agent::Running {
         hosts: Hosts::Simulated {
             count,
             prefix: prefix.to_owned(),
+            // Kept across a restart of these hosts (same prefix), as real storage is.
+            storage: Some(std::env::temp_dir().join(format!("poolkeeper-sim-{prefix}"))),
         },
         kube: Some((
             client_as("poolkeeper-agent").await,
