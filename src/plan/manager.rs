@@ -263,6 +263,9 @@ pub struct ManagerPlan {
     /// `status.storage` to hold: the record of the pool on storage after an accepted storage
     /// call (persisted first, like the map).
     pub storage: Option<PoolOnStorage>,
+    /// The last storage call (`create`, `attach`, `detach`) failed, and why: shown in the
+    /// `PoolManager` condition until a call is accepted.
+    pub storage_failure: Option<String>,
     /// When the clock alone makes a call due (a backoff ends, a wait for a report ends).
     pub retry_at: Option<Timestamp>,
 }
@@ -278,6 +281,7 @@ impl ManagerPlan {
             hold_disconnect: BTreeSet::new(),
             hold_connects: false,
             storage: None,
+            storage_failure: None,
             retry_at: None,
         }
     }
@@ -538,6 +542,22 @@ pub fn plan(
         // Nothing is connected to a pool that does not exist on storage yet (VDSM: 304/324).
         hold_connects: switch.is_some() || on_storage.is_none(),
         storage,
+        storage_failure: entry
+            .filter(|e| {
+                matches!(
+                    e.verb,
+                    ManagerVerb::Create | ManagerVerb::Attach | ManagerVerb::Detach
+                )
+            })
+            .and_then(|e| {
+                let f = e.failure.as_ref()?;
+                Some(format!(
+                    "{} of {} on {} failed: {f}",
+                    e.verb.as_str(),
+                    e.domains.join(", "),
+                    e.host
+                ))
+            }),
         retry_at,
     }
 }

@@ -148,7 +148,12 @@ pub(super) fn status(
     }
     .set(&mut s.conditions, g, now);
     s.pool_manager.clone_from(&plan.manager.record);
-    manager_condition(&plan.manager.state).set(&mut s.conditions, types::POOL_MANAGER, g, now);
+    let mut manager = manager_condition(&plan.manager.state);
+    if let Some(failure) = &plan.manager.storage_failure {
+        // The pool on storage waits for the manager: say what it refused.
+        manager.why.message = format!("{}; {failure}", manager.why.message);
+    }
+    manager.set(&mut s.conditions, types::POOL_MANAGER, g, now);
     manager_events(observed, plan, events);
 
     if plan.desired.master_domain != current.master_domain {

@@ -127,3 +127,35 @@ fn a_pool_recorded_before_the_storage_record_is_taken_as_created_with_its_map() 
     assert_eq!(p.manager.call, None, "nothing to create or attach");
     assert!(p.domains.values().all(|v| !v.attaching));
 }
+
+#[test]
+fn a_refused_attach_is_named_in_the_pool_manager_condition_and_retried() {
+    let mut o = steady(2, 1, t0());
+    o.domains.insert("d001".into(), domain("d001", Some(POOL)));
+    let attach = plan(&o, t0()).manager.call.expect("attach");
+    let boot = report_of(&mut o, "h0000").boot_id.clone();
+    let mut entry = ManagerCalls::started(None, &attach, &boot, t0());
+    let refused = CallFailure {
+        code: Some(380),
+        message: "domain already attached to another pool".into(),
+    };
+    entry.finished(t0(), &Err(refused), t0());
+    o.manager = Some(entry);
+    let p = plan(&o, t0());
+    assert_eq!(p.manager.call, None, "backing off");
+    let r = report(&o, &p, &[], t0());
+    let c = cond(&r.pool.conditions, types::POOL_MANAGER);
+    assert!(
+        c.message.contains("attach of") && c.message.contains("another pool"),
+        "{}",
+        c.message
+    );
+    assert!(p.domains["d001"].attaching);
+    renew_all(&mut o, later(t0(), 30));
+    let p = plan(&o, later(t0(), 30));
+    assert_eq!(
+        p.manager.call.map(|c| c.verb),
+        Some(ManagerVerb::Attach),
+        "retried after the backoff"
+    );
+}
