@@ -11,12 +11,15 @@ use support::{
 };
 
 /// Waits until the pool says Ready=True.
+/// Waits until the pool is Ready because its hosts hold the map (`InSync`), not merely Ready
+/// before any host joined (`NoHosts`).
 async fn wait_pool_ready(name: &str) {
-    eventually(&format!("pool {name} Ready"), WAIT, || async {
+    eventually(&format!("pool {name} Ready and in sync"), WAIT, || async {
         let p = pool(name).await;
         let s = p.status?;
-        let (status, _, _) = condition(&s.conditions, "Ready")?;
-        (status == "True" && s.observed_generation == p.metadata.generation).then_some(())
+        let (status, reason, _) = condition(&s.conditions, "Ready")?;
+        let current = s.observed_generation == p.metadata.generation;
+        (status == "True" && reason == "InSync" && current).then_some(())
     })
     .await;
 }
