@@ -398,3 +398,70 @@ async fn the_pool_is_created_on_storage_before_hosts_connect_and_a_new_domain_at
     let status = pool(&sim.pool).await.status.expect("status");
     assert!(status.storage.is_some_and(|s| s.attached.contains(&sd)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_of_a_pool_in_maintenance_is_freed_on_storage_and_joins_another_pool() {
+    let a = sim_pool(PoolOptions {
+        domains: 1,
+        ..PoolOptions::default()
+    })
+    .await;
+    let b = sim_pool(PoolOptions {
+        domains: 0,
+        ..PoolOptions::default()
+    })
+    .await;
+    let d = a.domains[0].clone();
+    let sd = a.uuids[&d].clone();
+    running_manager(&a.pool).await;
+    // Pool A goes into maintenance: no master, no manager, its hosts disconnected.
+    merge_spec::<StorageDomain>(&d, json!({"maintenance": true})).await;
+    eventually("pool A has no master", WAIT, || async {
+        let s = pool(&a.pool).await.status?;
+        (s.master_domain.is_none() && s.pool_manager.is_none()).then_some(())
+    })
+    .await;
+    // The domain moves to pool B. Its metadata still names A (a real VDSM would refuse it in
+    // B with 380): a host of A detaches it from every pool first, and B is created on it.
+    merge_spec::<StorageDomain>(&d, json!({"pool": b.pool, "maintenance": false})).await;
+    eventually("every host of B monitors the domain", WAIT, || async {
+        b.agents
+            .hosts()
+            .iter()
+            .all(|h| {
+                h.connection()
+                    .is_some_and(|c| c.domain_map.get(&sd) == Some(&MapStatus::Active))
+            })
+            .then_some(())
+    })
+    .await;
+    let forced: Vec<&String> = a
+        .hosts
+        .iter()
+        .filter(|h| {
+            let (calls, _) = a.agents.host(h).expect("host").calls();
+            calls
+                .iter()
+                .any(|c| c.verb == "StorageDomain.detach" && c.ok)
+        })
+        .collect();
+    assert_eq!(forced.len(), 1, "one host of A freed it: {forced:?}");
+    let status = pool(&b.pool).await.status.expect("status");
+    assert_eq!(status.master_domain.as_deref(), Some(sd.as_str()));
+    assert!(
+        status
+            .storage
+            .is_some_and(|s| s.created && s.attached.contains(&sd))
+    );
+    let status = pool(&a.pool).await.status.expect("status");
+    assert!(status.storage.is_some_and(|s| !s.attached.contains(&sd)));
+    // On A's storage (B's simulated hosts keep theirs apart), the domain names no pool any
+    // more and is no master: what a create elsewhere needs.
+    let prefix = a.hosts[0].rsplit_once('-').expect("prefix").0;
+    let root = std::env::temp_dir().join(format!("poolkeeper-sim-{prefix}"));
+    let md = poolkeeper::agent::domains::FileDomains::new(root)
+        .read(&sd)
+        .expect("metadata");
+    assert!(md.pools().is_empty(), "{:?}", md.pools());
+    assert!(!md.is_master());
+}

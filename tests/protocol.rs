@@ -828,6 +828,7 @@ fn domain_params(sp: &str, sd: &str, master: &str, version: i64) -> DomainParams
         storagepool_id: sp.to_owned(),
         master_sd_uuid: master.to_owned(),
         master_version: version,
+        force: false,
     }
 }
 

@@ -519,6 +519,30 @@ impl HostAgent {
         Ok((task, true))
     }
 
+    /// `StorageDomain.detach` forced (hsm.py `forcedDetachStorageDomain`). Only the blank pool
+    /// is served (the domain leaves every pool its metadata names, no connection needed); a
+    /// forced detach from a connected pool is refused.
+    fn forced_detach(&self, params: &DomainParams) -> Result<(), VdsmError> {
+        let mut inner = self.lock();
+        let sd = params.storagedomain_id.to_ascii_lowercase();
+        let result = if params.storagepool_id == super::metadata::BLANK_UUID {
+            let holder = self.holder(&inner, manager::RESERVED_HOST_ID);
+            manager::detach_from_every_pool(&self.pool_storage.domains, holder, &sd)
+        } else {
+            Err(VdsmError::new(
+                ErrorCode::InvalidParams,
+                format!(
+                    "forced detach is served for the blank pool only (storagepoolID {})",
+                    super::metadata::BLANK_UUID
+                ),
+            ))
+        };
+        inner.log_call(method::DOMAIN_DETACH, result.is_ok());
+        drop(inner);
+        tracing::info!(host = %self.name, domain = %sd, ok = result.is_ok(), "forced detach from every pool");
+        result
+    }
+
     /// `spmStop` under the host's lock; true when the role was given up now.
     fn stop_spm(&self, inner: &mut Inner, params: &PoolParams) -> Result<bool, VdsmError> {
         Self::fence(inner, self.pool_storage.lease, Instant::now());
@@ -716,6 +740,9 @@ impl Verbs for HostAgent {
     }
 
     fn domain_verb(&self, verb: &str, params: DomainParams) -> Result<(), VdsmError> {
+        if verb == method::DOMAIN_DETACH && params.force {
+            return self.forced_detach(&params);
+        }
         let mut inner = self.lock();
         let started = Instant::now();
         let (mut pool, host_id) = self.managed_pool(&mut inner, &params.storagepool_id)?;
@@ -926,6 +953,7 @@ mod tests {
             storagepool_id: SP.into(),
             master_sd_uuid: String::new(),
             master_version: 0,
+            force: false,
         };
         assert_eq!(
             a.domain_verb(method::DOMAIN_ATTACH, attach)

@@ -214,6 +214,31 @@ pub fn reconstruct(
     result
 }
 
+/// hsm.py `_deatchStorageDomainFromOldPools` (`StorageDomain.detach` forced, with the blank
+/// pool): under the domain's own lease (taken with the reserved host id, as `create` does), the
+/// domain leaves every pool its metadata names and is `Regular` again (sd.py `detach`). No pool
+/// connection or pool manager is needed: it frees the domains of a pool that no longer runs.
+///
+/// # Errors
+/// 358 the domain missing, 651 its lease held (a pool manager still runs on it).
+pub fn detach_from_every_pool(
+    domains: &FileDomains,
+    holder: Holder<'_>,
+    sd: &str,
+) -> Result<(), VdsmError> {
+    let mut md = read(domains, sd)?;
+    let temporary = Holder {
+        host_id: RESERVED_HOST_ID,
+        ..holder
+    };
+    temporary.acquire(domains, sd)?;
+    md.set_pools(&[]);
+    md.set(key::ROLE, ROLE_REGULAR);
+    let result = write(domains, sd, &md);
+    temporary.release(domains, sd);
+    result
+}
+
 /// The pool as the manager holds it, and what a verb changes in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
@@ -466,6 +491,8 @@ impl Pool {
             .map(str::to_owned)
             .collect();
         md.set_pools(&pools.iter().map(String::as_str).collect::<Vec<_>>());
+        // sd.py `detach`: "make sure that ROLE is not MASTER_DOMAIN (just in case)".
+        md.set(key::ROLE, ROLE_REGULAR);
         write(domains, sd, &md)?;
         let mut map = self.map.clone();
         map.remove(sd);
@@ -503,6 +530,29 @@ mod tests {
 
     fn code<T: std::fmt::Debug>(r: Result<T, VdsmError>) -> ErrorCode {
         r.expect_err("refused").code
+    }
+
+    #[test]
+    fn a_forced_detach_frees_a_former_master_for_another_pool_unless_its_lease_is_held() {
+        let (_dir, d) = storage();
+        create(&d, holder("h"), SP, "dc1", A, 1, &[A.into(), B.into()]).expect("creates");
+        // A manager still holding the master's lease keeps it (651).
+        holder("spm").acquire(&d, A).expect("held");
+        assert_eq!(
+            code(detach_from_every_pool(&d, holder("h"), A)),
+            ErrorCode::AcquireLockFailure
+        );
+        holder("spm").release(&d, A);
+        detach_from_every_pool(&d, holder("h"), A).expect("detached");
+        let a = d.read(A).expect("a");
+        assert!(a.pools().is_empty());
+        assert!(!a.is_master(), "Regular again, as sd.py `detach` leaves it");
+        // Another pool can now be created on it; B still names the first pool.
+        create(&d, holder("h"), SP2, "dc2", A, 1, &[A.into()]).expect("reused");
+        assert_eq!(
+            code(create(&d, holder("h"), SP2, "dc2", B, 1, &[B.into()])),
+            ErrorCode::StorageDomainAlreadyAttached
+        );
     }
 
     #[test]

@@ -369,7 +369,10 @@ async fn send_manager(
             rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SWITCH_MASTER, &params, timeout)
                 .await
         }
-        ManagerVerb::Create | ManagerVerb::Attach | ManagerVerb::Detach => {
+        ManagerVerb::Create
+        | ManagerVerb::Attach
+        | ManagerVerb::Detach
+        | ManagerVerb::ForcedDetach => {
             let Some(op) = &call.storage else {
                 return Err(CallFailure {
                     code: None,
@@ -417,6 +420,7 @@ async fn send_storage(
         storagepool_id: call.pool_uuid.clone(),
         master_sd_uuid: String::new(),
         master_version: 0,
+        force: false,
     };
     let first = op.domains.first().map(String::as_str).unwrap_or_default();
     match call.verb {
@@ -450,6 +454,15 @@ async fn send_storage(
                 timeout,
             )
             .await
+        }
+        ManagerVerb::ForcedDetach => {
+            let params = protocol::wire::DomainParams {
+                storagepool_id: crate::agent::metadata::BLANK_UUID.to_owned(),
+                force: true,
+                ..domain(first)
+            };
+            rpc.call::<_, IgnoredAny>(&call.endpoint, method::DOMAIN_DETACH, &params, timeout)
+                .await
         }
         _ => {
             let params = protocol::wire::DomainParams {

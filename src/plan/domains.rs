@@ -348,6 +348,15 @@ pub fn judge(
     let grace = SignedDuration::from_secs(i64::from(
         observed.pool.spec.sync.problem_grace_seconds.max(1),
     ));
+    // A pool without a master has no manager: a leaving domain still attached on storage is
+    // detached forcibly by any responsive member, if there is one (else it just leaves).
+    let on_storage = super::map::attached(&observed.pool.status);
+    let can_force = desired.master_domain.is_none()
+        && hosts
+            .values()
+            .any(|v| v.role == HostRole::Member && v.responsive && !v.report_invalid);
+    let awaits_forced =
+        |uuid: &str| can_force && on_storage.as_ref().is_some_and(|a| a.contains(uuid));
     let mut verdicts = BTreeMap::new();
     for (d, tally) in tracked.iter().zip(tallies) {
         let class = classes.get(&d.name).cloned().unwrap_or(DomainClass::Member);
@@ -364,12 +373,14 @@ pub fn judge(
                 moving_verdict(tally, DomainPhase::MovingToMaintenance, Some(pool))
             }
             DomainClass::Leaving
-                if tally.holders.is_empty() && desired.domain_map.contains_key(&d.spec.uuid) =>
+                if tally.holders.is_empty()
+                    && (desired.domain_map.contains_key(&d.spec.uuid)
+                        || awaits_forced(&d.spec.uuid)) =>
             {
                 // No host holds it; the pool manager detaches it next (it stays in the map as
-                // `attached` until then).
+                // `attached` until then), or, with no master, any host detaches it forcibly.
                 DomainVerdict {
-                    map: Some(MapStatus::Attached),
+                    map: desired.domain_map.get(&d.spec.uuid).copied(),
                     ..base(DomainPhase::Detaching, Some(pool))
                 }
             }

@@ -242,7 +242,7 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
                     pool.domain_map.remove(sd);
                 }
             }
-            (ManagerVerb::Create, _) => {}
+            (ManagerVerb::Create | ManagerVerb::ForcedDetach, _) => {}
         }
     }
 }
@@ -327,7 +327,7 @@ pub fn record_storage(o: &mut Observed, call: &ManagerCall) {
         ManagerVerb::Attach => attached
             .get_or_insert_default()
             .extend(op.domains.iter().cloned()),
-        ManagerVerb::Detach => {
+        ManagerVerb::Detach | ManagerVerb::ForcedDetach => {
             if let Some(a) = attached.as_mut() {
                 a.retain(|d| !op.domains.contains(d));
             }

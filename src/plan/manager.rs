@@ -65,6 +65,10 @@ pub enum ManagerVerb {
     /// `StorageDomain.detach`: a leaving domain no host monitors leaves the pool on storage
     /// before it leaves the map.
     Detach,
+    /// `StorageDomain.detach` forced, with the blank pool: a leaving domain of a pool without a
+    /// master (so without a manager: in maintenance, or being deleted) leaves every pool its
+    /// metadata names, on any responsive host of the pool.
+    ForcedDetach,
 }
 
 impl ManagerVerb {
@@ -77,6 +81,7 @@ impl ManagerVerb {
             Self::Create => "create",
             Self::Attach => "attach",
             Self::Detach => "detach",
+            Self::ForcedDetach => "forcedDetach",
         }
     }
 }
@@ -394,7 +399,7 @@ pub fn plan(
         match e.verb {
             ManagerVerb::Create => on_storage.is_some(),
             ManagerVerb::Attach => e.domains.iter().all(has),
-            ManagerVerb::Detach => !e.domains.iter().any(has),
+            ManagerVerb::Detach | ManagerVerb::ForcedDetach => !e.domains.iter().any(has),
             _ => false,
         }
     };
@@ -404,7 +409,10 @@ pub fn plan(
                 ManagerVerb::Start => holds(&e.host),
                 ManagerVerb::Stop => !holds(&e.host),
                 ManagerVerb::SwitchMaster => switch.is_none(),
-                ManagerVerb::Create | ManagerVerb::Attach | ManagerVerb::Detach => recorded(e),
+                ManagerVerb::Create
+                | ManagerVerb::Attach
+                | ManagerVerb::Detach
+                | ManagerVerb::ForcedDetach => recorded(e),
             }
     });
     // An accepted storage call changes the record of the pool on storage (persisted first).
@@ -419,7 +427,9 @@ pub fn plan(
             match e.verb {
                 ManagerVerb::Create => attached = e.domains.iter().cloned().collect(),
                 ManagerVerb::Attach => attached.extend(e.domains.iter().cloned()),
-                ManagerVerb::Detach => attached.retain(|d| !e.domains.contains(d)),
+                ManagerVerb::Detach | ManagerVerb::ForcedDetach => {
+                    attached.retain(|d| !e.domains.contains(d));
+                }
                 _ => return None,
             }
             Some(PoolOnStorage {
@@ -469,6 +479,14 @@ pub fn plan(
         Some((h, ManagerVerb::Create))
     } else if work.create.is_some() {
         None
+    } else if work.forced_detach.is_some() {
+        // No master, so no manager: any responsive member may free the domain.
+        hosts
+            .iter()
+            .filter(|(_, v)| v.role == HostRole::Member && v.responsive && !v.report_invalid)
+            .filter_map(|(h, _)| Some((desired.host_ids.get(h)?, h.as_str())))
+            .min()
+            .map(|(_, h)| (h, ManagerVerb::ForcedDetach))
     } else if let Some((host, ..)) = running {
         if switch.is_some() {
             Some((host, ManagerVerb::SwitchMaster))
@@ -546,7 +564,10 @@ pub fn plan(
             .filter(|e| {
                 matches!(
                     e.verb,
-                    ManagerVerb::Create | ManagerVerb::Attach | ManagerVerb::Detach
+                    ManagerVerb::Create
+                        | ManagerVerb::Attach
+                        | ManagerVerb::Detach
+                        | ManagerVerb::ForcedDetach
                 )
             })
             .and_then(|e| {
@@ -593,6 +614,7 @@ fn storage_op(
         }
         ManagerVerb::Attach => Some(op(master, vec![work.attach.clone()?])),
         ManagerVerb::Detach => Some(op(master, vec![work.detach.clone()?])),
+        ManagerVerb::ForcedDetach => Some(op("", vec![work.forced_detach.clone()?])),
         ManagerVerb::Start | ManagerVerb::Stop | ManagerVerb::SwitchMaster => None,
     }
 }

@@ -170,6 +170,9 @@ pub struct StorageWork {
     pub attach: Option<String>,
     /// The next domain to detach (by uuid).
     pub detach: Option<String>,
+    /// The next domain to detach from every pool with no pool manager (by uuid): a leaving
+    /// domain of a pool that has no master.
+    pub forced_detach: Option<String>,
 }
 
 /// The storage work the desired map needs ([`StorageWork`]). `moving` holds the leaving domains
@@ -206,11 +209,17 @@ pub fn storage_work(
                     && desired.master_domain.as_ref() != Some(u)
             })
     };
+    let leaving = uuid_of(&DomainClass::Leaving, false);
+    let (detach, forced_detach) = if desired.master_domain.is_some() {
+        (leaving.filter(|u| desired.domain_map.contains_key(u)), None)
+    } else {
+        (None, leaving)
+    };
     StorageWork {
         create: None,
         attach: uuid_of(&DomainClass::Attaching, true),
-        detach: uuid_of(&DomainClass::Leaving, false)
-            .filter(|u| desired.domain_map.contains_key(u)),
+        detach,
+        forced_detach,
     }
 }
 

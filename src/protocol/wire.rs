@@ -403,6 +403,11 @@ pub struct DomainParams {
     /// Deactivate: the new master version.
     #[serde(rename = "masterVersion", default)]
     pub master_version: i64,
+    /// Detach: forced (hsm.py `forcedDetachStorageDomain`); with the blank pool UUID, the
+    /// domain leaves every pool its metadata names, with no pool connected (the engine's import
+    /// path).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 impl DomainParams {

@@ -159,3 +159,50 @@ fn a_refused_attach_is_named_in_the_pool_manager_condition_and_retried() {
         "retried after the backoff"
     );
 }
+
+#[test]
+fn a_domain_leaving_a_pool_without_master_is_detached_forcibly_before_it_goes() {
+    // The pool is in maintenance (its only data domain is): no master, so no manager.
+    let mut o = steady(2, 1, t0());
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 10);
+    assert_eq!(o.pool.status.master_domain, None);
+    assert!(
+        o.pool
+            .status
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.attached.contains(&uuid_of("d000")))
+    );
+    // It leaves the pool (for another one): any responsive host frees it on storage first.
+    o.domains.get_mut("d000").expect("d").spec.pool = None;
+    let p = plan(&o, t0());
+    assert_eq!(p.domains["d000"].phase, DomainPhase::Detaching);
+    let call = p.manager.call.clone().expect("forced detach");
+    assert_eq!(
+        (call.host.as_str(), call.verb),
+        ("h0000", ManagerVerb::ForcedDetach)
+    );
+    assert_eq!(call.storage.map(|s| s.domains), Some(vec![uuid_of("d000")]));
+    converge(&mut o, t0(), 10);
+    assert_eq!(phase(&o, "d000"), Some(DomainPhase::Unattached));
+    assert!(
+        o.pool
+            .status
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.attached.is_empty())
+    );
+}
+
+#[test]
+fn without_a_responsive_host_a_leaving_domain_just_leaves() {
+    let mut o = steady(1, 1, t0());
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    converge(&mut o, t0(), 10);
+    o.domains.get_mut("d000").expect("d").spec.pool = None;
+    let much_later = later(t0(), 3600);
+    let p = plan(&o, much_later);
+    assert_eq!(p.manager.call, None, "nobody to send it to");
+    assert_eq!(p.domains["d000"].phase, DomainPhase::Unattached);
+}
