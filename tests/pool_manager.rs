@@ -235,6 +235,21 @@ async fn a_manager_put_in_maintenance_stops_the_role_before_it_is_disconnected()
     assert_eq!(sampler.most().await, 1, "never two pool managers");
 }
 
+/// Waits until every host of `sim` holds `sd` active in its own connection.
+async fn every_host_monitors(sim: &SimPool, sd: &str) {
+    eventually(&format!("every host monitors {sd}"), WAIT, || async {
+        sim.agents
+            .hosts()
+            .iter()
+            .all(|h| {
+                h.connection()
+                    .is_some_and(|c| c.domain_map.get(sd) == Some(&MapStatus::Active))
+            })
+            .then_some(())
+    })
+    .await;
+}
+
 /// Waits until every host's own connection names `master` at `version`.
 async fn every_host_on(sim: &SimPool, master: &str, version: i64) {
     eventually(
@@ -365,17 +380,7 @@ async fn the_pool_is_created_on_storage_before_hosts_connect_and_a_new_domain_at
     // A domain added later is attached by the manager before any host is told about it.
     let (name, sd) = (unique("sd"), uuid());
     create_domain(&name, &sd, Some(&sim.pool)).await;
-    eventually("every host monitors the new domain", WAIT, || async {
-        sim.agents
-            .hosts()
-            .iter()
-            .all(|h| {
-                h.connection()
-                    .is_some_and(|c| c.domain_map.get(&sd) == Some(&MapStatus::Active))
-            })
-            .then_some(())
-    })
-    .await;
+    every_host_monitors(&sim, &sd).await;
     let (calls, _) = sim.agents.host(&m.host).expect("host").calls();
     let attach = calls
         .iter()
@@ -424,17 +429,7 @@ async fn a_domain_of_a_pool_in_maintenance_is_freed_on_storage_and_joins_another
     // The domain moves to pool B. Its metadata still names A (a real VDSM would refuse it in
     // B with 380): a host of A detaches it from every pool first, and B is created on it.
     merge_spec::<StorageDomain>(&d, json!({"pool": b.pool, "maintenance": false})).await;
-    eventually("every host of B monitors the domain", WAIT, || async {
-        b.agents
-            .hosts()
-            .iter()
-            .all(|h| {
-                h.connection()
-                    .is_some_and(|c| c.domain_map.get(&sd) == Some(&MapStatus::Active))
-            })
-            .then_some(())
-    })
-    .await;
+    every_host_monitors(&b, &sd).await;
     let forced: Vec<&String> = a
         .hosts
         .iter()
