@@ -207,11 +207,11 @@ fn pool_health_follows_its_conditions() {
     step(&mut o, t0());
     expect(&pool_obj(&o), "Degraded", "TooManyHosts");
 
-    // A legacy pool is halted.
-    let mut legacy = steady(1, 1, t0());
-    legacy.pool.spec.compatibility_version = "3.4".into();
-    step(&mut legacy, t0());
-    expect(&pool_obj(&legacy), "Degraded", "LegacyPoolUnsupported");
+    // A compatibility version that does not parse (written past the schema) halts the pool.
+    let mut invalid = steady(1, 1, t0());
+    invalid.pool.spec.compatibility_version = "three".into();
+    step(&mut invalid, t0());
+    expect(&pool_obj(&invalid), "Degraded", "InvalidCompatibilityVersion");
 
     // No hosts yet is fine.
     let mut empty = world(0, 1, t0());

@@ -816,12 +816,14 @@ impl Verbs for HostAgent {
         let master = params.master_sd_uuid.as_str();
         let mut inner = self.lock();
         let read = (!master.is_empty()).then(|| self.pool_storage.domains.read(master));
-        inner.state.refresh(
+        let result = inner.state.refresh(
             &params.storagepool_id,
             master,
             params.master_version,
             read.as_ref(),
-        )?;
+        );
+        inner.log_call(method::POOL_REFRESH, result.is_ok());
+        result?;
         let Inner {
             state, monitors, ..
         } = &mut *inner;
@@ -832,28 +834,31 @@ impl Verbs for HostAgent {
     }
 
     fn reconstruct_master(&self, params: ReconstructMasterParams) -> Result<(), VdsmError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let pool = params.storagepool_id.to_ascii_lowercase();
-        if inner.state.pool(&pool).is_ok() {
-            return Err(VdsmError::new(
+        let result = if inner.state.pool(&pool).is_ok() {
+            Err(VdsmError::new(
                 ErrorCode::StoragePoolConnected,
                 format!("connected to pool {pool}"),
-            ));
-        }
-        let map = params
-            .domain_dict
-            .iter()
-            .map(|(sd, s)| (sd.to_ascii_lowercase(), *s))
-            .collect();
-        manager::reconstruct(
-            &self.pool_storage.domains,
-            self.holder(&inner, i64::from(params.host_id)),
-            &pool,
-            &params.name,
-            &params.master_sd_uuid.to_ascii_lowercase(),
-            params.master_version,
-            &map,
-        )
+            ))
+        } else {
+            let map = params
+                .domain_dict
+                .iter()
+                .map(|(sd, s)| (sd.to_ascii_lowercase(), *s))
+                .collect();
+            manager::reconstruct(
+                &self.pool_storage.domains,
+                self.holder(&inner, i64::from(params.host_id)),
+                &pool,
+                &params.name,
+                &params.master_sd_uuid.to_ascii_lowercase(),
+                params.master_version,
+                &map,
+            )
+        };
+        inner.log_call(method::POOL_RECONSTRUCT_MASTER, result.is_ok());
+        result
     }
 }
 

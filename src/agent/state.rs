@@ -29,14 +29,8 @@ const _: () = assert!(
         && crate::protocol::wire::MAX_DOMAINS_IN_POOL <= MAX_CONNECT_MAP
 );
 
-/// Where the pool's map lives (spbackends.py).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The map from the last connect's `domainDict` (compatibility 3.5 and later).
-    Memory,
-    /// The map in the master's `POOL_DOMAINS` (3.4 and lower), read at connect and refresh.
-    Disk,
-}
+/// Where the pool's map lives (spbackends.py); reported in the connection.
+pub use crate::api::PoolBackend as Backend;
 
 /// This host's pool-manager role (sp.py `spmRole`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,9 +57,15 @@ impl SpmRole {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Conn {
+    /// The connection as reported; its `backend` is always set.
     view: PoolConnection,
-    backend: Backend,
     spm: SpmRole,
+}
+
+impl Conn {
+    fn backend(&self) -> Backend {
+        self.view.backend.unwrap_or(Backend::Memory)
+    }
 }
 
 /// What a host holds: at most one pool connection.
@@ -152,7 +152,7 @@ impl PoolState {
 
     /// The backend of the connection, if any.
     pub fn backend(&self) -> Option<Backend> {
-        self.conn.as_ref().map(|c| c.backend)
+        self.conn.as_ref().map(Conn::backend)
     }
 
     /// This host's pool-manager role.
@@ -201,7 +201,7 @@ impl PoolState {
                     format!("hostId={}, newHostId={}", c.view.host_id, p.host_id),
                 ));
             }
-            if p.domain_dict.is_none() && c.backend == Backend::Memory {
+            if p.domain_dict.is_none() && c.backend() == Backend::Memory {
                 return Err(VdsmError::new(
                     ErrorCode::StoragePoolConnected,
                     "cannot downgrade pool backend: connect without domainDict",
@@ -253,8 +253,8 @@ impl PoolState {
                 master_version: p.master_version,
                 domain_map: map,
                 spm_lver: None,
+                backend: Some(backend),
             },
-            backend,
             spm,
         });
         Ok(())
@@ -279,7 +279,7 @@ impl PoolState {
             scsi_key: String::new(),
             master_sd_uuid: master_sd.to_owned(),
             master_version,
-            domain_dict: (c.backend == Backend::Memory).then(|| c.view.domain_map.clone()),
+            domain_dict: (c.backend() == Backend::Memory).then(|| c.view.domain_map.clone()),
         };
         self.connect(&p, master_sd, master)
     }

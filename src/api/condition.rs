@@ -229,8 +229,6 @@ pub mod reasons {
     pub const NO_HOSTS: &str = "NoHosts";
     /// The pool has no active data domain: no master, hosts disconnected.
     pub const NO_ACTIVE_DATA_DOMAIN: &str = "NoActiveDataDomain";
-    /// Compatibility version below 3.5: the legacy flows are not supported yet.
-    pub const LEGACY_POOL_UNSUPPORTED: &str = "LegacyPoolUnsupported";
     /// `spec.compatibilityVersion` is not `major.minor`.
     pub const INVALID_COMPATIBILITY_VERSION: &str = "InvalidCompatibilityVersion";
     /// More hosts name the pool than `spec.sync.maxHosts` allows.

@@ -184,6 +184,21 @@ pub struct PoolConnection {
     /// Unset on every other host. Calls never carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spm_lver: Option<i64>,
+    /// Where the host holds the pool's map: `Memory` (the connect's `domainDict`, compatibility
+    /// 3.5 and later) or `Disk` (read from the master's `POOL_DOMAINS`, 3.4 and lower). Unset in
+    /// a connect the controller sends to a 3.5 pool, and in reports of agents that predate it
+    /// (read as `Memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<PoolBackend>,
+}
+
+/// Where a pool connection's map lives (VDSM's spbackends.py).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolBackend {
+    /// The map from the last connect's `domainDict` (compatibility 3.5 and later).
+    Memory,
+    /// The map in the master domain's `POOL_DOMAINS`, read at connect and refresh (3.4 and lower).
+    Disk,
 }
 
 impl PoolConnection {

@@ -16,7 +16,9 @@ pub use domain::{
     DomainPhase, DomainType, StorageDomain, StorageDomainSpec, StorageDomainStatus, StorageKind,
     StorageSpec,
 };
-pub use host::{DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolConnection};
+pub use host::{
+    DomainVitals, Host, HostPhase, HostReport, HostSpec, HostStatus, PoolBackend, PoolConnection,
+};
 pub use map::DomainMap;
 pub use pool::{
     DomainMapEntry, HostCounts, HostIdEntry, LagReason, LaggingHost, MapStatus, PoolManagerStatus,

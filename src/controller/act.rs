@@ -263,6 +263,18 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
             };
             rpc.disconnect(endpoint, &wire, timeout).await
         }
+        HostCall::Refresh {
+            endpoint, params, ..
+        } => {
+            let wire = protocol::wire::RefreshParams {
+                storagepool_id: params.uuid.clone(),
+                master_sd_uuid: params.master_domain.clone().unwrap_or_default(),
+                master_version: params.master_version,
+            };
+            rpc.call::<_, IgnoredAny>(endpoint, method::POOL_REFRESH, &wire, timeout)
+                .await
+                .map(|_| ())
+        }
     };
     let verb = verb_name(call.kind());
     let outcome = match &result {
@@ -372,7 +384,9 @@ async fn send_manager(
         ManagerVerb::Create
         | ManagerVerb::Attach
         | ManagerVerb::Detach
-        | ManagerVerb::ForcedDetach => {
+        | ManagerVerb::ForcedDetach
+        | ManagerVerb::Activate
+        | ManagerVerb::Deactivate => {
             let Some(op) = &call.storage else {
                 return Err(CallFailure {
                     code: None,
@@ -405,7 +419,7 @@ async fn send_manager(
     }
 }
 
-/// `StoragePool.create`, `StorageDomain.attach` or `StorageDomain.detach`. A create refused
+/// `StoragePool.create`, or `StorageDomain.attach`, `activate`, `deactivate` or `detach`. A create refused
 /// with 380 because a domain already lists this very pool is a success: an earlier create of
 /// this pool was accepted but not recorded (the controller stopped in between), and VDSM's
 /// create is not idempotent.
@@ -464,13 +478,27 @@ async fn send_storage(
             rpc.call::<_, IgnoredAny>(&call.endpoint, method::DOMAIN_DETACH, &params, timeout)
                 .await
         }
-        _ => {
+        ManagerVerb::Activate => {
+            rpc.call::<_, IgnoredAny>(
+                &call.endpoint,
+                method::DOMAIN_ACTIVATE,
+                &domain(first),
+                timeout,
+            )
+            .await
+        }
+        verb => {
             let params = protocol::wire::DomainParams {
                 master_sd_uuid: op.master.clone(),
                 master_version: op.master_version,
                 ..domain(first)
             };
-            rpc.call::<_, IgnoredAny>(&call.endpoint, method::DOMAIN_DETACH, &params, timeout)
+            let method = if verb == ManagerVerb::Deactivate {
+                method::DOMAIN_DEACTIVATE
+            } else {
+                method::DOMAIN_DETACH
+            };
+            rpc.call::<_, IgnoredAny>(&call.endpoint, method, &params, timeout)
                 .await
         }
     }
@@ -481,6 +509,7 @@ fn verb_name(kind: CallKind) -> &'static str {
     match kind {
         CallKind::Connect => "connect",
         CallKind::Disconnect => "disconnect",
+        CallKind::Refresh => "refresh",
     }
 }
 

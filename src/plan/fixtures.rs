@@ -16,9 +16,9 @@ use super::{
     ReportView, SharedReport,
 };
 use crate::api::{
-    DomainType, DomainVitals, HostReport, HostSpec, MapStatus, PoolConnection, PoolOnStorage,
-    StorageDomainSpec, StorageDomainStatus, StorageKind, StoragePoolSpec, StoragePoolStatus,
-    StorageSpec, SyncSpec,
+    DomainType, DomainVitals, HostReport, HostSpec, MapStatus, PoolBackend, PoolConnection,
+    PoolOnStorage, StorageDomainSpec, StorageDomainStatus, StorageKind, StoragePoolSpec,
+    StoragePoolStatus, StorageSpec, SyncSpec,
 };
 
 /// The pool uuid every fixture pool uses.
@@ -185,7 +185,7 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
     };
     let report = report.make_mut();
     match call {
-        HostCall::Connect { params, .. } => {
+        HostCall::Connect { params, .. } | HostCall::Refresh { params, .. } => {
             // A connect to the same pool keeps the pool manager's role, as on the agent.
             let spm_lver = report
                 .pool
@@ -194,6 +194,7 @@ pub fn obey(h: &mut HostView, call: &HostCall) {
                 .and_then(|p| p.spm_lver);
             report.pool = Some(PoolConnection {
                 spm_lver,
+                backend: Some(params.backend.unwrap_or(PoolBackend::Memory)),
                 ..params.clone()
             });
             // Keep the vitals of monitors that keep running (a fault injected by a test stays).
@@ -240,6 +241,24 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
             (ManagerVerb::Detach, _) => {
                 for sd in call.storage.iter().flat_map(|s| &s.domains) {
                     pool.domain_map.remove(sd);
+                }
+            }
+            // 3.4 and lower: the map on the master, which the manager's connection holds; a
+            // master deactivated with its successor named moves first.
+            (ManagerVerb::Activate, _) => {
+                for sd in call.storage.iter().flat_map(|s| &s.domains) {
+                    pool.domain_map.insert(sd.clone(), MapStatus::Active);
+                }
+            }
+            (ManagerVerb::Deactivate, _) => {
+                if let Some(op) = &call.storage {
+                    for sd in &op.domains {
+                        if pool.master_domain.as_ref() == Some(sd) && op.master != *sd {
+                            pool.master_domain = Some(op.master.clone());
+                            pool.master_version = op.master_version;
+                        }
+                        pool.domain_map.insert(sd.clone(), MapStatus::Attached);
+                    }
                 }
             }
             (ManagerVerb::Create | ManagerVerb::ForcedDetach, _) => {}
@@ -332,7 +351,11 @@ pub fn record_storage(o: &mut Observed, call: &ManagerCall) {
                 a.retain(|d| !op.domains.contains(d));
             }
         }
-        ManagerVerb::Start | ManagerVerb::Stop | ManagerVerb::SwitchMaster => return,
+        ManagerVerb::Start
+        | ManagerVerb::Stop
+        | ManagerVerb::SwitchMaster
+        | ManagerVerb::Activate
+        | ManagerVerb::Deactivate => return,
     }
     o.pool.status.storage = attached.map(|attached| PoolOnStorage {
         created: true,

@@ -12,7 +12,7 @@ use super::{
     HostVerdict, HostView, LeaseView, Observation, Observed, SyncFailure, rollout,
 };
 use crate::api::condition::{self, ConditionStatus, reasons, types};
-use crate::api::{HostPhase, PoolConnection};
+use crate::api::{DomainMap, HostPhase, PoolBackend, PoolConnection};
 
 /// Whether the host responds at `now`: its Lease renewal was observed less than a Lease duration
 /// ago. A Lease only found at the controller's start or after it regained the API server keeps a
@@ -197,6 +197,12 @@ pub fn holds_pool(v: &HostVerdict) -> bool {
     v.connected_here && (v.responsive || v.role != HostRole::Maintenance)
 }
 
+/// Where the pool's hosts take the map from: `Disk` (the master) for a legacy pool, else from
+/// the connect (`None` on the wire: the map is sent).
+fn backend(observed: &Observed) -> Option<PoolBackend> {
+    super::map::legacy(&observed.pool.spec).then_some(PoolBackend::Disk)
+}
+
 /// Whether the host should be connected with the map.
 fn wants_connection(v: &HostVerdict, desired: &Desired) -> bool {
     v.role == HostRole::Member && desired.master_domain.is_some()
@@ -216,6 +222,7 @@ pub fn judge_sync(
     verdicts: &mut BTreeMap<String, HostVerdict>,
 ) {
     let deadline = rollout::deadline(observed, rollout_start);
+    let backend = backend(observed);
     for (name, v) in verdicts.iter_mut() {
         let Some(h) = observed.hosts.get(name) else {
             continue;
@@ -231,6 +238,10 @@ pub fn judge_sync(
                         && c.master_domain == desired.master_domain
                         && c.master_version == desired.master_version
                         && c.domain_map == desired.domain_map
+                        // A 3.5 pool's host still reading its map from the master is upgraded
+                        // by a connect with the map; a legacy pool's host on the memory backend
+                        // cannot go back (VDSM: 325), so either backend serves it.
+                        && (backend == Some(PoolBackend::Disk) || c.backend != Some(PoolBackend::Disk))
                 })
         } else {
             !v.connected_here
@@ -298,6 +309,7 @@ pub fn calls(
     let timeout = ledger::connect_timeout(&observed.pool.spec.sync);
     let confirm_by = rollout::confirm_by(observed);
     let digest = ledger::map_digest(&desired.domain_map);
+    let backend = backend(observed);
     let mut ops = Vec::new();
     // Decide who is due first; build the calls (which clone the map) only for those sent now.
     let mut due: Vec<(CallKind, &HostView)> = Vec::new();
@@ -317,13 +329,13 @@ pub fn calls(
         let gate_now = |key: &CallKey, boot_id: &str| {
             ledger::gate(entry, name, key, boot_id, timeout, confirm_by, now)
         };
-        let Some(kind) = due_kind(h, v, pool_uuid, desired) else {
+        let Some(kind) = due_kind(h, v, pool_uuid, desired, backend.is_some()) else {
             continue;
         };
         if !v.responsive || v.report_invalid {
             continue;
         }
-        let Some(key) = call_key(kind, h, v, pool_uuid, desired, digest) else {
+        let Some(key) = call_key(kind, h, v, pool_uuid, desired, backend, digest) else {
             continue;
         };
         let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
@@ -354,7 +366,7 @@ pub fn calls(
         .into_iter()
         .filter_map(|(kind, h)| {
             let v = verdicts.get(&h.name)?;
-            build_call(kind, h, v, pool_uuid, desired)
+            build_call(kind, h, v, pool_uuid, desired, backend)
         })
         .collect();
     (calls, ops)
@@ -367,6 +379,7 @@ fn call_key(
     v: &HostVerdict,
     pool_uuid: &str,
     desired: &Desired,
+    backend: Option<PoolBackend>,
     digest: u64,
 ) -> Option<CallKey> {
     match kind {
@@ -378,20 +391,45 @@ fn call_key(
                 host_id: c.host_id,
                 master: None,
                 map_digest: 0,
+                backend: None,
             })
         }
-        CallKind::Connect => Some(CallKey::connect(
-            pool_uuid,
-            v.host_id?,
-            desired.master_domain.as_deref()?,
-            desired.master_version,
+        CallKind::Connect | CallKind::Refresh => Some(CallKey::holding(
+            kind,
+            &holding(v, pool_uuid, desired, backend, DomainMap::new())?,
             digest,
         )),
     }
 }
 
+/// The connection a connect or refresh gives the host, with `domain_map` (the desired map, or an
+/// empty one where only the key is needed).
+fn holding(
+    v: &HostVerdict,
+    pool_uuid: &str,
+    desired: &Desired,
+    backend: Option<PoolBackend>,
+    domain_map: DomainMap,
+) -> Option<PoolConnection> {
+    Some(PoolConnection {
+        uuid: pool_uuid.to_owned(),
+        host_id: v.host_id?,
+        master_domain: Some(desired.master_domain.clone()?),
+        master_version: desired.master_version,
+        domain_map,
+        spm_lver: None,
+        backend,
+    })
+}
+
 /// Which call the host needs, if any.
-fn due_kind(h: &HostView, v: &HostVerdict, pool_uuid: &str, desired: &Desired) -> Option<CallKind> {
+fn due_kind(
+    h: &HostView,
+    v: &HostVerdict,
+    pool_uuid: &str,
+    desired: &Desired,
+    legacy: bool,
+) -> Option<CallKind> {
     let conn = connection(h);
     if !wants_connection(v, desired) {
         // Maintenance, refused, leaving, or no master: let go of this pool.
@@ -407,6 +445,9 @@ fn due_kind(h: &HostView, v: &HostVerdict, pool_uuid: &str, desired: &Desired) -
         Some(c) if c.uuid != pool_uuid || Some(c.host_id) != v.host_id => {
             Some(CallKind::Disconnect)
         }
+        // A legacy pool's connected host re-reads the map the pool manager changed (a disk
+        // backend connection; one on the memory backend keeps its map and is connected again).
+        Some(c) if legacy && c.backend == Some(PoolBackend::Disk) => Some(CallKind::Refresh),
         _ => Some(CallKind::Connect),
     }
 }
@@ -417,6 +458,7 @@ fn build_call(
     v: &HostVerdict,
     pool_uuid: &str,
     desired: &Desired,
+    backend: Option<PoolBackend>,
 ) -> Option<HostCall> {
     match kind {
         CallKind::Disconnect => {
@@ -433,14 +475,12 @@ fn build_call(
         CallKind::Connect => Some(HostCall::Connect {
             host: h.name.clone(),
             endpoint: h.spec.endpoint.clone(),
-            params: PoolConnection {
-                uuid: pool_uuid.to_owned(),
-                host_id: v.host_id?,
-                master_domain: Some(desired.master_domain.clone()?),
-                master_version: desired.master_version,
-                domain_map: desired.domain_map.clone(),
-                spm_lver: None,
-            },
+            params: holding(v, pool_uuid, desired, backend, desired.domain_map.clone())?,
+        }),
+        CallKind::Refresh => Some(HostCall::Refresh {
+            host: h.name.clone(),
+            endpoint: h.spec.endpoint.clone(),
+            params: holding(v, pool_uuid, desired, backend, desired.domain_map.clone())?,
         }),
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{CallFailure, CallKind, HostCall};
-use crate::api::{DomainMap, MapStatus, SyncSpec};
+use crate::api::{DomainMap, MapStatus, PoolBackend, PoolConnection, SyncSpec};
 
 /// The first retry delay after a failure; it doubles per consecutive failure up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_secs(1);
@@ -70,7 +70,7 @@ impl HostCalls {
             .unwrap_or_default();
         let (failures, failure) = previous.map_or((0, None), |p| (p.failures, p.failure));
         let active = match call {
-            HostCall::Connect { params, .. } => {
+            HostCall::Connect { params, .. } | HostCall::Refresh { params, .. } => {
                 params.domain_map.active().map(str::to_owned).collect()
             }
             HostCall::Disconnect { .. } => BTreeSet::new(),
@@ -174,47 +174,45 @@ pub struct CallKey {
     pub pool_uuid: String,
     /// The host id in the call.
     pub host_id: i32,
-    /// The master domain and its version (connects only).
+    /// The master domain and its version (connects and refreshes).
     pub master: Option<(String, i64)>,
-    /// A digest of the domain map ([`map_digest`]; 0 for disconnects).
+    /// A digest of the domain map the host must end with ([`map_digest`]; 0 for disconnects).
     pub map_digest: u64,
+    /// Where the host is to take the map from (`Disk`: the master, 3.4 and lower).
+    pub backend: Option<PoolBackend>,
 }
 
 impl CallKey {
     /// The key of a planned call.
     pub fn of(call: &HostCall) -> Self {
         match call {
-            HostCall::Connect { params, .. } => Self::connect(
-                &params.uuid,
-                params.host_id,
-                params.master_domain.as_deref().unwrap_or_default(),
-                params.master_version,
-                map_digest(&params.domain_map),
-            ),
+            HostCall::Connect { params, .. } | HostCall::Refresh { params, .. } => {
+                Self::holding(call.kind(), params, map_digest(&params.domain_map))
+            }
             HostCall::Disconnect { params, .. } => Self {
                 kind: CallKind::Disconnect,
                 pool_uuid: params.pool_uuid.clone(),
                 host_id: params.host_id,
                 master: None,
                 map_digest: 0,
+                backend: None,
             },
         }
     }
 
-    /// The key of a connect.
-    pub fn connect(
-        pool_uuid: &str,
-        host_id: i32,
-        master_domain: &str,
-        master_version: i64,
-        map_digest: u64,
-    ) -> Self {
+    /// The key of a connect or refresh that makes the host hold `conn` (its map's digest given,
+    /// so the map itself is not read: [`map_digest`]).
+    pub fn holding(kind: CallKind, conn: &PoolConnection, map_digest: u64) -> Self {
         Self {
-            kind: CallKind::Connect,
-            pool_uuid: pool_uuid.to_owned(),
-            host_id,
-            master: Some((master_domain.to_owned(), master_version)),
+            kind,
+            pool_uuid: conn.uuid.clone(),
+            host_id: conn.host_id,
+            master: Some((
+                conn.master_domain.clone().unwrap_or_default(),
+                conn.master_version,
+            )),
             map_digest,
+            backend: conn.backend,
         }
     }
 }

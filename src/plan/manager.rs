@@ -40,7 +40,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::ledger::{CallState, backoff_delay, connect_timeout};
 use super::map::StorageWork;
-use super::{CallFailure, Desired, HostRole, HostVerdict, Observed};
+use super::{CallFailure, Desired, HostRole, HostVerdict, Observed, SyncFailure};
 use crate::api::{HostPhase, MapStatus, PoolManagerStatus, PoolOnStorage};
 
 /// The longest wait between two attempts of a pool-manager call: the pool has no manager
@@ -69,6 +69,13 @@ pub enum ManagerVerb {
     /// master (so without a manager: in maintenance, or being deleted) leaves every pool its
     /// metadata names, on any responsive host of the pool.
     ForcedDetach,
+    /// `StorageDomain.activate` (3.4 and lower): the domain becomes `active` in the map on the
+    /// master before the other hosts `refresh`.
+    Activate,
+    /// `StorageDomain.deactivate` (3.4 and lower): the domain becomes `attached` in the map on
+    /// the master before the other hosts `refresh`; the master itself is deactivated with its
+    /// successor named, which moves the role first (sp.py `masterMigrate`).
+    Deactivate,
 }
 
 impl ManagerVerb {
@@ -82,6 +89,8 @@ impl ManagerVerb {
             Self::Attach => "attach",
             Self::Detach => "detach",
             Self::ForcedDetach => "forcedDetach",
+            Self::Activate => "activate",
+            Self::Deactivate => "deactivate",
         }
     }
 }
@@ -262,9 +271,13 @@ pub struct ManagerPlan {
     pub confirmed: bool,
     /// Hosts that hold the role and must give it up before they are disconnected.
     pub hold_disconnect: BTreeSet<String>,
-    /// Connects wait: they name a master the running manager has not switched to yet, or the
-    /// pool is not created on storage yet.
+    /// Connects (and refreshes) wait: they name a master the running manager has not switched
+    /// to yet, the pool is not created on storage yet, or (3.4 and lower) the map on the master
+    /// is not the desired one yet.
     pub hold_connects: bool,
+    /// Refreshes wait (3.4 and lower): no pool manager runs, so the map on the master may be
+    /// half changed; a connected host keeps what it read until the manager finished.
+    pub hold_refreshes: bool,
     /// `status.storage` to hold: the record of the pool on storage after an accepted storage
     /// call (persisted first, like the map).
     pub storage: Option<PoolOnStorage>,
@@ -285,6 +298,7 @@ impl ManagerPlan {
             confirmed: false,
             hold_disconnect: BTreeSet::new(),
             hold_connects: false,
+            hold_refreshes: false,
             storage: None,
             storage_failure: None,
             retry_at: None,
@@ -312,6 +326,14 @@ pub fn plan(
 ) -> ManagerPlan {
     let current = observed.pool.status.pool_manager.as_ref();
     let has_master = desired.master_domain.is_some();
+    let legacy = super::map::legacy(&observed.pool.spec);
+    // A legacy pool's hosts read the map from the master, which only the manager changes: not
+    // confirming the desired map while no manager runs is no failure of theirs.
+    let failing = |v: &HostVerdict| match v.failure {
+        Some(SyncFailure::ConnectFailed(_)) => true,
+        Some(SyncFailure::NotConfirmed) => !legacy,
+        None => false,
+    };
     // (host, host id, lver) of every responsive host that reports the role in this pool.
     let holders: Vec<(&str, i32, i64)> = hosts
         .iter()
@@ -331,7 +353,7 @@ pub fn plan(
                 v.role == HostRole::Member
                     && v.responsive
                     && !v.report_invalid
-                    && v.failure.is_none()
+                    && !failing(v)
                     && v.phase != HostPhase::NonOperational
             })
     };
@@ -373,7 +395,7 @@ pub fn plan(
     {
         // Keeps its choice while it may take the role, or while it is being stopped.
         Some(c.clone())
-    } else if let Some(host) = candidate(hosts, desired, &strays) {
+    } else if let Some(host) = candidate(hosts, desired, &strays, legacy) {
         let (prev_id, prev_lver) = previous_of(current);
         Some(PoolManagerStatus {
             host_id: desired.host_ids.get(host).copied().unwrap_or(-1),
@@ -390,6 +412,19 @@ pub fn plan(
     // names the master it holds; the desired one, active in that connection's map and with a
     // higher version, is switched to before any host receives a connect naming it.
     let switch = running.and_then(|(host, ..)| switch_of(observed, host, desired));
+    // 3.4 and lower: a master leaving the active set moves with its own deactivation (sp.py
+    // `deactivateSD` with the new master: oVirt's order); one that stays active is switched.
+    let switch_verb = switch.as_ref().map(|s| {
+        if legacy && desired.domain_map.get(&s.old) != Some(&MapStatus::Active) {
+            ManagerVerb::Deactivate
+        } else {
+            ManagerVerb::SwitchMaster
+        }
+    });
+    let held_map = running
+        .and_then(|(host, ..)| observed.hosts.get(host)?.report.parsed()?.pool.as_ref())
+        .map(|c| &c.domain_map);
+    let held_active = |d: &String| held_map.is_some_and(|m| m.get(d) == Some(&MapStatus::Active));
     let entry = observed.manager.as_ref();
     let holds = |h: &str| holders.iter().any(|(x, ..)| *x == h);
     let timeout = connect_timeout(&observed.pool.spec.sync);
@@ -409,6 +444,10 @@ pub fn plan(
                 ManagerVerb::Start => holds(&e.host),
                 ManagerVerb::Stop => !holds(&e.host),
                 ManagerVerb::SwitchMaster => switch.is_none(),
+                ManagerVerb::Activate => e.domains.iter().all(held_active),
+                ManagerVerb::Deactivate => {
+                    switch.is_none() && held_map.is_some() && !e.domains.iter().any(held_active)
+                }
                 ManagerVerb::Create
                 | ManagerVerb::Attach
                 | ManagerVerb::Detach
@@ -488,10 +527,14 @@ pub fn plan(
             .min()
             .map(|(_, h)| (h, ManagerVerb::ForcedDetach))
     } else if let Some((host, ..)) = running {
-        if switch.is_some() {
-            Some((host, ManagerVerb::SwitchMaster))
+        if let Some(verb) = switch_verb {
+            Some((host, verb))
         } else if work.attach.is_some() {
             Some((host, ManagerVerb::Attach))
+        } else if work.activate.is_some() {
+            Some((host, ManagerVerb::Activate))
+        } else if work.deactivate.is_some() {
+            Some((host, ManagerVerb::Deactivate))
         } else if work.detach.is_some() {
             Some((host, ManagerVerb::Detach))
         } else {
@@ -548,7 +591,7 @@ pub fn plan(
             prev_lver,
             max_host_id: observed.pool.spec.sync.max_hosts,
             switch: switch.clone().filter(|_| verb == ManagerVerb::SwitchMaster),
-            storage: storage_op(observed, desired, work, entry, verb),
+            storage: storage_op(observed, desired, work, switch.as_ref(), entry, verb),
         })
     });
     ManagerPlan {
@@ -557,8 +600,12 @@ pub fn plan(
         call,
         confirmed,
         hold_disconnect,
-        // Nothing is connected to a pool that does not exist on storage yet (VDSM: 304/324).
-        hold_connects: switch.is_some() || on_storage.is_none(),
+        // Nothing is connected to a pool that does not exist on storage yet (VDSM: 304/324),
+        // and (3.4 and lower) no host reads a map the manager has not finished writing.
+        hold_connects: switch.is_some()
+            || on_storage.is_none()
+            || work.on_master_current == Some(false),
+        hold_refreshes: legacy && work.on_master_current != Some(true),
         storage,
         storage_failure: entry
             .filter(|e| {
@@ -568,6 +615,8 @@ pub fn plan(
                         | ManagerVerb::Attach
                         | ManagerVerb::Detach
                         | ManagerVerb::ForcedDetach
+                        | ManagerVerb::Activate
+                        | ManagerVerb::Deactivate
                 )
             })
             .and_then(|e| {
@@ -590,6 +639,7 @@ fn storage_op(
     observed: &Observed,
     desired: &Desired,
     work: &StorageWork,
+    switch: Option<&MasterSwitch>,
     entry: Option<&ManagerCalls>,
     verb: ManagerVerb,
 ) -> Option<StorageOp> {
@@ -615,6 +665,13 @@ fn storage_op(
         ManagerVerb::Attach => Some(op(master, vec![work.attach.clone()?])),
         ManagerVerb::Detach => Some(op(master, vec![work.detach.clone()?])),
         ManagerVerb::ForcedDetach => Some(op("", vec![work.forced_detach.clone()?])),
+        ManagerVerb::Activate => Some(op(master, vec![work.activate.clone()?])),
+        // The leaving master names its successor (the role moves first); any other domain
+        // names the master, which VDSM then leaves alone.
+        ManagerVerb::Deactivate => match switch {
+            Some(s) => Some(op(&s.new, vec![s.old.clone()])),
+            None => Some(op(master, vec![work.deactivate.clone()?])),
+        },
         ManagerVerb::Start | ManagerVerb::Stop | ManagerVerb::SwitchMaster => None,
     }
 }
@@ -642,13 +699,16 @@ fn candidate<'a>(
     hosts: &'a BTreeMap<String, HostVerdict>,
     desired: &Desired,
     strays: &[&str],
+    legacy: bool,
 ) -> Option<&'a str> {
     hosts
         .iter()
         .filter(|(name, v)| {
             v.role == HostRole::Member
                 && v.responsive
-                && v.in_sync
+                // A legacy pool's hosts hold the map on the master, which may be behind while
+                // no manager runs: connected is enough.
+                && (v.in_sync || (legacy && v.connected_here))
                 && !v.report_invalid
                 && v.phase == HostPhase::Up
                 && !strays.contains(&name.as_str())

@@ -8,12 +8,20 @@ use jiff::Timestamp;
 use super::{Desired, DomainFlag, Halt, Observed, PoolView, UuidClaim, rollout};
 use crate::api::pool::MAX_DOMAINS_PER_POOL;
 use crate::api::{
-    DomainMap, DomainPhase, DomainType, HostIdEntry, MapStatus, PoolOnStorage, StoragePoolSpec,
-    StoragePoolStatus,
+    DomainMap, DomainPhase, DomainType, HostIdEntry, MapStatus, PoolConnection, PoolOnStorage,
+    StoragePoolSpec, StoragePoolStatus,
 };
 
-/// The first compatibility version that pushes the map on connect (this design).
+/// The first compatibility version that pushes the map on connect (this design); pools below
+/// keep it on the master domain (the disk backend).
 const MEMORY_BACKEND_VERSION: (u32, u32) = (3, 5);
+
+/// Whether the pool keeps its map on the master domain (compatibility 3.4 and lower): hosts
+/// connect without `domainDict` and read the map from storage, which the pool manager changes
+/// (`activate`, `deactivate`) before the other hosts are told to `refresh`.
+pub fn legacy(spec: &StoragePoolSpec) -> bool {
+    parse_version(&spec.compatibility_version).is_some_and(|v| v < MEMORY_BACKEND_VERSION)
+}
 
 /// The pool uuid in use: `spec.uuid`, else the one recorded in status, else `metadata.uid`.
 pub fn pool_uuid(pool: &PoolView) -> String {
@@ -29,7 +37,6 @@ pub fn halt(spec: &StoragePoolSpec) -> Option<Halt> {
     let version = spec.compatibility_version.clone();
     match parse_version(&version) {
         None => Some(Halt::InvalidVersion { version }),
-        Some(v) if v < MEMORY_BACKEND_VERSION => Some(Halt::Legacy { version }),
         Some(_) => None,
     }
 }
@@ -173,6 +180,15 @@ pub struct StorageWork {
     /// The next domain to detach from every pool with no pool manager (by uuid): a leaving
     /// domain of a pool that has no master.
     pub forced_detach: Option<String>,
+    /// 3.4 and lower: the next domain to make `active` in the map on the master (by uuid).
+    pub activate: Option<String>,
+    /// 3.4 and lower: the next domain to make `attached` there (by uuid), never the master
+    /// (the master leaves with its successor named, [`super::manager`]).
+    pub deactivate: Option<String>,
+    /// 3.4 and lower: whether the map, master and version on the master domain, as the running
+    /// pool manager holds them, are the desired ones (`None`: no manager runs, so unknown; or a
+    /// pool of 3.5 and later).
+    pub on_master_current: Option<bool>,
 }
 
 /// The storage work the desired map needs ([`StorageWork`]). `moving` holds the leaving domains
@@ -215,11 +231,33 @@ pub fn storage_work(
     } else {
         (None, leaving)
     };
+    let on_master = manager_connection(observed).filter(|_| legacy(&observed.pool.spec));
+    let first = |keep: &dyn Fn(&String, MapStatus) -> bool| {
+        on_master.and_then(|c| {
+            c.domain_map
+                .iter()
+                .find(|(sd, s)| keep(sd, **s))
+                .map(|(sd, _)| sd.clone())
+        })
+    };
     StorageWork {
         create: None,
         attach: uuid_of(&DomainClass::Attaching, true),
         detach,
         forced_detach,
+        activate: first(&|sd, s| {
+            s == MapStatus::Attached && desired.domain_map.get(sd) == Some(&MapStatus::Active)
+        }),
+        deactivate: first(&|sd, s| {
+            s == MapStatus::Active
+                && desired.domain_map.get(sd) != Some(&MapStatus::Active)
+                && on_master.and_then(|c| c.master_domain.as_ref()) != Some(sd)
+        }),
+        on_master_current: on_master.map(|c| {
+            c.domain_map == desired.domain_map
+                && c.master_domain == desired.master_domain
+                && c.master_version == desired.master_version
+        }),
     }
 }
 
@@ -381,23 +419,34 @@ fn keep_last_data_domain(observed: &Observed, classes: &mut Eligibility) {
 /// The domains a new master may be chosen from: those active in the running pool manager's own
 /// connection (its report names this pool and the role), as `switchMaster` moves the master only
 /// to one of them; without a running manager, those active in the persisted map.
+///
+/// A legacy pool without a running manager keeps its master: only the manager moves it on
+/// storage, where its hosts read it.
 fn successors(observed: &Observed) -> BTreeSet<&str> {
     let status = &observed.pool.status;
-    let pool_uuid = status.uuid.as_deref();
-    let manager_map = status
-        .pool_manager
-        .as_ref()
-        .and_then(|m| observed.hosts.get(&m.host))
-        .and_then(|h| h.report.parsed())
-        .and_then(|r| r.pool.as_ref())
-        .filter(|c| Some(c.uuid.as_str()) == pool_uuid && c.spm_lver.is_some())
-        .map(|c| &c.domain_map);
+    let manager_map = manager_connection(observed).map(|c| &c.domain_map);
+    if manager_map.is_none() && legacy(&observed.pool.spec) {
+        return BTreeSet::new();
+    }
     manager_map
         .unwrap_or(&status.domain_map)
         .iter()
         .filter(|(_, s)| **s == MapStatus::Active)
         .map(|(uuid, _)| uuid.as_str())
         .collect()
+}
+
+/// The recorded pool manager's own connection, when its report names this pool and the role:
+/// the map and master it holds (on the disk backend, 3.4 and lower, what the master holds).
+pub fn manager_connection(observed: &Observed) -> Option<&PoolConnection> {
+    let status = &observed.pool.status;
+    status
+        .pool_manager
+        .as_ref()
+        .and_then(|m| observed.hosts.get(&m.host))
+        .and_then(|h| h.report.parsed())
+        .and_then(|r| r.pool.as_ref())
+        .filter(|c| Some(c.uuid.as_str()) == status.uuid.as_deref() && c.spm_lver.is_some())
 }
 
 /// The current master does not leave the active set before a successor can take over: when it

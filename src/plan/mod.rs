@@ -357,7 +357,7 @@ pub enum Observation {
 pub struct Plan {
     /// The pool uuid in use (`spec.uuid`, else `status.uuid`, else `metadata.uid`).
     pub pool_uuid: String,
-    /// Why the planner sends nothing at all (legacy or invalid compatibility version, a spec edit
+    /// Why the planner sends nothing at all (an invalid compatibility version, a spec edit
     /// that would change connected hosts' identity or ids).
     pub halted: Option<Halt>,
     /// The map, master and host ids every host must hold.
@@ -388,11 +388,6 @@ pub struct Plan {
 /// Why a pool gets no RPCs and no map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Halt {
-    /// `compatibilityVersion` below 3.5: the legacy flows are not built yet.
-    Legacy {
-        /// The version found.
-        version: String,
-    },
     /// `compatibilityVersion` does not parse as `major.minor`.
     InvalidVersion {
         /// The version found.
@@ -434,7 +429,8 @@ pub struct Desired {
 /// One RPC to one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostCall {
-    /// `StoragePool.connect` with the whole map.
+    /// `StoragePool.connect` with the whole map (without `domainDict` when `params.backend` is
+    /// `Disk`: the host reads the map from the master, 3.4 and lower).
     Connect {
         /// The Host's name.
         host: String,
@@ -453,13 +449,26 @@ pub enum HostCall {
         /// The call's parameters.
         params: DisconnectParams,
     },
+    /// `StoragePool.refresh(storagepoolID, masterSdUUID, masterVersion)` (3.4 and lower): a
+    /// connected host re-reads the map from the master, which the pool manager changed first.
+    Refresh {
+        /// The Host's name.
+        host: String,
+        /// `Host.spec.endpoint`.
+        endpoint: String,
+        /// The connection the host must hold afterwards (its map is what the master holds; only
+        /// the pool, master and version go on the wire).
+        params: PoolConnection,
+    },
 }
 
 impl HostCall {
     /// The host the call goes to.
     pub fn host(&self) -> &str {
         match self {
-            Self::Connect { host, .. } | Self::Disconnect { host, .. } => host,
+            Self::Connect { host, .. }
+            | Self::Disconnect { host, .. }
+            | Self::Refresh { host, .. } => host,
         }
     }
 
@@ -468,6 +477,7 @@ impl HostCall {
         match self {
             Self::Connect { .. } => CallKind::Connect,
             Self::Disconnect { .. } => CallKind::Disconnect,
+            Self::Refresh { .. } => CallKind::Refresh,
         }
     }
 }
@@ -488,6 +498,8 @@ pub enum CallKind {
     Connect,
     /// `StoragePool.disconnect`.
     Disconnect,
+    /// `StoragePool.refresh` (3.4 and lower).
+    Refresh,
 }
 
 /// A finalizer to add to or remove from an object.
@@ -819,6 +831,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         let held = match c.kind() {
             CallKind::Disconnect => manager.hold_disconnect.contains(c.host()),
             CallKind::Connect => manager.hold_connects,
+            CallKind::Refresh => manager.hold_connects || manager.hold_refreshes,
         };
         if held && let Some(v) = hostv.get_mut(c.host()) {
             v.call_pending = true;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::error::{ErrorCode, VdsmError};
-use crate::api::{DomainMap, MapStatus, PoolConnection, bounds};
+use crate::api::{DomainMap, MapStatus, PoolBackend, PoolConnection, bounds};
 
 /// The JSON-RPC version every request and response carries.
 pub const JSONRPC_VERSION: &str = "2.0";
@@ -178,7 +178,8 @@ impl From<&PoolConnection> for ConnectParams {
             scsi_key: pool.uuid.clone(),
             master_sd_uuid: pool.master_domain.clone().unwrap_or_default(),
             master_version: pool.master_version,
-            domain_dict: Some(pool.domain_map.clone()),
+            // A disk backend connection reads its map from the master (3.4 and lower).
+            domain_dict: (pool.backend != Some(PoolBackend::Disk)).then(|| pool.domain_map.clone()),
         }
     }
 }

@@ -121,6 +121,8 @@ pub struct PoolOptions {
     pub grace_seconds: i32,
     /// `connectTimeoutSeconds`.
     pub connect_timeout_seconds: i32,
+    /// `compatibilityVersion` (the default when `None`).
+    pub compatibility: Option<&'static str>,
 }
 
 impl Default for PoolOptions {
@@ -130,6 +132,7 @@ impl Default for PoolOptions {
             domains: 2,
             grace_seconds: 2,
             connect_timeout_seconds: 2,
+            compatibility: None,
         }
     }
 }
@@ -165,12 +168,15 @@ pub async fn sim_pool(opts: PoolOptions) -> SimPool {
         domains.push(name);
     }
     let pools: Api<StoragePool> = Api::all(client.clone());
-    let spec = json!({
+    let mut spec = json!({
         "sync": {
             "problemGraceSeconds": opts.grace_seconds,
             "connectTimeoutSeconds": opts.connect_timeout_seconds,
         }
     });
+    if let Some(version) = opts.compatibility {
+        spec["compatibilityVersion"] = json!(version);
+    }
     let p: StoragePool =
         serde_json::from_value(obj("StoragePool", &pool, spec)).expect("pool object");
     pools

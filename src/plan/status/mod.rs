@@ -142,13 +142,13 @@ fn apply_outcomes(
             continue;
         };
         match (&o.kind, &o.result) {
-            (CallKind::Connect, Ok(())) => {
+            (CallKind::Connect | CallKind::Refresh, Ok(())) => {
                 v.told_now = true;
                 if matches!(v.failure, Some(SyncFailure::ConnectFailed(_))) {
                     v.failure = None;
                 }
             }
-            (CallKind::Connect, Err(e)) => {
+            (kind @ (CallKind::Connect | CallKind::Refresh), Err(e)) => {
                 v.failure = Some(SyncFailure::ConnectFailed(e.to_string()));
                 if matches!(v.phase, HostPhase::Up | HostPhase::Connecting) {
                     v.phase = HostPhase::Connecting;
@@ -158,7 +158,12 @@ fn apply_outcomes(
                     type_: EventType::Warning,
                     reason: reasons::CONNECT_FAILED,
                     note: format!(
-                        "StoragePool.connect to pool {} failed: {e}",
+                        "StoragePool.{} of pool {} failed: {e}",
+                        if *kind == CallKind::Refresh {
+                            "refresh"
+                        } else {
+                            "connect"
+                        },
                         observed.pool.name
                     ),
                 });

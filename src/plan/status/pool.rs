@@ -432,8 +432,8 @@ fn reconciling(observed: &Observed, plan: &Plan, connecting: bool) -> Option<Why
     }
 }
 
-/// The status of a pool the planner will not touch (legacy or invalid compatibility version, a
-/// spec edit that would change connected hosts' identity or ids).
+/// The status of a pool the planner will not touch (an invalid compatibility version, a spec
+/// edit that would change connected hosts' identity or ids).
 pub(super) fn halted_status(
     observed: &Observed,
     halt: &Halt,
@@ -443,12 +443,6 @@ pub(super) fn halted_status(
     let p = &observed.pool;
     let g = p.generation;
     let why = match halt {
-        Halt::Legacy { version } => Why::new(
-            reasons::LEGACY_POOL_UNSUPPORTED,
-            format!(
-                "compatibilityVersion {version} uses the legacy master-domain flows, which this controller does not support yet; no host is contacted. Pools of 3.5 and later are managed"
-            ),
-        ),
         Halt::InvalidVersion { version } => Why::new(
             reasons::INVALID_COMPATIBILITY_VERSION,
             format!("compatibilityVersion {version:?} is not major.minor; no host is contacted"),

@@ -71,6 +71,7 @@ fn new_pool_persists_map_master_and_ids_before_telling_hosts() {
                 master_version: 1,
                 domain_map: map,
                 spm_lver: None,
+                backend: None,
             },
         }
     );

@@ -1,7 +1,7 @@
-//! The master domain and legacy pools: no master without an active data domain, the master
-//! moving and its version growing, the last data domain kept while other domains are active,
-//! no blame for domains a host's map does not ask it to monitor, the preferred master, and pools
-//! whose compatibility version the planner does not manage.
+//! The master domain: no master without an active data domain, the master moving and its
+//! version growing, the last data domain kept while other domains are active, no blame for
+//! domains a host's map does not ask it to monitor, the preferred master, and pools whose
+//! compatibility version the planner does not manage.
 
 use super::*;
 
@@ -49,28 +49,6 @@ fn preferred_master_is_used_when_healthy() {
     let mut o = world(1, 3, t0());
     o.pool.spec.master_domain = Some(uuid_of("d002"));
     assert_eq!(plan(&o, t0()).desired.master_domain, Some(uuid_of("d002")));
-}
-
-#[test]
-fn legacy_pool_is_stalled_and_gets_no_rpcs() {
-    let mut o = world(2, 2, t0());
-    o.pool.spec.compatibility_version = "3.4".into();
-    let p = plan(&o, t0());
-    assert!(p.calls.is_empty() && p.persist_first.is_none() && p.finalizers.is_empty());
-    assert_eq!(
-        p.halted,
-        Some(Halt::Legacy {
-            version: "3.4".into()
-        })
-    );
-    let r = report(&o, &p, &[], t0());
-    let c = cond(&r.pool.conditions, types::STALLED);
-    assert_eq!(
-        (c.status.as_str(), c.reason.as_str()),
-        ("True", reasons::LEGACY_POOL_UNSUPPORTED)
-    );
-    assert!(c.message.contains("3.4"));
-    assert!(r.domains.is_empty() && r.hosts.is_empty());
 }
 
 #[test]

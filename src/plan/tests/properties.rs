@@ -174,6 +174,7 @@ fn parsed_report(name: String) -> impl Strategy<Value = HostReport> {
                 master_version,
                 domain_map: map,
                 spm_lver: None,
+                backend: None,
             },
         );
     let monitored: Vec<_> = uuids()
@@ -458,6 +459,7 @@ fn record(o: &mut Observed, host: &str, call: &SentCall) {
                 master_version: status.master_version,
                 domain_map: status.domain_map.clone(),
                 spm_lver: None,
+                backend: None,
             },
         }
     } else {
