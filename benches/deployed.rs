@@ -281,6 +281,7 @@ fn floor_report(round: usize) -> HostReport {
                 .map(|u| (u.clone(), MapStatus::Active))
                 .collect(),
             spm_lver: None,
+            backend: None,
         }),
         domains: uuids
             .iter()
