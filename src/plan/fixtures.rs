@@ -264,6 +264,23 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
             (ManagerVerb::Create | ManagerVerb::ForcedDetach, _) => {}
         }
     }
+    // The manager monitors what its own map makes active.
+    if matches!(call.verb, ManagerVerb::Activate | ManagerVerb::Deactivate) {
+        let report = report.make_mut();
+        let active: BTreeSet<String> = report
+            .pool
+            .iter()
+            .flat_map(|p| p.domain_map.active())
+            .map(str::to_owned)
+            .collect();
+        report.domains.retain(|v| active.contains(&v.uuid));
+        for sd in &active {
+            if !report.domains.iter().any(|v| v.uuid == *sd) {
+                report.domains.push(vitals(sd));
+            }
+        }
+        report.domain_count = i32::try_from(report.domains.len()).unwrap_or(0);
+    }
 }
 
 /// The shell side after acting: writes the report's statuses and the plan's finalizers back.

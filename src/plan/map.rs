@@ -198,6 +198,7 @@ pub fn storage_work(
     classes: &Eligibility,
     moving: &BTreeSet<String>,
     desired: &Desired,
+    hosts: &BTreeMap<String, super::HostVerdict>,
 ) -> StorageWork {
     let status = &observed.pool.status;
     let Some(attached) = attached(status) else {
@@ -231,7 +232,16 @@ pub fn storage_work(
     } else {
         (None, leaving)
     };
-    let on_master = manager_connection(observed).filter(|_| legacy(&observed.pool.spec));
+    // What a manager that does not respond reported may be stale.
+    let responsive = observed
+        .pool
+        .status
+        .pool_manager
+        .as_ref()
+        .and_then(|m| hosts.get(&m.host))
+        .is_some_and(|v| v.responsive);
+    let on_master =
+        manager_connection(observed).filter(|_| responsive && legacy(&observed.pool.spec));
     let first = |keep: &dyn Fn(&String, MapStatus) -> bool| {
         on_master.and_then(|c| {
             c.domain_map

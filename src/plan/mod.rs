@@ -822,7 +822,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         now,
     );
     let (mut calls, ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
-    let work = map::storage_work(observed, &eligibility, &leaving_held, &desired);
+    let work = map::storage_work(observed, &eligibility, &leaving_held, &desired, &hostv);
     let manager = manager::plan(observed, &pool_uuid, &desired, &work, &hostv, now);
     // A host that holds the pool manager's role is disconnected only after `spmStop` (VDSM
     // refuses the disconnect with 656 until then).

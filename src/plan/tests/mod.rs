@@ -17,6 +17,7 @@ mod condition_reasons;
 mod detach;
 mod host_ids;
 mod ledger;
+mod legacy;
 mod liveness;
 mod maintenance;
 mod manager;

@@ -1,0 +1,174 @@
+//! Pools of compatibility 3.4 and lower (VDSM's disk backend): hosts connect without the map and
+//! read it from the master; the pool manager changes the map there first (`activate`,
+//! `deactivate`), and only then are the other hosts told to `refresh`; raising the version to
+//! 3.5 connects every host again, with the map.
+
+use super::*;
+use crate::api::PoolBackend;
+use crate::plan::fixtures::step;
+use crate::plan::manager::ManagerVerb;
+
+/// A converged 3.4 pool: every host connected from the master, h0000 its manager.
+fn legacy_steady(hosts: usize, domains: usize) -> Observed {
+    let mut o = world(hosts, domains, t0());
+    o.pool.spec.compatibility_version = "3.4".into();
+    converge(&mut o, t0(), 20);
+    assert!(is_true(&o.pool.status.conditions, types::READY));
+    o
+}
+
+fn backend_of(o: &Observed, host: &str) -> Option<PoolBackend> {
+    o.hosts[host].report.parsed()?.pool.as_ref()?.backend
+}
+
+fn refreshes(p: &Plan) -> Vec<&str> {
+    p.calls
+        .iter()
+        .filter(|c| c.kind() == CallKind::Refresh)
+        .map(HostCall::host)
+        .collect()
+}
+
+fn manager_verb(p: &Plan) -> Option<(ManagerVerb, Vec<String>)> {
+    let c = p.manager.call.as_ref()?;
+    Some((
+        c.verb,
+        c.storage
+            .as_ref()
+            .map(|s| s.domains.clone())
+            .unwrap_or_default(),
+    ))
+}
+
+#[test]
+fn hosts_of_a_legacy_pool_connect_without_the_map() {
+    let o = legacy_steady(3, 2);
+    for h in o.hosts.keys() {
+        assert_eq!(backend_of(&o, h), Some(PoolBackend::Disk), "{h}");
+    }
+    // What goes on the wire: no domainDict.
+    let mut fresh = world(1, 1, t0());
+    fresh.pool.spec.compatibility_version = "3.4".into();
+    let p = plan(&fresh, t0());
+    let HostCall::Connect { params, .. } = &p.calls[0] else {
+        panic!("{:?}", p.calls);
+    };
+    let wire = crate::protocol::wire::ConnectParams::from(params);
+    assert_eq!(wire.domain_dict, None);
+}
+
+#[test]
+fn a_new_domain_is_attached_then_activated_on_the_master_before_any_host_refreshes() {
+    let mut o = legacy_steady(3, 2);
+    o.domains.insert("d002".into(), domain("d002", Some(POOL)));
+    let sd = uuid_of("d002");
+
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(
+        manager_verb(&p),
+        Some((ManagerVerb::Attach, vec![sd.clone()]))
+    );
+    assert!(p.calls.is_empty(), "{:?}", p.calls);
+
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(
+        manager_verb(&p),
+        Some((ManagerVerb::Activate, vec![sd.clone()]))
+    );
+    assert!(p.manager.hold_connects && p.manager.hold_refreshes);
+    assert!(
+        p.calls.is_empty(),
+        "nobody reads a half-written map: {:?}",
+        p.calls
+    );
+
+    // The master holds the new map: the other hosts refresh (they are connected already).
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(p.manager.call, None);
+    assert_eq!(refreshes(&p), vec!["h0001", "h0002"]);
+    assert!(connects(&p).is_empty());
+    converge(&mut o, t0(), 10);
+    assert_eq!(phase(&o, "d002"), Some(DomainPhase::Active));
+    assert!(is_true(&o.pool.status.conditions, types::READY));
+}
+
+#[test]
+fn a_deactivation_is_written_on_the_master_first_and_the_master_names_its_successor() {
+    let mut o = legacy_steady(3, 3);
+    let before = o.pool.status.clone();
+
+    o.domains.get_mut("d002").expect("d").spec.maintenance = true;
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(
+        manager_verb(&p),
+        Some((ManagerVerb::Deactivate, vec![uuid_of("d002")]))
+    );
+    assert!(p.calls.is_empty(), "{:?}", p.calls);
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(refreshes(&p), vec!["h0001", "h0002"]);
+    converge(&mut o, t0(), 10);
+    assert_eq!(phase(&o, "d002"), Some(DomainPhase::Maintenance));
+
+    // The master: one deactivation that names the successor and the next version.
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    let (p, _) = step(&mut o, t0());
+    let call = p.manager.call.clone().expect("deactivate");
+    let op = call.storage.expect("its parameters");
+    assert_eq!(
+        (call.verb, op.domains, op.master.as_str(), op.master_version),
+        (
+            ManagerVerb::Deactivate,
+            vec![uuid_of("d000")],
+            uuid_of("d001").as_str(),
+            before.master_version + 1
+        )
+    );
+    assert!(p.calls.is_empty(), "{:?}", p.calls);
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(refreshes(&p), vec!["h0001", "h0002"]);
+    let HostCall::Refresh { params, .. } = &p.calls[0] else {
+        panic!("{:?}", p.calls);
+    };
+    assert_eq!(
+        (params.master_domain.clone(), params.master_version),
+        (Some(uuid_of("d001")), before.master_version + 1)
+    );
+    converge(&mut o, t0(), 10);
+    assert_eq!(phase(&o, "d000"), Some(DomainPhase::Maintenance));
+}
+
+#[test]
+fn without_a_running_manager_hosts_connect_but_none_refreshes() {
+    let mut o = legacy_steady(3, 2);
+    // The manager is gone (its Lease expired): storage may hold a half-written map.
+    expire_lease(&mut o, "h0000");
+    o.domains.get_mut("d001").expect("d").spec.maintenance = true;
+    let p = plan(&o, t0());
+    assert!(p.manager.hold_refreshes);
+    assert!(refreshes(&p).is_empty(), "{:?}", p.calls);
+    // A host that restarted (not connected) may still connect: it reads what the master holds,
+    // and the next manager is chosen among connected hosts.
+    report_of(&mut o, "h0002").pool = None;
+    let p = plan(&o, t0());
+    assert_eq!(connects(&p), vec!["h0002"]);
+}
+
+#[test]
+fn raising_the_version_to_3_5_connects_every_host_again_with_the_map() {
+    let mut o = legacy_steady(3, 2);
+    o.pool.spec.compatibility_version = "3.5".into();
+    let p = plan(&o, t0());
+    assert_eq!(connects(&p), vec!["h0000", "h0001", "h0002"]);
+    for c in &p.calls {
+        let HostCall::Connect { params, .. } = c else {
+            panic!("{c:?}");
+        };
+        assert_eq!(params.backend, None);
+        assert_eq!(params.domain_map, o.pool.status.domain_map);
+    }
+    converge(&mut o, t0(), 10);
+    for h in o.hosts.keys() {
+        assert_eq!(backend_of(&o, h), Some(PoolBackend::Memory), "{h}");
+    }
+    assert!(is_true(&o.pool.status.conditions, types::READY));
+}
