@@ -258,6 +258,9 @@ pub mod reasons {
     pub const MANAGER_STARTING: &str = "ManagerStarting";
     /// The pool manager is being stopped on a host that must give the role up (`spmStop`).
     pub const MANAGER_STOPPING: &str = "ManagerStopping";
+    /// No host can read the master domain: the pool's metadata is being rebuilt on a new master
+    /// (`reconstructMaster`) before a pool manager starts again.
+    pub const RECONSTRUCTING_MASTER: &str = "ReconstructingMaster";
     /// No responsive, in-sync Up host can take the pool manager's role.
     pub const NO_MANAGER_CANDIDATE: &str = "NoManagerCandidate";
     /// A new pool manager was chosen (event).

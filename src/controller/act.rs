@@ -386,7 +386,8 @@ async fn send_manager(
         | ManagerVerb::Detach
         | ManagerVerb::ForcedDetach
         | ManagerVerb::Activate
-        | ManagerVerb::Deactivate => {
+        | ManagerVerb::Deactivate
+        | ManagerVerb::Reconstruct => {
             let Some(op) = &call.storage else {
                 return Err(CallFailure {
                     code: None,
@@ -477,6 +478,24 @@ async fn send_storage(
             };
             rpc.call::<_, IgnoredAny>(&call.endpoint, method::DOMAIN_DETACH, &params, timeout)
                 .await
+        }
+        ManagerVerb::Reconstruct => {
+            let (host_id, map) = op.reconstruct.clone().unwrap_or_default();
+            let params = protocol::wire::ReconstructMasterParams {
+                storagepool_id: call.pool_uuid.clone(),
+                host_id,
+                name: op.name.clone(),
+                master_sd_uuid: op.master.clone(),
+                master_version: op.master_version,
+                domain_dict: map,
+            };
+            rpc.call::<_, IgnoredAny>(
+                &call.endpoint,
+                method::POOL_RECONSTRUCT_MASTER,
+                &params,
+                timeout,
+            )
+            .await
         }
         ManagerVerb::Activate => {
             rpc.call::<_, IgnoredAny>(

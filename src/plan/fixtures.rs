@@ -261,7 +261,7 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
                     }
                 }
             }
-            (ManagerVerb::Create | ManagerVerb::ForcedDetach, _) => {}
+            (ManagerVerb::Create | ManagerVerb::ForcedDetach | ManagerVerb::Reconstruct, _) => {}
         }
     }
     // The manager monitors what its own map makes active.
@@ -372,7 +372,8 @@ pub fn record_storage(o: &mut Observed, call: &ManagerCall) {
         | ManagerVerb::Stop
         | ManagerVerb::SwitchMaster
         | ManagerVerb::Activate
-        | ManagerVerb::Deactivate => return,
+        | ManagerVerb::Deactivate
+        | ManagerVerb::Reconstruct => return,
     }
     o.pool.status.storage = attached.map(|attached| PoolOnStorage {
         created: true,

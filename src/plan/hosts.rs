@@ -339,25 +339,8 @@ pub fn calls(
             continue;
         };
         let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
-        match gate_now(&key, boot_id) {
-            Gate::Send => due.push((kind, h)),
-            Gate::Awaiting { until } => {
-                v.told_now = true;
-                v.retry_at = Some(until);
-            }
-            Gate::InFlight { until } | Gate::BackingOff { until } => {
-                v.call_pending = true;
-                v.retry_at = Some(until);
-            }
-            Gate::Lapsed { sent_at, until } => {
-                ops.push(LedgerOp::Lapsed {
-                    host: name.clone(),
-                    sent_at,
-                    at: now,
-                });
-                v.call_pending = true;
-                v.retry_at = Some(until);
-            }
+        if admit(gate_now(&key, boot_id), name, v, &mut ops, now) {
+            due.push((kind, h));
         }
     }
     // Disconnects first (stable: host-name order within each kind).
@@ -370,6 +353,81 @@ pub fn calls(
         })
         .collect();
     (calls, ops)
+}
+
+/// Whether the ledger's `gate` lets the host's call go now; otherwise marks the verdict (told,
+/// or a call pending until `retry_at`) and records a lapsed confirmation.
+fn admit(
+    gate: Gate,
+    name: &str,
+    v: &mut HostVerdict,
+    ops: &mut Vec<LedgerOp>,
+    now: Timestamp,
+) -> bool {
+    match gate {
+        Gate::Send => return true,
+        Gate::Awaiting { until } => {
+            v.told_now = true;
+            v.retry_at = Some(until);
+        }
+        Gate::InFlight { until } | Gate::BackingOff { until } => {
+            v.call_pending = true;
+            v.retry_at = Some(until);
+        }
+        Gate::Lapsed { sent_at, until } => {
+            ops.push(LedgerOp::Lapsed {
+                host: name.to_owned(),
+                sent_at,
+                at: now,
+            });
+            v.call_pending = true;
+            v.retry_at = Some(until);
+        }
+    }
+    false
+}
+
+/// The disconnect of a member that must let go of the pool first, as the ledger allows it now
+/// (the pool manager rebuilds a lost master only on a disconnected host, VDSM 325): `None`
+/// while it waits, with the verdict marked as [`calls`] marks it.
+pub fn disconnect_first(
+    observed: &Observed,
+    name: &str,
+    verdicts: &mut BTreeMap<String, HostVerdict>,
+    ops: &mut Vec<LedgerOp>,
+    now: Timestamp,
+) -> Option<HostCall> {
+    let h = observed.hosts.get(name)?;
+    let v = verdicts.get_mut(name)?;
+    let c = connection(h).filter(|_| v.responsive && !v.report_invalid)?;
+    let key = CallKey {
+        kind: CallKind::Disconnect,
+        pool_uuid: c.uuid.clone(),
+        host_id: c.host_id,
+        master: None,
+        map_digest: 0,
+        backend: None,
+    };
+    let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
+    let timeout = ledger::connect_timeout(&observed.pool.spec.sync);
+    let confirm_by = rollout::confirm_by(observed);
+    let gate = ledger::gate(
+        observed.ledger.get(name),
+        name,
+        &key,
+        boot_id,
+        timeout,
+        confirm_by,
+        now,
+    );
+    admit(gate, name, v, ops, now).then(|| HostCall::Disconnect {
+        host: h.name.clone(),
+        endpoint: h.spec.endpoint.clone(),
+        params: DisconnectParams {
+            pool_uuid: c.uuid.clone(),
+            host_id: c.host_id,
+        },
+    })
 }
 
 /// The ledger key of the call the host needs (without building the call).

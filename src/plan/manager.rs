@@ -41,7 +41,9 @@ use jiff::{SignedDuration, Timestamp};
 use super::ledger::{CallState, backoff_delay, connect_timeout};
 use super::map::StorageWork;
 use super::{CallFailure, Desired, HostRole, HostVerdict, Observed, SyncFailure};
-use crate::api::{HostPhase, MapStatus, PoolManagerStatus, PoolOnStorage};
+use crate::api::{
+    DomainMap, HostPhase, MapStatus, PoolConnection, PoolManagerStatus, PoolOnStorage,
+};
 
 /// The longest wait between two attempts of a pool-manager call: the pool has no manager
 /// meanwhile, and a call costs the host one lease read.
@@ -76,6 +78,10 @@ pub enum ManagerVerb {
     /// the master before the other hosts `refresh`; the master itself is deactivated with its
     /// successor named, which moves the role first (sp.py `masterMigrate`).
     Deactivate,
+    /// `StoragePool.reconstructMaster`: no host can read the master, so the pool's metadata is
+    /// written afresh on the new master, by a host disconnected from the pool; then every host
+    /// is connected (or refreshed) to the new master.
+    Reconstruct,
 }
 
 impl ManagerVerb {
@@ -91,6 +97,7 @@ impl ManagerVerb {
             Self::ForcedDetach => "forcedDetach",
             Self::Activate => "activate",
             Self::Deactivate => "deactivate",
+            Self::Reconstruct => "reconstructMaster",
         }
     }
 }
@@ -128,8 +135,11 @@ pub struct StorageOp {
     pub master: String,
     /// `masterVersion`.
     pub master_version: i64,
-    /// The domains: `domainList` for `create`, the one domain for `attach`/`detach`.
+    /// The domains: `domainList` for `create`, the one domain for `attach`/`detach`, the map's
+    /// domains for `reconstructMaster`.
     pub domains: Vec<String>,
+    /// `reconstructMaster`: `hostID` and `domainDict` (the desired map).
+    pub reconstruct: Option<(i32, DomainMap)>,
 }
 
 /// `StoragePool.switchMaster` parameters: the master the manager holds, the desired one, and
@@ -251,6 +261,16 @@ pub enum ManagerState {
         /// Why the last attempt failed, if it did.
         failure: Option<String>,
     },
+    /// No host can read the master (`old`): the pool's metadata is being rebuilt on the new
+    /// master through `host` (stopped, disconnected, then `reconstructMaster`).
+    Reconstructing {
+        /// The host that rebuilds it (the manager-to-be).
+        host: String,
+        /// The master no host can read.
+        old: String,
+        /// Why the last attempt failed, if it did.
+        failure: Option<String>,
+    },
     /// No host can take the role.
     NoCandidate {
         /// The recorded manager that cannot hold the role any more, if any.
@@ -271,6 +291,9 @@ pub struct ManagerPlan {
     pub confirmed: bool,
     /// Hosts that hold the role and must give it up before they are disconnected.
     pub hold_disconnect: BTreeSet<String>,
+    /// The host to disconnect from the pool before it runs `reconstructMaster` (VDSM refuses it
+    /// on a connected host, 325).
+    pub disconnect_first: Option<String>,
     /// Connects (and refreshes) wait: they name a master the running manager has not switched
     /// to yet, the pool is not created on storage yet, or (3.4 and lower) the map on the master
     /// is not the desired one yet.
@@ -297,6 +320,7 @@ impl ManagerPlan {
             call: None,
             confirmed: false,
             hold_disconnect: BTreeSet::new(),
+            disconnect_first: None,
             hold_connects: false,
             hold_refreshes: false,
             storage: None,
@@ -359,9 +383,18 @@ pub fn plan(
     };
     let may_keep =
         |name: &str| keeps_record(name) && hosts.get(name).is_some_and(|v| v.connected_here);
+    // No host can read the master the hosts hold (rule 6): every holder is stopped (its lease
+    // is on that master), the manager-to-be is disconnected and rebuilds the pool's metadata
+    // on the new master; then every host is connected to it. Once `reconstructMaster` was
+    // accepted, the hosts are connected (the first to report the new master ends this).
+    let lost = lost_master(observed, pool_uuid, desired, hosts);
+    let reconstructed = observed.manager.as_ref().is_some_and(|e| {
+        e.verb == ManagerVerb::Reconstruct && matches!(e.state, CallState::Accepted { .. })
+    });
+    let rebuilding = lost.as_deref().filter(|_| !reconstructed);
     let running = holders
         .iter()
-        .filter(|(h, ..)| may_keep(h))
+        .filter(|(h, ..)| rebuilding.is_none() && may_keep(h))
         .min_by_key(|(h, ..)| (current.is_none_or(|c| c.host != *h), *h))
         .copied();
     // Holders that must give the role up: those that may not keep it, and any second one.
@@ -378,6 +411,35 @@ pub fn plan(
 
     let mut record = if !has_master {
         None
+    } else if rebuilding.is_some() {
+        // The recorded host rebuilds it while it may take the role; else the responsive member
+        // with the lowest host id.
+        current
+            .filter(|c| keeps_record(&c.host))
+            .map(|c| c.host.as_str())
+            .or_else(|| {
+                hosts
+                    .iter()
+                    .filter(|(_, v)| {
+                        v.role == HostRole::Member && v.responsive && !v.report_invalid
+                    })
+                    .filter_map(|(h, _)| Some((desired.host_ids.get(h)?, h.as_str())))
+                    .min()
+                    .map(|(_, h)| h)
+            })
+            .map(|host| match current {
+                Some(c) if c.host == host && c.lver < 0 => c.clone(),
+                other => {
+                    let (prev_id, prev_lver) = previous_of(other);
+                    PoolManagerStatus {
+                        host: host.to_owned(),
+                        host_id: desired.host_ids.get(host).copied().unwrap_or(-1),
+                        lver: -1,
+                        prev_id,
+                        prev_lver,
+                    }
+                }
+            })
     } else if let Some((host, host_id, lver)) = running {
         let (prev_id, prev_lver) = match current {
             Some(c) if c.host == host => (c.prev_id, c.prev_lver),
@@ -444,6 +506,7 @@ pub fn plan(
                 ManagerVerb::Start => holds(&e.host),
                 ManagerVerb::Stop => !holds(&e.host),
                 ManagerVerb::SwitchMaster => switch.is_none(),
+                ManagerVerb::Reconstruct => lost.is_none(),
                 ManagerVerb::Activate => e.domains.iter().all(held_active),
                 ManagerVerb::Deactivate => {
                     switch.is_none() && held_map.is_some() && !e.domains.iter().any(held_active)
@@ -512,8 +575,19 @@ pub fn plan(
             prev_lver: -1,
         });
     }
+    let mut disconnect_first = None;
     let want = if let Some(h) = strays.first() {
         Some((*h, ManagerVerb::Stop))
+    } else if rebuilding.is_some() {
+        let host = record.as_ref().map(|r| r.host.as_str());
+        match host {
+            Some(h) if hosts.get(h).is_some_and(|v| v.connected_here) => {
+                disconnect_first = Some(h.to_owned());
+                None
+            }
+            Some(h) => Some((h, ManagerVerb::Reconstruct)),
+            None => None,
+        }
     } else if let Some(h) = creating {
         Some((h, ManagerVerb::Create))
     } else if work.create.is_some() {
@@ -557,6 +631,12 @@ pub fn plan(
             host: host.to_owned(),
             failure: failure_of(host, ManagerVerb::Stop),
         }
+    } else if let (Some(old), Some(r)) = (rebuilding, &record) {
+        ManagerState::Reconstructing {
+            host: r.host.clone(),
+            old: old.to_owned(),
+            failure: failure_of(&r.host, ManagerVerb::Reconstruct),
+        }
     } else if let Some(r) = record.as_ref().filter(|r| keeps_record(&r.host)) {
         ManagerState::Starting {
             host: r.host.clone(),
@@ -591,7 +671,14 @@ pub fn plan(
             prev_lver,
             max_host_id: observed.pool.spec.sync.max_hosts,
             switch: switch.clone().filter(|_| verb == ManagerVerb::SwitchMaster),
-            storage: storage_op(observed, desired, work, switch.as_ref(), entry, verb),
+            storage: storage_op(
+                observed,
+                desired,
+                work,
+                switch.as_ref(),
+                entry,
+                (verb, desired.host_ids.get(host).copied().unwrap_or(-1)),
+            ),
         })
     });
     ManagerPlan {
@@ -600,12 +687,16 @@ pub fn plan(
         call,
         confirmed,
         hold_disconnect,
+        disconnect_first,
         // Nothing is connected to a pool that does not exist on storage yet (VDSM: 304/324),
         // and (3.4 and lower) no host reads a map the manager has not finished writing.
         hold_connects: switch.is_some()
+            || rebuilding.is_some()
             || on_storage.is_none()
             || work.on_master_current == Some(false),
-        hold_refreshes: legacy && work.on_master_current != Some(true),
+        // A reconstructed master holds the desired map: the hosts may read it at once.
+        hold_refreshes: rebuilding.is_some()
+            || (legacy && work.on_master_current != Some(true) && !reconstructed),
         storage,
         storage_failure: entry
             .filter(|e| {
@@ -617,6 +708,7 @@ pub fn plan(
                         | ManagerVerb::ForcedDetach
                         | ManagerVerb::Activate
                         | ManagerVerb::Deactivate
+                        | ManagerVerb::Reconstruct
                 )
             })
             .and_then(|e| {
@@ -641,13 +733,14 @@ fn storage_op(
     work: &StorageWork,
     switch: Option<&MasterSwitch>,
     entry: Option<&ManagerCalls>,
-    verb: ManagerVerb,
+    (verb, host_id): (ManagerVerb, i32),
 ) -> Option<StorageOp> {
     let op = |master: &str, domains: Vec<String>| StorageOp {
         name: observed.pool.name.clone(),
         master: master.to_owned(),
         master_version: desired.master_version,
         domains,
+        reconstruct: None,
     };
     let master = desired.master_domain.as_deref().unwrap_or_default();
     match verb {
@@ -672,8 +765,40 @@ fn storage_op(
             Some(s) => Some(op(&s.new, vec![s.old.clone()])),
             None => Some(op(master, vec![work.deactivate.clone()?])),
         },
+        ManagerVerb::Reconstruct => Some(StorageOp {
+            reconstruct: Some((host_id, desired.domain_map.clone())),
+            ..op(master, desired.domain_map.keys().cloned().collect())
+        }),
         ManagerVerb::Start | ManagerVerb::Stop | ManagerVerb::SwitchMaster => None,
     }
+}
+
+/// The master the pool's connected hosts hold when no host can read it any more
+/// ([`super::map::master_dead`]) and no responsive host holds the desired master yet: the pool's
+/// metadata must be rebuilt on the desired one (`reconstructMaster`).
+fn lost_master(
+    observed: &Observed,
+    pool_uuid: &str,
+    desired: &Desired,
+    hosts: &BTreeMap<String, HostVerdict>,
+) -> Option<String> {
+    let wanted = desired.master_domain.as_deref()?;
+    let held: Vec<&PoolConnection> = hosts
+        .iter()
+        .filter(|(_, v)| v.responsive && v.connected_here && !v.report_invalid)
+        .filter_map(|(name, _)| observed.hosts.get(name)?.report.parsed()?.pool.as_ref())
+        .filter(|c| c.uuid == pool_uuid)
+        .collect();
+    let on_wanted = held.iter().any(|c| {
+        c.master_domain.as_deref() == Some(wanted) && c.master_version == desired.master_version
+    });
+    if on_wanted {
+        return None;
+    }
+    held.iter()
+        .filter_map(|c| c.master_domain.as_deref())
+        .find(|m| *m != wanted && super::map::master_dead(observed, m))
+        .map(str::to_owned)
 }
 
 /// The `switchMaster` the running manager `host` needs, if any: its connection names another

@@ -590,9 +590,12 @@ fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
         .collect();
     let current = observed.pool.status.master_domain.as_deref();
     let preferred = observed.pool.spec.master_domain.as_deref();
-    // A new master replaces a present one only where the manager can move it ([`successors`]).
+    // A new master replaces a present one only where the manager can move it ([`successors`]);
+    // anywhere when no host can read the current one (Inactive): the pool's metadata is then
+    // rebuilt on the new master (`reconstructMaster`, [`super::manager`]).
     let ready = successors(observed);
-    let movable = |u: &str| current.is_none() || ready.contains(u);
+    let dead = current.is_some_and(|c| master_dead(observed, c));
+    let movable = |u: &str| current.is_none() || dead || ready.contains(u);
     let healthy = |uuid: Option<&str>| candidates.iter().any(|(u, h)| Some(*u) == uuid && *h);
     let present = |uuid: Option<&str>| candidates.iter().any(|(u, _)| Some(*u) == uuid);
     let pick = if healthy(current) {
@@ -609,6 +612,15 @@ fn master(observed: &Observed, classes: &Eligibility) -> Option<String> {
         candidates.first().map(|(u, _)| *u)
     };
     pick.map(str::to_owned)
+}
+
+/// Whether no host can read `master`: its StorageDomain is Inactive (every Up host reported it
+/// failing past the grace period).
+pub fn master_dead(observed: &Observed, master: &str) -> bool {
+    observed
+        .domains
+        .values()
+        .any(|d| d.spec.uuid == master && d.status.phase == Some(DomainPhase::Inactive))
 }
 
 /// The pool status to write before any RPC when the map, master, versions, host ids or the uuid

@@ -821,7 +821,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         &mut hostv,
         now,
     );
-    let (mut calls, ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
+    let (mut calls, mut ledger) = hosts::calls(observed, &pool_uuid, &desired, &mut hostv, now);
     let work = map::storage_work(observed, &eligibility, &leaving_held, &desired, &hostv);
     let manager = manager::plan(observed, &pool_uuid, &desired, &work, &hostv, now);
     // A host that holds the pool manager's role is disconnected only after `spmStop` (VDSM
@@ -838,6 +838,14 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         }
         !held
     });
+    // The host that rebuilds a lost master lets go of the pool first.
+    if let Some(host) = &manager.disconnect_first
+        && !manager.hold_disconnect.contains(host)
+        && let Some(call) = hosts::disconnect_first(observed, host, &mut hostv, &mut ledger, now)
+    {
+        calls.retain(|c| c.host() != host);
+        calls.insert(0, call);
+    }
     // The manager's record is persisted before its `spmStart`, like the map before a connect,
     // and so is what an accepted storage call changed on storage.
     let persist_first =

@@ -203,6 +203,14 @@ fn manager_condition(state: &ManagerState) -> Cond {
                 failed(failure)
             ),
         ),
+        ManagerState::Reconstructing { host, old, failure } => Cond::new(
+            False,
+            reasons::RECONSTRUCTING_MASTER,
+            format!(
+                "no host can read the master domain {old}: {host} rebuilds the pool's metadata on the new master (reconstructMaster), then every host connects to it{}",
+                failed(failure)
+            ),
+        ),
         ManagerState::NoCandidate { last } => Cond::new(
             False,
             reasons::NO_MANAGER_CANDIDATE,

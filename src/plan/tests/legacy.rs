@@ -6,7 +6,7 @@
 use super::*;
 use crate::api::PoolBackend;
 use crate::plan::fixtures::step;
-use crate::plan::manager::ManagerVerb;
+use crate::plan::manager::{ManagerCalls, ManagerVerb};
 
 /// A converged 3.4 pool: every host connected from the master, h0000 its manager.
 fn legacy_steady(hosts: usize, domains: usize) -> Observed {
@@ -171,4 +171,99 @@ fn raising_the_version_to_3_5_connects_every_host_again_with_the_map() {
         assert_eq!(backend_of(&o, h), Some(PoolBackend::Memory), "{h}");
     }
     assert!(is_true(&o.pool.status.conditions, types::READY));
+}
+
+#[test]
+fn a_master_no_host_can_read_is_rebuilt_on_a_disconnected_host_then_every_host_follows() {
+    rebuild_lost_master(legacy_steady(3, 2));
+}
+
+#[test]
+fn a_3_5_pool_rebuilds_a_lost_master_the_same_way() {
+    rebuild_lost_master(steady(3, 2, t0()));
+}
+
+/// Every host of `o` (converged, d000 master) loses the master; the pool manager's host rebuilds
+/// it on d001 and every host follows: a legacy pool's connected hosts refresh, a 3.5 pool's are
+/// connected with the map.
+fn rebuild_lost_master(mut o: Observed) {
+    let legacy = crate::plan::map::legacy(&o.pool.spec);
+    let before = o.pool.status.clone();
+    // Every host fails the master past the grace period: it is Inactive.
+    for h in ["h0000", "h0001", "h0002"] {
+        set_vitals(&mut o, h, "d000", |v| {
+            v.valid = false;
+            v.code = 2001;
+        });
+    }
+    o.domains.get_mut("d000").expect("d").status.phase = Some(DomainPhase::Inactive);
+
+    // A new master; the manager (its lease is on the lost master) is stopped first.
+    let (p, _) = step(&mut o, t0());
+    assert_eq!(p.desired.master_domain, Some(uuid_of("d001")));
+    assert_eq!(p.desired.master_version, before.master_version + 1);
+    assert_eq!(manager_verb(&p).map(|(v, _)| v), Some(ManagerVerb::Stop));
+    assert!(p.calls.is_empty(), "{:?}", p.calls);
+    // Then the manager-to-be lets go of the pool ...
+    let (p, r) = step(&mut o, t0());
+    assert_eq!(disconnects(&p), vec!["h0000"]);
+    assert_eq!(connects(&p), Vec::<&str>::new());
+    let c = cond(&r.pool.conditions, types::POOL_MANAGER);
+    assert_eq!(c.reason, reasons::RECONSTRUCTING_MASTER, "{}", c.message);
+    // ... and rebuilds the pool's metadata on the new master.
+    let p = plan(&o, t0());
+    let call = p.manager.call.clone().expect("reconstructMaster");
+    let op = call.storage.clone().expect("its parameters");
+    assert_eq!(
+        (
+            call.host.as_str(),
+            call.verb,
+            op.master.as_str(),
+            op.master_version
+        ),
+        (
+            "h0000",
+            ManagerVerb::Reconstruct,
+            uuid_of("d001").as_str(),
+            before.master_version + 1
+        )
+    );
+    assert_eq!(
+        op.reconstruct,
+        Some((1, o.pool.status.domain_map.clone())),
+        "hostID and domainDict"
+    );
+    assert!(
+        p.calls.is_empty(),
+        "nobody follows before it: {:?}",
+        p.calls
+    );
+    let mut entry = ManagerCalls::started(
+        None,
+        &call,
+        &report_of(&mut o, "h0000").boot_id.clone(),
+        t0(),
+    );
+    entry.finished(t0(), &Ok(()), t0());
+    o.manager = Some(entry);
+
+    // Accepted: it connects to the new master, the others follow.
+    let p = plan(&o, t0());
+    if legacy {
+        assert_eq!(connects(&p), vec!["h0000"]);
+        assert_eq!(refreshes(&p), vec!["h0001", "h0002"]);
+    } else {
+        assert_eq!(connects(&p), vec!["h0000", "h0001", "h0002"]);
+    }
+    converge(&mut o, t0(), 10);
+    for h in ["h0000", "h0001", "h0002"] {
+        let c = report_of(&mut o, h).pool.clone().expect("connected");
+        assert_eq!(
+            (c.master_domain, c.master_version),
+            (Some(uuid_of("d001")), before.master_version + 1),
+            "{h}"
+        );
+    }
+    let m = o.pool.status.pool_manager.clone().expect("a manager again");
+    assert!(m.lver > 0, "{m:?}");
 }

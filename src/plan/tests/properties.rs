@@ -832,9 +832,23 @@ fn check_calls(o: &Observed, plan: &Plan) -> Result<(), TestCaseError> {
             !matches!(h.report, ReportView::Invalid(_)),
             "a call to {name}, whose report is unreadable"
         );
-        let HostCall::Connect { params, .. } = call else {
+        let (HostCall::Connect { params, .. } | HostCall::Refresh { params, .. }) = call else {
             // Connected here under the id it keeps (a host whose id must change is disconnected
-            // first: VDSM refuses a connect with another id, 325).
+            // first: VDSM refuses a connect with another id, 325), unless it is the host that
+            // rebuilds a master no host can read (VDSM runs reconstructMaster only on a
+            // disconnected host).
+            if plan.manager.disconnect_first.as_deref() == Some(name) {
+                let lost = o.hosts.values().any(|x| {
+                    x.report
+                        .parsed()
+                        .and_then(|r| r.pool.as_ref())
+                        .filter(|c| c.uuid == plan.pool_uuid)
+                        .and_then(|c| c.master_domain.as_deref())
+                        .is_some_and(|m| crate::plan::map::master_dead(o, m))
+                });
+                prop_assert!(lost, "{name} disconnected to rebuild a master some host can read");
+                continue;
+            }
             let connected_here = h
                 .report
                 .parsed()
