@@ -275,3 +275,93 @@ async fn the_master_moves_with_its_deactivation_and_the_pool_upgrades_live_to_3_
     );
     none_refused(&sim);
 }
+
+/// Makes `sd` unreadable for every host and every verb, as a storage outage would: its
+/// `dom_md` becomes a plain file (reads and leases fail with an I/O error, 2001).
+fn lose_domain(sim: &SimPool, sd: &str) {
+    let prefix = sim.hosts[0]
+        .rsplit_once('-')
+        .map(|(p, _)| p)
+        .expect("host prefix");
+    let dom_md = std::env::temp_dir()
+        .join(format!("poolkeeper-sim-{prefix}"))
+        .join("sim")
+        .join(sd)
+        .join("dom_md");
+    std::fs::remove_dir_all(&dom_md).expect("remove dom_md");
+    std::fs::write(&dom_md, b"lost").expect("a file in its place");
+}
+
+const RECONSTRUCT: &str = "StoragePool.reconstructMaster";
+const DISCONNECT: &str = "StoragePool.disconnect";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_every_host_loses_is_reconstructed_on_a_disconnected_host_and_the_rest_follow() {
+    let sim = sim_pool(legacy(3, 2)).await;
+    manager(&sim.pool).await;
+    ready(&sim.pool).await;
+    let before = pool(&sim.pool).await.status.expect("status");
+    let (old, new) = (
+        sim.uuids[&sim.domains[0]].clone(),
+        sim.uuids[&sim.domains[1]].clone(),
+    );
+    assert_eq!(before.master_domain.as_deref(), Some(old.as_str()));
+
+    lose_domain(&sim, &old);
+    let version = before.master_version + 1;
+    every_host(&sim, "every host on the rebuilt master", |h| {
+        h.connection().is_some_and(|c| {
+            c.master_domain.as_deref() == Some(new.as_str())
+                && c.master_version == version
+                && c.backend == Some(PoolBackend::Disk)
+        })
+    })
+    .await;
+
+    // One host rebuilt it, disconnected first, then connected to it; no host was told the new
+    // master before it existed on storage.
+    let rebuilt: Vec<(String, SystemTime)> = sim
+        .hosts
+        .iter()
+        .filter_map(|h| {
+            let log = calls(&sim, h);
+            let c = log.iter().find(|c| c.verb == RECONSTRUCT && c.ok)?;
+            Some((h.clone(), c.at))
+        })
+        .collect();
+    assert_eq!(rebuilt.len(), 1, "one reconstructMaster: {rebuilt:?}");
+    let (r, at) = &rebuilt[0];
+    let log = calls(&sim, r);
+    let i = log
+        .iter()
+        .position(|c| c.verb == RECONSTRUCT && c.ok)
+        .expect("reconstructMaster");
+    assert!(
+        log[..i]
+            .iter()
+            .any(|c| c.verb == DISCONNECT && c.ok && c.held.is_none()),
+        "{r} disconnected first: {log:?}"
+    );
+    assert!(log[i].held.is_none(), "{r} ran it disconnected");
+    for h in &sim.hosts {
+        for c in calls(&sim, h).iter().filter(|c| c.ok) {
+            let names_new = c
+                .held
+                .as_ref()
+                .is_some_and(|p| p.master_domain.as_deref() == Some(new.as_str()));
+            assert!(
+                !names_new || c.at >= *at,
+                "{h} on {new} before it was rebuilt: {c:?}"
+            );
+        }
+    }
+    // The pool has a manager again, on the new master.
+    eventually("a pool manager again", WAIT, || async {
+        let m = pool(&sim.pool).await.status?.pool_manager?;
+        (m.lver > 0).then_some(())
+    })
+    .await;
+    let status = pool(&sim.pool).await.status.expect("status");
+    assert_eq!(status.master_domain.as_deref(), Some(new.as_str()));
+    none_refused(&sim);
+}
