@@ -20,6 +20,9 @@
 //!   `Active`, which includes the agents' first check of the domain (one 10 s monitor period);
 //! - **restart**: one simulated host loses its memory (new bootId) until its report holds the
 //!   pool again;
+//! - **3.4 toggle**: the same toggle in a new pool of compatibility 3.4 (the map on the master:
+//!   the pool manager deactivates the domain there, then every other host refreshes), with the
+//!   controller's CPU seconds;
 //! - the controller's peak RSS (VmHWM).
 //!
 //! `cargo bench --bench deployed` (needs `make control-plane`); `POOLKEEPER_BENCH_HOSTS=250,2000`
@@ -89,10 +92,10 @@ async fn main() {
     );
     println!();
     println!(
-        "| hosts | floor (N reports) | registered | pool Ready | Ready floor | Ready ÷ floor | toggle | toggle ÷ floor | controller CPU per toggle | activate | host restart | controller peak RSS |"
+        "| hosts | floor (N reports) | registered | pool Ready | Ready floor | Ready ÷ floor | toggle | toggle ÷ floor | controller CPU per toggle | 3.4 toggle | 3.4 toggle ÷ floor | controller CPU per 3.4 toggle | activate | host restart | controller peak RSS |"
     );
     println!(
-        "|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|"
+        "|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|"
     );
     for row in rows {
         println!("{row}");
@@ -573,20 +576,15 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         }
         let writes_before = controller_writes(metrics).await;
         let started = Instant::now();
-        let pool: StoragePool = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": pool_name}, "spec": {"sync": {"maxHosts": 2000}}})).expect("pool");
-        pools
-            .create(&PostParams::default(), &pool)
-            .await
-            .expect("pool");
-        for (d, name) in domain_names.iter().enumerate() {
-            let kind = if d < DATA_DOMAINS { "Data" } else { "ISO" };
-            let sd: StorageDomain = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "metadata": {"name": name},
-                "spec": {"uuid": uuids[d], "type": kind, "storage": {"path": format!("nfs:/{name}")}, "pool": pool_name}})).expect("domain");
-            domains
-                .create(&PostParams::default(), &sd)
-                .await
-                .expect("domain");
-        }
+        create_pool(
+            &pools,
+            &domains,
+            &pool_name,
+            &domain_names,
+            &uuids,
+            poolkeeper::api::pool::DEFAULT_COMPATIBILITY_VERSION,
+        )
+        .await;
         let mut pool_said = None;
         let mut hosts_held = None;
         wait_for("pool Ready", async || {
@@ -694,70 +692,19 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let ready_floors = Stats(ready_writes.iter().map(|w| w * per_write).collect());
 
     let target = &domain_names[DATA_DOMAINS - 1];
-    let mut toggles = Vec::new();
-    let mut cpu = Vec::new();
-    let mut activations = Vec::new();
+    let target_uuid = &uuids[DATA_DOMAINS - 1];
     let steps_before = common::steps(metrics).await;
     let writes_before = api_writes(metrics).await;
-    eprintln!("{n} hosts: toggling {target}");
-    for _ in 0..repeats {
-        let cpu_before = controller.cpu_seconds();
-        let others_before = (agent.cpu_seconds(), env.apiserver_cpu_seconds());
-        let started = Instant::now();
-        set_maintenance(&domains, target, true).await;
-        let target_uuid = &uuids[DATA_DOMAINS - 1];
-        let mut reported = None;
-        let mut progress = Vec::new();
-        let mut last_sample = Instant::now();
-        wait_for("maintenance", async || {
-            if std::env::var_os("POOLKEEPER_BENCH_TRACE").is_some()
-                && last_sample.elapsed() >= Duration::from_millis(1000)
-            {
-                last_sample = Instant::now();
-                let done = store
-                    .state()
-                    .iter()
-                    .filter(|h| ours(h))
-                    .filter(|h| {
-                        report_of(h)
-                            .is_some_and(|r| r.domains.iter().all(|d| &d.uuid != target_uuid))
-                    })
-                    .count();
-                progress.push(format!("{:.0}s:{done}", started.elapsed().as_secs_f64()));
-            }
-            if reported.is_none()
-                && store.state().iter().filter(|h| ours(h)).all(|h| {
-                    report_of(h).is_some_and(|r| r.domains.iter().all(|d| &d.uuid != target_uuid))
-                })
-            {
-                reported = Some(started.elapsed().as_secs_f64());
-            }
-            phase(&domains, target).await == Some(DomainPhase::Maintenance)
-        })
-        .await;
-        toggles.push(started.elapsed().as_secs_f64());
-        eprintln!(
-            "{n} hosts: toggle {:.1} s, every host had reported it {:.1} s after the change {}",
-            started.elapsed().as_secs_f64(),
-            reported.unwrap_or(f64::NAN),
-            progress.join(" ")
-        );
-        cpu.push(controller.cpu_seconds() - cpu_before);
-        eprintln!(
-            "{n} hosts: that toggle cost the controller {:.1} CPU-s, the agent {:.1}, the API server {:.1}",
-            controller.cpu_seconds() - cpu_before,
-            agent.cpu_seconds() - others_before.0,
-            env.apiserver_cpu_seconds() - others_before.1
-        );
-        let started = Instant::now();
-        set_maintenance(&domains, target, false).await;
-        wait_for("active", async || {
-            phase(&domains, target).await == Some(DomainPhase::Active)
-        })
-        .await;
-        activations.push(started.elapsed().as_secs_f64());
-    }
-    let toggles = Stats(toggles);
+    let looking = Looking {
+        n,
+        domains: &domains,
+        store: &store,
+        prefix: &prefix,
+        env,
+        controller: &controller,
+        agent: &agent,
+    };
+    let (toggles, cpu, activations) = toggle_rounds(&looking, target, target_uuid, repeats).await;
     eprintln!(
         "{n} hosts, toggles and activations: {}",
         step_summary(&steps_before, &common::steps(metrics).await)
@@ -791,6 +738,43 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         .await;
         restarts.push(started.elapsed().as_secs_f64());
     }
+    // The same toggle in a pool of compatibility 3.4: the map lives on the master, so the pool
+    // manager deactivates the domain there first, then every other host refreshes from it.
+    delete_pool(&pools, &domains, &pool_name, &domain_names).await;
+    wait_for("hosts disconnected", async || {
+        store
+            .state()
+            .iter()
+            .filter(|h| ours(h))
+            .all(|h| report_of(h).is_some_and(|r| r.pool.is_none()))
+    })
+    .await;
+    let started = Instant::now();
+    create_pool(&pools, &domains, &pool_name, &domain_names, &uuids, "3.4").await;
+    wait_for("3.4 pool Ready", async || {
+        pools.get(&pool_name).await.is_ok_and(|p| {
+            let s = p.status.unwrap_or_default();
+            s.counts.in_sync as usize == n
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True" && c.reason == "InSync")
+        })
+    })
+    .await;
+    eprintln!(
+        "{n} hosts: the 3.4 pool Ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    wait_for("first checks", async || {
+        store.state().iter().filter(|h| ours(h)).all(|h| {
+            report_of(h)
+                .is_some_and(|r| r.domains.len() == DOMAINS && r.domains.iter().all(|d| d.valid))
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (legacy_toggles, legacy_cpu, _) =
+        toggle_rounds(&looking, target, target_uuid, repeats).await;
     let rss = controller.peak_rss_mib();
 
     // Leave nothing for the next size: the pool goes while its agents still answer.
@@ -799,17 +783,143 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     drop(controller);
 
     let toggle_ratio = toggles.median() / floors.median();
+    let legacy_ratio = legacy_toggles.median() / floors.median();
     let ready_ratio = readies.median() / ready_floors.median();
     format!(
-        "| {n} | {} | {registered:.1} s | {} | {} | {ready_ratio:.2} | {} | {toggle_ratio:.2} | {} | {} | {} | {rss:.1} MiB |",
+        "| {n} | {} | {registered:.1} s | {} | {} | {ready_ratio:.2} | {} | {toggle_ratio:.2} | {} | {} | {legacy_ratio:.2} | {} | {} | {} | {rss:.1} MiB |",
         floors.show(" s"),
         readies.show(" s"),
         ready_floors.show(" s"),
         toggles.show(" s"),
-        Stats(cpu).show(" s"),
-        Stats(activations).show(" s"),
+        cpu.show(" s"),
+        legacy_toggles.show(" s"),
+        legacy_cpu.show(" s"),
+        activations.show(" s"),
         Stats(restarts).show(" s"),
     )
+}
+
+/// What the toggles look at and measure.
+#[derive(Clone, Copy)]
+struct Looking<'a> {
+    n: usize,
+    domains: &'a Api<StorageDomain>,
+    store: &'a HostStore,
+    prefix: &'a str,
+    env: &'a Env,
+    controller: &'a Proc,
+    agent: &'a Proc,
+}
+
+/// `repeats` times: `target` to maintenance until it is `Maintenance` (seconds, and the
+/// controller's CPU seconds), then back until it is `Active` (seconds).
+async fn toggle_rounds(
+    at: &Looking<'_>,
+    target: &str,
+    target_uuid: &str,
+    repeats: usize,
+) -> (Stats, Stats, Stats) {
+    let Looking {
+        n,
+        domains,
+        store,
+        prefix,
+        env,
+        controller,
+        agent,
+    } = *at;
+    let ours = |h: &Arc<Host>| {
+        h.metadata
+            .name
+            .as_deref()
+            .is_some_and(|x| x.starts_with(&format!("{prefix}-")))
+    };
+    let mut toggles = Vec::new();
+    let mut cpu = Vec::new();
+    let mut activations = Vec::new();
+    eprintln!("{n} hosts: toggling {target}");
+    for _ in 0..repeats {
+        let cpu_before = controller.cpu_seconds();
+        let others_before = (agent.cpu_seconds(), env.apiserver_cpu_seconds());
+        let started = Instant::now();
+        set_maintenance(domains, target, true).await;
+        let mut reported = None;
+        let mut progress = Vec::new();
+        let mut last_sample = Instant::now();
+        wait_for("maintenance", async || {
+            if std::env::var_os("POOLKEEPER_BENCH_TRACE").is_some()
+                && last_sample.elapsed() >= Duration::from_millis(1000)
+            {
+                last_sample = Instant::now();
+                let done = store
+                    .state()
+                    .iter()
+                    .filter(|h| ours(h))
+                    .filter(|h| {
+                        report_of(h)
+                            .is_some_and(|r| r.domains.iter().all(|d| d.uuid != target_uuid))
+                    })
+                    .count();
+                progress.push(format!("{:.0}s:{done}", started.elapsed().as_secs_f64()));
+            }
+            if reported.is_none()
+                && store.state().iter().filter(|h| ours(h)).all(|h| {
+                    report_of(h).is_some_and(|r| r.domains.iter().all(|d| d.uuid != target_uuid))
+                })
+            {
+                reported = Some(started.elapsed().as_secs_f64());
+            }
+            phase(domains, target).await == Some(DomainPhase::Maintenance)
+        })
+        .await;
+        toggles.push(started.elapsed().as_secs_f64());
+        eprintln!(
+            "{n} hosts: toggle {:.1} s, every host had reported it {:.1} s after the change {}",
+            started.elapsed().as_secs_f64(),
+            reported.unwrap_or(f64::NAN),
+            progress.join(" ")
+        );
+        cpu.push(controller.cpu_seconds() - cpu_before);
+        eprintln!(
+            "{n} hosts: that toggle cost the controller {:.1} CPU-s, the agent {:.1}, the API server {:.1}",
+            controller.cpu_seconds() - cpu_before,
+            agent.cpu_seconds() - others_before.0,
+            env.apiserver_cpu_seconds() - others_before.1
+        );
+        let started = Instant::now();
+        set_maintenance(domains, target, false).await;
+        wait_for("active", async || {
+            phase(domains, target).await == Some(DomainPhase::Active)
+        })
+        .await;
+        activations.push(started.elapsed().as_secs_f64());
+    }
+    (Stats(toggles), Stats(cpu), Stats(activations))
+}
+
+/// Creates the pool (of compatibility `version`) and its domains: 18 data, 2 ISO.
+async fn create_pool(
+    pools: &Api<StoragePool>,
+    domains: &Api<StorageDomain>,
+    pool_name: &str,
+    domain_names: &[String],
+    uuids: &[String],
+    version: &str,
+) {
+    let pool: StoragePool = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool", "metadata": {"name": pool_name}, "spec": {"compatibilityVersion": version, "sync": {"maxHosts": 2000}}})).expect("pool");
+    pools
+        .create(&PostParams::default(), &pool)
+        .await
+        .expect("pool");
+    for (d, name) in domain_names.iter().enumerate() {
+        let kind = if d < DATA_DOMAINS { "Data" } else { "ISO" };
+        let sd: StorageDomain = serde_json::from_value(json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "StorageDomain", "metadata": {"name": name},
+            "spec": {"uuid": uuids[d], "type": kind, "storage": {"path": format!("nfs:/{name}")}, "pool": pool_name}})).expect("domain");
+        domains
+            .create(&PostParams::default(), &sd)
+            .await
+            .expect("domain");
+    }
 }
 
 /// Deletes the pool's domains and the pool, and waits until the pool is gone (its finalizer
