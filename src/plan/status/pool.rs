@@ -306,6 +306,21 @@ fn manager_events(observed: &Observed, plan: &Plan, events: &mut Vec<PlannedEven
             note: format!("{host} holds the pool manager's role (lease version {lver})"),
         });
     }
+    let was_rebuilding = find(&p.status.conditions, types::POOL_MANAGER)
+        .is_some_and(|c| c.reason == reasons::RECONSTRUCTING_MASTER);
+    if let ManagerState::Reconstructing { host, old, .. } = &plan.manager.state
+        && !was_rebuilding
+    {
+        events.push(PlannedEvent {
+            object: ObjectRef::pool(&p.name),
+            type_: EventType::Warning,
+            reason: reasons::RECONSTRUCTING_MASTER,
+            note: format!(
+                "no host can read the master domain {old}; {host} rebuilds the pool's metadata on {}",
+                plan.desired.master_domain.as_deref().unwrap_or("none")
+            ),
+        });
+    }
 }
 
 /// What only a person can fix: refused hosts, flagged domains, a last data domain asked to leave

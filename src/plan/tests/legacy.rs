@@ -210,6 +210,13 @@ fn rebuild_lost_master(mut o: Observed) {
     assert_eq!(connects(&p), Vec::<&str>::new());
     let c = cond(&r.pool.conditions, types::POOL_MANAGER);
     assert_eq!(c.reason, reasons::RECONSTRUCTING_MASTER, "{}", c.message);
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.reason == reasons::RECONSTRUCTING_MASTER && e.type_ == EventType::Warning),
+        "{:?}",
+        r.events
+    );
     // ... and rebuilds the pool's metadata on the new master.
     let p = plan(&o, t0());
     let call = p.manager.call.clone().expect("reconstructMaster");

@@ -846,7 +846,10 @@ fn check_calls(o: &Observed, plan: &Plan) -> Result<(), TestCaseError> {
                         .and_then(|c| c.master_domain.as_deref())
                         .is_some_and(|m| crate::plan::map::master_dead(o, m))
                 });
-                prop_assert!(lost, "{name} disconnected to rebuild a master some host can read");
+                prop_assert!(
+                    lost,
+                    "{name} disconnected to rebuild a master some host can read"
+                );
                 continue;
             }
             let connected_here = h
