@@ -209,6 +209,22 @@ async fn a_deactivation_is_written_on_the_master_then_refreshed_and_waits_for_a_
         &sd,
         MapStatus::Attached
     ));
+
+    // Out of the pool: the manager detaches it on the master, then every host refreshes it away.
+    merge_spec::<StorageDomain>(&d2, json!({"pool": null})).await;
+    wait_domain_phase(&d2, DomainPhase::Unattached).await;
+    every_host(&sim, "no host holds d2", |h| {
+        h.connection()
+            .is_some_and(|c| !c.domain_map.contains_key(&sd))
+    })
+    .await;
+    assert!(
+        calls(&sim, &m)
+            .iter()
+            .any(|c| c.verb == "StorageDomain.detach" && c.ok),
+        "{m} detached it: {:?}",
+        calls(&sim, &m)
+    );
     none_refused(&sim);
 }
 
