@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use poolkeeper::agent::host::{HostAgent, ReceivedCall};
+use poolkeeper::agent::state::SpmRole;
 use poolkeeper::api::{DomainPhase, MapStatus, PoolBackend, StorageDomain, StoragePool};
 use serde_json::json;
 use support::cluster::{
@@ -161,6 +162,7 @@ async fn a_deactivation_is_written_on_the_master_then_refreshed_and_waits_for_a_
         .expect("another host")
         .clone();
     control(&sim, reqwest::Method::PUT, &cut, "blackhole").await;
+    let edited = SystemTime::now();
     merge_spec::<StorageDomain>(&d2, json!({"maintenance": true})).await;
 
     // The manager deactivates it on the master; the responsive hosts refresh and let go.
@@ -174,13 +176,17 @@ async fn a_deactivation_is_written_on_the_master_then_refreshed_and_waits_for_a_
     })
     .unwrap_or_else(|| panic!("{m} deactivated {sd}: {:?}", calls(&sim, &m)));
     for h in live.iter().filter(|h| ***h != m) {
-        let refreshed = accepted_at(&sim, h, REFRESH, |p| {
+        accepted_at(&sim, h, REFRESH, |p| {
             p.domain_map.get(&sd) == Some(&MapStatus::Attached)
         })
         .unwrap_or_else(|| panic!("{h} refreshed: {:?}", calls(&sim, h)));
+        // Nothing reached it between the edit and the manager's write.
+        let log = calls(&sim, h);
         assert!(
-            refreshed >= deactivated,
-            "{h} refreshed before the manager wrote"
+            !log.iter().any(|c| (c.verb == REFRESH || c.verb == CONNECT)
+                && c.at >= edited
+                && c.at < deactivated),
+            "{h} told before the manager wrote: {log:?}"
         );
         assert!(
             !calls(&sim, h).iter().any(|c| c.verb == DEACTIVATE),
@@ -260,8 +266,8 @@ async fn the_master_moves_with_its_deactivation_and_the_pool_upgrades_live_to_3_
     wait_domain_phase(&d0, DomainPhase::Maintenance).await;
     none_refused(&sim);
 
-    // Raised to 3.5: each host is connected again, now with the map, and none ever lets go of
-    // the active domain on the way (sampled from the hosts' own state).
+    // Raised to 3.5: each host is connected again, now with the map, and none ever stops
+    // monitoring the active domain on the way (sampled from the hosts' own reports).
     let dropped = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -269,7 +275,12 @@ async fn the_master_moves_with_its_deactivation_and_the_pool_upgrades_live_to_3_
         let (dropped, stop, new) = (dropped.clone(), stop.clone(), new.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Acquire) {
-                if hosts.iter().any(|h| !holds(h, &new, MapStatus::Active)) {
+                let monitors =
+                    |h: &Arc<HostAgent>| h.report().domains.iter().any(|d| d.uuid == new);
+                if hosts
+                    .iter()
+                    .any(|h| !monitors(h) || !holds(h, &new, MapStatus::Active))
+                {
                     dropped.store(true, Ordering::Release);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -371,12 +382,19 @@ async fn a_master_every_host_loses_is_reconstructed_on_a_disconnected_host_and_t
             );
         }
     }
-    // The pool has a manager again, on the new master.
-    eventually("a pool manager again", WAIT, || async {
+    // The pool has a manager again, on the new master (by its own state).
+    let m = eventually("a pool manager again", WAIT, || async {
         let m = pool(&sim.pool).await.status?.pool_manager?;
-        (m.lver > 0).then_some(())
+        (m.lver > 0).then_some(m.host)
     })
     .await;
+    let agent = sim.agents.host(&m).expect("host");
+    let held = agent.connection().expect("connected");
+    assert_eq!(held.master_domain.as_deref(), Some(new.as_str()));
+    assert!(
+        matches!(agent.spm_role(), SpmRole::Spm { .. }),
+        "{m} holds the role"
+    );
     let status = pool(&sim.pool).await.status.expect("status");
     assert_eq!(status.master_domain.as_deref(), Some(new.as_str()));
     none_refused(&sim);

@@ -211,7 +211,11 @@ fn pool_health_follows_its_conditions() {
     let mut invalid = steady(1, 1, t0());
     invalid.pool.spec.compatibility_version = "three".into();
     step(&mut invalid, t0());
-    expect(&pool_obj(&invalid), "Degraded", "InvalidCompatibilityVersion");
+    expect(
+        &pool_obj(&invalid),
+        "Degraded",
+        "InvalidCompatibilityVersion",
+    );
 
     // No hosts yet is fine.
     let mut empty = world(0, 1, t0());

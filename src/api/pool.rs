@@ -276,6 +276,15 @@ pub struct PoolOnStorage {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     #[schemars(length(max = 100))]
     pub attached: BTreeSet<String>,
+    /// The domain that holds the pool's metadata on storage (`ROLE=Master`; on the disk backend
+    /// the map too), as the last accepted create, master move or `reconstructMaster` left it.
+    /// Unset in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    pub master: Option<String>,
+    /// Its `masterVersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_version: Option<i64>,
 }
 
 /// The pool manager the controller chose, and the one before it (what `spmStart` is told).

@@ -507,8 +507,13 @@ async fn send_storage(
             .await
         }
         verb => {
+            let master = if op.master.is_empty() {
+                crate::agent::metadata::BLANK_UUID.to_owned()
+            } else {
+                op.master.clone()
+            };
             let params = protocol::wire::DomainParams {
-                master_sd_uuid: op.master.clone(),
+                master_sd_uuid: master,
                 master_version: op.master_version,
                 ..domain(first)
             };

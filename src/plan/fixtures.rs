@@ -136,6 +136,7 @@ pub fn world(hosts: usize, domains: usize, now: Timestamp) -> Observed {
     o.pool.status.storage = Some(PoolOnStorage {
         created: true,
         attached: o.domains.values().map(|d| d.spec.uuid.clone()).collect(),
+        ..PoolOnStorage::default()
     });
     o
 }
@@ -253,7 +254,10 @@ pub fn obey_manager(h: &mut HostView, call: &ManagerCall) {
             (ManagerVerb::Deactivate, _) => {
                 if let Some(op) = &call.storage {
                     for sd in &op.domains {
-                        if pool.master_domain.as_ref() == Some(sd) && op.master != *sd {
+                        if pool.master_domain.as_ref() == Some(sd)
+                            && !op.master.is_empty()
+                            && op.master != *sd
+                        {
                             pool.master_domain = Some(op.master.clone());
                             pool.master_version = op.master_version;
                         }
@@ -351,34 +355,36 @@ pub fn step_with(o: &mut Observed, now: Timestamp, failures: &[CallOutcome]) -> 
 }
 
 /// What the next reconcile records after an accepted storage call (`create`, `attach`,
-/// `detach`): the pool's record of what is on storage.
+/// `detach`, a master move): the pool's record of what is on storage.
 pub fn record_storage(o: &mut Observed, call: &ManagerCall) {
-    let Some(op) = &call.storage else {
-        return;
-    };
+    let master =
+        super::manager::ManagerCalls::started(None, call, "", Timestamp::UNIX_EPOCH).master;
+    let domains = call.storage.iter().flat_map(|s| &s.domains);
     let mut attached: Option<BTreeSet<String>> =
         super::map::attached(&o.pool.status).map(|a| a.into_iter().map(str::to_owned).collect());
     match call.verb {
-        ManagerVerb::Create => attached = Some(op.domains.iter().cloned().collect()),
-        ManagerVerb::Attach => attached
-            .get_or_insert_default()
-            .extend(op.domains.iter().cloned()),
+        ManagerVerb::Create => attached = Some(domains.cloned().collect()),
+        ManagerVerb::Attach => attached.get_or_insert_default().extend(domains.cloned()),
         ManagerVerb::Detach | ManagerVerb::ForcedDetach => {
+            let gone: Vec<&String> = domains.collect();
             if let Some(a) = attached.as_mut() {
-                a.retain(|d| !op.domains.contains(d));
+                a.retain(|d| !gone.contains(&d));
             }
         }
-        ManagerVerb::Start
-        | ManagerVerb::Stop
-        | ManagerVerb::SwitchMaster
-        | ManagerVerb::Activate
-        | ManagerVerb::Deactivate
-        | ManagerVerb::Reconstruct => return,
+        _ if master.is_some() => {}
+        _ => return,
     }
-    o.pool.status.storage = attached.map(|attached| PoolOnStorage {
-        created: true,
-        attached,
-    });
+    let Some(attached) = attached else {
+        return;
+    };
+    let mut next = o.pool.status.storage.clone().unwrap_or_default();
+    next.created = true;
+    next.attached = attached;
+    if let Some((m, v)) = master {
+        next.master = Some(m);
+        next.master_version = Some(v);
+    }
+    o.pool.status.storage = Some(next);
 }
 
 /// Reconciles until nothing changes (at most `max` rounds); returns the rounds taken.

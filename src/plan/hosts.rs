@@ -203,6 +203,12 @@ fn backend(observed: &Observed) -> Option<PoolBackend> {
     super::map::legacy(&observed.pool.spec).then_some(PoolBackend::Disk)
 }
 
+/// Where `h` is to take the map from: the pool's way, but a legacy pool's host already on the
+/// memory backend keeps receiving the map (VDSM refuses to go back, 325).
+fn backend_for(h: &HostView, pool: Option<PoolBackend>) -> Option<PoolBackend> {
+    pool.filter(|_| connection(h).is_none_or(|c| c.backend != Some(PoolBackend::Memory)))
+}
+
 /// Whether the host should be connected with the map.
 fn wants_connection(v: &HostVerdict, desired: &Desired) -> bool {
     v.role == HostRole::Member && desired.master_domain.is_some()
@@ -335,7 +341,15 @@ pub fn calls(
         if !v.responsive || v.report_invalid {
             continue;
         }
-        let Some(key) = call_key(kind, h, v, pool_uuid, desired, backend, digest) else {
+        let Some(key) = call_key(
+            kind,
+            h,
+            v,
+            pool_uuid,
+            desired,
+            backend_for(h, backend),
+            digest,
+        ) else {
             continue;
         };
         let boot_id = h.report.parsed().map_or("", |r| r.boot_id.as_str());
@@ -349,7 +363,7 @@ pub fn calls(
         .into_iter()
         .filter_map(|(kind, h)| {
             let v = verdicts.get(&h.name)?;
-            build_call(kind, h, v, pool_uuid, desired, backend)
+            build_call(kind, h, v, pool_uuid, desired, backend_for(h, backend))
         })
         .collect();
     (calls, ops)
@@ -504,7 +518,7 @@ fn due_kind(
             Some(CallKind::Disconnect)
         }
         // A legacy pool's connected host re-reads the map the pool manager changed (a disk
-        // backend connection; one on the memory backend keeps its map and is connected again).
+        // backend connection; one on the memory backend is connected again with the map).
         Some(c) if legacy && c.backend == Some(PoolBackend::Disk) => Some(CallKind::Refresh),
         _ => Some(CallKind::Connect),
     }

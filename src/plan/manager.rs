@@ -174,6 +174,9 @@ pub struct ManagerCalls {
     /// The domains a storage call (`create`, `attach`, `detach`) named: what its acceptance
     /// changes in the record of the pool on storage.
     pub domains: Vec<String>,
+    /// The master and version the call puts on storage (`create`, `switchMaster`, the master's
+    /// own `deactivate`, `reconstructMaster`).
+    pub master: Option<(String, i64)>,
 }
 
 impl ManagerCalls {
@@ -201,6 +204,17 @@ impl ManagerCalls {
                 .as_ref()
                 .map(|s| s.domains.clone())
                 .unwrap_or_default(),
+            master: match call.verb {
+                ManagerVerb::SwitchMaster => {
+                    call.switch.as_ref().map(|s| (s.new.clone(), s.version))
+                }
+                ManagerVerb::Create | ManagerVerb::Reconstruct | ManagerVerb::Deactivate => call
+                    .storage
+                    .as_ref()
+                    .filter(|s| !s.master.is_empty())
+                    .map(|s| (s.master.clone(), s.master_version)),
+                _ => None,
+            },
         }
     }
 
@@ -387,7 +401,14 @@ pub fn plan(
     // is on that master), the manager-to-be is disconnected and rebuilds the pool's metadata
     // on the new master; then every host is connected to it. Once `reconstructMaster` was
     // accepted, the hosts are connected (the first to report the new master ends this).
-    let lost = lost_master(observed, pool_uuid, desired, hosts);
+    let stored = observed
+        .pool
+        .status
+        .storage
+        .as_ref()
+        .and_then(|s| Some((s.master.as_deref()?, s.master_version?)));
+    let can_move = holders.iter().any(|(h, ..)| may_keep(h));
+    let lost = lost_master(observed, pool_uuid, desired, hosts, stored, can_move);
     let reconstructed = observed.manager.as_ref().is_some_and(|e| {
         e.verb == ManagerVerb::Reconstruct && matches!(e.state, CallState::Accepted { .. })
     });
@@ -493,12 +514,17 @@ pub fn plan(
     let on_storage = super::map::attached(&observed.pool.status);
     let recorded = |e: &ManagerCalls| {
         let has = |d: &String| on_storage.as_ref().is_some_and(|a| a.contains(d.as_str()));
-        match e.verb {
+        let domains = match e.verb {
             ManagerVerb::Create => on_storage.is_some(),
             ManagerVerb::Attach => e.domains.iter().all(has),
             ManagerVerb::Detach | ManagerVerb::ForcedDetach => !e.domains.iter().any(has),
-            _ => false,
-        }
+            _ => true,
+        };
+        let master = e
+            .master
+            .as_ref()
+            .is_none_or(|(m, v)| stored == Some((m.as_str(), *v)));
+        domains && master
     };
     let confirmed = entry.is_some_and(|e| {
         !e.in_flight(timeout, now)
@@ -520,24 +546,27 @@ pub fn plan(
     // An accepted storage call changes the record of the pool on storage (persisted first).
     let storage = entry
         .filter(|e| matches!(e.state, CallState::Accepted { .. }) && !recorded(e))
-        .and_then(|e| {
-            let mut attached: BTreeSet<String> = on_storage
+        .map(|e| {
+            let mut next = observed.pool.status.storage.clone().unwrap_or_default();
+            next.attached = on_storage
                 .iter()
                 .flatten()
                 .map(|d| (*d).to_owned())
                 .collect();
             match e.verb {
-                ManagerVerb::Create => attached = e.domains.iter().cloned().collect(),
-                ManagerVerb::Attach => attached.extend(e.domains.iter().cloned()),
+                ManagerVerb::Create => next.attached = e.domains.iter().cloned().collect(),
+                ManagerVerb::Attach => next.attached.extend(e.domains.iter().cloned()),
                 ManagerVerb::Detach | ManagerVerb::ForcedDetach => {
-                    attached.retain(|d| !e.domains.contains(d));
+                    next.attached.retain(|d| !e.domains.contains(d));
                 }
-                _ => return None,
+                _ => {}
             }
-            Some(PoolOnStorage {
-                created: true,
-                attached,
-            })
+            if let Some((m, v)) = &e.master {
+                next.master = Some(m.clone());
+                next.master_version = Some(*v);
+            }
+            next.created = true;
+            next
         });
     let entry = entry.filter(|_| !confirmed);
     let failure_of = |host: &str, verb: ManagerVerb| {
@@ -760,10 +789,12 @@ fn storage_op(
         ManagerVerb::ForcedDetach => Some(op("", vec![work.forced_detach.clone()?])),
         ManagerVerb::Activate => Some(op(master, vec![work.activate.clone()?])),
         // The leaving master names its successor (the role moves first); any other domain
-        // names the master, which VDSM then leaves alone.
+        // names none (the blank uuid on the wire, as the engine sends): VDSM refuses to
+        // deactivate an unreadable domain with a master named (379), and that is exactly when
+        // an operator puts a domain in maintenance.
         ManagerVerb::Deactivate => match switch {
             Some(s) => Some(op(&s.new, vec![s.old.clone()])),
-            None => Some(op(master, vec![work.deactivate.clone()?])),
+            None => Some(op("", vec![work.deactivate.clone()?])),
         },
         ManagerVerb::Reconstruct => Some(StorageOp {
             reconstruct: Some((host_id, desired.domain_map.clone())),
@@ -773,16 +804,25 @@ fn storage_op(
     }
 }
 
-/// The master the pool's connected hosts hold when no host can read it any more
-/// ([`super::map::master_dead`]) and no responsive host holds the desired master yet: the pool's
-/// metadata must be rebuilt on the desired one (`reconstructMaster`).
+/// The master on storage when the pool's metadata must be rebuilt on the desired one
+/// (`reconstructMaster`): it differs from the desired master and no pool manager can move it,
+/// because no host can read it ([`super::map::master_dead`]) or because no manager runs (one
+/// that died before its `switchMaster`, say: hosts cannot connect to the desired master, so no
+/// new manager could start). Storage's master is the pool's record ([`PoolOnStorage::master`]);
+/// without one, what the connected hosts hold, and then only a master no host can read counts.
 fn lost_master(
     observed: &Observed,
     pool_uuid: &str,
     desired: &Desired,
     hosts: &BTreeMap<String, HostVerdict>,
+    stored: Option<(&str, i64)>,
+    can_move: bool,
 ) -> Option<String> {
     let wanted = desired.master_domain.as_deref()?;
+    if let Some((m, _)) = stored {
+        let stuck = m != wanted && (!can_move || super::map::master_dead(observed, m));
+        return stuck.then(|| m.to_owned());
+    }
     let held: Vec<&PoolConnection> = hosts
         .iter()
         .filter(|(_, v)| v.responsive && v.connected_here && !v.report_invalid)
@@ -831,12 +871,16 @@ fn candidate<'a>(
         .filter(|(name, v)| {
             v.role == HostRole::Member
                 && v.responsive
-                // A legacy pool's hosts hold the map on the master, which may be behind while
-                // no manager runs: connected is enough.
-                && (v.in_sync || (legacy && v.connected_here))
                 && !v.report_invalid
-                && v.phase == HostPhase::Up
                 && !strays.contains(&name.as_str())
+                // A legacy pool's hosts hold the map on the master, which may be behind while
+                // no manager runs (so they may not confirm it, and are not Up): connected and
+                // not NonOperational is enough.
+                && if legacy {
+                    v.connected_here && v.phase != HostPhase::NonOperational
+                } else {
+                    v.in_sync && v.phase == HostPhase::Up
+                }
         })
         .filter_map(|(name, _)| Some((desired.host_ids.get(name).copied()?, name.as_str())))
         .min()

@@ -274,3 +274,70 @@ fn rebuild_lost_master(mut o: Observed) {
     let m = o.pool.status.pool_manager.clone().expect("a manager again");
     assert!(m.lver > 0, "{m:?}");
 }
+
+/// A pool made through the manager from the start, so the record of the pool on storage names
+/// its master (`status.storage.master`).
+fn created_through_the_manager(hosts: usize, domains: usize, version: &str) -> Observed {
+    let mut o = crate::plan::fixtures::new_pool(hosts, domains, t0());
+    o.pool.spec.compatibility_version = version.into();
+    converge(&mut o, t0(), 30);
+    let s = o.pool.status.storage.clone().expect("on storage");
+    assert_eq!(s.master, Some(uuid_of("d000")));
+    assert_eq!(s.master_version, Some(o.pool.status.master_version));
+    o
+}
+
+#[test]
+fn a_single_host_pool_rebuilds_its_lost_master_although_the_rebuilder_is_its_only_host() {
+    let mut o = created_through_the_manager(1, 2, "3.4");
+    let before = o.pool.status.master_version;
+    set_vitals(&mut o, "h0000", "d000", |v| {
+        v.valid = false;
+        v.code = 2001;
+    });
+    o.domains.get_mut("d000").expect("d").status.phase = Some(DomainPhase::Inactive);
+    // Stopped, disconnected (the only connected host), then the rebuild still goes on.
+    let mut verbs = Vec::new();
+    for _ in 0..8 {
+        let (p, _) = step(&mut o, t0());
+        verbs.extend(p.manager.call.map(|c| c.verb));
+    }
+    assert!(verbs.contains(&ManagerVerb::Reconstruct), "{verbs:?}");
+    let c = report_of(&mut o, "h0000")
+        .pool
+        .clone()
+        .expect("connected again");
+    assert_eq!(
+        (c.master_domain, c.master_version, c.spm_lver.is_some()),
+        (Some(uuid_of("d001")), before + 1, true)
+    );
+    let s = o.pool.status.storage.clone().expect("on storage");
+    assert_eq!(s.master, Some(uuid_of("d001")));
+}
+
+#[test]
+fn a_master_move_left_without_a_manager_is_rebuilt_instead_of_stalling() {
+    // The manager stops responding; then the master is put in maintenance. No manager can
+    // switch it, and hosts cannot connect to a master storage does not know, so no manager
+    // could start either: the metadata is rebuilt on the new master instead.
+    let mut o = created_through_the_manager(3, 2, "3.5");
+    expire_lease(&mut o, "h0000");
+    o.domains.get_mut("d000").expect("d").spec.maintenance = true;
+    let mut verbs = Vec::new();
+    for _ in 0..10 {
+        let (p, _) = step(&mut o, t0());
+        verbs.extend(p.manager.call.map(|c| (c.host, c.verb)));
+    }
+    assert!(
+        verbs.contains(&("h0001".to_owned(), ManagerVerb::Reconstruct)),
+        "{verbs:?}"
+    );
+    for h in ["h0001", "h0002"] {
+        let c = report_of(&mut o, h).pool.clone().expect("connected");
+        assert_eq!(c.master_domain, Some(uuid_of("d001")), "{h}");
+    }
+    assert_eq!(
+        o.pool.status.storage.clone().and_then(|s| s.master),
+        Some(uuid_of("d001"))
+    );
+}
