@@ -430,8 +430,10 @@ fn keep_last_data_domain(observed: &Observed, classes: &mut Eligibility) {
 /// connection (its report names this pool and the role), as `switchMaster` moves the master only
 /// to one of them; without a running manager, those active in the persisted map.
 ///
-/// A legacy pool without a running manager keeps its master: only the manager moves it on
-/// storage, where its hosts read it.
+/// A legacy pool whose recorded manager reports no connection keeps its master: only the
+/// manager moves it on storage, where its hosts read it. (A manager that stopped responding may
+/// still be read here from its last report; a master chosen then that no manager can move is
+/// rebuilt instead, [`super::manager`].)
 fn successors(observed: &Observed) -> BTreeSet<&str> {
     let status = &observed.pool.status;
     let manager_map = manager_connection(observed).map(|c| &c.domain_map);
