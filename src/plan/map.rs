@@ -250,9 +250,25 @@ pub fn storage_work(
                 .map(|(sd, _)| sd.clone())
         })
     };
+    // A member that entered the map unattached: it joined while the pool's create was in flight
+    // (every member goes into the first map) but was not in that create's domain list. The record
+    // of what is attached is the truth: it is attached now (VDSM's attach of an attached domain
+    // is a success), or a 3.4 pool's master would never hold it.
+    let unattached_member = || {
+        classes
+            .iter()
+            .filter(|(_, c)| **c == DomainClass::Member)
+            .filter_map(|(n, _)| observed.domains.get(n))
+            .map(|d| d.spec.uuid.clone())
+            .find(|u| {
+                desired.domain_map.contains_key(u)
+                    && !attached.contains(u.as_str())
+                    && desired.master_domain.as_ref() != Some(u)
+            })
+    };
     StorageWork {
         create: None,
-        attach: uuid_of(&DomainClass::Attaching, true),
+        attach: uuid_of(&DomainClass::Attaching, true).or_else(unattached_member),
         detach,
         forced_detach,
         activate: first(&|sd, s| {

@@ -206,3 +206,24 @@ fn without_a_responsive_host_a_leaving_domain_just_leaves() {
     assert_eq!(p.manager.call, None, "nobody to send it to");
     assert_eq!(p.domains["d000"].phase, DomainPhase::Unattached);
 }
+
+#[test]
+fn a_member_that_entered_the_map_unattached_is_attached() {
+    // It joined while the create was in flight (every member goes into the first map) but was
+    // not in the create's domain list: the record says the pool on storage lacks it.
+    let mut o = steady(2, 2, t0());
+    let d001 = uuid_of("d001");
+    assert!(o.pool.status.domain_map.contains_key(&d001));
+    if let Some(s) = o.pool.status.storage.as_mut() {
+        s.attached.remove(&d001);
+    }
+    let p = plan(&o, t0());
+    assert_eq!(
+        p.desired.domain_map.get(&d001),
+        Some(&MapStatus::Active),
+        "it stays in the map: the hosts already hold it"
+    );
+    let attach = p.manager.call.expect("attached by the manager");
+    assert_eq!(attach.verb, ManagerVerb::Attach);
+    assert_eq!(attach.storage.map(|s| s.domains), Some(vec![d001]));
+}
