@@ -334,7 +334,7 @@ async fn floor(client: &Client, names: &[String], report: &HostReport) -> f64 {
         .map(|name| {
             let api = api.clone();
             let report = report.clone();
-            async move { apply_report(&api, name, &report).await }
+            async move { apply_report(&api, name, "http://127.0.0.1:9/jsonrpc", &report).await }
         })
         .buffer_unordered(MAX_IN_FLIGHT)
         .try_collect::<Vec<()>>()
@@ -420,7 +420,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
                     name,
                     HostSpec {
                         pool: None,
-                        endpoint: "http://127.0.0.1:9/jsonrpc".into(),
+                        endpoint: None,
                         maintenance: false,
                     },
                 );

@@ -27,6 +27,14 @@ const PERIOD: Duration = Duration::from_millis(100);
 const WAIT: Duration = Duration::from_secs(30);
 const CALL: Duration = Duration::from_secs(5);
 
+/// The endpoint the agent published in the Host's status.
+fn published(h: &Host) -> String {
+    h.status
+        .as_ref()
+        .and_then(|s| s.endpoint.clone())
+        .expect("status.endpoint")
+}
+
 async fn namespace(client: &kube::Client) -> String {
     let name = unique("agent-ns");
     let ns = Namespace {
@@ -173,7 +181,8 @@ async fn registers_reports_once_per_change_and_not_in_steady_state() {
         r.boot_id == host.boot_id()
     })
     .await;
-    assert_eq!(h.spec.endpoint, host.endpoint());
+    assert_eq!(h.spec.endpoint, None, "the agent never writes the spec");
+    assert_eq!(published(&h), host.endpoint());
     let report = h.status.and_then(|s| s.report).expect("report");
     assert!(report.pool.is_none());
     assert_eq!(report.domain_count, 0);
@@ -252,12 +261,12 @@ async fn restart_reports_a_new_boot_id_no_pool_and_keeps_operator_fields() {
     let ns = namespace(&kube).await;
     let name = unique("host");
     let hosts: Api<Host> = Api::all(kube.clone());
-    // An operator created the Host first, with a pool, maintenance and a stale endpoint.
+    // An operator created the Host first, with a pool, maintenance and an endpoint override.
     let mut object = Host::new(
         &name,
         HostSpec {
             pool: Some("pool-a".into()),
-            endpoint: "http://stale.example.com:54321/jsonrpc".into(),
+            endpoint: Some("http://override.example.com:54321/jsonrpc".into()),
             maintenance: true,
         },
     );
@@ -289,9 +298,14 @@ async fn restart_reports_a_new_boot_id_no_pool_and_keeps_operator_fields() {
     assert_eq!(h.spec.pool.as_deref(), Some("pool-a"));
     assert!(h.spec.maintenance);
     assert_eq!(
-        h.spec.endpoint,
+        h.spec.endpoint.as_deref(),
+        Some("http://override.example.com:54321/jsonrpc"),
+        "the operator's override is kept"
+    );
+    assert_eq!(
+        published(&h),
         host.endpoint(),
-        "the agent owns the endpoint"
+        "the agent publishes its own"
     );
     let old_boot = host.boot_id();
     first.shutdown().await;
@@ -365,7 +379,7 @@ async fn deleted_or_restored_host_is_registered_and_reported_again() {
     )
     .await;
     assert_ne!(again.metadata.uid, first.metadata.uid, "a new Host object");
-    assert_eq!(again.spec.endpoint, host.endpoint());
+    assert_eq!(published(&again), host.endpoint());
 
     // Restored from an older backup (the report of before the connect): the agent writes what it
     // holds now.
@@ -543,7 +557,7 @@ async fn simulator_200_hosts_register_heartbeat_and_answer_connect() {
     let sd = uuid();
     let client = rpc_client();
     // The pool exists on the simulated storage once one host created it (VDSM's master check).
-    create_pool(&registered[0].spec.endpoint, &pool, &sd).await;
+    create_pool(&published(&registered[0]), &pool, &sd).await;
     let results: Vec<Result<(), RpcError>> = futures::stream::iter(registered.iter().enumerate())
         .map(|(i, h)| {
             let p = connect_params(
@@ -553,7 +567,7 @@ async fn simulator_200_hosts_register_heartbeat_and_answer_connect() {
                 &[(&sd, MapStatus::Active)],
             );
             let client = client.clone();
-            let endpoint = h.spec.endpoint.clone();
+            let endpoint = published(h);
             async move { client.connect(&endpoint, &p, CALL).await }
         })
         .buffer_unordered(32)
@@ -893,12 +907,13 @@ async fn binary_agent_serves_a_made_domain_and_reports_it() {
         r.pool.is_none()
     })
     .await;
-    assert_eq!(h.spec.endpoint, format!("http://{listen}/jsonrpc"));
+    let endpoint = published(&h);
+    assert_eq!(endpoint, format!("http://{listen}/jsonrpc"));
     let pool = uuid();
-    create_pool(&h.spec.endpoint, &pool, &sd).await;
+    create_pool(&endpoint, &pool, &sd).await;
     rpc_client()
         .connect(
-            &h.spec.endpoint,
+            &endpoint,
             &connect_params(&pool, 4, &sd, &[(&sd, MapStatus::Active)]),
             CALL,
         )
@@ -948,16 +963,14 @@ async fn binary_simulator_registers_hosts_and_answers_at_their_endpoints() {
     for i in 0..3 {
         let name = format!("{prefix}-{i:04}");
         let h = report_where(&hosts, &name, "a simulated host's report", |_| true).await;
-        assert_eq!(
-            h.spec.endpoint,
-            format!("http://{listen}/hosts/{name}/jsonrpc")
-        );
+        let endpoint = published(&h);
+        assert_eq!(endpoint, format!("http://{listen}/hosts/{name}/jsonrpc"));
         if i == 0 {
-            create_pool(&h.spec.endpoint, &pool, &sd).await;
+            create_pool(&endpoint, &pool, &sd).await;
         }
         let p = connect_params(&pool, i + 1, &sd, &[(&sd, MapStatus::Active)]);
         rpc_client()
-            .connect(&h.spec.endpoint, &p, CALL)
+            .connect(&endpoint, &p, CALL)
             .await
             .expect("connect");
         report_where(&hosts, &name, "the pool reported", |r| {

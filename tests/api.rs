@@ -280,7 +280,12 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "spec.endpoint",
             "http:// or https:// URL",
         ),
-        ("Host", json!({"pool": "dc1"}), "spec.endpoint", "Required"),
+        (
+            "Host",
+            json!({"endpoint": ""}),
+            "spec.endpoint",
+            "at least 1",
+        ),
         (
             "Host",
             json!({"endpoint": "https://h:1/jsonrpc", "pool": "-dc1"}),

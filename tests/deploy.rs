@@ -657,8 +657,19 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
         hosts.get_opt(&node).await.ok().flatten()
     })
     .await;
+    assert_eq!(host.spec.endpoint, None, "the agent never writes the spec");
+    let host = eventually("the agent's endpoint", WAIT, || async {
+        hosts
+            .get_opt(&node)
+            .await
+            .ok()
+            .flatten()
+            .filter(|h| h.status.as_ref().is_some_and(|s| s.endpoint.is_some()))
+    })
+    .await;
     assert_eq!(
-        host.spec.endpoint, "https://127.0.0.1:54321/jsonrpc",
+        host.status.and_then(|s| s.endpoint).as_deref(),
+        Some("https://127.0.0.1:54321/jsonrpc"),
         "the endpoint the DaemonSet advertises"
     );
     let leases: Api<Lease> = Api::namespaced(client().await, LEASE_NAMESPACE);

@@ -534,7 +534,11 @@ async fn agent_process_restarted_during_a_deactivation_reconnects_every_host() {
     let after = wait_converged(&sim, &target).await;
     assert_eq!(identity(&after), before, "master or host ids changed");
     for h in &sim.hosts {
-        let endpoint = host(h).await.spec.endpoint;
+        let endpoint = host(h)
+            .await
+            .status
+            .and_then(|s| s.endpoint)
+            .unwrap_or_default();
         assert!(
             endpoint.contains(&sim.agents.local_addr().to_string()),
             "{h} registered its new address: {endpoint}"

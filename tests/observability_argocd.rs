@@ -93,6 +93,7 @@ fn domain_with(
 fn host_obj(o: &Observed, name: &str) -> Value {
     let h = &o.hosts[name];
     let status = HostStatus {
+        endpoint: h.status_endpoint.clone(),
         report: h.report.parsed().cloned(),
         phase: h.controller.phase,
         observed_generation: h.controller.observed_generation,

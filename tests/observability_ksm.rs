@@ -243,7 +243,7 @@ async fn kube_state_metrics_exposes_every_phase_and_condition_of_live_objects() 
                 &[
                     who,
                     ("agent_version", env!("CARGO_PKG_VERSION")),
-                    ("endpoint", h.spec.endpoint.as_str())
+                    ("endpoint", s.endpoint.as_deref().expect("endpoint"))
                 ]
             ),
             1.0

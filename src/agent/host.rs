@@ -168,7 +168,7 @@ impl HostAgent {
         &self.name
     }
 
-    /// Its RPC endpoint URL, as registered in `Host.spec.endpoint`.
+    /// Its RPC endpoint URL, as published in `Host.status.endpoint`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

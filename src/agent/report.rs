@@ -1,6 +1,8 @@
-//! Reports to Kubernetes: registers each Host (create if missing, never touching `spec.pool` or
-//! `spec.maintenance`) and writes `status.report` by server-side apply with field manager
-//! `poolkeeper-agent`, only when the report differs from the last one written.
+//! Reports to Kubernetes: registers each Host (creates it if missing, with an empty spec; never
+//! writes a Host's spec, which is the operators') and writes `status.endpoint` (where the host
+//! serves RPC) and `status.report` by server-side apply with field manager `poolkeeper-agent`,
+//! only when they differ from what was last written. An agent writes nothing but its own Host's
+//! status and its own Lease: `deploy/admission.yaml` holds it to that.
 //!
 //! One reporter serves every host of the process: it is woken with a host's index when that host
 //! may have changed, writes with bounded concurrency, and retries failures with backoff while the
@@ -12,7 +14,7 @@
 //! would stay without a report while the host still holds the pool and its host id.
 //!
 //! The same watch makes registration cheap: its first list says which Hosts exist, with which
-//! endpoint and report, so a starting agent creates the missing ones and rewrites only the reports
+//! published endpoint and report, so a starting agent creates the missing ones and rewrites only the reports
 //! that differ, without a read per host (2,000 simulated hosts: one list instead of 2,000 reads).
 //! Writes wait for that list for at most [`FIRST_LIST_WAIT`]; after that a host without news from
 //! the watch is read before it is registered.
@@ -33,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::host::HostAgent;
-use crate::api::{Host, HostReport, HostSpec};
+use crate::api::{Host, HostReport, HostSpec, HostStatus};
 
 /// The field manager of everything the agent writes.
 pub const FIELD_MANAGER: &str = "poolkeeper-agent";
@@ -67,9 +69,10 @@ struct Slot {
 enum Known {
     /// Not there.
     Absent,
-    /// There, with this endpoint and report (boxed: a report is large, `Absent` is empty).
+    /// There, with this published endpoint and report (boxed: a report is large, `Absent` is
+    /// empty).
     Present {
-        endpoint: String,
+        endpoint: Option<String>,
         report: Option<Box<HostReport>>,
     },
 }
@@ -91,9 +94,10 @@ impl Slot {
 enum Seen {
     /// The Host is gone (deleted, or missing from a relist).
     Gone,
-    /// The Host exists with this endpoint and carries this report (boxed, as in [`Known`]).
+    /// The Host exists with this published endpoint and carries this report (boxed, as in
+    /// [`Known`]).
     Report {
-        endpoint: String,
+        endpoint: Option<String>,
         report: Option<Box<HostReport>>,
     },
 }
@@ -108,7 +112,7 @@ pub enum ReportError {
     /// Registering the Host failed.
     #[error("cannot register host")]
     Register(#[source] kube::Error),
-    /// Applying `status.report` failed.
+    /// Applying `status.endpoint` and `status.report` failed.
     #[error("cannot apply status.report")]
     Apply(#[source] kube::Error),
 }
@@ -218,9 +222,13 @@ pub async fn run_reporter(
                 }
                 for (i, seen) in seen(event, &by_name, &mut listed, hosts.len()) {
                     let Some(slot) = slots.get_mut(i) else { continue };
+                    let ours = hosts.get(i).map(|h| h.endpoint());
                     let differs = match &seen {
                         Seen::Gone => true,
-                        Seen::Report { report, .. } => report.as_deref() != slot.last_written.as_ref(),
+                        Seen::Report { endpoint, report } => {
+                            report.as_deref() != slot.last_written.as_ref()
+                                || endpoint.as_deref() != ours
+                        }
                     };
                     slot.known = Some(match &seen {
                         Seen::Gone => Known::Absent,
@@ -287,9 +295,12 @@ fn seen(
     listed: &mut HashSet<usize>,
     count: usize,
 ) -> Vec<(usize, Seen)> {
-    let report = |h: Host| Seen::Report {
-        endpoint: h.spec.endpoint,
-        report: h.status.and_then(|s| s.report).map(Box::new),
+    let report = |h: Host| {
+        let status = h.status.unwrap_or_default();
+        Seen::Report {
+            endpoint: status.endpoint,
+            report: status.report.map(Box::new),
+        }
     };
     match event {
         Ok(watcher::Event::Init) => {
@@ -341,8 +352,9 @@ fn backoff(failures: u32) -> Duration {
     exp.min(MAX_BACKOFF).mul_f64(rand::random_range(0.8..1.2))
 }
 
-/// Writes `report`; with `register`, registers the Host first from what the watch last said
-/// about it (`Some(None)`: nothing, so the Host is read first).
+/// Writes the endpoint and `report`; with `register`, registers the Host first from what the
+/// watch last said about it (`Some(None)`: nothing, so the Host is read first), and writes
+/// nothing when the Host already carries both.
 async fn write(
     api: Api<Host>,
     host: Arc<HostAgent>,
@@ -353,7 +365,7 @@ async fn write(
         if let Some(known) = register {
             let live = match known {
                 Some(Known::Absent) => match create(&api, &host).await {
-                    Ok(()) => None,
+                    Ok(()) => HostStatus::default(),
                     // Created meanwhile by someone else: read it as if nothing were known.
                     Err(kube::Error::Api(s)) if s.is_already_exists() => {
                         ensure_registered(&api, &host)
@@ -362,18 +374,22 @@ async fn write(
                     }
                     Err(e) => return Err(ReportError::Register(e)),
                 },
-                Some(Known::Present { endpoint, report }) if endpoint == host.endpoint() => {
-                    report.map(|r| *r)
-                }
-                _ => ensure_registered(&api, &host)
+                Some(Known::Present { endpoint, report }) => HostStatus {
+                    endpoint,
+                    report: report.map(|r| *r),
+                    ..HostStatus::default()
+                },
+                None => ensure_registered(&api, &host)
                     .await
                     .map_err(ReportError::Register)?,
             };
-            if live.as_ref() == Some(&report) {
+            if live.endpoint.as_deref() == Some(host.endpoint())
+                && live.report.as_ref() == Some(&report)
+            {
                 return Ok(());
             }
         }
-        apply_report(&api, host.name(), &report)
+        apply_report(&api, host.name(), host.endpoint(), &report)
             .await
             .map_err(ReportError::Apply)
     }
@@ -381,13 +397,14 @@ async fn write(
     (host.index(), report, result)
 }
 
-/// Creates the Host of `host` with its endpoint (no pool, not in maintenance).
+/// Creates the Host of `host` with an empty spec (no pool, not in maintenance, no endpoint
+/// override): the spec is the operators'; the endpoint goes in the status with the report.
 async fn create(api: &Api<Host>, host: &HostAgent) -> Result<(), kube::Error> {
     let object = Host::new(
         host.name(),
         HostSpec {
             pool: None,
-            endpoint: host.endpoint().to_owned(),
+            endpoint: None,
             maintenance: false,
         },
     );
@@ -396,58 +413,44 @@ async fn create(api: &Api<Host>, host: &HostAgent) -> Result<(), kube::Error> {
         ..PostParams::default()
     };
     api.create(&pp, &object).await?;
-    tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "registered host");
+    tracing::info!(host = %host.name(), "registered host");
     Ok(())
 }
 
-/// Creates the Host with its endpoint when missing; when it exists, only a changed endpoint is
-/// patched (operators own `spec.pool` and `spec.maintenance`). Returns the report the existing
-/// Host carries (`None` when it was created or has none).
+/// Creates the Host when missing (never changing an existing one's spec). Returns the status the
+/// existing Host carries (the default when it was created or has none).
 ///
 /// # Errors
 /// The API server's error.
 pub async fn ensure_registered(
     api: &Api<Host>,
     host: &HostAgent,
-) -> Result<Option<HostReport>, kube::Error> {
-    let existing = api.get_opt(host.name()).await?;
-    let report = existing
-        .as_ref()
-        .and_then(|h| h.status.as_ref())
-        .and_then(|s| s.report.clone());
-    match existing {
+) -> Result<HostStatus, kube::Error> {
+    match api.get_opt(host.name()).await? {
+        Some(existing) => Ok(existing.status.unwrap_or_default()),
         None => match create(api, host).await {
-            Ok(()) => Ok(None),
-            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
+            Ok(()) => Ok(HostStatus::default()),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(HostStatus::default()),
             Err(e) => Err(e),
         },
-        Some(existing) if existing.spec.endpoint != host.endpoint() => {
-            let patch = json!({"spec": {"endpoint": host.endpoint()}});
-            let pp = PatchParams {
-                field_manager: Some(FIELD_MANAGER.to_owned()),
-                ..PatchParams::default()
-            };
-            api.patch(host.name(), &pp, &Patch::Merge(&patch)).await?;
-            tracing::info!(host = %host.name(), endpoint = %host.endpoint(), "updated host endpoint");
-            Ok(report)
-        }
-        Some(_) => Ok(report),
     }
 }
 
-/// Applies `status.report` (server-side apply, forced, field manager [`FIELD_MANAGER`]).
+/// Applies `status.endpoint` and `status.report` (server-side apply to the status subresource,
+/// forced, field manager [`FIELD_MANAGER`]).
 ///
 /// # Errors
 /// The API server's error (404 when the Host does not exist).
 pub async fn apply_report(
     api: &Api<Host>,
     name: &str,
+    endpoint: &str,
     report: &HostReport,
 ) -> Result<(), kube::Error> {
     let body = json!({
         "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
         "kind": "Host",
-        "status": {"report": report},
+        "status": {"endpoint": endpoint, "report": report},
     });
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(name, &pp, &Patch::Apply(&body)).await?;

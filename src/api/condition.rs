@@ -330,6 +330,8 @@ pub mod reasons {
     pub const NOT_CONFIRMED: &str = "NotConfirmed";
     /// The host's report does not parse.
     pub const REPORT_UNPARSABLE: &str = "ReportUnparsable";
+    /// The host cannot be called: neither `spec.endpoint` nor the agent's `status.endpoint` is set.
+    pub const NO_ENDPOINT: &str = "NoEndpoint";
     /// The host cannot reach a domain other hosts reach (oVirt's STORAGE_DOMAIN_UNREACHABLE).
     pub const STORAGE_DOMAIN_UNREACHABLE: &str = "StorageDomainUnreachable";
     /// The host reaches every active domain.

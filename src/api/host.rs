@@ -1,5 +1,6 @@
-//! `Host`: a hypervisor running the agent. Operators own `spec.pool` and `spec.maintenance`; the agent
-//! owns `status.report`; the controller owns `status.phase` and `status.conditions`.
+//! `Host`: a hypervisor running the agent. Operators own `spec` (`pool`, `maintenance`, and an
+//! optional `endpoint` override); the agent owns `status.endpoint` and `status.report`; the
+//! controller owns `status.phase` and `status.conditions`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -62,8 +63,8 @@ use super::DomainMap;
     printcolumn(
         name = "Endpoint",
         type_ = "string",
-        json_path = ".spec.endpoint",
-        description = "The agent's JSON-RPC endpoint",
+        json_path = ".status.endpoint",
+        description = "The JSON-RPC endpoint the agent publishes (spec.endpoint overrides it)",
         priority = 1
     ),
     printcolumn(
@@ -82,11 +83,14 @@ pub struct HostSpec {
     #[x_kube(validation = Rule::new(super::NAME_RULE).message(super::NAME_MESSAGE))]
     pub pool: Option<String>,
 
-    /// The URL of the agent's JSON-RPC endpoint, e.g. `https://host1.example.com:54321/jsonrpc`.
+    /// Overrides the endpoint the agent publishes in `status.endpoint`: the URL the controller
+    /// calls the agent at, e.g. `https://host1.example.com:54321/jsonrpc`. Unset: the agent's own.
+    /// Set by operators only (the agent never writes the spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))")
         .message("must be an http:// or https:// URL, e.g. https://host1.example.com:54321/jsonrpc"))]
-    pub endpoint: String,
+    pub endpoint: Option<String>,
 
     /// Put the host in maintenance: the controller disconnects it from its pool and stops counting
     /// it. A host that blocks a domain's MovingToMaintenance can be released this way.
@@ -98,6 +102,12 @@ pub struct HostSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
+    /// The URL the agent serves JSON-RPC at, as the agent publishes it (field manager
+    /// `poolkeeper-agent`). The controller calls it unless `spec.endpoint` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+
     /// What the agent reports. Written only by the agent (field manager `poolkeeper-agent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<HostReport>,

@@ -437,6 +437,9 @@ pub enum LagReason {
     NotConfirming,
     /// The host's report is missing or does not parse (it may still hold the pool).
     ReportUnparsable,
+    /// The host has no endpoint to call: neither `spec.endpoint` nor the agent's
+    /// `status.endpoint` is set.
+    NoEndpoint,
     /// The host is being disconnected from the pool (maintenance, or it left the pool).
     BeingDisconnected,
     /// The host has not been given the current map yet.
@@ -457,6 +460,7 @@ impl LagReason {
             Self::ConnectFailing => "ConnectFailing",
             Self::NotConfirming => "NotConfirming",
             Self::ReportUnparsable => "ReportUnparsable",
+            Self::NoEndpoint => "NoEndpoint",
             Self::BeingDisconnected => "BeingDisconnected",
             Self::NotToldYet => "NotToldYet",
             Self::WaitingForReport => "WaitingForReport",
@@ -471,7 +475,8 @@ impl LagReason {
             Self::NotResponding
             | Self::ConnectFailing
             | Self::NotConfirming
-            | Self::ReportUnparsable => true,
+            | Self::ReportUnparsable
+            | Self::NoEndpoint => true,
             Self::BeingDisconnected
             | Self::NotToldYet
             | Self::WaitingForReport

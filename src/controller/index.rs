@@ -709,7 +709,7 @@ mod tests {
             name,
             HostSpec {
                 pool: pool.map(str::to_owned),
-                endpoint: format!("https://{name}:54321/jsonrpc"),
+                endpoint: None,
                 maintenance: false,
             },
         );

@@ -70,6 +70,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
                 name: host_name,
                 generation: h.metadata.generation,
                 spec: h.spec.clone(),
+                status_endpoint: h.status.as_ref().and_then(|s| s.endpoint.clone()),
                 report,
                 controller,
                 lease,

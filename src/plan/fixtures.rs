@@ -97,9 +97,10 @@ pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
         generation: Some(1),
         spec: HostSpec {
             pool: pool.map(str::to_owned),
-            endpoint: format!("http://{name}:54321/jsonrpc"),
+            endpoint: None,
             maintenance: false,
         },
+        status_endpoint: Some(format!("http://{name}:54321/jsonrpc")),
         report: ReportView::Parsed(SharedReport::new(HostReport {
             agent_version: "0.1.0".into(),
             boot_id: format!("{name}-boot-1"),

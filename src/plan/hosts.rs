@@ -254,6 +254,7 @@ pub fn judge_sync(
         };
         if v.role == HostRole::Member && v.responsive && !v.in_sync && !v.report_invalid {
             v.failure = match ledger::failure(observed.ledger.get(name)) {
+                _ if h.endpoint().is_none() => Some(SyncFailure::NoEndpoint),
                 Some(ledger::Failure::Refused(e)) => {
                     Some(SyncFailure::ConnectFailed(e.to_string()))
                 }
@@ -338,7 +339,8 @@ pub fn calls(
         let Some(kind) = due_kind(h, v, pool_uuid, desired, backend.is_some()) else {
             continue;
         };
-        if !v.responsive || v.report_invalid {
+        // Without an endpoint nothing can be sent (the verdict says why: `NoEndpoint`).
+        if !v.responsive || v.report_invalid || h.endpoint().is_none() {
             continue;
         }
         let Some(key) = call_key(
@@ -414,6 +416,7 @@ pub fn disconnect_first(
     let h = observed.hosts.get(name)?;
     let v = verdicts.get_mut(name)?;
     let c = connection(h).filter(|_| v.responsive && !v.report_invalid)?;
+    let endpoint = h.endpoint()?.to_owned();
     let key = CallKey {
         kind: CallKind::Disconnect,
         pool_uuid: c.uuid.clone(),
@@ -436,7 +439,7 @@ pub fn disconnect_first(
     );
     admit(gate, name, v, ops, now).then(|| HostCall::Disconnect {
         host: h.name.clone(),
-        endpoint: h.spec.endpoint.clone(),
+        endpoint,
         params: DisconnectParams {
             pool_uuid: c.uuid.clone(),
             host_id: c.host_id,
@@ -532,12 +535,13 @@ fn build_call(
     desired: &Desired,
     backend: Option<PoolBackend>,
 ) -> Option<HostCall> {
+    let endpoint = h.endpoint()?.to_owned();
     match kind {
         CallKind::Disconnect => {
             let c = connection(h)?;
             Some(HostCall::Disconnect {
                 host: h.name.clone(),
-                endpoint: h.spec.endpoint.clone(),
+                endpoint,
                 params: DisconnectParams {
                     pool_uuid: c.uuid.clone(),
                     host_id: c.host_id,
@@ -546,12 +550,12 @@ fn build_call(
         }
         CallKind::Connect => Some(HostCall::Connect {
             host: h.name.clone(),
-            endpoint: h.spec.endpoint.clone(),
+            endpoint,
             params: holding(v, pool_uuid, desired, backend, desired.domain_map.clone())?,
         }),
         CallKind::Refresh => Some(HostCall::Refresh {
             host: h.name.clone(),
-            endpoint: h.spec.endpoint.clone(),
+            endpoint,
             params: holding(v, pool_uuid, desired, backend, desired.domain_map.clone())?,
         }),
     }

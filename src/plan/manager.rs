@@ -107,7 +107,7 @@ impl ManagerVerb {
 pub struct ManagerCall {
     /// The Host's name.
     pub host: String,
-    /// `Host.spec.endpoint`.
+    /// Where the host is called ([`super::HostView::endpoint`]).
     pub endpoint: String,
     /// The verb.
     pub verb: ManagerVerb,
@@ -368,7 +368,7 @@ pub fn plan(
     // A legacy pool's hosts read the map from the master, which only the manager changes: not
     // confirming the desired map while no manager runs is no failure of theirs.
     let failing = |v: &HostVerdict| match v.failure {
-        Some(SyncFailure::ConnectFailed(_)) => true,
+        Some(SyncFailure::ConnectFailed(_) | SyncFailure::NoEndpoint) => true,
         Some(SyncFailure::NotConfirmed) => !legacy,
         None => false,
     };
@@ -693,7 +693,7 @@ pub fn plan(
         };
         Some(ManagerCall {
             host: host.to_owned(),
-            endpoint: h.spec.endpoint.clone(),
+            endpoint: h.endpoint()?.to_owned(),
             verb,
             pool_uuid: pool_uuid.to_owned(),
             prev_id,

@@ -201,14 +201,28 @@ pub struct HostView {
     pub name: String,
     /// `metadata.generation`.
     pub generation: Option<i64>,
-    /// The spec (pool, endpoint, maintenance).
+    /// The spec (pool, endpoint override, maintenance).
     pub spec: HostSpec,
+    /// `status.endpoint`: where the agent says it serves RPC.
+    pub status_endpoint: Option<String>,
     /// The agent's report.
     pub report: ReportView,
     /// The controller's part of the current status (shared with the shell's cache of it).
     pub controller: Arc<HostControllerStatus>,
     /// The host's Lease; `None` when it has none (never heard from).
     pub lease: Option<LeaseView>,
+}
+
+impl HostView {
+    /// Where the host is called: `spec.endpoint` when an operator set it, else the agent's own
+    /// `status.endpoint`; `None` (neither, or empty) when the host cannot be called.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.spec
+            .endpoint
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .or_else(|| self.status_endpoint.as_deref().filter(|e| !e.is_empty()))
+    }
 }
 
 /// `Host.status.report` as the shell found it.
@@ -261,7 +275,7 @@ impl SharedReport {
             "",
             HostSpec {
                 pool: None,
-                endpoint: String::new(),
+                endpoint: None,
                 maintenance: false,
             },
         );
@@ -434,7 +448,7 @@ pub enum HostCall {
     Connect {
         /// The Host's name.
         host: String,
-        /// `Host.spec.endpoint`.
+        /// Where the host is called ([`HostView::endpoint`]).
         endpoint: String,
         /// The connection the host must hold (`scsiKey` is the pool uuid again on the wire, as
         /// VDSM ignores it).
@@ -444,7 +458,7 @@ pub enum HostCall {
     Disconnect {
         /// The Host's name.
         host: String,
-        /// `Host.spec.endpoint`.
+        /// Where the host is called ([`HostView::endpoint`]).
         endpoint: String,
         /// The call's parameters.
         params: DisconnectParams,
@@ -454,7 +468,7 @@ pub enum HostCall {
     Refresh {
         /// The Host's name.
         host: String,
-        /// `Host.spec.endpoint`.
+        /// Where the host is called ([`HostView::endpoint`]).
         endpoint: String,
         /// The connection the host must hold afterwards (its map is what the master holds; only
         /// the pool, master and version go on the wire).
@@ -630,6 +644,9 @@ pub enum SyncFailure {
     ConnectFailed(String),
     /// Connected fine but the host did not report the map by the rollout deadline.
     NotConfirmed,
+    /// The host needs a call but has no endpoint: neither `spec.endpoint` nor the agent's
+    /// `status.endpoint` is set, so nothing can be sent to it.
+    NoEndpoint,
 }
 
 /// What the planner concluded about one domain.

@@ -105,6 +105,8 @@ fn blocking_entry(host: &str, v: Option<&HostVerdict>, h: Option<&HostView>) -> 
         entry(host, LagReason::ConnectFailing, Some(e))
     } else if v.failure == Some(SyncFailure::NotConfirmed) {
         entry(host, LagReason::NotConfirming, None)
+    } else if v.failure == Some(SyncFailure::NoEndpoint) {
+        entry(host, LagReason::NoEndpoint, None)
     } else if matches!(v.role, HostRole::Maintenance | HostRole::Leaving) {
         entry(host, LagReason::BeingDisconnected, None)
     } else if !v.in_sync && !v.told_now {

@@ -18,6 +18,9 @@ use crate::plan::{
 
 use ConditionStatus::{False, True, Unknown};
 
+/// Why a host without an endpoint gets no calls, and what fixes it.
+const NO_ENDPOINT: &str = "the host cannot be called: neither spec.endpoint nor status.endpoint is set; its agent publishes status.endpoint when it reports (an agent that predates it does not), or an operator sets spec.endpoint";
+
 /// The controller's part of the status of every host whose `spec.pool` is this pool, and the
 /// events for their transitions.
 pub(super) fn statuses(
@@ -140,6 +143,7 @@ fn in_sync(
                 reasons::NOT_CONFIRMED,
                 "the host did not report the pool's current map by the rollout deadline",
             ),
+            SyncFailure::NoEndpoint => Cond::new(False, reasons::NO_ENDPOINT, NO_ENDPOINT),
         }
     } else if v.in_sync {
         Cond::new(
@@ -234,6 +238,7 @@ fn ready(v: &HostVerdict, invalid: Option<&str>, refused: &str, in_sync_true: bo
                 reasons::NOT_CONFIRMED,
                 "the host did not confirm the pool's map",
             ),
+            Some(SyncFailure::NoEndpoint) => Cond::new(False, reasons::NO_ENDPOINT, NO_ENDPOINT),
             None => Cond::new(
                 False,
                 reasons::CONNECTING,

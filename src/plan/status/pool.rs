@@ -32,6 +32,7 @@ fn lagging_entry(host: &str, v: &HostVerdict) -> LaggingHost {
         match &v.failure {
             Some(SyncFailure::ConnectFailed(e)) => entry(host, LagReason::ConnectFailing, Some(e)),
             Some(SyncFailure::NotConfirmed) => entry(host, LagReason::NotConfirming, None),
+            Some(SyncFailure::NoEndpoint) => entry(host, LagReason::NoEndpoint, None),
             None if v.call_pending => entry(host, LagReason::WaitingTurn, None),
             None => entry(host, LagReason::Connecting, None),
         }

@@ -41,6 +41,7 @@ fn words(reason: LagReason) -> &'static str {
         LagReason::ConnectFailing => "connect failing",
         LagReason::NotConfirming => "not confirming the map",
         LagReason::ReportUnparsable => "report unreadable",
+        LagReason::NoEndpoint => "no endpoint to call",
         LagReason::BeingDisconnected => "being disconnected",
         LagReason::NotToldYet => "not told yet",
         LagReason::WaitingForReport => "waiting for its report",

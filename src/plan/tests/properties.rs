@@ -451,7 +451,7 @@ fn record(o: &mut Observed, host: &str, call: &SentCall) {
     let rpc = if call.connect {
         HostCall::Connect {
             host: host.to_owned(),
-            endpoint: h.spec.endpoint.clone(),
+            endpoint: h.endpoint().unwrap_or_default().to_owned(),
             params: PoolConnection {
                 uuid: POOL_UUID.into(),
                 host_id: call.host_id,
@@ -465,7 +465,7 @@ fn record(o: &mut Observed, host: &str, call: &SentCall) {
     } else {
         HostCall::Disconnect {
             host: host.to_owned(),
-            endpoint: h.spec.endpoint.clone(),
+            endpoint: h.endpoint().unwrap_or_default().to_owned(),
             params: DisconnectParams {
                 pool_uuid: POOL_UUID.into(),
                 host_id: call.host_id,

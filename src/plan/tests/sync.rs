@@ -3,6 +3,7 @@
 //! and when a host that merely catches up is blamed.
 
 use super::*;
+use crate::api::LagReason;
 
 #[test]
 fn host_that_restarted_gets_full_map_again() {
@@ -298,4 +299,52 @@ fn catching_up_host_is_not_blamed_before_the_rollout_deadline() {
         cond(&r.hosts["h0000"].conditions, types::IN_SYNC).reason,
         reasons::NOT_CONFIRMED
     );
+}
+
+#[test]
+fn host_is_called_at_the_operators_endpoint_over_the_published_one() {
+    let mut o = steady(2, 1, t0());
+    report_of(&mut o, "h0001").pool = None;
+    let h = o.hosts.get_mut("h0001").expect("host");
+    h.spec.endpoint = Some("https://override:54321/jsonrpc".into());
+    let p = plan(&o, t0());
+    let HostCall::Connect { endpoint, .. } = &p.calls[0] else {
+        panic!("connect")
+    };
+    assert_eq!(endpoint, "https://override:54321/jsonrpc");
+}
+
+#[test]
+fn host_without_any_endpoint_gets_no_call_and_says_why() {
+    let mut o = steady(2, 1, t0());
+    report_of(&mut o, "h0001").pool = None;
+    o.hosts.get_mut("h0001").expect("host").status_endpoint = None;
+    let p = plan(&o, t0());
+    assert!(connects(&p).is_empty(), "{:?}", p.calls);
+    assert_eq!(p.hosts["h0001"].failure, Some(SyncFailure::NoEndpoint));
+    let r = report(&o, &p, &[], t0());
+    let c = &r.hosts["h0001"].conditions;
+    for type_ in [types::IN_SYNC, types::READY] {
+        let c = cond(c, type_);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", reasons::NO_ENDPOINT)
+        );
+        assert!(
+            c.message
+                .contains("neither spec.endpoint nor status.endpoint"),
+            "{}",
+            c.message
+        );
+    }
+    let lagging = &r.pool.lagging_hosts;
+    assert!(
+        lagging
+            .iter()
+            .any(|l| l.host == "h0001" && l.reason == LagReason::NoEndpoint),
+        "{lagging:?}"
+    );
+    // An empty override counts as none.
+    o.hosts.get_mut("h0001").expect("host").spec.endpoint = Some(String::new());
+    assert!(connects(&plan(&o, t0())).is_empty());
 }
