@@ -114,8 +114,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A kubeconfig that acts as ServiceAccount `sa` of poolkeeper-system, as a Pod's token would.
-fn kubeconfig_as(sa: &str, dir: &Path) -> PathBuf {
+/// A kubeconfig that acts as ServiceAccount `sa` of poolkeeper-system, as a Pod's bound token
+/// would: on `node`, it carries the node name (`deploy/admission.yaml` reads it).
+fn kubeconfig_as(sa: &str, node: Option<&str>, dir: &Path) -> PathBuf {
     let mut config =
         kube::config::Kubeconfig::from_yaml(control_plane().kubeconfig_yaml()).expect("kubeconfig");
     for user in &mut config.auth_infos {
@@ -126,6 +127,12 @@ fn kubeconfig_as(sa: &str, dir: &Path) -> PathBuf {
             format!("system:serviceaccounts:{LEASE_NAMESPACE}"),
             "system:authenticated".into(),
         ]);
+        auth.impersonate_user_extra = node.map(|n| {
+            std::collections::HashMap::from([(
+                "authentication.kubernetes.io/node-name".to_owned(),
+                vec![n.to_owned()],
+            )])
+        });
     }
     let path = dir.join(format!("kubeconfig-{sa}"));
     // JSON is YAML: kubectl and kube-rs read it.
@@ -146,6 +153,8 @@ struct Container {
     mounts: Vec<(String, PathBuf)>,
     /// Environment variables, fieldRefs filled in.
     env: BTreeMap<String, String>,
+    /// The node the Pod runs on (`spec.nodeName`), which its bound token names.
+    node: Option<String>,
 }
 
 impl Container {
@@ -230,6 +239,7 @@ impl Container {
             spec,
             mounts,
             env,
+            node: field_refs.get("spec.nodeName").cloned(),
         }
     }
 
@@ -273,7 +283,10 @@ impl Container {
             .env_clear()
             .envs(&self.env)
             .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("KUBECONFIG", kubeconfig_as(sa, self.dir.path()))
+            .env(
+                "KUBECONFIG",
+                kubeconfig_as(sa, self.node.as_deref(), self.dir.path()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -353,6 +366,8 @@ fn deploy_and_crds_are_accepted_by_the_api_server() {
         "poddisruptionbudget.policy/poolkeeper-controller",
         "service/poolkeeper-controller-metrics",
         "daemonset.apps/poolkeeper-agent",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/poolkeeper-agent-own-node",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/poolkeeper-agent-own-node",
     ] {
         assert!(out.contains(object), "{object} not applied: {out}");
     }
