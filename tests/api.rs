@@ -785,14 +785,22 @@ async fn deploy_base_applies_and_grants_least_privilege() {
         (agent, "create", "hosts.poolkeeper.io", None, true),
         (agent, "watch", "hosts.poolkeeper.io", None, true),
         (agent, "patch", "hosts.poolkeeper.io/status", None, true),
-        // Its endpoint, when it comes back at another address (spec.pool and spec.maintenance
-        // are the operators'; RBAC cannot narrow a patch to one field).
-        (agent, "patch", "hosts.poolkeeper.io", None, true),
+        // The spec is the operators': the agent publishes its endpoint in the status.
+        (agent, "patch", "hosts.poolkeeper.io", None, false),
+        (agent, "update", "hosts.poolkeeper.io", None, false),
         (agent, "delete", "hosts.poolkeeper.io", None, false),
         (agent, "patch", "storagepools.poolkeeper.io", None, false),
+        // Leases: created once, then renewed by patch (which one: deploy/admission.yaml).
         (
             agent,
-            "update",
+            "create",
+            "leases.coordination.k8s.io",
+            Some("poolkeeper-system"),
+            true,
+        ),
+        (
+            agent,
+            "patch",
             "leases.coordination.k8s.io",
             Some("poolkeeper-system"),
             true,
@@ -800,6 +808,13 @@ async fn deploy_base_applies_and_grants_least_privilege() {
         (
             agent,
             "update",
+            "leases.coordination.k8s.io",
+            Some("poolkeeper-system"),
+            false,
+        ),
+        (
+            agent,
+            "patch",
             "leases.coordination.k8s.io",
             Some("default"),
             false,
