@@ -339,6 +339,36 @@ async fn an_agent_may_not_change_a_hosts_spec() {
 }
 
 #[tokio::test]
+async fn an_agent_may_not_write_the_controllers_part_of_its_status() {
+    policy_active().await;
+    let node = unique("node-a");
+    host_exists(&node).await;
+    let hosts: Api<Host> = Api::all(agent_on(Some(&node)).await);
+    apply_report(&hosts, &node, "https://192.0.2.10:54321/jsonrpc", &report())
+        .await
+        .expect("its own report is accepted");
+    let rule = format!(
+        "poolkeeper-agent may not change status.phase, status.observedGeneration or status.conditions of Host {node}"
+    );
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for status in [
+        json!({"phase": "Up"}),
+        json!({"observedGeneration": 7}),
+        json!({"conditions": [{
+            "type": "Ready", "status": "True", "reason": "HostUp", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]}),
+    ] {
+        let body =
+            json!({"apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "status": status});
+        denied(
+            hosts.patch_status(&node, &pp, &Patch::Apply(&body)).await,
+            &rule,
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_request_without_a_node_name_is_denied() {
     policy_active().await;
     let node = unique("node-a");
