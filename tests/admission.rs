@@ -169,6 +169,29 @@ async fn an_agent_registers_and_reports_its_own_host_and_renews_its_own_lease() 
     let status = stored.status.expect("status");
     assert_eq!(status.endpoint.as_deref(), Some(endpoint));
     assert_eq!(status.report, Some(report()));
+    // Once the controller wrote its part of the status, the agent's next report still passes.
+    let verdict = json!({
+        "apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host",
+        "status": {"phase": "Up", "observedGeneration": 1, "conditions": [{
+            "type": "Ready", "status": "True", "reason": "HostUp", "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]},
+    });
+    Api::<Host>::all(client().await)
+        .patch_status(
+            &node,
+            &PatchParams::apply("poolkeeper-controller"),
+            &Patch::Apply(&verdict),
+        )
+        .await
+        .expect("the controller's verdict");
+    let next = HostReport {
+        boot_id: "boot-2".into(),
+        ..report()
+    };
+    apply_report(&hosts, &node, endpoint, &next)
+        .await
+        .expect("its next report is accepted beside the controller's status");
 
     let leases: Api<Lease> = Api::namespaced(agent, LEASE_NAMESPACE);
     leases
