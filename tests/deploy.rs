@@ -692,6 +692,7 @@ fn contradictory_leader_election_timings_are_refused_with_a_message() {
         .args([
             "controller",
             "--token-file=/dev/null",
+            "--insecure",
             "--leader-elect",
             "--leader-election-lease-seconds=5",
             "--leader-election-renew-grace-seconds=5",

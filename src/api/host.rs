@@ -63,7 +63,7 @@ use super::DomainMap;
         name = "Endpoint",
         type_ = "string",
         json_path = ".spec.endpoint",
-        description = "The agent's JSON-RPC endpoint",
+        description = "Where the host serves VDSM's wire (host:port)",
         priority = 1
     ),
     printcolumn(
@@ -82,10 +82,10 @@ pub struct HostSpec {
     #[x_kube(validation = Rule::new(super::NAME_RULE).message(super::NAME_MESSAGE))]
     pub pool: Option<String>,
 
-    /// The URL of the agent's JSON-RPC endpoint, e.g. `https://host1.example.com:54321/jsonrpc`.
-    #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))")
-        .message("must be an http:// or https:// URL, e.g. https://host1.example.com:54321/jsonrpc"))]
+    /// Where the host serves VDSM's wire (JSON-RPC over STOMP over TLS): `host:port`, e.g.
+    /// `host1.example.com:54321` (VDSM's port), `192.0.2.7:54321` or `[2001:db8::7]:54321`.
+    #[schemars(length(min = 3, max = 261))]
+    #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_MESSAGE))]
     pub endpoint: String,
 
     /// Put the host in maintenance: the controller disconnects it from its pool and stops counting
@@ -93,6 +93,11 @@ pub struct HostSpec {
     #[serde(default)]
     pub maintenance: bool,
 }
+
+/// `host:port`: a DNS name or IPv4 address (lower case), or an IPv6 address in brackets; a port
+/// of 1 to 65535.
+const ENDPOINT_RULE: &str = r"self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*|\\[[0-9a-f:.]+\\]):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535";
+const ENDPOINT_MESSAGE: &str = "must be host:port where the host serves VDSM's wire (JSON-RPC over STOMP), e.g. host1.example.com:54321, 192.0.2.7:54321 or [2001:db8::7]:54321 (no scheme, no path)";
 
 /// The host's status: the agent's report and the controller's verdict.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -180,12 +180,20 @@ pub struct ControllerArgs {
         default_value = "poolkeeper-system"
     )]
     pub lease_namespace: String,
-    /// A file holding the bearer token the agents expect (as a mounted Secret).
+    /// A file holding the token the agents expect when a connection opens (a mounted Secret).
     #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
     pub token_file: PathBuf,
-    /// A PEM file with the CA that signed the agents' serving certificates.
-    #[arg(long, env = "POOLKEEPER_AGENT_CA_FILE")]
+    /// A PEM file with the CA that signed the agents' serving certificates: hosts are called
+    /// over TLS, trusting only it.
+    #[arg(
+        long,
+        env = "POOLKEEPER_AGENT_CA_FILE",
+        required_unless_present = "insecure"
+    )]
     pub agent_ca_file: Option<PathBuf>,
+    /// Call hosts over plain TCP (tests and demos only).
+    #[arg(long, conflicts_with = "agent_ca_file")]
+    pub insecure: bool,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "POOLKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
