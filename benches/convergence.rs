@@ -111,7 +111,7 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
         advertise: None,
         control_listen: None,
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
+        token: Some(Token::new(TOKEN).expect("token")),
         max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_secs(2),

@@ -127,7 +127,7 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
         control_listen: Some(args.control_addr),
         // The demo's hosts and controller share this process: plain TCP, as `--insecure`.
         tls: None,
-        token: token.clone(),
+        token: Some(token.clone()),
         max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_secs(2),

@@ -49,7 +49,7 @@ fn options(hosts: Hosts, kube: kube::Client, ns: &str) -> Options {
         advertise: None,
         control_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
+        token: Some(Token::new(TOKEN).expect("token")),
         max_frame_bytes: 64 * 1024,
         monitor: MonitorConfig {
             period: PERIOD,

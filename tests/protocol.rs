@@ -54,7 +54,7 @@ impl Agent {
             advertise: None,
             control_listen: None,
             tls,
-            token: Token::new(TOKEN).expect("token"),
+            token: Some(Token::new(TOKEN).expect("token")),
             max_frame_bytes,
             monitor: MonitorConfig {
                 period: Duration::from_millis(100),
@@ -845,7 +845,15 @@ async fn tls_with_the_right_ca_works_and_an_unknown_ca_is_refused() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, ck.cert.pem()).expect("write");
     std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
-    let a = Agent::start_with(Some(TlsFiles { cert, key }), 64 * 1024).await;
+    let a = Agent::start_with(
+        Some(TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        }),
+        64 * 1024,
+    )
+    .await;
     let trusted = Client::new(
         Token::new(TOKEN).expect("token"),
         Some(ck.cert.pem().as_bytes()),
@@ -870,6 +878,116 @@ async fn tls_with_the_right_ca_works_and_an_unknown_ca_is_refused() {
         "plain TCP to a TLS port: {e:?}"
     );
     a.running.shutdown().await;
+}
+
+/// Mutual TLS, as VDSM takes calls only from the engine: the agent accepts only a client
+/// certificate the pool CA signed for the controller, and the controller accepts only a host
+/// certificate that names the Host it calls. No token is involved.
+#[tokio::test]
+async fn mutual_tls_accepts_only_the_controller_and_the_host_called() {
+    use poolkeeper::protocol::Target;
+    use poolkeeper::testenv::{KeyUsage, PoolCa};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = PoolCa::generate("pool-ca").expect("ca");
+    let host = ca.host("host-under-test", "127.0.0.1").expect("host cert");
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path
+    };
+    let files = TlsFiles {
+        cert: write("tls.crt", &host.cert_pem),
+        key: write("tls.key", &host.key_pem),
+        client_ca: Some(write("ca.crt", ca.pem())),
+    };
+    let root = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let running = start(Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        control_listen: None,
+        tls: Some(files),
+        token: None,
+        max_frame_bytes: 64 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Single {
+            name: "host-under-test".into(),
+            storage_root: root.path().to_owned(),
+        },
+        kube: None,
+    })
+    .await
+    .expect("agent starts");
+    let endpoint = running.rpc_addr().to_string();
+    let target = Target {
+        name: "host-under-test",
+        endpoint: &endpoint,
+    };
+    let short = Duration::from_secs(3);
+    let with = |id: &poolkeeper::testenv::Issued, ca_pem: &str| {
+        Client::mutual(
+            ca_pem.as_bytes(),
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+            None,
+        )
+        .expect("client")
+    };
+
+    let controller = with(&ca.controller().expect("controller cert"), ca.pem());
+    controller
+        .get_stats(target, short)
+        .await
+        .expect("the controller is served");
+
+    // Refused: no client certificate at all...
+    let anonymous =
+        Client::new(Token::new(TOKEN).expect("token"), Some(ca.pem().as_bytes())).expect("client");
+    let e = anonymous.get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "no client cert: {e:?}"
+    );
+    // ...a controller certificate from another CA...
+    let other = PoolCa::generate("other-ca").expect("ca");
+    let forged = with(&other.controller().expect("cert"), ca.pem());
+    let e = forged.get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "other CA: {e:?}"
+    );
+    // ...a host's certificate presented as the controller (server use only)...
+    let e = with(&host, ca.pem()).get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "host cert: {e:?}"
+    );
+    // ...and a client certificate of the pool CA that names someone else.
+    let impostor = ca.issue(&["host-b"], KeyUsage::ClientAuth).expect("cert");
+    let e = with(&impostor, ca.pem()).get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "not the controller: {e:?}"
+    );
+
+    // The controller refuses a host answering with another host's certificate.
+    let e = controller
+        .get_stats(
+            Target {
+                name: "host-b",
+                endpoint: &endpoint,
+            },
+            short,
+        )
+        .await;
+    assert!(
+        matches!(&e, Err(RpcError::Transport { reason }) if reason.contains("tls")),
+        "{e:?}"
+    );
+    running.shutdown().await;
 }
 
 // --- monitors over temp dirs ---
@@ -1283,7 +1401,7 @@ async fn simulated_hosts_share_storage_check_the_master_as_vdsm_and_hold_one_poo
         advertise: None,
         control_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
+        token: Some(Token::new(TOKEN).expect("token")),
         max_frame_bytes: 64 * 1024,
         monitor: MonitorConfig {
             period: Duration::from_millis(100),

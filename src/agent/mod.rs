@@ -39,7 +39,7 @@ use self::lease::LeaseConfig;
 use self::monitor::{MAX_PERIOD, MonitorConfig};
 use self::storage::{FileStorage, Storage};
 use crate::protocol::server::Rpc;
-use crate::protocol::session::{Handler, SessionOptions, accept_loop};
+use crate::protocol::session::{Handler, SessionOptions, TlsServing, accept_loop};
 use crate::protocol::{Token, TokenError};
 
 /// The simulator's first host address when `--listen` names every address: host `i` listens on
@@ -118,15 +118,24 @@ pub struct AgentArgs {
     /// Where storage is mounted: file domains are `<root>/<mount>/<sdUUID>/dom_md/metadata`.
     #[arg(long, default_value = "/rhev/data-center/mnt")]
     pub storage_root: PathBuf,
-    /// File holding the token every connection must offer (CONNECT `passcode`; a mounted Secret).
-    #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    /// File holding the token every connection must offer (CONNECT `passcode`; a mounted
+    /// Secret). Not needed with --tls-client-ca: the controller's certificate is the credential.
+    #[arg(
+        long,
+        env = "POOLKEEPER_TOKEN_FILE",
+        required_unless_present = "tls_client_ca"
+    )]
+    pub token_file: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key, the agent serves STOMP over TLS.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The pool CA (PEM): mutual TLS, calls accepted only from a client certificate it signed
+    /// for the controller (`poolkeeper-controller`), as VDSM accepts only the engine's.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Serve plain TCP (tests and demos only); without TLS files the agent refuses to start
     /// unless this is given.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
@@ -213,6 +222,8 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key, PEM.
     pub key: PathBuf,
+    /// The pool CA, PEM: client certificates required, signed by it and naming the controller.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Everything [`start`] needs.
@@ -227,8 +238,9 @@ pub struct Options {
     pub control_listen: Option<SocketAddr>,
     /// STOMP over TLS with these files; `None`: plain TCP (the caller decided it is allowed).
     pub tls: Option<TlsFiles>,
-    /// The token connections must offer.
-    pub token: Token,
+    /// The token connections must offer (`None`: mutual TLS is the credential); also the
+    /// simulator's control API's bearer token (not served without one).
+    pub token: Option<Token>,
     /// Largest frame read.
     pub max_frame_bytes: usize,
     /// Monitor timing.
@@ -334,13 +346,24 @@ impl Running {
 /// When an address cannot be bound or the TLS files cannot be loaded.
 pub async fn start(opts: Options) -> Result<Running, Error> {
     let tls = match &opts.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::protocol::tls::server_config(&files.cert, &files.key).map_err(Error::Tls)?,
-        )),
+        Some(files) => Some(TlsServing {
+            acceptor: tokio_rustls::TlsAcceptor::from(
+                crate::protocol::tls::server_config(
+                    &files.cert,
+                    &files.key,
+                    files.client_ca.as_deref(),
+                )
+                .map_err(Error::Tls)?,
+            ),
+            client_name: files
+                .client_ca
+                .as_ref()
+                .map(|_| crate::protocol::tls::CONTROLLER_NAME.to_owned()),
+        }),
         None => None,
     };
     let session = SessionOptions {
-        token: Some(opts.token.clone()),
+        token: opts.token.clone(),
         max_frame_bytes: opts.max_frame_bytes,
     };
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
@@ -459,14 +482,14 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 faults: Arc::clone(&faults),
                 reachability,
             };
-            let control = match opts.control_listen {
-                Some(at) => {
+            let control = match (opts.control_listen, &opts.token) {
+                (Some(at), Some(token)) => {
                     let std_listener = std::net::TcpListener::bind(at)
                         .map_err(|source| Error::Bind { addr: at, source })?;
                     let addr = std_listener
                         .local_addr()
                         .map_err(|source| Error::Bind { addr: at, source })?;
-                    let app = sim::protect(sim::routes(state), opts.token.clone());
+                    let app = sim::protect(sim::routes(state), token.clone());
                     let handle = axum_server::Handle::new();
                     let srv = axum_server::from_tcp(std_listener)
                         .map_err(|source| Error::Bind { addr, source })?
@@ -474,7 +497,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                     let task = tokio::spawn(srv.serve(app.into_make_service()));
                     Some((addr, handle, task))
                 }
-                None => None,
+                _ => None,
             };
             (hosts, Some(faults), control)
         }
@@ -614,6 +637,7 @@ impl Options {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
             }),
             _ if args.insecure => None,
             _ => {
@@ -662,7 +686,11 @@ impl Options {
             advertise: args.advertise.clone(),
             control_listen: args.simulate.map(|_| args.control_listen),
             tls,
-            token: Token::from_file(&args.token_file)?,
+            token: args
+                .token_file
+                .as_deref()
+                .map(Token::from_file)
+                .transpose()?,
             max_frame_bytes: args.max_frame_bytes,
             monitor,
             hosts,

@@ -106,8 +106,8 @@ pub enum Error {
     /// The agents' bearer token could not be read.
     #[error("reading the agent token")]
     Token(#[source] crate::protocol::TokenError),
-    /// The agents' CA file could not be read.
-    #[error("reading the agent CA file {path}")]
+    /// The agents' CA file, or the controller's certificate or key, could not be read.
+    #[error("reading the TLS file {path}")]
     CaFile {
         /// The file.
         path: PathBuf,
@@ -181,8 +181,20 @@ pub struct ControllerArgs {
     )]
     pub lease_namespace: String,
     /// A file holding the token the agents expect when a connection opens (a mounted Secret).
-    #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    /// Not needed with --tls-cert: the controller's certificate is its credential.
+    #[arg(
+        long,
+        env = "POOLKEEPER_TOKEN_FILE",
+        required_unless_present = "tls_cert"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// The controller's client certificate (PEM), signed by the pool CA for
+    /// `poolkeeper-controller`: mutual TLS, as the oVirt engine calls VDSM.
+    #[arg(long, env = "POOLKEEPER_TLS_CERT", requires_all = ["tls_key", "agent_ca_file"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "POOLKEEPER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A PEM file with the CA that signed the agents' serving certificates: hosts are called
     /// over TLS, trusting only it.
     #[arg(

@@ -38,12 +38,38 @@ const MAX_REDIAL_DELAY: Duration = Duration::from_secs(10);
 /// Frames queued to one connection before a caller waits.
 const QUEUE: usize = 256;
 
+/// Where a call goes: the host's `host:port`, and the name its TLS certificate must carry (the
+/// Host's name when the controller calls; a bare endpoint stands for its own host part).
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The name the host's certificate must carry.
+    pub name: &'a str,
+    /// `host:port`.
+    pub endpoint: &'a str,
+}
+
+impl<'a> From<&'a str> for Target<'a> {
+    fn from(endpoint: &'a str) -> Self {
+        let name = split_endpoint(endpoint).map_or(endpoint, |(host, _)| host);
+        Self { name, endpoint }
+    }
+}
+
+impl<'a> From<&'a String> for Target<'a> {
+    fn from(endpoint: &'a String) -> Self {
+        Self::from(endpoint.as_str())
+    }
+}
+
 /// Why a [`Client`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The CA bundle is not PEM certificates.
     #[error("cannot read the CA bundle")]
     Ca(#[source] TlsError),
+    /// Neither a token nor a client certificate was given.
+    #[error("no credential: give a token, or a client certificate and key with the CA")]
+    NoCredential,
 }
 
 impl ClientError {
@@ -51,6 +77,7 @@ impl ClientError {
     pub fn category(&self) -> &'static str {
         match self {
             Self::Ca(_) => "CaInvalid",
+            Self::NoCredential => "NoCredential",
         }
     }
 }
@@ -70,7 +97,7 @@ impl std::fmt::Debug for Client {
 }
 
 struct Inner {
-    token: Token,
+    token: Option<Token>,
     tls: Option<Arc<rustls::ClientConfig>>,
     hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Dial>>>>,
 }
@@ -105,13 +132,37 @@ impl Client {
         // control plane, find it installed); this client names it explicitly anyway.
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
         let tls = ca_pem
-            .map(tls::client_config)
+            .map(|ca| tls::client_config(ca, None))
             .transpose()
             .map_err(ClientError::Ca)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                token,
+                token: Some(token),
                 tls,
+                hosts: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A client for mutual TLS: trusts only the certificates of `ca_pem` (the pool CA),
+    /// presents `cert_pem`/`key_pem` (the controller's identity), and offers `token` too when
+    /// given (agents that still expect one). A host's certificate must name the Host called
+    /// ([`Target`]).
+    ///
+    /// # Errors
+    /// When the CA bundle or the identity is unusable.
+    pub fn mutual(
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        token: Option<Token>,
+    ) -> Result<Self, ClientError> {
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        let tls = tls::client_config(ca_pem, Some((cert_pem, key_pem))).map_err(ClientError::Ca)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                token,
+                tls: Some(tls),
                 hosts: Mutex::new(HashMap::new()),
             }),
         })
@@ -123,11 +174,11 @@ impl Client {
     /// The host's VDSM error (323, 324, 325, 328, -32602...), or a transport failure or timeout.
     pub async fn connect(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         params: &ConnectParams,
         timeout: Duration,
     ) -> Result<(), RpcError> {
-        self.call::<_, IgnoredAny>(endpoint, method::POOL_CONNECT, params, timeout)
+        self.call::<_, IgnoredAny>(to, method::POOL_CONNECT, params, timeout)
             .await
             .map(|_| ())
     }
@@ -138,11 +189,11 @@ impl Client {
     /// A transport failure or timeout, or a VDSM error.
     pub async fn disconnect(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         params: &DisconnectParams,
         timeout: Duration,
     ) -> Result<(), RpcError> {
-        self.call::<_, IgnoredAny>(endpoint, method::POOL_DISCONNECT, params, timeout)
+        self.call::<_, IgnoredAny>(to, method::POOL_DISCONNECT, params, timeout)
             .await
             .map(|_| ())
     }
@@ -153,15 +204,14 @@ impl Client {
     /// 309 when the host is not connected to that pool; transport failures and timeouts.
     pub async fn get_info(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         storagepool_id: &str,
         timeout: Duration,
     ) -> Result<PoolInfo, RpcError> {
         let params = GetInfoParams {
             storagepool_id: storagepool_id.to_owned(),
         };
-        self.call(endpoint, method::POOL_GET_INFO, &params, timeout)
-            .await
+        self.call(to, method::POOL_GET_INFO, &params, timeout).await
     }
 
     /// `Host.getStats`: its `storageDomains`, the vitals of every monitored domain.
@@ -170,11 +220,10 @@ impl Client {
     /// Transport failures and timeouts, or a malformed answer.
     pub async fn get_stats(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         timeout: Duration,
     ) -> Result<HostStats, RpcError> {
-        self.call(endpoint, method::HOST_GET_STATS, &EMPTY, timeout)
-            .await
+        self.call(to, method::HOST_GET_STATS, &EMPTY, timeout).await
     }
 
     /// Any verb with named `params`; the result is decoded as `R`. Everything (dialing when no
@@ -184,11 +233,12 @@ impl Client {
     /// See [`RpcError`].
     pub async fn call<P: Serialize + Sync, R: DeserializeOwned>(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         method: &str,
         params: &P,
         timeout: Duration,
     ) -> Result<R, RpcError> {
+        let to = to.into();
         let id = uuid::Uuid::new_v4().to_string();
         let request = Request {
             jsonrpc: JSONRPC_VERSION,
@@ -201,7 +251,7 @@ impl Client {
         })?;
         let mut sent_on: Option<Pending> = None;
         let exchange = async {
-            let live = self.live(endpoint).await?;
+            let live = self.live(to).await?;
             let (answer_tx, answer_rx) = oneshot::channel();
             lock(&live.pending).insert(id.clone(), answer_tx);
             sent_on = Some(Arc::clone(&live.pending));
@@ -227,12 +277,9 @@ impl Client {
 
     /// The open connection to `endpoint`, dialed now when there is none (after the delay a
     /// failed dial left).
-    async fn live(&self, endpoint: &str) -> Result<Arc<Live>, RpcError> {
-        let slot = Arc::clone(
-            lock(&self.inner.hosts)
-                .entry(endpoint.to_owned())
-                .or_default(),
-        );
+    async fn live(&self, to: Target<'_>) -> Result<Arc<Live>, RpcError> {
+        let key = format!("{}@{}", to.name, to.endpoint);
+        let slot = Arc::clone(lock(&self.inner.hosts).entry(key).or_default());
         let mut dial = slot.lock().await;
         if let Some(live) = &dial.live {
             if !live.tx.is_closed() {
@@ -243,7 +290,7 @@ impl Client {
         if let Some(at) = dial.retry_at {
             tokio::time::sleep_until(at).await;
         }
-        let opened = tokio::time::timeout(DIAL_TIMEOUT, open(&self.inner, endpoint))
+        let opened = tokio::time::timeout(DIAL_TIMEOUT, open(&self.inner, to))
             .await
             .unwrap_or_else(|_| {
                 Err(RpcError::Transport {
@@ -310,8 +357,8 @@ pub fn split_endpoint(endpoint: &str) -> Result<(&str, u16), RpcError> {
     Ok((host, port))
 }
 
-async fn open(inner: &Inner, endpoint: &str) -> Result<Arc<Live>, RpcError> {
-    let (host, port) = split_endpoint(endpoint)?;
+async fn open(inner: &Inner, to: Target<'_>) -> Result<Arc<Live>, RpcError> {
+    let (host, port) = split_endpoint(to.endpoint)?;
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
         .map_err(|e| transport("connect", &e))?;
@@ -319,7 +366,8 @@ async fn open(inner: &Inner, endpoint: &str) -> Result<Arc<Live>, RpcError> {
     match &inner.tls {
         None => session(tcp, inner, host).await,
         Some(config) => {
-            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            // The host's certificate must name the Host called, not only its address.
+            let name = rustls::pki_types::ServerName::try_from(to.name.to_owned())
                 .map_err(|e| transport("tls server name", &e))?;
             let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
                 .connect(name, tcp)
@@ -339,12 +387,14 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let reply_to = uuid::Uuid::new_v4().to_string();
     let subscription = uuid::Uuid::new_v4().to_string();
-    let mut hello = Frame::new(command::CONNECT)
+    let mut connect = Frame::new(command::CONNECT)
         .header("accept-version", stomp::VERSION)
         .header("heart-beat", format!("0,{HEART_BEAT_MS}"))
-        .header("host", host)
-        .header("passcode", inner.token.expose())
-        .encode();
+        .header("host", host);
+    if let Some(token) = &inner.token {
+        connect = connect.header("passcode", token.expose());
+    }
+    let mut hello = connect.encode();
     hello.extend(
         Frame::new(command::SUBSCRIBE)
             .header("destination", reply_to.as_str())

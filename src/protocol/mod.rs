@@ -15,7 +15,7 @@ pub mod tls;
 pub mod token;
 pub mod wire;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Target};
 pub use error::{ErrorCode, RpcError, VdsmError};
 pub use server::Verbs;
 pub use token::{Token, TokenError};

@@ -315,13 +315,23 @@ impl Session {
     }
 }
 
+/// TLS on a listener: the handshake, and, for mutual TLS, the name the client's certificate
+/// must carry (the handshake already checked it was signed by the client CA, for client use).
+#[derive(Clone)]
+pub struct TlsServing {
+    /// The handshake.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The only client accepted: its certificate must name it (see [`super::tls::names`]).
+    pub client_name: Option<String>,
+}
+
 /// Accepts connections on `listener` and serves each (after the TLS handshake, with `tls`) until
 /// the returned future is dropped: dropping it closes every connection it accepted, as a
 /// process exit would.
 pub async fn accept_loop(
     listener: tokio::net::TcpListener,
     handler: Arc<dyn Handler>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<TlsServing>,
     opts: SessionOptions,
 ) {
     let mut connections = tokio::task::JoinSet::new();
@@ -344,9 +354,24 @@ pub async fn accept_loop(
                 connections.spawn(async move {
                     match tls {
                         None => serve(tcp, handler, opts).await,
-                        Some(acceptor) => {
+                        Some(TlsServing { acceptor, client_name }) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                                Ok(Ok(stream)) => serve(stream, handler, opts).await,
+                                Ok(Ok(stream)) => {
+                                    let named = |want: &str| {
+                                        stream
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .is_some_and(|c| super::tls::names(c, want))
+                                    };
+                                    match client_name.as_deref() {
+                                        Some(want) if !named(want) => tracing::debug!(
+                                            %peer, want, "refused a client certificate that does not name the controller"
+                                        ),
+                                        _ => serve(stream, handler, opts).await,
+                                    }
+                                }
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
                             }

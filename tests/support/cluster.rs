@@ -206,7 +206,7 @@ pub async fn start_hosts(prefix: &str, count: usize) -> agent::Running {
         advertise: None,
         control_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
+        token: Some(Token::new(TOKEN).expect("token")),
         max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_millis(300),
@@ -467,7 +467,9 @@ pub async fn replica_with_lease(lease: u64, grace: u64) -> Replica {
     let addr = free_addr();
     let args = controller::ControllerArgs {
         lease_namespace: LEASE_NAMESPACE.into(),
-        token_file: "/dev/null".into(),
+        token_file: Some("/dev/null".into()),
+        tls_cert: None,
+        tls_key: None,
         agent_ca_file: None,
         insecure: true,
         metrics_addr: addr,
