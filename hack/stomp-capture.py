@@ -19,6 +19,13 @@ The MESSAGE frame can be varied to find out what the client really needs:
   --connected-heart-beat X,Y   heart-beat header of CONNECTED ('' to omit)
   --no-reply               never answer SENDs (tests the client's timeouts)
   --pad N                  add an N-byte filler field to each result (large frames)
+  --event-first            before each response, send a JSON-RPC notification (no id) on
+                           jms.queue.events in the SAME write as the response
+  --kick-ms N              N ms after each batch of MESSAGEs, write a lone heart-beat EOL
+  --server-heartbeat-ms N  write a heart-beat EOL whenever the peer was not written to for N ms
+  --tls-cert/--tls-key/--tls-ca PEM   serve TLS, requiring a client certificate signed by --tls-ca
+  --coalesce-connected     no separate CONNECTED write: CONNECTED goes out together with
+                           the first response (tests two frames in one read)
 
 Raw bytes go to --log (default stderr) as Python bytes literals, one chunk
 per line, prefixed with '<<' (received) or '>>' (sent).
@@ -45,14 +52,19 @@ class Conn:
         self.subs = {}  # destination -> subscription id
         self.pool = None  # last connect params
         self.msg_seq = 0
+        self.pending = b""  # frames held back to be written with the next one
 
     # ---- output ----
-    def send_frame(self, command, headers, body=b""):
+    def send_frame(self, command, headers, body=b"", hold=False):
         eol = "\r\n" if self.args.crlf else "\n"
         lines = [command]
         for k, v in headers:
             lines.append("%s:%s" % (k, v))
         frame = (eol.join(lines) + eol + eol).encode() + body + b"\0"
+        if hold:
+            self.pending += frame
+            return
+        frame, self.pending = self.pending + frame, b""
         if self.args.chunk:
             for i in range(0, len(frame), self.args.chunk):
                 part = frame[i:i + self.args.chunk]
@@ -101,11 +113,17 @@ class Conn:
             yield command, headers, body
 
     def serve(self):
-        self.sock.settimeout(self.args.idle)
+        hb = self.args.server_heartbeat_ms / 1000.0
+        self.sock.settimeout(hb if hb else self.args.idle)
+        last_rx = time.time()
         while True:
             try:
                 data = self.sock.recv(65536)
             except socket.timeout:
+                if hb and time.time() - last_rx < self.args.idle:
+                    self.sock.sendall(b"\n")
+                    log(self.out, ">>", b"\n")
+                    continue
                 self.out.write("-- idle timeout, closing\n")
                 return
             except ConnectionResetError:
@@ -114,6 +132,7 @@ class Conn:
             if not data:
                 self.out.write("-- peer closed the connection (EOF)\n")
                 return
+            last_rx = time.time()
             log(self.out, "<<", data)
             self.buf += data
             for command, headers, body in self.frames():
@@ -127,7 +146,7 @@ class Conn:
             hdrs = [("version", "1.2")]
             if self.args.connected_heart_beat:
                 hdrs.append(("heart-beat", self.args.connected_heart_beat))
-            self.send_frame("CONNECTED", hdrs)
+            self.send_frame("CONNECTED", hdrs, hold=self.args.coalesce_connected)
         elif command == "SUBSCRIBE":
             self.subs[h.get("destination")] = h.get("id")
         elif command == "UNSUBSCRIBE":
@@ -142,14 +161,25 @@ class Conn:
                 if resp is None:
                     continue
                 payload = [resp] if self.args.array_response else resp
+                if self.args.event_first:
+                    ev = {"jsonrpc": "2.0", "method": "|virt|VM_status|00000000-0000-0000-0000-000000000001",
+                          "params": {"notify_time": 4295327890}}
+                    self.send_message("jms.queue.events", json.dumps(ev).encode(), hold=True)
                 self.send_message(h.get("reply-to", ""), json.dumps(payload).encode())
+            if self.args.kick_ms:
+                time.sleep(self.args.kick_ms / 1000.0)
+                self.sock.sendall(b"\n")
+                log(self.out, ">>", b"\n")
         elif command == "DISCONNECT":
             if "receipt" in h:
-                self.send_frame("RECEIPT", [("receipt-id", h["receipt"])])
+                try:
+                    self.send_frame("RECEIPT", [("receipt-id", h["receipt"])])
+                except (BrokenPipeError, ConnectionResetError) as e:
+                    self.out.write("-- could not write RECEIPT: %s\n" % e)
             return "close"
         return None
 
-    def send_message(self, dest, payload):
+    def send_message(self, dest, payload, hold=False):
         self.msg_seq += 1
         hdrs = []
         if not self.args.no_destination:
@@ -163,7 +193,7 @@ class Conn:
             hdrs.append(("content-type", "application/json"))
         if not self.args.no_content_length:
             hdrs.append(("content-length", str(len(payload))))
-        self.send_frame("MESSAGE", hdrs, payload)
+        self.send_frame("MESSAGE", hdrs, payload, hold=hold)
 
     # ---- a very small VDSM ----
     def respond(self, req):
@@ -237,6 +267,13 @@ def main():
     ap.add_argument("--connected-heart-beat", default="0,0")
     ap.add_argument("--no-reply", action="store_true")
     ap.add_argument("--pad", type=int, default=0)
+    ap.add_argument("--event-first", action="store_true")
+    ap.add_argument("--kick-ms", type=int, default=0)
+    ap.add_argument("--server-heartbeat-ms", type=int, default=0)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--coalesce-connected", action="store_true")
     args = ap.parse_args()
 
     out = open(args.log, "w") if args.log else sys.stderr
@@ -253,6 +290,20 @@ def main():
             out.write("-- no connection within 60 s\n")
             break
         out.write("-- accepted %s:%d at %s\n" % (peer[0], peer[1], time.strftime("%H:%M:%S")))
+        if args.tls_cert:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            ctx.load_verify_locations(args.tls_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            try:
+                sock = ctx.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as e:
+                out.write("-- TLS handshake failed: %s\n" % e)
+                sock.close()
+                continue
+            out.write("-- TLS %s %s, client cert subject %s\n"
+                      % (sock.version(), sock.cipher()[0], sock.getpeercert().get("subject")))
         try:
             Conn(sock, args, out).serve()
         finally:

@@ -85,6 +85,7 @@ public final class EngineClientCheck {
     int heartbeatMs = 30_000;
     String identifier;
     String logLevel = "warn";
+    int pauseMs = 0;
 
     private int failures;
     private ReactorClient reactorClient;
@@ -123,6 +124,7 @@ public final class EngineClientCheck {
                 "         [--bad-call unknown-pool|wrong-master] [--unknown-pool UUID] [--expect-error-code N[,N...]]",
                 "         [--no-result-checks] [--timeout SECONDS] [--call-timeout-ms MS] [--connect-timeout-ms MS]",
                 "         [--retries N] [--heartbeat-ms MS] [--identifier HOST] [--log-level trace|debug|info|warn|error]",
+                "         [--pause-ms MS (idle before the disconnect call)]",
                 "Calls in order: StoragePool.connect, StoragePool.getInfo, Host.getStorageRepoStats,",
                 "a call that must fail with a VDSM error code (default: StoragePool.getInfo of an unknown pool, 309;",
                 "wrong-master: StoragePool.connect naming a master that is not the pool's, 304 or 324),",
@@ -177,6 +179,7 @@ public final class EngineClientCheck {
                 case "--heartbeat-ms" -> heartbeatMs = intValue(args, ++i, a);
                 case "--identifier" -> identifier = value(args, ++i, a);
                 case "--log-level" -> logLevel = value(args, ++i, a);
+                case "--pause-ms" -> pauseMs = intValue(args, ++i, a);
                 case "-h", "--help" -> {
                     OUT.println(usage());
                     System.exit(EXIT_OK);
@@ -338,6 +341,14 @@ public final class EngineClientCheck {
                 return EXIT_CONNECTION;
             }
             expectError(r, badMethod);
+
+            if (pauseMs > 0) { // idle time on the open connection, e.g. to watch heart-beats
+                try {
+                    Thread.sleep(pauseMs);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                }
+            }
 
             // 5. StoragePool.disconnect, parameters as JsonRpcIIrsServer#disconnectStoragePool
             r = call(client, "StoragePool.disconnect",
