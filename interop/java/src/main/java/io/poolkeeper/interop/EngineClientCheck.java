@@ -15,6 +15,11 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.logging.ConsoleHandler;
+import java.util.logging.Handler;
+import java.util.logging.Level;
+import java.util.logging.LogManager;
+import java.util.logging.SimpleFormatter;
 
 import javax.net.ssl.KeyManager;
 import javax.net.ssl.TrustManager;
@@ -36,6 +41,7 @@ import org.ovirt.vdsm.jsonrpc.client.reactors.ReactorClient;
 import org.ovirt.vdsm.jsonrpc.client.reactors.ReactorFactory;
 import org.ovirt.vdsm.jsonrpc.client.reactors.ReactorType;
 import org.ovirt.vdsm.jsonrpc.client.reactors.stomp.StompClientPolicy;
+import org.slf4j.MDC;
 
 /**
  * Drives a VDSM-compatible server with oVirt's engine-side client library
@@ -86,6 +92,7 @@ public final class EngineClientCheck {
     String identifier;
     String logLevel = "warn";
     int pauseMs = 0;
+    String correlationId;
 
     private int failures;
     private ReactorClient reactorClient;
@@ -99,10 +106,11 @@ public final class EngineClientCheck {
             System.err.println(usage());
             System.exit(EXIT_USAGE);
         }
-        // must be set before the first LoggerFactory use
-        System.setProperty("org.slf4j.simpleLogger.defaultLogLevel", check.logLevel);
-        System.setProperty("org.slf4j.simpleLogger.logFile", "System.err");
-        System.setProperty("org.slf4j.simpleLogger.showDateTime", "true");
+        configureLogging(check.logLevel);
+        if (check.correlationId != null) {
+            // the engine's flows put this in the MDC; the library copies it into each SEND
+            MDC.put("ovirtCorrelationId", check.correlationId);
+        }
         check.startWatchdog();
         int rc;
         try {
@@ -116,6 +124,29 @@ public final class EngineClientCheck {
         Runtime.getRuntime().halt(rc);
     }
 
+    /** The library's log (through slf4j-jdk14) goes to stderr at the level asked for. */
+    static void configureLogging(String level) {
+        Level l = switch (level.toLowerCase()) {
+            case "trace" -> Level.FINEST;
+            case "debug" -> Level.FINE;
+            case "info" -> Level.INFO;
+            case "error" -> Level.SEVERE;
+            case "off" -> Level.OFF;
+            default -> Level.WARNING;
+        };
+        System.setProperty("java.util.logging.SimpleFormatter.format",
+                "%1$tT.%1$tL %4$s [%3$s] %5$s%6$s%n");
+        java.util.logging.Logger root = LogManager.getLogManager().getLogger("");
+        for (Handler h : root.getHandlers()) {
+            root.removeHandler(h);
+        }
+        ConsoleHandler h = new ConsoleHandler(); // stderr
+        h.setFormatter(new SimpleFormatter());
+        h.setLevel(l);
+        root.addHandler(h);
+        root.setLevel(l);
+    }
+
     static String usage() {
         return String.join("\n",
                 "usage: EngineClientCheck --host H --port P (--insecure | --ca ca.pem --cert client.pem --key client-key.pem)",
@@ -124,7 +155,7 @@ public final class EngineClientCheck {
                 "         [--bad-call unknown-pool|wrong-master] [--unknown-pool UUID] [--expect-error-code N[,N...]]",
                 "         [--no-result-checks] [--timeout SECONDS] [--call-timeout-ms MS] [--connect-timeout-ms MS]",
                 "         [--retries N] [--heartbeat-ms MS] [--identifier HOST] [--log-level trace|debug|info|warn|error]",
-                "         [--pause-ms MS (idle before the disconnect call)]",
+                "         [--pause-ms MS (idle before the disconnect call)] [--correlation-id ID (MDC ovirtCorrelationId)]",
                 "Calls in order: StoragePool.connect, StoragePool.getInfo, Host.getStorageRepoStats,",
                 "a call that must fail with a VDSM error code (default: StoragePool.getInfo of an unknown pool, 309;",
                 "wrong-master: StoragePool.connect naming a master that is not the pool's, 304 or 324),",
@@ -180,6 +211,7 @@ public final class EngineClientCheck {
                 case "--identifier" -> identifier = value(args, ++i, a);
                 case "--log-level" -> logLevel = value(args, ++i, a);
                 case "--pause-ms" -> pauseMs = intValue(args, ++i, a);
+                case "--correlation-id" -> correlationId = value(args, ++i, a);
                 case "-h", "--help" -> {
                     OUT.println(usage());
                     System.exit(EXIT_OK);
