@@ -22,6 +22,7 @@ import java.util.logging.LogManager;
 import java.util.logging.SimpleFormatter;
 
 import javax.net.ssl.KeyManager;
+import javax.net.ssl.SSLContext;
 import javax.net.ssl.TrustManager;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -93,6 +94,7 @@ public final class EngineClientCheck {
     String logLevel = "warn";
     int pauseMs = 0;
     String correlationId;
+    String tlsProtocol = "TLS"; // the engine's VdsmSSLProtocol default
 
     private int failures;
     private ReactorClient reactorClient;
@@ -156,6 +158,7 @@ public final class EngineClientCheck {
                 "         [--no-result-checks] [--timeout SECONDS] [--call-timeout-ms MS] [--connect-timeout-ms MS]",
                 "         [--retries N] [--heartbeat-ms MS] [--identifier HOST] [--log-level trace|debug|info|warn|error]",
                 "         [--pause-ms MS (idle before the disconnect call)] [--correlation-id ID (MDC ovirtCorrelationId)]",
+                "         [--tls-protocol TLS|TLSv1.2|TLSv1.3 (SSLContext protocol, as engine's VdsmSSLProtocol; default TLS)]",
                 "Calls in order: StoragePool.connect, StoragePool.getInfo, Host.getStorageRepoStats,",
                 "a call that must fail with a VDSM error code (default: StoragePool.getInfo of an unknown pool, 309;",
                 "wrong-master: StoragePool.connect naming a master that is not the pool's, 304 or 324),",
@@ -212,6 +215,7 @@ public final class EngineClientCheck {
                 case "--log-level" -> logLevel = value(args, ++i, a);
                 case "--pause-ms" -> pauseMs = intValue(args, ++i, a);
                 case "--correlation-id" -> correlationId = value(args, ++i, a);
+                case "--tls-protocol" -> tlsProtocol = value(args, ++i, a);
                 case "-h", "--help" -> {
                     OUT.println(usage());
                     System.exit(EXIT_OK);
@@ -305,6 +309,8 @@ public final class EngineClientCheck {
             } catch (IOException | GeneralSecurityException e) {
                 throw new ClientConnectionException("cannot load TLS material: " + e.getMessage(), e);
             }
+            final String protocol = tlsProtocol;
+            // as the engine's EngineManagerProvider: SSLContext.getInstance(VdsmSSLProtocol)
             provider = new ManagerProvider() {
                 @Override
                 public TrustManager[] getTrustManagers() {
@@ -314,6 +320,13 @@ public final class EngineClientCheck {
                 @Override
                 public KeyManager[] getKeyManagers() {
                     return kms;
+                }
+
+                @Override
+                public SSLContext getSSLContext() throws GeneralSecurityException {
+                    SSLContext context = SSLContext.getInstance(protocol);
+                    context.init(getKeyManagers(), getTrustManagers(), null);
+                    return context;
                 }
             };
         }
