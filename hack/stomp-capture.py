@@ -21,9 +21,13 @@ The MESSAGE frame can be varied to find out what the client really needs:
   --pad N                  add an N-byte filler field to each result (large frames)
   --event-first            before each response, send a JSON-RPC notification (no id) on
                            jms.queue.events in the SAME write as the response
+  --event-separate         with --event-first: the notification gets its own write
+                           (back-to-back writes, not one)
   --kick-ms N              N ms after each batch of MESSAGEs, write a lone heart-beat EOL
   --server-heartbeat-ms N  write a heart-beat EOL whenever the peer was not written to for N ms
   --tls-cert/--tls-key/--tls-ca PEM   serve TLS, requiring a client certificate signed by --tls-ca
+  --min-frame N            pad each MESSAGE body with trailing JSON whitespace so the
+                           whole frame is at least N bytes
   --coalesce-connected     no separate CONNECTED write: CONNECTED goes out together with
                            the first response (tests two frames in one read)
 
@@ -164,7 +168,8 @@ class Conn:
                 if self.args.event_first:
                     ev = {"jsonrpc": "2.0", "method": "|virt|VM_status|00000000-0000-0000-0000-000000000001",
                           "params": {"notify_time": 4295327890}}
-                    self.send_message("jms.queue.events", json.dumps(ev).encode(), hold=True)
+                    self.send_message("jms.queue.events", json.dumps(ev).encode(),
+                                      hold=not self.args.event_separate)
                 self.send_message(h.get("reply-to", ""), json.dumps(payload).encode())
             if self.args.kick_ms:
                 time.sleep(self.args.kick_ms / 1000.0)
@@ -181,6 +186,8 @@ class Conn:
 
     def send_message(self, dest, payload, hold=False):
         self.msg_seq += 1
+        if self.args.min_frame:
+            payload = payload + b" " * max(0, self.args.min_frame - len(payload) - 200)
         hdrs = []
         if not self.args.no_destination:
             hdrs.append(("destination", dest))
@@ -268,8 +275,10 @@ def main():
     ap.add_argument("--no-reply", action="store_true")
     ap.add_argument("--pad", type=int, default=0)
     ap.add_argument("--event-first", action="store_true")
+    ap.add_argument("--event-separate", action="store_true")
     ap.add_argument("--kick-ms", type=int, default=0)
     ap.add_argument("--server-heartbeat-ms", type=int, default=0)
+    ap.add_argument("--min-frame", type=int, default=0)
     ap.add_argument("--tls-cert")
     ap.add_argument("--tls-key")
     ap.add_argument("--tls-ca")
