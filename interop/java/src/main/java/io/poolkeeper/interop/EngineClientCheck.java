@@ -466,7 +466,10 @@ public final class EngineClientCheck {
             failures++;
             return null;
         } catch (InterruptedException | ExecutionException | RuntimeException e) {
-            report(method, false, null, null, "fail", "call failed: " + rootMessage(e));
+            // the library's own failure paths (e.g. a TLS handshake that failed) can surface as a
+            // NullPointerException; the cause is in its log on stderr
+            report(method, false, null, null, "fail", "call failed: " + rootMessage(e)
+                    + " (connection or TLS handshake failure? see the library's log on stderr)");
             failures++;
             return null;
         }
