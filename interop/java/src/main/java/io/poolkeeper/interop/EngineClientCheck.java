@@ -352,7 +352,7 @@ public final class EngineClientCheck {
             // 1. StoragePool.connect, parameters as JsonRpcIIrsServer#connectStoragePool
             JsonNode r = call(client, "StoragePool.connect", connectRequest(master, masterVersion));
             if (r == null) {
-                return EXIT_CONNECTION;
+                return transportFailed();
             }
             expectOk(r, "StoragePool.connect", res -> null);
 
@@ -360,14 +360,14 @@ public final class EngineClientCheck {
             r = call(client, "StoragePool.getInfo",
                     new RequestBuilder("StoragePool.getInfo").withParameter("storagepoolID", pool).build());
             if (r == null) {
-                return EXIT_CONNECTION;
+                return transportFailed();
             }
             expectOk(r, "StoragePool.getInfo", this::checkPoolInfo);
 
             // 3. Host.getStorageRepoStats (engine: no parameters, withResponseKey("stats"))
             r = call(client, "Host.getStorageRepoStats", new RequestBuilder("Host.getStorageRepoStats").build());
             if (r == null) {
-                return EXIT_CONNECTION;
+                return transportFailed();
             }
             expectOk(r, "Host.getStorageRepoStats", this::checkRepoStats);
 
@@ -383,7 +383,7 @@ public final class EngineClientCheck {
             }
             r = call(client, badMethod, bad);
             if (r == null) {
-                return EXIT_CONNECTION;
+                return transportFailed();
             }
             expectError(r, badMethod);
 
@@ -402,7 +402,7 @@ public final class EngineClientCheck {
                             .withParameter("scsiKey", scsiKey)
                             .build());
             if (r == null) {
-                return EXIT_CONNECTION;
+                return transportFailed();
             }
             expectOk(r, "StoragePool.disconnect", res -> null);
         } finally {
@@ -420,6 +420,12 @@ public final class EngineClientCheck {
         }
         System.err.println("engine-client-check: all checks passed");
         return EXIT_OK;
+    }
+
+    private int transportFailed() {
+        fail("engine-client-check: FAILED: no answer from " + host + ":" + port
+                + " (connection, TLS or timeout; see the last JSON line and the library's log above)");
+        return EXIT_CONNECTION;
     }
 
     private JsonRpcRequest connectRequest(String masterSd, int masterVer) {
