@@ -658,7 +658,7 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
     })
     .await;
     assert_eq!(
-        host.spec.endpoint, "https://127.0.0.1:54321/jsonrpc",
+        host.spec.endpoint, "127.0.0.1:54321",
         "the endpoint the DaemonSet advertises"
     );
     let leases: Api<Lease> = Api::namespaced(client().await, LEASE_NAMESPACE);

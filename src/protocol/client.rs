@@ -118,6 +118,9 @@ struct Live {
     tx: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     reply_to: String,
+    /// Dropped with the last handle on the connection: its task stops at once, sending nothing
+    /// still queued (a dropped client, a stopped controller, sends nothing more).
+    _alive: oneshot::Sender<()>,
 }
 
 impl Client {
@@ -441,12 +444,14 @@ where
     let (sx, _) = stomp::heart_beat(connected.get("heart-beat"));
     let silence = (sx > 0).then(|| Duration::from_millis(sx * 2) + Duration::from_secs(5));
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (alive, dropped) = oneshot::channel();
     let pending: Pending = Arc::default();
-    tokio::spawn(run(rd, wr, rx, Arc::clone(&pending), buf, silence));
+    tokio::spawn(run(rd, wr, rx, dropped, Arc::clone(&pending), buf, silence));
     Ok(Arc::new(Live {
         tx,
         pending,
         reply_to,
+        _alive: alive,
     }))
 }
 
@@ -471,6 +476,7 @@ async fn run<R, W>(
     mut rd: R,
     mut wr: W,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    mut dropped: oneshot::Receiver<()>,
     pending: Pending,
     mut buf: Vec<u8>,
     silence: Option<Duration>,
@@ -516,6 +522,8 @@ async fn run<R, W>(
             }
         };
         tokio::select! {
+            biased;
+            _ = &mut dropped => break,
             out = rx.recv() => match out {
                 Some(bytes) => {
                     if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {

@@ -175,7 +175,15 @@ impl Session {
 
     async fn on_frame(&mut self, f: Frame) -> Flow {
         let cmd = f.command.as_str();
-        if !self.connected && !matches!(cmd, command::CONNECT | command::STOMP) {
+        // As VDSM, subscriptions may come before CONNECT (the engine's client sends them first
+        // over plain TCP); a SEND needs the credential CONNECT carries, unless the TLS handshake
+        // already checked the caller's certificate.
+        let before_connect_ok = match cmd {
+            command::CONNECT | command::STOMP | command::SUBSCRIBE | command::UNSUBSCRIBE => true,
+            command::SEND => self.opts.token.is_none(),
+            _ => false,
+        };
+        if !self.connected && !before_connect_ok {
             self.error("CONNECT first").await;
             return Flow::Close;
         }
