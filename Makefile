@@ -2,10 +2,10 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test lint crds control-plane observability-tools image demo bench fmt
+.PHONY: test lint crds control-plane observability-tools interop image demo bench fmt
 
-## test: build the control plane and the observability tools if missing, then run every test
-test: control-plane observability-tools
+## test: build the control plane, the observability tools and the engine-client check if missing, then run every test
+test: control-plane observability-tools interop
 	$(CARGO) test
 
 ## lint: formatting, clippy with warnings denied, plan and api pure, no import circle, generated CRDs current
@@ -29,6 +29,10 @@ control-plane:
 ## observability-tools: build promtool and kube-state-metrics from Go modules, once (tests/observability_*.rs run them)
 observability-tools:
 	@./hack/build-observability-tools.sh >/dev/null
+
+## interop: build the oVirt engine-client check (Java, Maven; cached in ~/.cache/poolkeeper), once (tests/interop.rs runs it)
+interop:
+	@./hack/build-interop.sh >/dev/null
 
 ## image: the container image as an OCI archive in target/image (no Docker daemon, no registry; see hack/build-image.sh)
 image:

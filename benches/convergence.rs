@@ -108,10 +108,11 @@ async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: 
     let starting = Instant::now();
     let agents = agent::start(agent::Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_url: None,
+        advertise: None,
+        control_listen: None,
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
-        max_body_bytes: 1024 * 1024,
+        token: Some(Token::new(TOKEN).expect("token")),
+        max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_secs(2),
             check_timeout: Duration::from_secs(5),

@@ -473,6 +473,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         &format!("controller-{n}.log"),
         &[
             "controller".into(),
+            "--insecure".into(),
             "--token-file".into(),
             env.token_file.display().to_string(),
             "--metrics-addr".into(),
@@ -481,7 +482,9 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
             NS.into(),
         ],
     );
+    // The fault-injection API; simulated host i serves VDSM's wire on 127.2.0.1 plus i.
     let agent_addr = free_port();
+    let first_host = std::net::SocketAddr::new([127, 2, 0, 1].into(), agent_addr.port());
     let registering = Instant::now();
     let agent = Proc::spawn(
         env,
@@ -493,8 +496,10 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
             "--sim-prefix".into(),
             prefix.clone(),
             "--listen".into(),
+            first_host.to_string(),
+            "--control-listen".into(),
             agent_addr.to_string(),
-            "--insecure-http".into(),
+            "--insecure".into(),
             "--token-file".into(),
             env.token_file.display().to_string(),
             "--lease-namespace".into(),

@@ -81,9 +81,13 @@ pub struct DevArgs {
     /// Where the controller serves metrics and health.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub metrics_addr: SocketAddr,
-    /// Where the simulated hosts listen (RPCs and the fault-injection control surface).
-    #[arg(long, default_value = "127.0.0.1:54321")]
+    /// Where the first simulated host serves VDSM's wire; host `i` listens on this address plus
+    /// `i` (127.1.0.1, 127.1.0.2, ...), same port.
+    #[arg(long, default_value = "127.1.0.1:54321")]
     pub agent_addr: SocketAddr,
+    /// Where the simulator serves its fault-injection API (docs/simulator.md).
+    #[arg(long, default_value = "127.0.0.1:54320")]
+    pub control_addr: SocketAddr,
 }
 
 /// Runs until interrupted.
@@ -119,10 +123,12 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     let token = Token::new(&secret)?;
     let agents = agent::start(agent::Options {
         listen: args.agent_addr,
-        advertise_url: None,
+        advertise: None,
+        control_listen: Some(args.control_addr),
+        // The demo's hosts and controller share this process: plain TCP, as `--insecure`.
         tls: None,
-        token: token.clone(),
-        max_body_bytes: 1024 * 1024,
+        token: Some(token.clone()),
+        max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_secs(2),
             check_timeout: Duration::from_secs(5),
@@ -141,7 +147,7 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
         )),
     })
     .await?;
-    let agent_addr = agents.local_addr();
+    let control_addr = agents.control_addr().unwrap_or(args.control_addr);
 
     let settings = Settings {
         lease_namespace: LEASE_NAMESPACE.into(),
@@ -177,7 +183,7 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
     println!("  kubectl patch sd data2 --type=merge -p '{{\"spec\":{{\"maintenance\":true}}}}'");
     println!("  metrics: http://{}/metrics", args.metrics_addr);
     println!(
-        "  fault injection (docs/simulator.md): http://{agent_addr}/control/hosts  (token: {secret})"
+        "  fault injection (docs/simulator.md): http://{control_addr}/control/hosts  (token: {secret})"
     );
     println!("Ctrl-C stops everything.");
 

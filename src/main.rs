@@ -15,7 +15,7 @@ enum Command {
     /// Print every CRD as YAML (what `crds/` holds).
     Crds,
     /// Run the host agent (or, with --simulate N, N virtual hosts).
-    Agent(poolkeeper::agent::AgentArgs),
+    Agent(Box<poolkeeper::agent::AgentArgs>),
     /// Run the controller.
     Controller(poolkeeper::controller::ControllerArgs),
     /// Start a local control plane, the controller and simulated hosts, and run until interrupted.
@@ -61,7 +61,7 @@ async fn run() -> anyhow::Result<()> {
             print!("{}", poolkeeper::api::crds_yaml()?);
             Ok(())
         }
-        Command::Agent(args) => Ok(poolkeeper::agent::run(args).await?),
+        Command::Agent(args) => Ok(poolkeeper::agent::run(*args).await?),
         Command::Controller(args) => Ok(poolkeeper::controller::run(args).await?),
         #[cfg(feature = "dev")]
         Command::Dev(args) => Ok(poolkeeper::dev::run(args).await?),

@@ -54,10 +54,11 @@ async fn namespace(client: &kube::Client) -> String {
 fn options(hosts: Hosts, kube: kube::Client, ns: &str) -> Options {
     Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_url: None,
+        advertise: None,
+        control_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
-        max_body_bytes: 64 * 1024,
+        token: Some(Token::new(TOKEN).expect("token")),
+        max_frame_bytes: 64 * 1024,
         monitor: MonitorConfig {
             period: PERIOD,
             check_timeout: Duration::from_secs(1),
@@ -266,7 +267,7 @@ async fn restart_reports_a_new_boot_id_no_pool_and_keeps_operator_fields() {
         &name,
         HostSpec {
             pool: Some("pool-a".into()),
-            endpoint: Some("http://override.example.com:54321/jsonrpc".into()),
+            endpoint: Some("override.example.com:54321".into()),
             maintenance: true,
         },
     );
@@ -299,7 +300,7 @@ async fn restart_reports_a_new_boot_id_no_pool_and_keeps_operator_fields() {
     assert!(h.spec.maintenance);
     assert_eq!(
         h.spec.endpoint.as_deref(),
-        Some("http://override.example.com:54321/jsonrpc"),
+        Some("override.example.com:54321"),
         "the operator's override is kept"
     );
     assert_eq!(
@@ -611,7 +612,7 @@ async fn simulator_faults_blackhole_restart_storage_and_latency_and_their_undo()
     let running = start(options(sim, kube.clone(), &ns))
         .await
         .expect("simulator starts");
-    let base = format!("http://{}", running.local_addr());
+    let base = format!("http://{}", running.control_addr().expect("control"));
     let hosts: Api<Host> = Api::all(kube.clone());
     let leases: Api<Lease> = Api::namespaced(kube.clone(), &ns);
     let name = |i: usize| format!("{prefix}-{i:04}");
@@ -834,7 +835,7 @@ fn token_file(dir: &Path) -> String {
 }
 
 #[test]
-fn binary_refuses_plain_http_unless_asked() {
+fn binary_refuses_plain_tcp_unless_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = token_file(dir.path());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolkeeper"))
@@ -843,7 +844,7 @@ fn binary_refuses_plain_http_unless_asked() {
         .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--insecure-http"), "{stderr}");
+    assert!(stderr.contains("--insecure"), "{stderr}");
 }
 
 #[tokio::test]
@@ -887,7 +888,7 @@ async fn binary_agent_serves_a_made_domain_and_reports_it() {
             &name,
             "--listen",
             &listen,
-            "--insecure-http",
+            "--insecure",
             "--token-file",
             &token_file(dir.path()),
             "--storage-root",
@@ -908,7 +909,7 @@ async fn binary_agent_serves_a_made_domain_and_reports_it() {
     })
     .await;
     let endpoint = published(&h);
-    assert_eq!(endpoint, format!("http://{listen}/jsonrpc"));
+    assert_eq!(endpoint, listen);
     let pool = uuid();
     create_pool(&endpoint, &pool, &sd).await;
     rpc_client()
@@ -938,7 +939,8 @@ async fn binary_simulator_registers_hosts_and_answers_at_their_endpoints() {
     let ns = namespace(&kube).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let prefix = unique("binsim");
-    let listen = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let _sim = Child(
         poolkeeper(&[
             "agent",
@@ -948,7 +950,9 @@ async fn binary_simulator_registers_hosts_and_answers_at_their_endpoints() {
             &prefix,
             "--listen",
             &listen,
-            "--insecure-http",
+            "--control-listen",
+            "127.0.0.1:0",
+            "--insecure",
             "--token-file",
             &token_file(dir.path()),
             "--lease-namespace",
@@ -964,7 +968,8 @@ async fn binary_simulator_registers_hosts_and_answers_at_their_endpoints() {
         let name = format!("{prefix}-{i:04}");
         let h = report_where(&hosts, &name, "a simulated host's report", |_| true).await;
         let endpoint = published(&h);
-        assert_eq!(endpoint, format!("http://{listen}/hosts/{name}/jsonrpc"));
+        // Each simulated host listens on its own address: 127.0.0.1 plus its index.
+        assert_eq!(endpoint, format!("127.0.0.{}:{port}", i + 1));
         if i == 0 {
             create_pool(&endpoint, &pool, &sd).await;
         }

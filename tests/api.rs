@@ -270,15 +270,27 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str, &'static str)> {
         ),
         (
             "Host",
-            json!({"endpoint": "ftp://host1:54321/jsonrpc"}),
+            json!({"endpoint": "https://host1:54321/jsonrpc"}),
             "spec.endpoint",
-            "http:// or https:// URL",
+            "must be host:port",
         ),
         (
             "Host",
             json!({"endpoint": "host1 port 54321"}),
             "spec.endpoint",
-            "http:// or https:// URL",
+            "must be host:port",
+        ),
+        (
+            "Host",
+            json!({"endpoint": "host1:65536"}),
+            "spec.endpoint",
+            "must be host:port",
+        ),
+        (
+            "Host",
+            json!({"endpoint": "Host1:54321"}),
+            "spec.endpoint",
+            "must be host:port",
         ),
         (
             "Host",
@@ -288,7 +300,7 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str, &'static str)> {
         ),
         (
             "Host",
-            json!({"endpoint": "https://h:1/jsonrpc", "pool": "-dc1"}),
+            json!({"endpoint": "h:1", "pool": "-dc1"}),
             "spec.pool",
             "name of an object",
         ),
@@ -534,7 +546,7 @@ async fn condition_messages_beyond_the_bound_are_rejected_and_bounded_ones_accep
             "StorageDomain",
             json!({"uuid": uuid(), "storage": {"path": "/srv/d"}}),
         ),
-        ("Host", json!({"endpoint": "https://h:54321/jsonrpc"})),
+        ("Host", json!({"endpoint": "h:54321"})),
     ] {
         let api = dynamic(kind).await;
         let name = unique("bigmsg");
@@ -637,7 +649,7 @@ async fn spec_and_status_are_written_independently() {
     let host = kubectl_stdin(
         &["apply", "-f", "-"],
         &format!(
-            "apiVersion: poolkeeper.io/v1alpha1\nkind: Host\nmetadata:\n  name: {name}\nspec:\n  endpoint: https://{name}:54321/jsonrpc\n  pool: dc-a\n"
+            "apiVersion: poolkeeper.io/v1alpha1\nkind: Host\nmetadata:\n  name: {name}\nspec:\n  endpoint: {name}:54321\n  pool: dc-a\n"
         ),
     );
     assert!(

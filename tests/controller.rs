@@ -532,7 +532,7 @@ async fn nonsensical_host_report_is_ignored_and_the_pool_still_converges() {
     let hosts: Api<Host> = Api::all(client().await);
     let h: Host = serde_json::from_value(json!({
         "apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host", "metadata": {"name": name},
-        "spec": {"pool": sim.pool, "endpoint": "http://127.0.0.1:9/jsonrpc"},
+        "spec": {"pool": sim.pool, "endpoint": "127.0.0.1:9"},
     }))
     .expect("host");
     hosts

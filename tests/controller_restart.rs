@@ -317,7 +317,44 @@ async fn controller_killed_mid_rollout_converges_without_losing_ids_or_map() {
         .status
         .expect("pool status after the kill");
     let ids_before = ids(&before);
-    let held_after_kill = hosts_holding(&p.hosts, &expected).await;
+    // Calls the dead controller sent just before the kill still land: a host executes a request
+    // it received whatever became of the connection, as VDSM does. What the new controller owes
+    // is what is left once they have (each takes the 300 ms latency): the hosts' own memory,
+    // then their reports, settle.
+    let in_memory = || {
+        let mut held: Vec<String> = p
+            .agents
+            .hosts()
+            .iter()
+            .filter(|h| {
+                h.report().pool.is_some_and(|c| {
+                    c.domain_map
+                        .iter()
+                        .map(|(uuid, status)| (uuid.clone(), *status))
+                        .collect::<BTreeMap<_, _>>()
+                        == expected
+                })
+            })
+            .map(|h| h.name().to_owned())
+            .collect();
+        held.sort();
+        held
+    };
+    let mut settled = in_memory();
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = in_memory();
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let held_after_kill = eventually("the reports of the calls that landed", WAIT, || async {
+        let mut reported = hosts_holding(&p.hosts, &expected).await;
+        reported.sort();
+        (reported == settled).then_some(reported)
+    })
+    .await;
     eprintln!(
         "killed with {} of {N} hosts holding the map (seen {} just before), mapVersion {}",
         held_after_kill.len(),

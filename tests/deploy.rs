@@ -684,7 +684,7 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
     .await;
     assert_eq!(
         host.status.and_then(|s| s.endpoint).as_deref(),
-        Some("https://127.0.0.1:54321/jsonrpc"),
+        Some("127.0.0.1:54321"),
         "the endpoint the DaemonSet advertises"
     );
     let leases: Api<Lease> = Api::namespaced(client().await, LEASE_NAMESPACE);
@@ -718,6 +718,7 @@ fn contradictory_leader_election_timings_are_refused_with_a_message() {
         .args([
             "controller",
             "--token-file=/dev/null",
+            "--insecure",
             "--leader-elect",
             "--leader-election-lease-seconds=5",
             "--leader-election-renew-grace-seconds=5",

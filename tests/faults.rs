@@ -94,6 +94,7 @@ impl Controller {
         let out = std::fs::File::create(&log).expect("controller log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_poolkeeper"));
         cmd.arg("controller")
+            .arg("--insecure")
             .arg("--token-file")
             .arg(workdir().join("token"))
             .arg("--metrics-addr")

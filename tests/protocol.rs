@@ -1,5 +1,6 @@
-//! Protocol tests: the real `protocol::Client` against the real agent server on 127.0.0.1, with
-//! file storage in temp dirs and no API server (the agent serves calls from memory). A real file
+//! Protocol tests: the real `protocol::Client` against the real agent server on 127.0.0.1 (VDSM's
+//! wire: JSON-RPC over STOMP), and raw STOMP frames as VDSM's and the oVirt engine's clients send
+//! them, with file storage in temp dirs and no API server (the agent serves calls from memory). A real file
 //! host checks the master as VDSM does, so each pool here is first created on storage with
 //! `StoragePool.create`, as a pool manager would.
 
@@ -11,6 +12,7 @@ use poolkeeper::agent::monitor::MonitorConfig;
 use poolkeeper::agent::storage::make_file_domain;
 use poolkeeper::agent::{Hosts, Options, Running, TlsFiles, start};
 use poolkeeper::api::MapStatus::{self, Active, Attached};
+use poolkeeper::protocol::stomp::{self, Decoded, Frame};
 use poolkeeper::protocol::wire::{
     CreateParams, DomainParams, HostStats, PoolInfo, PoolParams, RefreshParams, SpmStartParams,
     SpmStatusResult, SwitchMasterParams, method,
@@ -19,6 +21,7 @@ use poolkeeper::protocol::{
     Client, ConnectParams, DisconnectParams, ErrorCode, RpcError, Token, Vitals,
 };
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(5);
 const TOKEN: &str = "test-token-0123456789";
@@ -35,24 +38,24 @@ impl Agent {
         Self::start_with(None, 64 * 1024).await
     }
 
-    async fn start_with(tls: Option<TlsFiles>, max_body_bytes: usize) -> Self {
+    async fn start_with(tls: Option<TlsFiles>, max_frame_bytes: usize) -> Self {
         let root = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
-        Self::start_on(root, tls, max_body_bytes).await
+        Self::start_on(root, tls, max_frame_bytes).await
     }
 
     /// An agent over the storage of another one (two hosts sharing an export).
     async fn start_on(
         root: std::sync::Arc<tempfile::TempDir>,
         tls: Option<TlsFiles>,
-        max_body_bytes: usize,
+        max_frame_bytes: usize,
     ) -> Self {
-        let https = tls.is_some();
         let running = start(Options {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            advertise_url: None,
+            advertise: None,
+            control_listen: None,
             tls,
-            token: Token::new(TOKEN).expect("token"),
-            max_body_bytes,
+            token: Some(Token::new(TOKEN).expect("token")),
+            max_frame_bytes,
             monitor: MonitorConfig {
                 period: Duration::from_millis(100),
                 check_timeout: Duration::from_millis(400),
@@ -65,8 +68,7 @@ impl Agent {
         })
         .await
         .expect("agent starts");
-        let scheme = if https { "https" } else { "http" };
-        let endpoint = format!("{scheme}://{}/jsonrpc", running.local_addr());
+        let endpoint = running.rpc_addr().to_string();
         let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
         Self {
             running,
@@ -124,15 +126,25 @@ impl Agent {
             .storage_domains
     }
 
-    async fn raw(&self, body: &str, auth: Option<&str>) -> reqwest::Response {
-        let mut req = reqwest::Client::new()
-            .post(&self.endpoint)
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
+    /// One raw STOMP session: `frames` are sent as they are, then the frames the agent sends
+    /// are read until it closes or stays quiet for a second.
+    async fn raw(&self, frames: &[Frame]) -> Vec<Frame> {
+        raw_session(&self.endpoint, frames, Duration::from_secs(1)).await
+    }
+
+    /// CONNECT (with `passcode` when given), SUBSCRIBE to `jms.topic.vdsm_responses` as the
+    /// engine does, and SEND `body`; what the agent sent back.
+    async fn raw_call(&self, body: &str, passcode: Option<&str>) -> Vec<Frame> {
+        let mut connect = Frame::new("CONNECT").header("accept-version", "1.2");
+        if let Some(p) = passcode {
+            connect = connect.header("passcode", p);
         }
-        req.send().await.expect("sent")
+        self.raw(&[
+            connect,
+            subscribe(stomp::RESPONSES, "sub-1"),
+            send(body, Some(stomp::RESPONSES)),
+        ])
+        .await
     }
 
     /// Polls getStats until `check` holds for domain `sd`.
@@ -150,6 +162,61 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A SEND of `body` to VDSM's request destination, with `reply-to` when given.
+fn send(body: &str, reply_to: Option<&str>) -> Frame {
+    let mut f = Frame::new("SEND")
+        .header("destination", stomp::REQUESTS)
+        .header("content-type", "application/json");
+    if let Some(r) = reply_to {
+        f = f.header("reply-to", r);
+    }
+    f.with_body(body.as_bytes().to_vec())
+}
+
+fn subscribe(destination: &str, id: &str) -> Frame {
+    Frame::new("SUBSCRIBE")
+        .header("destination", destination)
+        .header("ack", "auto")
+        .header("id", id)
+}
+
+async fn raw_session(endpoint: &str, frames: &[Frame], quiet: Duration) -> Vec<Frame> {
+    let mut tcp = tokio::net::TcpStream::connect(endpoint)
+        .await
+        .expect("connect");
+    let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+    tcp.write_all(&bytes).await.expect("write");
+    read_frames(&mut tcp, quiet).await
+}
+
+/// Frames (heart-beats left out) until the peer closes or stays quiet for `quiet`.
+async fn read_frames(tcp: &mut tokio::net::TcpStream, quiet: Duration) -> Vec<Frame> {
+    let (mut buf, mut out, mut chunk) = (Vec::new(), Vec::new(), vec![0u8; 65536]);
+    loop {
+        while let Ok(Some((d, n))) = stomp::decode(&buf, stomp::MAX_FRAME_BYTES) {
+            buf.drain(..n);
+            if let Decoded::Frame(f) = d {
+                out.push(f);
+            }
+        }
+        match tokio::time::timeout(quiet, tcp.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return out,
+        }
+    }
+}
+
+fn commands(frames: &[Frame]) -> Vec<&str> {
+    frames.iter().map(|f| f.command.as_str()).collect()
+}
+
+/// The JSON body of the only MESSAGE among `frames`.
+fn answer(frames: &[Frame]) -> Value {
+    let messages: Vec<&Frame> = frames.iter().filter(|f| f.command == "MESSAGE").collect();
+    assert_eq!(messages.len(), 1, "{frames:?}");
+    serde_json::from_slice(&messages[0].body).expect("json")
 }
 
 fn uuid() -> String {
@@ -522,17 +589,11 @@ async fn calls_without_the_right_token_are_refused_with_no_state_change() {
     let p = params(&sp, 1, &d1, Some(&[(&d1, Active)]));
     let body = json!({"jsonrpc": "2.0", "method": "StoragePool.connect", "params": p, "id": 1})
         .to_string();
-    assert_eq!(a.raw(&body, None).await.status(), 401, "missing");
-    assert_eq!(
-        a.raw(&body, Some("Bearer nope")).await.status(),
-        401,
-        "wrong"
-    );
-    assert_eq!(
-        a.raw(&body, Some(TOKEN)).await.status(),
-        401,
-        "not a bearer header"
-    );
+    for (passcode, what) in [(None, "missing"), (Some("nope"), "wrong")] {
+        let got = a.raw_call(&body, passcode).await;
+        assert_eq!(commands(&got), ["ERROR"], "{what}");
+        assert_eq!(got[0].get("message"), Some("credential refused"), "{what}");
+    }
     let wrong = Client::new(Token::new("wrong-token").expect("token"), None).expect("client");
     let e = wrong.connect(&a.endpoint, &p, T).await;
     assert!(matches!(e, Err(RpcError::Unauthorized)), "{e:?}");
@@ -542,21 +603,22 @@ async fn calls_without_the_right_token_are_refused_with_no_state_change() {
         ErrorCode::StoragePoolUnknown,
         "nothing happened"
     );
-    let ok = a.raw(&body, Some(&format!("Bearer {TOKEN}"))).await;
-    assert_eq!(ok.status(), 200);
+    let ok = a.raw_call(&body, Some(TOKEN)).await;
+    assert_eq!(commands(&ok), ["CONNECTED", "MESSAGE"]);
+    assert_eq!(answer(&ok)["result"], true);
     assert!(a.info(&sp).await.is_ok());
     a.running.shutdown().await;
 }
 
 #[tokio::test]
-async fn oversized_bodies_are_refused_with_413() {
+async fn oversized_frames_are_refused_with_an_error_frame() {
     let a = Agent::start_with(None, 2048).await;
     let sp = uuid();
     let map: Vec<String> = (0..60).map(|_| uuid()).collect();
     let entries: Vec<(&str, MapStatus)> = map.iter().map(|d| (d.as_str(), Active)).collect();
     let e = a.connect(&params(&sp, 1, &map[0], Some(&entries))).await;
     assert!(
-        matches!(e, Err(RpcError::HttpStatus { status: 413 })),
+        matches!(&e, Err(RpcError::Refused { message }) if message.contains("larger than 2048")),
         "{e:?}"
     );
     assert_eq!(code(a.info(&sp).await), ErrorCode::StoragePoolUnknown);
@@ -566,30 +628,26 @@ async fn oversized_bodies_are_refused_with_413() {
 #[tokio::test]
 async fn malformed_calls_get_json_rpc_protocol_errors() {
     let a = Agent::start().await;
-    let auth = format!("Bearer {TOKEN}");
-    let error_code = |v: Value| v["error"]["code"].as_i64();
-    let r: Value = a
-        .raw("{not json", Some(&auth))
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(error_code(r.clone()), Some(-32700));
+    let error_code = |v: &Value| v["error"]["code"].as_i64();
+    let r = answer(&a.raw_call("{not json", Some(TOKEN)).await);
+    assert_eq!(error_code(&r), Some(-32700));
     assert_eq!(r["id"], Value::Null);
-    let r: Value = a
-        .raw(r#"{"method":"Host.getStats","id":1}"#, Some(&auth))
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(error_code(r), Some(-32600));
-    let r: Value = a
-        .raw("[1,2]", Some(&auth))
-        .await
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(error_code(r), Some(-32600));
+    let r = answer(
+        &a.raw_call(r#"{"method":"Host.getStats","id":1}"#, Some(TOKEN))
+            .await,
+    );
+    assert_eq!(error_code(&r), Some(-32600));
+    // A batch is answered as a batch (JSON-RPC 2.0), element by element.
+    let r = answer(&a.raw_call("[1,2]", Some(TOKEN)).await);
+    let codes: Vec<Option<i64>> = r
+        .as_array()
+        .expect("a batch")
+        .iter()
+        .map(error_code)
+        .collect();
+    assert_eq!(codes, [Some(-32600), Some(-32600)]);
+    let r = answer(&a.raw_call("[]", Some(TOKEN)).await);
+    assert_eq!(error_code(&r), Some(-32600));
 
     let e = a
         .client
@@ -620,6 +678,139 @@ async fn malformed_calls_get_json_rpc_protocol_errors() {
     a.running.shutdown().await;
 }
 
+/// The frames of VDSM's Python client (a fresh reply destination, one-element batches, no
+/// `host`) and of the oVirt engine's (`jms.topic.vdsm_responses` and `jms.queue.events`, a
+/// `host` header, UNSUBSCRIBE and DISCONNECT with a receipt on close) are both served.
+#[tokio::test]
+async fn vdsm_and_engine_clients_frames_are_served() {
+    let a = Agent::start().await;
+    let stats = r#"{"jsonrpc":"2.0","method":"Host.getStats","params":{},"id":"e1"}"#;
+    // VDSM's Python client: SUBSCRIBE before CONNECTED arrives, a one-element batch.
+    let queue = uuid();
+    let got = a
+        .raw(&[
+            Frame::new("CONNECT")
+                .header("accept-version", "1.2")
+                .header("heart-beat", "0,24000")
+                .header("passcode", TOKEN),
+            subscribe(&queue, "s1"),
+            send(&format!("[{stats}]"), Some(&queue)),
+        ])
+        .await;
+    assert_eq!(commands(&got), ["CONNECTED", "MESSAGE"]);
+    assert_eq!(got[0].get("version"), Some("1.2"));
+    assert_eq!(got[0].get("heart-beat"), Some("24000,0"));
+    assert_eq!(got[1].get("destination"), Some(queue.as_str()));
+    assert_eq!(got[1].get("subscription"), Some("s1"));
+    assert_eq!(got[1].get("content-type"), Some("application/json"));
+    let r = answer(&got);
+    assert_eq!(r[0]["id"], "e1");
+    assert!(r[0]["result"]["storageDomains"].is_object(), "{r}");
+
+    // The engine's client.
+    let got = a
+        .raw(&[
+            Frame::new("CONNECT")
+                .header("accept-version", "1.2")
+                .header("host", "127.0.0.1")
+                .header("passcode", TOKEN),
+            subscribe(stomp::RESPONSES, "r"),
+            subscribe(stomp::EVENTS, "e"),
+            send(stats, Some(stomp::RESPONSES)).header("ovirtCorrelationId", "flow-1"),
+            Frame::new("UNSUBSCRIBE").header("id", "r"),
+            Frame::new("DISCONNECT").header("receipt", "bye-1"),
+        ])
+        .await;
+    assert_eq!(commands(&got)[0], "CONNECTED");
+    assert!(commands(&got).contains(&"RECEIPT"), "{got:?}");
+    let receipt = got
+        .iter()
+        .find(|f| f.command == "RECEIPT")
+        .expect("receipt");
+    assert_eq!(receipt.get("receipt-id"), Some("bye-1"));
+    a.running.shutdown().await;
+}
+
+/// What VDSM gets wrong or refuses, answered as STOMP and JSON-RPC say: a notification gets no
+/// answer and the agent keeps answering (VDSM's worker dies on one), other versions and a SEND
+/// before CONNECT get ERROR, a reply-to nobody subscribed to gets ERROR, and heart-beats come at
+/// the interval asked for.
+#[tokio::test]
+async fn notifications_versions_and_heart_beats() {
+    let a = Agent::start().await;
+    let note = r#"{"jsonrpc":"2.0","method":"Host.getStats","params":{}}"#;
+    let stats = r#"{"jsonrpc":"2.0","method":"Host.getStats","params":{},"id":2}"#;
+    let got = a
+        .raw(&[
+            Frame::new("CONNECT")
+                .header("accept-version", "1.2")
+                .header("passcode", TOKEN),
+            subscribe("q", "s"),
+            send(note, Some("q")),
+            send(stats, Some("q")),
+        ])
+        .await;
+    assert_eq!(commands(&got), ["CONNECTED", "MESSAGE"]);
+    assert_eq!(answer(&got)["id"], 2);
+    let _: HostStats = a.client.get_stats(&a.endpoint, T).await.expect("serving");
+
+    let got = a
+        .raw(&[Frame::new("CONNECT")
+            .header("accept-version", "1.0,1.1")
+            .header("passcode", TOKEN)])
+        .await;
+    assert_eq!(commands(&got), ["ERROR"]);
+    assert_eq!(got[0].get("message"), Some("Version unsupported"));
+    let got = a
+        .raw(&[Frame::new("CONNECT")
+            .header("accept-version", "1.1,1.2")
+            .header("passcode", TOKEN)])
+        .await;
+    assert_eq!(commands(&got), ["CONNECTED"], "1.2 among others is spoken");
+    let got = a.raw(&[send(stats, Some("q"))]).await;
+    assert_eq!(commands(&got), ["ERROR"], "SEND before CONNECT");
+    let got = a
+        .raw(&[
+            Frame::new("CONNECT")
+                .header("accept-version", "1.2")
+                .header("passcode", TOKEN),
+            send(stats, Some("nobody-listens")),
+        ])
+        .await;
+    assert_eq!(commands(&got), ["CONNECTED", "ERROR"]);
+    assert!(
+        got[1]
+            .get("message")
+            .is_some_and(|m| m.contains("SUBSCRIBE")),
+        "{got:?}"
+    );
+
+    // Heart-beats: asked for every second, bare newlines arrive while the session is idle.
+    let mut tcp = tokio::net::TcpStream::connect(&a.endpoint)
+        .await
+        .expect("connect");
+    let connect = Frame::new("CONNECT")
+        .header("accept-version", "1.2")
+        .header("heart-beat", "0,1000")
+        .header("passcode", TOKEN)
+        .encode();
+    tcp.write_all(&connect).await.expect("write");
+    let got = read_frames(&mut tcp, Duration::from_millis(300)).await;
+    assert_eq!(got[0].get("heart-beat"), Some("1000,0"));
+    let mut newlines = 0;
+    let deadline = Instant::now() + Duration::from_millis(2600);
+    let mut byte = [0u8; 1];
+    while Instant::now() < deadline {
+        if let Ok(Ok(1)) =
+            tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut byte)).await
+        {
+            newlines += usize::from(byte[0] == b'\n');
+        }
+    }
+    assert!(newlines >= 2, "{newlines} heart-beats in 2.6 s");
+    a.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn transport_failures_and_timeouts_are_not_vdsm_errors() {
     let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
@@ -635,20 +826,15 @@ async fn transport_failures_and_timeouts_are_not_vdsm_errors() {
         }
     });
     let e = client
-        .get_stats(
-            &format!("http://{addr}/jsonrpc"),
-            Duration::from_millis(200),
-        )
+        .get_stats(&addr.to_string(), Duration::from_millis(200))
         .await;
     assert!(matches!(e, Err(RpcError::Timeout { .. })), "{e:?}");
     hold.abort();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let e = client
-        .get_stats(&format!("http://127.0.0.1:{port}/jsonrpc"), T)
-        .await;
-    assert!(matches!(e, Err(RpcError::Transport(_))), "{e:?}");
+    let e = client.get_stats(&format!("127.0.0.1:{port}"), T).await;
+    assert!(matches!(e, Err(RpcError::Transport { .. })), "{e:?}");
     assert!(e.as_ref().err().is_some_and(RpcError::is_unreachable));
 }
 
@@ -659,8 +845,15 @@ async fn tls_with_the_right_ca_works_and_an_unknown_ca_is_refused() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, ck.cert.pem()).expect("write");
     std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write");
-    let a = Agent::start_with(Some(TlsFiles { cert, key }), 64 * 1024).await;
-    assert!(a.endpoint.starts_with("https://"));
+    let a = Agent::start_with(
+        Some(TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        }),
+        64 * 1024,
+    )
+    .await;
     let trusted = Client::new(
         Token::new(TOKEN).expect("token"),
         Some(ck.cert.pem().as_bytes()),
@@ -677,8 +870,124 @@ async fn tls_with_the_right_ca_works_and_an_unknown_ca_is_refused() {
     )
     .expect("client");
     let e = untrusted.get_stats(&a.endpoint, T).await;
-    assert!(matches!(e, Err(RpcError::Transport(_))), "{e:?}");
+    assert!(matches!(e, Err(RpcError::Transport { .. })), "{e:?}");
+    let plain = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
+    let e = plain.get_stats(&a.endpoint, Duration::from_secs(2)).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "plain TCP to a TLS port: {e:?}"
+    );
     a.running.shutdown().await;
+}
+
+/// Mutual TLS, as VDSM takes calls only from the engine: the agent accepts only a client
+/// certificate the pool CA signed for the controller, and the controller accepts only a host
+/// certificate that names the Host it calls. No token is involved.
+#[tokio::test]
+async fn mutual_tls_accepts_only_the_controller_and_the_host_called() {
+    use poolkeeper::protocol::Target;
+    use poolkeeper::testenv::{KeyUsage, PoolCa};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = PoolCa::generate("pool-ca").expect("ca");
+    let host = ca.host("host-under-test", "127.0.0.1").expect("host cert");
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write");
+        path
+    };
+    let files = TlsFiles {
+        cert: write("tls.crt", &host.cert_pem),
+        key: write("tls.key", &host.key_pem),
+        client_ca: Some(write("ca.crt", ca.pem())),
+    };
+    let root = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let running = start(Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        control_listen: None,
+        tls: Some(files),
+        token: None,
+        max_frame_bytes: 64 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Single {
+            name: "host-under-test".into(),
+            storage_root: root.path().to_owned(),
+        },
+        kube: None,
+    })
+    .await
+    .expect("agent starts");
+    let endpoint = running.rpc_addr().to_string();
+    let target = Target {
+        name: "host-under-test",
+        endpoint: &endpoint,
+    };
+    let short = Duration::from_secs(3);
+    let with = |id: &poolkeeper::testenv::Issued, ca_pem: &str| {
+        Client::mutual(
+            ca_pem.as_bytes(),
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+            None,
+        )
+        .expect("client")
+    };
+
+    let controller = with(&ca.controller().expect("controller cert"), ca.pem());
+    controller
+        .get_stats(target, short)
+        .await
+        .expect("the controller is served");
+
+    // Refused: no client certificate at all...
+    let anonymous =
+        Client::new(Token::new(TOKEN).expect("token"), Some(ca.pem().as_bytes())).expect("client");
+    let e = anonymous.get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "no client cert: {e:?}"
+    );
+    // ...a controller certificate from another CA...
+    let other = PoolCa::generate("other-ca").expect("ca");
+    let forged = with(&other.controller().expect("cert"), ca.pem());
+    let e = forged.get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "other CA: {e:?}"
+    );
+    // ...a host's certificate presented as the controller (server use only)...
+    let e = with(&host, ca.pem()).get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "host cert: {e:?}"
+    );
+    // ...and a client certificate of the pool CA that names someone else.
+    let impostor = ca.issue(&["host-b"], KeyUsage::ClientAuth).expect("cert");
+    let e = with(&impostor, ca.pem()).get_stats(target, short).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "not the controller: {e:?}"
+    );
+
+    // The controller refuses a host answering with another host's certificate.
+    let e = controller
+        .get_stats(
+            Target {
+                name: "host-b",
+                endpoint: &endpoint,
+            },
+            short,
+        )
+        .await;
+    assert!(
+        matches!(&e, Err(RpcError::Transport { reason }) if reason.contains("tls")),
+        "{e:?}"
+    );
+    running.shutdown().await;
 }
 
 // --- monitors over temp dirs ---
@@ -1089,10 +1398,11 @@ async fn reconstruct_master_needs_a_disconnected_host_and_writes_a_new_master() 
 async fn simulated_hosts_share_storage_check_the_master_as_vdsm_and_hold_one_pool_manager() {
     let running = start(Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_url: None,
+        advertise: None,
+        control_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
-        max_body_bytes: 64 * 1024,
+        token: Some(Token::new(TOKEN).expect("token")),
+        max_frame_bytes: 64 * 1024,
         monitor: MonitorConfig {
             period: Duration::from_millis(100),
             check_timeout: Duration::from_millis(400),
@@ -1106,9 +1416,11 @@ async fn simulated_hosts_share_storage_check_the_master_as_vdsm_and_hold_one_poo
     })
     .await
     .expect("simulator starts");
-    let base = format!("http://{}", running.local_addr());
+    let base = format!("http://{}", running.control_addr().expect("control"));
     let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
-    let endpoint = |i: usize| format!("{base}/hosts/sim-{i:04}/jsonrpc");
+    // Each simulated host serves on its own address.
+    let endpoint = |i: usize| running.hosts()[i].endpoint().to_owned();
+    assert_ne!(endpoint(0), endpoint(1));
     let (sp, d1, d2) = (uuid(), uuid(), uuid());
     // A domain fresh from make-domain is no pool's master: refused (324) as by VDSM, until the
     // pool is created on the shared storage (by one host; the other sees it).

@@ -30,7 +30,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -39,8 +38,17 @@ use self::host::{HostAgent, PoolStorage, SpmLease};
 use self::lease::LeaseConfig;
 use self::monitor::{MAX_PERIOD, MonitorConfig};
 use self::storage::{FileStorage, Storage};
-use crate::protocol::server::{DEFAULT_MAX_BODY_BYTES, protect, router};
-use crate::protocol::{RPC_PATH, Token, TokenError, Verbs};
+use crate::protocol::server::Rpc;
+use crate::protocol::session::{Handler, SessionOptions, TlsServing, accept_loop};
+use crate::protocol::{Token, TokenError};
+
+/// The simulator's first host address when `--listen` names every address: host `i` listens on
+/// this address plus `i` (127.1.0.1, 127.1.0.2, ... all loopback).
+const SIM_FIRST_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 1, 0, 1);
+
+/// The largest request frame the agent reads by default: a connect with 100 domains is about
+/// 6 KiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 256 * 1024;
 
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +70,7 @@ pub enum Error {
     },
     /// The TLS certificate or key cannot be loaded.
     #[error("cannot load the tls certificate and key")]
-    Tls(#[source] std::io::Error),
+    Tls(#[source] crate::protocol::tls::TlsError),
     /// No Kubernetes client could be built.
     #[error("cannot build a kubernetes client")]
     Kube(#[source] kube::Error),
@@ -92,36 +100,49 @@ impl Error {
 /// Arguments of `poolkeeper agent`.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Address to listen on (VDSM's port is 54321).
+    /// Address to serve VDSM's wire on (JSON-RPC over STOMP; VDSM's port is 54321). Simulated
+    /// host `i` listens on this IPv4 address plus `i`, same port (every address: from 127.1.0.1).
     #[arg(long, env = "POOLKEEPER_LISTEN", default_value = "0.0.0.0:54321")]
     pub listen: SocketAddr,
-    /// Base URL the controller reaches this process at; the Host endpoint is `<url>/jsonrpc`
-    /// (simulated hosts: `<url>/hosts/<name>/jsonrpc`). Default: from the listen address, or the
-    /// machine's host name when listening on every address.
-    #[arg(long, env = "POOLKEEPER_ADVERTISE_URL")]
-    pub advertise_url: Option<String>,
+    /// `host:port` the controller reaches this host at (the Host's `endpoint`). Default: the
+    /// listen address, or the machine's host name when listening on every address.
+    #[arg(long, env = "POOLKEEPER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where the simulator serves its fault-injection API (HTTP, token-checked; see
+    /// docs/simulator.md). Only with --simulate.
+    #[arg(long, default_value = "127.0.0.1:54320")]
+    pub control_listen: SocketAddr,
     /// The Host's name. Default: the machine's host name.
     #[arg(long, env = "POOLKEEPER_HOST_NAME")]
     pub host_name: Option<String>,
     /// Where storage is mounted: file domains are `<root>/<mount>/<sdUUID>/dom_md/metadata`.
     #[arg(long, default_value = "/rhev/data-center/mnt")]
     pub storage_root: PathBuf,
-    /// File holding the bearer token every call must carry (a mounted Secret).
-    #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
-    pub token_file: PathBuf,
-    /// TLS certificate chain (PEM); with --tls-key, the agent serves HTTPS.
+    /// File holding the token every connection must offer (CONNECT `passcode`; a mounted
+    /// Secret). Not needed with --tls-client-ca: the controller's certificate is the credential.
+    #[arg(
+        long,
+        env = "POOLKEEPER_TOKEN_FILE",
+        required_unless_present = "tls_client_ca"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM); with --tls-key, the agent serves STOMP over TLS.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Serve plain HTTP (tests and demos only); without TLS files the agent refuses to start
+    /// The pool CA (PEM): mutual TLS, calls accepted only from a client certificate it signed
+    /// for the controller (`poolkeeper-controller`), as VDSM accepts only the engine's.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plain TCP (tests and demos only); without TLS files the agent refuses to start
     /// unless this is given.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
-    pub insecure_http: bool,
-    /// Largest request body accepted (413 beyond).
-    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
-    pub max_body_bytes: usize,
+    pub insecure: bool,
+    /// Largest frame accepted (beyond it: ERROR, and the connection closes).
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
     /// Seconds between domain checks (VDSM: 10; at most 20).
     #[arg(long, default_value_t = 10.0)]
     pub monitor_period_seconds: f64,
@@ -201,21 +222,27 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Private key, PEM.
     pub key: PathBuf,
+    /// The pool CA, PEM: client certificates required, signed by it and naming the controller.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Everything [`start`] needs.
 #[derive(Clone)]
 pub struct Options {
-    /// Address to listen on (port 0: any free port, see [`Running::local_addr`]).
+    /// Address to serve on (port 0: any free port, see [`Running::rpc_addr`]); simulated host
+    /// `i` serves on this IPv4 address plus `i`.
     pub listen: SocketAddr,
-    /// Base URL of this process for Host endpoints; `None`: derived from the bound address.
-    pub advertise_url: Option<String>,
-    /// HTTPS with these files; `None`: plain HTTP (the caller decided it is allowed).
+    /// `host:port` of the single host for its Host endpoint; `None`: the bound address.
+    pub advertise: Option<String>,
+    /// The simulator's fault-injection API (HTTP); `None`: not served.
+    pub control_listen: Option<SocketAddr>,
+    /// STOMP over TLS with these files; `None`: plain TCP (the caller decided it is allowed).
     pub tls: Option<TlsFiles>,
-    /// The bearer token calls must carry.
-    pub token: Token,
-    /// Largest request body.
-    pub max_body_bytes: usize,
+    /// The token connections must offer (`None`: mutual TLS is the credential); also the
+    /// simulator's control API's bearer token (not served without one).
+    pub token: Option<Token>,
+    /// Largest frame read.
+    pub max_frame_bytes: usize,
     /// Monitor timing.
     pub monitor: MonitorConfig,
     /// The hosts to run.
@@ -226,21 +253,28 @@ pub struct Options {
 
 /// A started agent.
 pub struct Running {
-    addr: SocketAddr,
+    rpc_addrs: Vec<SocketAddr>,
+    control: Option<(SocketAddr, axum_server::Handle<SocketAddr>)>,
     hosts: Arc<[Arc<HostAgent>]>,
     faults: Option<Arc<sim::FaultTable>>,
     shutdown: watch::Sender<bool>,
-    server: axum_server::Handle<SocketAddr>,
-    server_task: JoinHandle<std::io::Result<()>>,
+    /// One accept loop per host; aborting one closes every connection it accepted.
+    listeners: Vec<JoinHandle<()>>,
+    control_task: Option<JoinHandle<std::io::Result<()>>>,
     tasks: Vec<JoinHandle<()>>,
     /// The simulator's storage directory, removed when the process stops.
     _sim_root: Option<tempfile::TempDir>,
 }
 
 impl Running {
-    /// The address the listener is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+    /// The address the first host (the only one of a real agent) serves RPC on.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addrs[0]
+    }
+
+    /// The simulator's fault-injection API (`None` when not served).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(|(a, _)| *a)
     }
 
     /// Every host of the process.
@@ -258,26 +292,37 @@ impl Running {
         self.faults.as_ref()
     }
 
-    /// Runs until the server fails or `stop` completes, then shuts down.
+    /// Runs until `stop` completes (or the simulator's control API fails), then shuts down:
+    /// every listener and connection closes.
     ///
     /// # Errors
-    /// When the server stops with an error.
+    /// When the control API stopped with an error.
     pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> Result<(), Error> {
-        let result = tokio::select! {
-            r = &mut self.server_task => Some(r),
-            () = stop => None,
-        };
-        self.stop_background().await;
-        match result {
+        let failed = match self.control_task.as_mut() {
+            Some(task) => tokio::select! {
+                r = task => Some(r),
+                () = stop => None,
+            },
             None => {
-                self.server.graceful_shutdown(Some(Duration::from_secs(5)));
-                match self.server_task.await {
-                    Ok(r) => r.map_err(Error::Serve),
-                    Err(_) => Ok(()),
-                }
+                stop.await;
+                None
             }
-            Some(Ok(r)) => r.map_err(Error::Serve),
-            Some(Err(join)) => Err(Error::Serve(std::io::Error::other(join.to_string()))),
+        };
+        for l in self.listeners.drain(..) {
+            l.abort();
+        }
+        self.stop_background().await;
+        if let Some((_, handle)) = &self.control {
+            handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        }
+        match (failed, self.control_task.take()) {
+            (Some(Ok(r)), _) => r.map_err(Error::Serve),
+            (Some(Err(join)), _) => Err(Error::Serve(std::io::Error::other(join.to_string()))),
+            (None, Some(task)) => match task.await {
+                Ok(r) => r.map_err(Error::Serve),
+                Err(_) => Ok(()),
+            },
+            (None, None) => Ok(()),
         }
     }
 
@@ -298,27 +343,47 @@ impl Running {
 /// Starts the agent: binds, serves calls, and drives monitors, reports and Leases.
 ///
 /// # Errors
-/// When the address cannot be bound or the TLS files cannot be loaded.
+/// When an address cannot be bound or the TLS files cannot be loaded.
 pub async fn start(opts: Options) -> Result<Running, Error> {
-    let std_listener = std::net::TcpListener::bind(opts.listen).map_err(|source| Error::Bind {
-        addr: opts.listen,
-        source,
-    })?;
-    let addr = std_listener.local_addr().map_err(|source| Error::Bind {
-        addr: opts.listen,
-        source,
-    })?;
-    let base = match &opts.advertise_url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
-        None => default_base_url(addr, opts.tls.is_some()),
+    let tls = match &opts.tls {
+        Some(files) => Some(TlsServing {
+            acceptor: tokio_rustls::TlsAcceptor::from(
+                crate::protocol::tls::server_config(
+                    &files.cert,
+                    &files.key,
+                    files.client_ca.as_deref(),
+                )
+                .map_err(Error::Tls)?,
+            ),
+            client_name: files
+                .client_ca
+                .as_ref()
+                .map(|_| crate::protocol::tls::CONTROLLER_NAME.to_owned()),
+        }),
+        None => None,
+    };
+    let session = SessionOptions {
+        token: opts.token.clone(),
+        max_frame_bytes: opts.max_frame_bytes,
     };
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let changes = opts.kube.as_ref().map(|_| changes_tx);
 
     let lease = SpmLease::for_period(opts.monitor.period);
     let mut sim_root = None;
-    let (hosts, faults, app): (Arc<[Arc<HostAgent>]>, _, Router) = match &opts.hosts {
+    let mut listeners = Vec::new();
+    let mut rpc_addrs = Vec::new();
+    let (hosts, faults, control): (Arc<[Arc<HostAgent>]>, _, _) = match &opts.hosts {
         Hosts::Single { name, storage_root } => {
+            let listener = bind(opts.listen)?;
+            let addr = listener.local_addr().map_err(|source| Error::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+            let endpoint = opts
+                .advertise
+                .clone()
+                .unwrap_or_else(|| default_endpoint(addr));
             let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(storage_root.clone()));
             // Real file domains: the master is checked as VDSM checks it.
             let pool_storage = PoolStorage {
@@ -328,14 +393,20 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             let host = Arc::new(HostAgent::new(
                 0,
                 name.clone(),
-                format!("{base}{RPC_PATH}"),
+                endpoint,
                 storage,
                 pool_storage,
                 changes,
             ));
-            let verbs: Arc<dyn Verbs> = host.clone();
-            let app = router(verbs, opts.token.clone(), opts.max_body_bytes);
-            (Arc::from(vec![host]), None, app)
+            let handler: Arc<dyn Handler> = Arc::new(Rpc(host.clone()));
+            listeners.push(tokio::spawn(accept_loop(
+                listener,
+                handler,
+                tls.clone(),
+                session.clone(),
+            )));
+            rpc_addrs.push(addr);
+            (Arc::from(vec![host]), None, None)
         }
         Hosts::Simulated {
             count,
@@ -365,24 +436,42 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 domains: FileDomains::provisioning(&dir),
                 lease,
             };
-            let hosts: Arc<[Arc<HostAgent>]> = (0..*count)
-                .map(|i| {
-                    let name = format!("{prefix}-{i:04}");
-                    let storage: Arc<dyn Storage> = Arc::new(
-                        sim::SimStorage::new(Arc::clone(&faults), i)
-                            .reading(pool_storage.domains.clone()),
-                    );
-                    let endpoint = format!("{base}/hosts/{name}{RPC_PATH}");
-                    Arc::new(HostAgent::new(
-                        i,
-                        name,
-                        endpoint,
-                        storage,
-                        pool_storage.clone(),
-                        changes.clone(),
-                    ))
-                })
-                .collect();
+            let reachability = watch::Sender::new(0);
+            let mut hosts = Vec::with_capacity(*count);
+            for i in 0..*count {
+                // Each simulated host has its own address, as real hosts do.
+                let at = sim_address(opts.listen, i)?;
+                let listener = bind(at)?;
+                let addr = listener
+                    .local_addr()
+                    .map_err(|source| Error::Bind { addr: at, source })?;
+                let name = format!("{prefix}-{i:04}");
+                let storage: Arc<dyn Storage> = Arc::new(
+                    sim::SimStorage::new(Arc::clone(&faults), i)
+                        .reading(pool_storage.domains.clone()),
+                );
+                let host = Arc::new(HostAgent::new(
+                    i,
+                    name,
+                    addr.to_string(),
+                    storage,
+                    pool_storage.clone(),
+                    changes.clone(),
+                ));
+                let handler: Arc<dyn Handler> = Arc::new(sim::SimRpc {
+                    host: Arc::clone(&host),
+                    reachability: reachability.clone(),
+                });
+                listeners.push(tokio::spawn(accept_loop(
+                    listener,
+                    handler,
+                    tls.clone(),
+                    session.clone(),
+                )));
+                rpc_addrs.push(addr);
+                hosts.push(host);
+            }
+            let hosts: Arc<[Arc<HostAgent>]> = Arc::from(hosts);
             let by_name: HashMap<String, usize> = hosts
                 .iter()
                 .map(|h| (h.name().to_owned(), h.index()))
@@ -391,35 +480,29 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 hosts: Arc::clone(&hosts),
                 by_name: Arc::new(by_name),
                 faults: Arc::clone(&faults),
-                reachability: watch::Sender::new(0),
+                reachability,
             };
-            let app = protect(sim::routes(state), opts.token.clone(), opts.max_body_bytes);
-            (hosts, Some(faults), app)
+            let control = match (opts.control_listen, &opts.token) {
+                (Some(at), Some(token)) => {
+                    let std_listener = std::net::TcpListener::bind(at)
+                        .map_err(|source| Error::Bind { addr: at, source })?;
+                    let addr = std_listener
+                        .local_addr()
+                        .map_err(|source| Error::Bind { addr: at, source })?;
+                    let app = sim::protect(sim::routes(state), token.clone());
+                    let handle = axum_server::Handle::new();
+                    let srv = axum_server::from_tcp(std_listener)
+                        .map_err(|source| Error::Bind { addr, source })?
+                        .handle(handle.clone());
+                    let task = tokio::spawn(srv.serve(app.into_make_service()));
+                    Some((addr, handle, task))
+                }
+                _ => None,
+            };
+            (hosts, Some(faults), control)
         }
     };
-
-    let server = axum_server::Handle::new();
-    let service = app.into_make_service();
-    let server_task = match &opts.tls {
-        Some(files) => {
-            let _already_installed = rustls::crypto::ring::default_provider().install_default();
-            let config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await
-                    .map_err(Error::Tls)?;
-            let srv = axum_server::tls_rustls::from_tcp_rustls(std_listener, config)
-                .map_err(|source| Error::Bind { addr, source })?
-                .handle(server.clone());
-            tokio::spawn(srv.serve(service))
-        }
-        None => {
-            let srv = axum_server::from_tcp(std_listener)
-                .map_err(|source| Error::Bind { addr, source })?
-                .handle(server.clone());
-            tokio::spawn(srv.serve(service))
-        }
-    };
-    tracing::info!(addr = %addr, base_url = %base, hosts = hosts.len(), tls = opts.tls.is_some(), "agent serving");
+    tracing::info!(first = %rpc_addrs[0], hosts = hosts.len(), tls = opts.tls.is_some(), control = ?control.as_ref().map(|c| c.0), "agent serving");
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(driver::run_driver(
@@ -441,26 +524,61 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             shutdown_rx,
         )));
     }
+    let (control, control_task) = match control {
+        Some((addr, handle, task)) => (Some((addr, handle)), Some(task)),
+        None => (None, None),
+    };
     Ok(Running {
-        addr,
+        rpc_addrs,
+        control,
         hosts,
         faults,
         shutdown,
-        server,
-        server_task,
+        listeners,
+        control_task,
         tasks,
         _sim_root: sim_root,
     })
 }
 
-fn default_base_url(addr: SocketAddr, tls: bool) -> String {
-    let scheme = if tls { "https" } else { "http" };
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    std_listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Where simulated host `i` listens: the listen address plus `i` (IPv4), same port.
+fn sim_address(listen: SocketAddr, i: usize) -> Result<SocketAddr, Error> {
+    let IpAddr::V4(first) = listen.ip() else {
+        return Err(Error::Config(
+            "--listen must be an IPv4 address to simulate hosts (host i listens on it plus i)"
+                .into(),
+        ));
+    };
+    let first = if first.is_unspecified() {
+        SIM_FIRST_ADDRESS
+    } else {
+        first
+    };
+    let ip = u32::from(first)
+        .checked_add(u32::try_from(i).unwrap_or(u32::MAX))
+        .map(std::net::Ipv4Addr::from)
+        .ok_or_else(|| Error::Config("too many simulated hosts for --listen".into()))?;
+    Ok(SocketAddr::new(IpAddr::V4(ip), listen.port()))
+}
+
+/// `host:port` of a single host bound to `addr`: the machine's host name when bound to every
+/// address.
+fn default_endpoint(addr: SocketAddr) -> String {
     let host = match addr.ip() {
         ip if ip.is_unspecified() => machine_host_name(),
         IpAddr::V4(ip) => ip.to_string(),
         IpAddr::V6(ip) => format!("[{ip}]"),
     };
-    format!("{scheme}://{host}:{}", addr.port())
+    format!("{host}:{}", addr.port())
 }
 
 fn machine_host_name() -> String {
@@ -519,11 +637,12 @@ impl Options {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
             }),
-            _ if args.insecure_http => None,
+            _ if args.insecure => None,
             _ => {
                 return Err(Error::Config(
-                    "give --tls-cert and --tls-key, or --insecure-http to serve plain HTTP".into(),
+                    "give --tls-cert and --tls-key, or --insecure to serve plain TCP".into(),
                 ));
             }
         };
@@ -556,12 +675,23 @@ impl Options {
                 }
             }
         };
+        if args.simulate.is_some() && args.advertise.is_some() {
+            return Err(Error::Config(
+                "--advertise names one host; simulated hosts advertise the address each listens on"
+                    .into(),
+            ));
+        }
         Ok(Self {
             listen: args.listen,
-            advertise_url: args.advertise_url.clone(),
+            advertise: args.advertise.clone(),
+            control_listen: args.simulate.map(|_| args.control_listen),
             tls,
-            token: Token::from_file(&args.token_file)?,
-            max_body_bytes: args.max_body_bytes,
+            token: args
+                .token_file
+                .as_deref()
+                .map(Token::from_file)
+                .transpose()?,
+            max_frame_bytes: args.max_frame_bytes,
             monitor,
             hosts,
             kube: kube.map(|c| (c, lease)),

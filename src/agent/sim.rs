@@ -8,7 +8,8 @@
 //! its metadata as on real file storage, so monitors read what the pool manager wrote.
 //!
 //! # Control surface
-//! HTTP on the agent's listener, bearer token as for RPCs, JSON bodies:
+//! HTTP on the agent's `--control-listen` address (each simulated host serves VDSM's wire on
+//! its own address), the agent's token as a bearer token, JSON bodies:
 //!
 //! | request | effect |
 //! | --- | --- |
@@ -41,8 +42,9 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures::future::BoxFuture;
@@ -54,11 +56,13 @@ use super::host::HostAgent;
 use super::state::SpmRole;
 use super::storage::{ReadError, Storage, metadata_text};
 use crate::api::PoolConnection;
-use crate::protocol::server::{handle, into_http};
+use crate::protocol::Token;
+use crate::protocol::server::answer;
+use crate::protocol::session::Handler;
 use crate::protocol::wire::method;
 
-/// How long a call to a blackholed (or rpc-dropped) host is held before the connection gets a 503 (callers time
-/// out long before).
+/// How long a call to a blackholed (or rpc-dropped) host is held before it is dropped unanswered
+/// (callers time out long before).
 const BLACKHOLE_HOLD: Duration = Duration::from_secs(300);
 
 /// What reads of a domain do.
@@ -252,11 +256,9 @@ impl Sim {
     }
 }
 
-/// The simulator's routes: `POST /hosts/{host}/jsonrpc` and `/control/...` (the caller adds the
-/// token check and body limit).
+/// The simulator's control routes, `/control/...` (the caller adds the token check).
 pub(crate) fn routes(sim: Sim) -> Router {
     Router::new()
-        .route("/hosts/{host}/jsonrpc", post(rpc))
         .route("/control/hosts", get(list_hosts))
         .route("/control/hosts/{host}", get(show_host))
         .route("/control/hosts/{host}/calls", get(show_calls))
@@ -288,30 +290,66 @@ pub(crate) fn routes(sim: Sim) -> Router {
         .with_state(sim)
 }
 
-async fn rpc(State(sim): State<Sim>, Path(name): Path<String>, body: Bytes) -> Response {
-    let Some(host) = sim.host(&name).cloned() else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let cut_off = |h: &HostAgent| h.is_blackholed() || h.is_rpc_dropped();
-    if cut_off(&host) {
-        let mut changes = sim.reachability.subscribe();
-        let held = tokio::time::timeout(BLACKHOLE_HOLD, async {
-            while cut_off(&host) {
-                if changes.changed().await.is_err() {
-                    break;
-                }
+/// The largest control request body.
+const MAX_CONTROL_BODY: usize = 64 * 1024;
+
+/// Adds the body limit and the bearer-token check (401 without the right token, before anything
+/// else runs) to every route of `router`.
+pub(crate) fn protect(router: Router, token: Token) -> Router {
+    router
+        .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))
+        .layer(middleware::from_fn_with_state(token, require_token))
+}
+
+async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| token.matches_header(v.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+        )
+            .into_response()
+    }
+}
+
+/// How a simulated host answers its wire: as a real host does, unless a fault holds its calls
+/// (blackhole, rpc-drop: never executed, never answered) or delays them (latency).
+pub(crate) struct SimRpc {
+    pub(crate) host: Arc<HostAgent>,
+    /// Bumped when a host's reachability changes, so held calls re-check.
+    pub(crate) reachability: watch::Sender<u64>,
+}
+
+impl Handler for SimRpc {
+    fn call(&self, body: Vec<u8>) -> BoxFuture<'static, Option<Vec<u8>>> {
+        let host = Arc::clone(&self.host);
+        let mut changes = self.reachability.subscribe();
+        Box::pin(async move {
+            let cut_off = |h: &HostAgent| h.is_blackholed() || h.is_rpc_dropped();
+            if cut_off(&host) {
+                let _held = tokio::time::timeout(BLACKHOLE_HOLD, async {
+                    while cut_off(&host) {
+                        if changes.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                // Whatever happens, a call sent while cut off is never executed.
+                return None;
             }
+            let latency = host.latency();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            answer(host.as_ref(), &body)
         })
-        .await;
-        // Whatever happens, a call sent while cut off is never executed.
-        let _ = held;
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let latency = host.latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    into_http(handle(host.as_ref(), &body))
 }
 
 /// A host as the control surface shows it.
@@ -610,10 +648,11 @@ mod tests {
         const TOKEN: &str = "sim-unit-test-token-0123456789abc";
         let running = start(Options {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            advertise_url: None,
+            advertise: None,
+            control_listen: Some("127.0.0.1:0".parse().expect("addr")),
             tls: None,
-            token: Token::new(TOKEN).expect("token"),
-            max_body_bytes: 64 * 1024,
+            token: Some(Token::new(TOKEN).expect("token")),
+            max_frame_bytes: 64 * 1024,
             monitor: MonitorConfig {
                 period: Duration::from_millis(200),
                 check_timeout: Duration::from_secs(1),
@@ -627,7 +666,10 @@ mod tests {
         })
         .await
         .expect("simulator starts");
-        let base = format!("http://{}/control/hosts", running.local_addr());
+        let base = format!(
+            "http://{}/control/hosts",
+            running.control_addr().expect("control")
+        );
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
         let control = |method: reqwest::Method, path: String| {

@@ -64,7 +64,7 @@ use super::DomainMap;
         name = "Endpoint",
         type_ = "string",
         json_path = ".status.endpoint",
-        description = "The JSON-RPC endpoint the agent publishes (spec.endpoint overrides it)",
+        description = "Where the agent serves VDSM's wire, host:port (spec.endpoint overrides it)",
         priority = 1
     ),
     printcolumn(
@@ -83,13 +83,13 @@ pub struct HostSpec {
     #[x_kube(validation = Rule::new(super::NAME_RULE).message(super::NAME_MESSAGE))]
     pub pool: Option<String>,
 
-    /// Overrides the endpoint the agent publishes in `status.endpoint`: the URL the controller
-    /// calls the agent at, e.g. `https://host1.example.com:54321/jsonrpc`. Unset: the agent's own.
-    /// Set by operators only (the agent never writes the spec).
+    /// Overrides the endpoint the agent publishes in `status.endpoint`: where the host serves
+    /// VDSM's wire (JSON-RPC over STOMP over TLS), `host:port`, e.g. `host1.example.com:54321`
+    /// (VDSM's port), `192.0.2.7:54321` or `[2001:db8::7]:54321`. Unset: the agent's own. Set by
+    /// operators only (the agent never writes the spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new("isURL(self) && (self.startsWith('https://') || self.startsWith('http://'))")
-        .message("must be an http:// or https:// URL, e.g. https://host1.example.com:54321/jsonrpc"))]
+    #[schemars(length(min = 3, max = 261))]
+    #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_MESSAGE))]
     pub endpoint: Option<String>,
 
     /// Put the host in maintenance: the controller disconnects it from its pool and stops counting
@@ -98,14 +98,20 @@ pub struct HostSpec {
     pub maintenance: bool,
 }
 
+/// `host:port`: a DNS name or IPv4 address (lower case), or an IPv6 address in brackets; a port
+/// of 1 to 65535.
+const ENDPOINT_RULE: &str = r"self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*|\\[[0-9a-f:.]+\\]):[0-9]{1,5}$') && int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535";
+const ENDPOINT_MESSAGE: &str = "must be host:port where the host serves VDSM's wire (JSON-RPC over STOMP), e.g. host1.example.com:54321, 192.0.2.7:54321 or [2001:db8::7]:54321 (no scheme, no path)";
+
 /// The host's status: the agent's report and the controller's verdict.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
-    /// The URL the agent serves JSON-RPC at, as the agent publishes it (field manager
+    /// Where the agent serves VDSM's wire, `host:port`, as the agent publishes it (field manager
     /// `poolkeeper-agent`). The controller calls it unless `spec.endpoint` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
+    #[schemars(length(min = 3, max = 261))]
+    #[x_kube(validation = Rule::new(ENDPOINT_RULE).message(ENDPOINT_MESSAGE))]
     pub endpoint: Option<String>,
 
     /// What the agent reports. Written only by the agent (field manager `poolkeeper-agent`).

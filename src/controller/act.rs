@@ -22,7 +22,7 @@ use crate::{
     api::StoragePool,
     plan::manager::{ManagerCall, ManagerVerb, StorageOp},
     plan::{CallFailure, CallKind, CallOutcome, HostCall, Observed, Plan},
-    protocol::{self, wire::method},
+    protocol::{self, client::Target, wire::method},
 };
 
 /// What act did: each call's outcome, and the pool's resourceVersion after persisting the map.
@@ -248,11 +248,21 @@ impl Wave {
 #[tracing::instrument(skip_all, fields(host = %call.host(), verb = ?call.kind()))]
 async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome {
     let rpc = &ctx.settings.rpc;
+    // The host's certificate must name this Host.
+    fn to<'a>(host: &'a str, endpoint: &'a str) -> Target<'a> {
+        Target {
+            name: host,
+            endpoint,
+        }
+    }
     let started = std::time::Instant::now();
     let result = match call {
         HostCall::Connect {
             endpoint, params, ..
-        } => rpc.connect(endpoint, &params.into(), timeout).await,
+        } => {
+            rpc.connect(to(call.host(), endpoint), &params.into(), timeout)
+                .await
+        }
         HostCall::Disconnect {
             endpoint, params, ..
         } => {
@@ -261,7 +271,8 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
                 host_id: params.host_id,
                 scsi_key: params.pool_uuid.clone(),
             };
-            rpc.disconnect(endpoint, &wire, timeout).await
+            rpc.disconnect(to(call.host(), endpoint), &wire, timeout)
+                .await
         }
         HostCall::Refresh {
             endpoint, params, ..
@@ -271,9 +282,14 @@ async fn send(ctx: &Context, call: &HostCall, timeout: Duration) -> CallOutcome 
                 master_sd_uuid: params.master_domain.clone().unwrap_or_default(),
                 master_version: params.master_version,
             };
-            rpc.call::<_, IgnoredAny>(endpoint, method::POOL_REFRESH, &wire, timeout)
-                .await
-                .map(|_| ())
+            rpc.call::<_, IgnoredAny>(
+                to(call.host(), endpoint),
+                method::POOL_REFRESH,
+                &wire,
+                timeout,
+            )
+            .await
+            .map(|_| ())
         }
     };
     let verb = verb_name(call.kind());
@@ -344,6 +360,10 @@ async fn send_manager(
     timeout: Duration,
 ) -> Result<(), CallFailure> {
     let rpc = &ctx.settings.rpc;
+    let to = Target {
+        name: &call.host,
+        endpoint: &call.endpoint,
+    };
     let started = std::time::Instant::now();
     let result = match call.verb {
         ManagerVerb::Start => {
@@ -355,14 +375,14 @@ async fn send_manager(
                 max_host_id: call.max_host_id,
                 dom_version: None,
             };
-            rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SPM_START, &params, timeout)
+            rpc.call::<_, IgnoredAny>(to, method::POOL_SPM_START, &params, timeout)
                 .await
         }
         ManagerVerb::Stop => {
             let params = protocol::wire::PoolParams {
                 storagepool_id: call.pool_uuid.clone(),
             };
-            rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SPM_STOP, &params, timeout)
+            rpc.call::<_, IgnoredAny>(to, method::POOL_SPM_STOP, &params, timeout)
                 .await
         }
         ManagerVerb::SwitchMaster => {
@@ -378,7 +398,7 @@ async fn send_manager(
                 new_master_uuid: switch.new.clone(),
                 master_version: switch.version,
             };
-            rpc.call::<_, IgnoredAny>(&call.endpoint, method::POOL_SWITCH_MASTER, &params, timeout)
+            rpc.call::<_, IgnoredAny>(to, method::POOL_SWITCH_MASTER, &params, timeout)
                 .await
         }
         ManagerVerb::Create
@@ -438,6 +458,10 @@ async fn send_storage(
         force: false,
     };
     let first = op.domains.first().map(String::as_str).unwrap_or_default();
+    let to = Target {
+        name: &call.host,
+        endpoint: &call.endpoint,
+    };
     match call.verb {
         ManagerVerb::Create => {
             let params = protocol::wire::CreateParams {
@@ -448,7 +472,7 @@ async fn send_storage(
                 domain_list: op.domains.clone(),
             };
             match rpc
-                .call::<_, IgnoredAny>(&call.endpoint, method::POOL_CREATE, &params, timeout)
+                .call::<_, IgnoredAny>(to, method::POOL_CREATE, &params, timeout)
                 .await
             {
                 Err(e)
@@ -462,13 +486,8 @@ async fn send_storage(
             }
         }
         ManagerVerb::Attach => {
-            rpc.call::<_, IgnoredAny>(
-                &call.endpoint,
-                method::DOMAIN_ATTACH,
-                &domain(first),
-                timeout,
-            )
-            .await
+            rpc.call::<_, IgnoredAny>(to, method::DOMAIN_ATTACH, &domain(first), timeout)
+                .await
         }
         ManagerVerb::ForcedDetach => {
             let params = protocol::wire::DomainParams {
@@ -476,7 +495,7 @@ async fn send_storage(
                 force: true,
                 ..domain(first)
             };
-            rpc.call::<_, IgnoredAny>(&call.endpoint, method::DOMAIN_DETACH, &params, timeout)
+            rpc.call::<_, IgnoredAny>(to, method::DOMAIN_DETACH, &params, timeout)
                 .await
         }
         ManagerVerb::Reconstruct => {
@@ -489,22 +508,12 @@ async fn send_storage(
                 master_version: op.master_version,
                 domain_dict: map,
             };
-            rpc.call::<_, IgnoredAny>(
-                &call.endpoint,
-                method::POOL_RECONSTRUCT_MASTER,
-                &params,
-                timeout,
-            )
-            .await
+            rpc.call::<_, IgnoredAny>(to, method::POOL_RECONSTRUCT_MASTER, &params, timeout)
+                .await
         }
         ManagerVerb::Activate => {
-            rpc.call::<_, IgnoredAny>(
-                &call.endpoint,
-                method::DOMAIN_ACTIVATE,
-                &domain(first),
-                timeout,
-            )
-            .await
+            rpc.call::<_, IgnoredAny>(to, method::DOMAIN_ACTIVATE, &domain(first), timeout)
+                .await
         }
         verb => {
             let master = if op.master.is_empty() {
@@ -522,7 +531,7 @@ async fn send_storage(
             } else {
                 method::DOMAIN_DETACH
             };
-            rpc.call::<_, IgnoredAny>(&call.endpoint, method, &params, timeout)
+            rpc.call::<_, IgnoredAny>(to, method, &params, timeout)
                 .await
         }
     }

@@ -39,15 +39,27 @@ impl Settings {
     /// # Errors
     /// When the token or CA file cannot be read.
     pub fn from_args(args: &ControllerArgs) -> Result<Self, Error> {
-        let token = protocol::Token::from_file(&args.token_file).map_err(Error::Token)?;
-        let ca = match &args.agent_ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|source| Error::CaFile {
+        let token = args
+            .token_file
+            .as_deref()
+            .map(protocol::Token::from_file)
+            .transpose()
+            .map_err(Error::Token)?;
+        let read = |path: &std::path::PathBuf| {
+            std::fs::read(path).map_err(|source| Error::CaFile {
                 path: path.clone(),
                 source,
-            })?),
-            None => None,
+            })
         };
-        let rpc = protocol::Client::new(token, ca.as_deref()).map_err(Error::RpcClient)?;
+        let ca = args.agent_ca_file.as_ref().map(read).transpose()?;
+        let rpc = match (&ca, &args.tls_cert, &args.tls_key, token) {
+            (Some(ca), Some(cert), Some(key), token) => {
+                protocol::Client::mutual(ca, &read(cert)?, &read(key)?, token)
+            }
+            (_, _, _, Some(token)) => protocol::Client::new(token, ca.as_deref()),
+            (_, _, _, None) => Err(protocol::ClientError::NoCredential),
+        }
+        .map_err(Error::RpcClient)?;
         Ok(Self {
             lease_namespace: args.lease_namespace.clone(),
             concurrency: args.concurrency,

@@ -106,8 +106,8 @@ pub enum Error {
     /// The agents' bearer token could not be read.
     #[error("reading the agent token")]
     Token(#[source] crate::protocol::TokenError),
-    /// The agents' CA file could not be read.
-    #[error("reading the agent CA file {path}")]
+    /// The agents' CA file, or the controller's certificate or key, could not be read.
+    #[error("reading the TLS file {path}")]
     CaFile {
         /// The file.
         path: PathBuf,
@@ -180,12 +180,32 @@ pub struct ControllerArgs {
         default_value = "poolkeeper-system"
     )]
     pub lease_namespace: String,
-    /// A file holding the bearer token the agents expect (as a mounted Secret).
-    #[arg(long, env = "POOLKEEPER_TOKEN_FILE")]
-    pub token_file: PathBuf,
-    /// A PEM file with the CA that signed the agents' serving certificates.
-    #[arg(long, env = "POOLKEEPER_AGENT_CA_FILE")]
+    /// A file holding the token the agents expect when a connection opens (a mounted Secret).
+    /// Not needed with --tls-cert: the controller's certificate is its credential.
+    #[arg(
+        long,
+        env = "POOLKEEPER_TOKEN_FILE",
+        required_unless_present = "tls_cert"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// The controller's client certificate (PEM), signed by the pool CA for
+    /// `poolkeeper-controller`: mutual TLS, as the oVirt engine calls VDSM.
+    #[arg(long, env = "POOLKEEPER_TLS_CERT", requires_all = ["tls_key", "agent_ca_file"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "POOLKEEPER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A PEM file with the CA that signed the agents' serving certificates: hosts are called
+    /// over TLS, trusting only it.
+    #[arg(
+        long,
+        env = "POOLKEEPER_AGENT_CA_FILE",
+        required_unless_present = "insecure"
+    )]
     pub agent_ca_file: Option<PathBuf>,
+    /// Call hosts over plain TCP (tests and demos only).
+    #[arg(long, conflicts_with = "agent_ca_file")]
+    pub insecure: bool,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "POOLKEEPER_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,

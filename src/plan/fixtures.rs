@@ -100,7 +100,7 @@ pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
             endpoint: None,
             maintenance: false,
         },
-        status_endpoint: Some(format!("http://{name}:54321/jsonrpc")),
+        status_endpoint: Some(format!("{name}:54321")),
         report: ReportView::Parsed(SharedReport::new(HostReport {
             agent_version: "0.1.0".into(),
             boot_id: format!("{name}-boot-1"),

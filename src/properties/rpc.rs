@@ -148,9 +148,9 @@ fn read_answer(body: &[u8]) -> Result<(), TestCaseError> {
         }
         Ok(())
     }
-    bounded(decode_response::<IgnoredAny>(body, 7))?;
-    bounded(decode_response::<HostStats>(body, 7))?;
-    bounded(decode_response::<PoolInfo>(body, 7))
+    bounded(decode_response::<IgnoredAny>(body, "7"))?;
+    bounded(decode_response::<HostStats>(body, "7"))?;
+    bounded(decode_response::<PoolInfo>(body, "7"))
 }
 
 proptest! {

@@ -1,15 +1,24 @@
-//! The controller side of the protocol: a typed JSON-RPC client with a bearer token, an optional
-//! CA for the agents' TLS certificates, and a timeout on every call.
+//! The controller side of the protocol: JSON-RPC 2.0 over STOMP 1.2, as oVirt's engine talks to
+//! VDSM. One connection per host, opened on the first call and reused by every later one; TLS
+//! unless the client was built plain ([`Client::new`] without a CA); a timeout on every call; a
+//! host that cannot be reached is dialed again with a growing delay, and never holds back calls
+//! to other hosts.
 
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::error::RpcError;
+use super::stomp::{self, Decoded, Frame, command};
+use super::tls::{self, TlsError};
 use super::token::Token;
 use super::wire::{
     ConnectParams, DisconnectParams, GetInfoParams, HostStats, JSONRPC_VERSION, Outcome, PoolInfo,
@@ -17,18 +26,50 @@ use super::wire::{
 };
 use crate::api::bounds;
 
-/// The largest response body the client reads (a stats answer for 100 domains is ~20 KiB).
-const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// The heart-beat the client asks the host for (VDSM's Python client asks 24 s); a connection
+/// silent for twice that, and a margin, is taken as dead.
+const HEART_BEAT_MS: u64 = 24_000;
+/// How long opening a connection (TCP, TLS, CONNECT) may take at most.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first delay before dialing a host again after a failed dial; it doubles up to
+/// [`MAX_REDIAL_DELAY`].
+const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(200);
+const MAX_REDIAL_DELAY: Duration = Duration::from_secs(10);
+/// Frames queued to one connection before a caller waits.
+const QUEUE: usize = 256;
+
+/// Where a call goes: the host's `host:port`, and the name its TLS certificate must carry (the
+/// Host's name when the controller calls; a bare endpoint stands for its own host part).
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The name the host's certificate must carry.
+    pub name: &'a str,
+    /// `host:port`.
+    pub endpoint: &'a str,
+}
+
+impl<'a> From<&'a str> for Target<'a> {
+    fn from(endpoint: &'a str) -> Self {
+        let name = split_endpoint(endpoint).map_or(endpoint, |(host, _)| host);
+        Self { name, endpoint }
+    }
+}
+
+impl<'a> From<&'a String> for Target<'a> {
+    fn from(endpoint: &'a String) -> Self {
+        Self::from(endpoint.as_str())
+    }
+}
 
 /// Why a [`Client`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The CA bundle is not PEM certificates.
     #[error("cannot read the CA bundle")]
-    Ca(#[source] reqwest::Error),
-    /// The HTTP client could not be built.
-    #[error("cannot build the http client")]
-    Build(#[source] reqwest::Error),
+    Ca(#[source] TlsError),
+    /// Neither a token nor a client certificate was given.
+    #[error("no credential: give a token, or a client certificate and key with the CA")]
+    NoCredential,
 }
 
 impl ClientError {
@@ -36,39 +77,97 @@ impl ClientError {
     pub fn category(&self) -> &'static str {
         match self {
             Self::Ca(_) => "CaInvalid",
-            Self::Build(_) => "ClientBuild",
+            Self::NoCredential => "NoCredential",
         }
     }
 }
 
-/// A JSON-RPC client for agents. Cheap to clone; connections are pooled per agent address.
-#[derive(Clone, Debug)]
+/// A JSON-RPC client for hosts. Cheap to clone; clones share the connections.
+#[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    token: Token,
-    next_id: Arc<AtomicU64>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("tls", &self.inner.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    token: Option<Token>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Dial>>>>,
+}
+
+/// One host's connection, or when to dial it again.
+#[derive(Default)]
+struct Dial {
+    live: Option<Arc<Live>>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The callers waiting for an answer, by request id: the response's bytes, or why none comes.
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
+
+/// An open connection: frames go to its task through `tx`; answers come back by request id.
+struct Live {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    reply_to: String,
+    /// Dropped with the last handle on the connection: its task stops at once, sending nothing
+    /// still queued (a dropped client, a stopped controller, sends nothing more).
+    _alive: oneshot::Sender<()>,
 }
 
 impl Client {
-    /// A client that sends `token` on every call and, when `ca_pem` is given, trusts only the
-    /// certificates of that PEM bundle for `https://` endpoints (else the platform's roots).
+    /// A client that offers `token` when it opens a connection and, with `ca_pem`, speaks TLS
+    /// and trusts only the certificates of that PEM bundle; without it, plain TCP (tests and
+    /// demos: `--insecure`).
     ///
     /// # Errors
-    /// When the CA bundle is not PEM or the HTTP client cannot be built.
+    /// When the CA bundle holds no usable certificate.
     pub fn new(token: Token, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
-        // reqwest is built without a crypto provider; ring is the one this crate uses.
+        // ring is the process's TLS provider (HTTP clients built later, in tests and the dev
+        // control plane, find it installed); this client names it explicitly anyway.
         let _already_installed = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .http1_only()
-            .pool_idle_timeout(Duration::from_secs(60));
-        if let Some(pem) = ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(ClientError::Ca)?;
-            builder = builder.tls_certs_only(certs);
-        }
+        let tls = ca_pem
+            .map(|ca| tls::client_config(ca, None))
+            .transpose()
+            .map_err(ClientError::Ca)?;
         Ok(Self {
-            http: builder.build().map_err(ClientError::Build)?,
-            token,
-            next_id: Arc::new(AtomicU64::new(1)),
+            inner: Arc::new(Inner {
+                token: Some(token),
+                tls,
+                hosts: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A client for mutual TLS: trusts only the certificates of `ca_pem` (the pool CA),
+    /// presents `cert_pem`/`key_pem` (the controller's identity), and offers `token` too when
+    /// given (agents that still expect one). A host's certificate must name the Host called
+    /// ([`Target`]).
+    ///
+    /// # Errors
+    /// When the CA bundle or the identity is unusable.
+    pub fn mutual(
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        token: Option<Token>,
+    ) -> Result<Self, ClientError> {
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        let tls = tls::client_config(ca_pem, Some((cert_pem, key_pem))).map_err(ClientError::Ca)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                token,
+                tls: Some(tls),
+                hosts: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
@@ -78,11 +177,11 @@ impl Client {
     /// The host's VDSM error (323, 324, 325, 328, -32602...), or a transport failure or timeout.
     pub async fn connect(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         params: &ConnectParams,
         timeout: Duration,
     ) -> Result<(), RpcError> {
-        self.call::<_, IgnoredAny>(endpoint, method::POOL_CONNECT, params, timeout)
+        self.call::<_, IgnoredAny>(to, method::POOL_CONNECT, params, timeout)
             .await
             .map(|_| ())
     }
@@ -93,11 +192,11 @@ impl Client {
     /// A transport failure or timeout, or a VDSM error.
     pub async fn disconnect(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         params: &DisconnectParams,
         timeout: Duration,
     ) -> Result<(), RpcError> {
-        self.call::<_, IgnoredAny>(endpoint, method::POOL_DISCONNECT, params, timeout)
+        self.call::<_, IgnoredAny>(to, method::POOL_DISCONNECT, params, timeout)
             .await
             .map(|_| ())
     }
@@ -108,15 +207,14 @@ impl Client {
     /// 309 when the host is not connected to that pool; transport failures and timeouts.
     pub async fn get_info(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         storagepool_id: &str,
         timeout: Duration,
     ) -> Result<PoolInfo, RpcError> {
         let params = GetInfoParams {
             storagepool_id: storagepool_id.to_owned(),
         };
-        self.call(endpoint, method::POOL_GET_INFO, &params, timeout)
-            .await
+        self.call(to, method::POOL_GET_INFO, &params, timeout).await
     }
 
     /// `Host.getStats`: its `storageDomains`, the vitals of every monitored domain.
@@ -125,58 +223,352 @@ impl Client {
     /// Transport failures and timeouts, or a malformed answer.
     pub async fn get_stats(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         timeout: Duration,
     ) -> Result<HostStats, RpcError> {
-        self.call(endpoint, method::HOST_GET_STATS, &EMPTY, timeout)
-            .await
+        self.call(to, method::HOST_GET_STATS, &EMPTY, timeout).await
     }
 
-    /// Any verb with named `params`; the result is decoded as `R`. The whole exchange (connect,
-    /// send, answer) must finish within `timeout`.
+    /// Any verb with named `params`; the result is decoded as `R`. Everything (dialing when no
+    /// connection is open, sending, the answer) must finish within `timeout`.
     ///
     /// # Errors
     /// See [`RpcError`].
     pub async fn call<P: Serialize + Sync, R: DeserializeOwned>(
         &self,
-        endpoint: &str,
+        to: impl Into<Target<'_>> + Send,
         method: &str,
         params: &P,
         timeout: Duration,
     ) -> Result<R, RpcError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let to = to.into();
+        let id = uuid::Uuid::new_v4().to_string();
         let request = Request {
             jsonrpc: JSONRPC_VERSION,
             method,
             params,
-            id,
+            id: &id,
         };
+        let body = serde_json::to_vec(&request).map_err(|e| RpcError::Transport {
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        let mut sent_on: Option<Pending> = None;
         let exchange = async {
-            let mut resp = self
-                .http
-                .post(endpoint)
-                .bearer_auth(self.token.expose())
-                .json(&request)
-                .send()
-                .await
-                .map_err(|e| transport(e, timeout))?;
-            match resp.status().as_u16() {
-                200 => {}
-                401 => return Err(RpcError::Unauthorized),
-                status => return Err(RpcError::HttpStatus { status }),
+            let live = self.live(to).await?;
+            let (answer_tx, answer_rx) = oneshot::channel();
+            lock(&live.pending).insert(id.clone(), answer_tx);
+            sent_on = Some(Arc::clone(&live.pending));
+            let frame = Frame::new(command::SEND)
+                .header("destination", stomp::REQUESTS)
+                .header("content-type", "application/json")
+                .header("reply-to", live.reply_to.as_str())
+                .with_body(body);
+            if live.tx.send(frame.encode()).await.is_err() {
+                return Err(closed());
             }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| transport(e, timeout))? {
-                if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                    return Err(bad("response body too large"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            decode_response(&body, id)
+            let answer = answer_rx.await.map_err(|_| closed())??;
+            decode_response(&answer, &id)
         };
-        tokio::time::timeout(timeout, exchange)
+        let result = tokio::time::timeout(timeout, exchange)
             .await
-            .unwrap_or(Err(RpcError::Timeout { timeout }))
+            .unwrap_or(Err(RpcError::Timeout { timeout }));
+        if let Some(pending) = sent_on {
+            lock(&pending).remove(&id);
+        }
+        result
+    }
+
+    /// The open connection to `endpoint`, dialed now when there is none (after the delay a
+    /// failed dial left).
+    async fn live(&self, to: Target<'_>) -> Result<Arc<Live>, RpcError> {
+        let key = format!("{}@{}", to.name, to.endpoint);
+        let slot = Arc::clone(lock(&self.inner.hosts).entry(key).or_default());
+        let mut dial = slot.lock().await;
+        if let Some(live) = &dial.live {
+            if !live.tx.is_closed() {
+                return Ok(Arc::clone(live));
+            }
+            dial.live = None;
+        }
+        if let Some(at) = dial.retry_at {
+            tokio::time::sleep_until(at).await;
+        }
+        let opened = tokio::time::timeout(DIAL_TIMEOUT, open(&self.inner, to))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RpcError::Transport {
+                    reason: format!("no connection within {DIAL_TIMEOUT:?}"),
+                })
+            });
+        match opened {
+            Ok(live) => {
+                *dial = Dial {
+                    live: Some(Arc::clone(&live)),
+                    ..Dial::default()
+                };
+                Ok(live)
+            }
+            Err(e) => {
+                dial.failures = dial.failures.saturating_add(1);
+                let delay = FIRST_REDIAL_DELAY
+                    .saturating_mul(1 << dial.failures.min(8).saturating_sub(1))
+                    .min(MAX_REDIAL_DELAY);
+                dial.retry_at = Some(Instant::now() + delay);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn closed() -> RpcError {
+    RpcError::Transport {
+        reason: "the connection closed before the answer".into(),
+    }
+}
+
+fn transport(what: &str, e: &dyn std::fmt::Display) -> RpcError {
+    RpcError::Transport {
+        reason: bounds::outside(&format!("{what}: {e}")).into_owned(),
+    }
+}
+
+/// `host:port`, or `[v6]:port`: the host (without brackets) and the port.
+///
+/// # Errors
+/// [`RpcError::Transport`] for anything else.
+pub fn split_endpoint(endpoint: &str) -> Result<(&str, u16), RpcError> {
+    let bad = || RpcError::Transport {
+        reason: format!("endpoint {} is not host:port", bounds::quote(endpoint)),
+    };
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(bad)?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+async fn open(inner: &Inner, to: Target<'_>) -> Result<Arc<Live>, RpcError> {
+    let (host, port) = split_endpoint(to.endpoint)?;
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| transport("connect", &e))?;
+    let _ = tcp.set_nodelay(true);
+    match &inner.tls {
+        None => session(tcp, inner, host).await,
+        Some(config) => {
+            // The host's certificate must name the Host called, not only its address.
+            let name = rustls::pki_types::ServerName::try_from(to.name.to_owned())
+                .map_err(|e| transport("tls server name", &e))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| transport("tls", &e))?;
+            session(stream, inner, host).await
+        }
+    }
+}
+
+/// CONNECT (and SUBSCRIBE to a fresh reply destination, as VDSM's Python client does, so a host
+/// shared with an oVirt engine never sends us the engine's answers); then the connection's task.
+async fn session<S>(stream: S, inner: &Inner, host: &str) -> Result<Arc<Live>, RpcError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let reply_to = uuid::Uuid::new_v4().to_string();
+    let subscription = uuid::Uuid::new_v4().to_string();
+    let mut connect = Frame::new(command::CONNECT)
+        .header("accept-version", stomp::VERSION)
+        .header("heart-beat", format!("0,{HEART_BEAT_MS}"))
+        .header("host", host);
+    if let Some(token) = &inner.token {
+        connect = connect.header("passcode", token.expose());
+    }
+    let mut hello = connect.encode();
+    hello.extend(
+        Frame::new(command::SUBSCRIBE)
+            .header("destination", reply_to.as_str())
+            .header("ack", "auto")
+            .header("id", subscription)
+            .encode(),
+    );
+    wr.write_all(&hello)
+        .await
+        .map_err(|e| transport("send CONNECT", &e))?;
+    wr.flush()
+        .await
+        .map_err(|e| transport("send CONNECT", &e))?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let connected = loop {
+        match stomp::decode(&buf, stomp::MAX_FRAME_BYTES) {
+            Ok(Some((Decoded::HeartBeat, n))) => {
+                buf.drain(..n);
+            }
+            Ok(Some((Decoded::Frame(f), n))) => {
+                buf.drain(..n);
+                break f;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(transport("answer to CONNECT", &e)),
+        }
+        match rd.read(&mut chunk).await {
+            Ok(0) => return Err(closed()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(transport("read", &e)),
+        }
+    };
+    match connected.command.as_str() {
+        command::CONNECTED => {}
+        command::ERROR => return Err(refused(&connected)),
+        other => {
+            return Err(RpcError::BadResponse {
+                reason: format!("{} instead of CONNECTED", bounds::quote(other)),
+            });
+        }
+    }
+    // The host promised a heart-beat every `sx` ms: silence for twice that is a dead host.
+    let (sx, _) = stomp::heart_beat(connected.get("heart-beat"));
+    let silence = (sx > 0).then(|| Duration::from_millis(sx * 2) + Duration::from_secs(5));
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (alive, dropped) = oneshot::channel();
+    let pending: Pending = Arc::default();
+    tokio::spawn(run(rd, wr, rx, dropped, Arc::clone(&pending), buf, silence));
+    Ok(Arc::new(Live {
+        tx,
+        pending,
+        reply_to,
+        _alive: alive,
+    }))
+}
+
+fn refused(f: &Frame) -> RpcError {
+    let message = f
+        .get("message")
+        .map(str::to_owned)
+        .unwrap_or_else(|| String::from_utf8_lossy(&f.body).into_owned());
+    if message == "credential refused" {
+        RpcError::Unauthorized
+    } else {
+        RpcError::Refused {
+            message: bounds::outside(&message).into_owned(),
+        }
+    }
+}
+
+/// The connection's task: writes queued frames, reads answers and hands each to its caller.
+/// When it ends (the host closed, went silent, or sent ERROR; or every [`Live`] was dropped),
+/// every caller still waiting gets an error at once.
+async fn run<R, W>(
+    mut rd: R,
+    mut wr: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut dropped: oneshot::Receiver<()>,
+    pending: Pending,
+    mut buf: Vec<u8>,
+    silence: Option<Duration>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut chunk = vec![0u8; 64 * 1024];
+    'conn: loop {
+        loop {
+            match stomp::decode(&buf, stomp::MAX_FRAME_BYTES) {
+                Ok(None) => break,
+                Ok(Some((Decoded::HeartBeat, n))) => {
+                    buf.drain(..n);
+                }
+                Ok(Some((Decoded::Frame(f), n))) => {
+                    buf.drain(..n);
+                    match f.command.as_str() {
+                        command::MESSAGE => deliver(&pending, f.body),
+                        command::ERROR => {
+                            // The host closes after an ERROR: every caller learns why.
+                            tracing::debug!(error = ?refused(&f), "host sent a stomp ERROR");
+                            for (_, tx) in lock(&pending).drain() {
+                                let _ = tx.send(Err(refused(&f)));
+                            }
+                            break 'conn;
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "unreadable frame from host");
+                    break 'conn;
+                }
+            }
+        }
+        let read = async {
+            match silence {
+                Some(limit) => tokio::time::timeout(limit, rd.read(&mut chunk))
+                    .await
+                    .unwrap_or(Ok(0)),
+                None => rd.read(&mut chunk).await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = &mut dropped => break,
+            out = rx.recv() => match out {
+                Some(bytes) => {
+                    if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            got = read => match got {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+        }
+    }
+    rx.close();
+    lock(&pending).clear();
+    let _ = wr.shutdown().await;
+}
+
+/// Hands each response of a MESSAGE body (one response, or a batch) to the caller waiting for
+/// its id; answers nobody waits for (late, or unknown) are dropped.
+fn deliver(pending: &Pending, body: Vec<u8>) {
+    let id_of = |v: &Value| match v.get("id") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        tracing::debug!("a MESSAGE body that is not JSON, dropped");
+        return;
+    };
+    let mut waiting = lock(pending);
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                if let Some(tx) = id_of(&item).and_then(|id| waiting.remove(&id)) {
+                    let _ = tx.send(Ok(serde_json::to_vec(&item).unwrap_or_default()));
+                }
+            }
+        }
+        single => {
+            if let Some(tx) = id_of(&single).and_then(|id| waiting.remove(&id)) {
+                let _ = tx.send(Ok(body));
+            }
+        }
     }
 }
 
@@ -187,9 +579,14 @@ impl Client {
 /// # Errors
 /// [`RpcError::Vdsm`] for an error answer, [`RpcError::BadResponse`] for a body that is not the
 /// answer to this call or whose result is not an `R`.
-pub fn decode_response<R: DeserializeOwned>(body: &[u8], id: u64) -> Result<R, RpcError> {
+pub fn decode_response<R: DeserializeOwned>(body: &[u8], id: &str) -> Result<R, RpcError> {
     let response: Response = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
-    if response.id != id {
+    let same = match &response.id {
+        Value::String(s) => s == id,
+        Value::Number(n) => n.to_string() == id,
+        _ => false,
+    };
+    if !same {
         return Err(bad("response id does not match the request"));
     }
     match response.outcome {
@@ -209,16 +606,29 @@ const EMPTY: Empty = Empty {};
 #[derive(Serialize)]
 struct Empty {}
 
-fn transport(e: reqwest::Error, timeout: Duration) -> RpcError {
-    if e.is_timeout() {
-        RpcError::Timeout { timeout }
-    } else {
-        RpcError::Transport(e)
-    }
-}
-
 fn bad(reason: &str) -> RpcError {
     RpcError::BadResponse {
         reason: bounds::outside(reason).into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_host_and_port() {
+        assert_eq!(
+            split_endpoint("h1.example:54321").ok(),
+            Some(("h1.example", 54321))
+        );
+        assert_eq!(
+            split_endpoint("127.0.3.7:54321").ok(),
+            Some(("127.0.3.7", 54321))
+        );
+        assert_eq!(split_endpoint("[::1]:54321").ok(), Some(("::1", 54321)));
+        for bad in ["h1", ":54321", "h1:0", "h1:x", "http://h1:54321/jsonrpc"] {
+            assert!(split_endpoint(bad).is_err(), "{bad}");
+        }
     }
 }

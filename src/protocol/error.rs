@@ -210,17 +210,22 @@ pub enum RpcError {
         /// The timeout of the call.
         timeout: Duration,
     },
-    /// The request could not be sent or the answer not received (connection refused, TLS...).
-    #[error("transport failed")]
-    Transport(#[source] reqwest::Error),
-    /// The host refused the credential (HTTP 401); it did nothing.
+    /// The request could not be sent or the answer not received (connection refused, TLS,
+    /// the connection closed...).
+    #[error("transport failed: {reason}")]
+    Transport {
+        /// What failed.
+        reason: String,
+    },
+    /// The host refused the credential when the connection opened; it did nothing.
     #[error("credential refused by the host")]
     Unauthorized,
-    /// The host answered with an HTTP status other than 200 and 401 (e.g. 413 body too large).
-    #[error("unexpected http status {status}")]
-    HttpStatus {
-        /// The HTTP status code.
-        status: u16,
+    /// The host answered the connection with a STOMP ERROR (a version it does not speak, a
+    /// frame too large...).
+    #[error("the host refused: {message}")]
+    Refused {
+        /// The host's message.
+        message: String,
     },
     /// The answer is not a JSON-RPC response to this request.
     #[error("malformed response: {reason}")]
@@ -233,14 +238,14 @@ pub enum RpcError {
 impl RpcError {
     /// A fixed string for metric labels and event reasons: VDSM's code name for host errors
     /// (e.g. `CannotConnectMultiplePools`), else `Timeout`, `Transport`, `Unauthorized`,
-    /// `HttpStatus` or `BadResponse`.
+    /// `Refused` or `BadResponse`.
     pub fn category(&self) -> &'static str {
         match self {
             Self::Vdsm(e) => e.category(),
             Self::Timeout { .. } => "Timeout",
-            Self::Transport(_) => "Transport",
+            Self::Transport { .. } => "Transport",
             Self::Unauthorized => "Unauthorized",
-            Self::HttpStatus { .. } => "HttpStatus",
+            Self::Refused { .. } => "Refused",
             Self::BadResponse { .. } => "BadResponse",
         }
     }
@@ -256,7 +261,7 @@ impl RpcError {
     /// Whether the host may not have received or finished the call (timeout or transport), as
     /// opposed to a definite answer.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Transport(_))
+        matches!(self, Self::Timeout { .. } | Self::Transport { .. })
     }
 }
 

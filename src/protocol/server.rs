@@ -1,32 +1,23 @@
-//! The agent side of the protocol: decoding a JSON-RPC body, dispatching it to a [`Verbs`]
-//! implementation, and the axum pieces (bearer-token check, body limit, response mapping).
+//! The agent side of the protocol: decoding a JSON-RPC body (a request or a batch), dispatching
+//! it to a [`Verbs`] implementation, and the [`Handler`] that serves it on STOMP connections.
 //!
 //! It holds no host state: the agent (or the simulator) implements [`Verbs`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response as HttpResponse};
-use axum::routing::post;
+use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::{ErrorCode, VdsmError};
-use super::token::Token;
+use super::session::Handler;
 use super::wire::{
     ConnectParams, CreateParams, DisconnectParams, DomainParams, GetInfoParams, HostStats,
-    JSONRPC_VERSION, PoolInfo, PoolParams, RPC_PATH, ReconstructMasterParams, RefreshParams,
-    Response, SpmStartParams, SpmStatusResult, SwitchMasterParams, Vitals, method,
+    JSONRPC_VERSION, PoolInfo, PoolParams, ReconstructMasterParams, RefreshParams, Response,
+    SpmStartParams, SpmStatusResult, SwitchMasterParams, Vitals, method,
 };
 use crate::api::bounds;
-
-/// The default request body limit: a connect with 100 domains is about 6 KiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What a host does for each verb. Parameters arrive decoded and format-checked
 /// (`validate`), so an implementation checks only semantics.
@@ -134,21 +125,44 @@ fn not_served(verb: &str, pool: &str) -> VdsmError {
     )
 }
 
-/// Runs one HTTP body: parse, check, dispatch. `None` for a notification (a request without
-/// `id`), which gets no response. Never panics, whatever the body.
-pub fn handle(verbs: &dyn Verbs, body: &[u8]) -> Option<Response> {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(_) => {
-            return Some(Response::error(
-                Value::Null,
-                &VdsmError::new(ErrorCode::ParseError, "body is not JSON"),
-            ));
+/// Runs one request body (a SEND frame's): a request, or a batch of them answered as a batch
+/// (JSON-RPC 2.0; VDSM's Python client sends one-element batches). The serialized answer, or
+/// `None` when nothing is to be answered (notifications only). Never panics, whatever the body.
+pub fn answer(verbs: &dyn Verbs, body: &[u8]) -> Option<Vec<u8>> {
+    let answered = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) if !items.is_empty() => {
+            let answers: Vec<Response> = items
+                .into_iter()
+                .filter_map(|item| handle_value(verbs, item))
+                .collect();
+            if answers.is_empty() {
+                return None;
+            }
+            serde_json::to_vec(&answers)
         }
+        _ => serde_json::to_vec(&handle(verbs, body)?),
     };
+    answered.ok()
+}
+
+/// Runs one request body that is a single request: parse, check, dispatch. `None` for a
+/// notification (a request without `id`), which gets no response. Never panics, whatever the
+/// body.
+pub fn handle(verbs: &dyn Verbs, body: &[u8]) -> Option<Response> {
+    match serde_json::from_slice(body) {
+        Ok(value) => handle_value(verbs, value),
+        Err(_) => Some(Response::error(
+            Value::Null,
+            &VdsmError::new(ErrorCode::ParseError, "body is not JSON"),
+        )),
+    }
+}
+
+fn handle_value(verbs: &dyn Verbs, value: Value) -> Option<Response> {
     let mut obj = match value {
         Value::Object(obj) => obj,
-        Value::Array(_) => return Some(invalid(Value::Null, "batch requests are not supported")),
+        Value::Array(a) if a.is_empty() => return Some(invalid(Value::Null, "empty batch")),
+        Value::Array(_) => return Some(invalid(Value::Null, "a batch may not hold a batch")),
         _ => return Some(invalid(Value::Null, "a request must be a JSON object")),
     };
     let id = obj.remove("id");
@@ -284,52 +298,14 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Value, VdsmError> {
     serde_json::to_value(v).map_err(|e| VdsmError::new(ErrorCode::InternalError, e.to_string()))
 }
 
-/// The HTTP response for the outcome of [`handle`]: 200 with the JSON-RPC response, or 204 for a
-/// notification. JSON-RPC errors travel with status 200, as in VDSM.
-pub fn into_http(response: Option<Response>) -> HttpResponse {
-    match response {
-        Some(r) => axum::Json(r).into_response(),
-        None => StatusCode::NO_CONTENT.into_response(),
+/// The [`Handler`] of one host: every request body goes to its [`Verbs`].
+pub struct Rpc(pub Arc<dyn Verbs>);
+
+impl Handler for Rpc {
+    fn call(&self, body: Vec<u8>) -> BoxFuture<'static, Option<Vec<u8>>> {
+        let answer = answer(self.0.as_ref(), &body);
+        Box::pin(std::future::ready(answer))
     }
-}
-
-/// Adds the request body limit (413 beyond it) and the bearer-token check (401 without the right
-/// token, before anything else runs) to every route of `router`.
-pub fn protect<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    token: Token,
-    max_body_bytes: usize,
-) -> Router<S> {
-    router
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(token, require_token))
-}
-
-async fn require_token(State(token): State<Token>, req: Request, next: Next) -> HttpResponse {
-    let ok = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| token.matches_header(v.as_bytes()));
-    if ok {
-        next.run(req).await
-    } else {
-        tracing::debug!(path = %req.uri().path(), "refused a call without the right token");
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-        )
-            .into_response()
-    }
-}
-
-/// The router of one host: `POST /jsonrpc`, token-checked and body-limited.
-pub fn router(verbs: Arc<dyn Verbs>, token: Token, max_body_bytes: usize) -> Router {
-    let r = Router::new().route(RPC_PATH, post(rpc)).with_state(verbs);
-    protect(r, token, max_body_bytes)
-}
-
-async fn rpc(State(verbs): State<Arc<dyn Verbs>>, body: Bytes) -> HttpResponse {
-    into_http(handle(verbs.as_ref(), &body))
 }
 
 #[cfg(test)]

@@ -68,9 +68,14 @@ impl Token {
     /// Whether an `Authorization` header value is `Bearer <this token>`, compared in constant time
     /// for a given length.
     pub fn matches_header(&self, header: &[u8]) -> bool {
-        let Some(given) = header.strip_prefix(b"Bearer ") else {
-            return false;
-        };
+        header
+            .strip_prefix(b"Bearer ")
+            .is_some_and(|given| self.matches(given))
+    }
+
+    /// Whether `given` is this token (a STOMP CONNECT's `passcode`), compared in constant time
+    /// for a given length.
+    pub fn matches(&self, given: &[u8]) -> bool {
         let want = self.0.as_bytes();
         if given.len() != want.len() {
             return false;

@@ -12,9 +12,6 @@ use crate::api::{DomainMap, MapStatus, PoolBackend, PoolConnection, bounds};
 /// The JSON-RPC version every request and response carries.
 pub const JSONRPC_VERSION: &str = "2.0";
 
-/// The HTTP path of the RPC endpoint of a (real) agent.
-pub const RPC_PATH: &str = "/jsonrpc";
-
 /// VDSM refuses a pool with more domains than this (`maximum_domains_in_pool`, error 328).
 pub const MAX_DOMAINS_IN_POOL: usize = 100;
 
@@ -66,8 +63,8 @@ pub struct Request<'a, P> {
     pub method: &'a str,
     /// Named parameters.
     pub params: &'a P,
-    /// Echoed in the response.
-    pub id: u64,
+    /// Echoed in the response (a UUID, as the oVirt engine sends).
+    pub id: &'a str,
 }
 
 /// A JSON-RPC error object.

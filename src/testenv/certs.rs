@@ -111,3 +111,88 @@ current-context: poolkeeper-local
         key = b64(&certs.admin_key_pem),
     ))
 }
+
+/// A throwaway pool CA for tests and demos: it signs the controller's client certificate
+/// ([`crate::protocol::tls::CONTROLLER_NAME`], client use only) and hosts' serving certificates
+/// (the Host's name and address, server use only), as the pool CA of a deployment does.
+pub struct PoolCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+/// A certificate and its private key, PEM.
+pub struct Issued {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key (PKCS#8).
+    pub key_pem: String,
+}
+
+impl PoolCa {
+    /// A new CA named `name`.
+    ///
+    /// # Errors
+    /// When rcgen fails.
+    pub fn generate(name: &str) -> Result<Self, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            pem,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses) for `usage`.
+    ///
+    /// # Errors
+    /// When rcgen fails.
+    pub fn issue(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued, rcgen::Error> {
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        if let Some(first) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *first);
+        }
+        params.extended_key_usages = vec![usage];
+        Ok(Issued {
+            cert_pem: params.signed_by(&key, &self.issuer)?.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// The controller's client certificate.
+    ///
+    /// # Errors
+    /// When rcgen fails.
+    pub fn controller(&self) -> Result<Issued, rcgen::Error> {
+        self.issue(
+            &[crate::protocol::tls::CONTROLLER_NAME],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// A host's serving certificate for its Host name and address.
+    ///
+    /// # Errors
+    /// When rcgen fails.
+    pub fn host(&self, name: &str, address: &str) -> Result<Issued, rcgen::Error> {
+        self.issue(&[name, address], ExtendedKeyUsagePurpose::ServerAuth)
+    }
+}

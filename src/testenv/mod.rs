@@ -14,6 +14,10 @@
 
 mod certs;
 
+pub use certs::{Issued, PoolCa};
+/// Certificate usages, for [`PoolCa::issue`].
+pub use rcgen::ExtendedKeyUsagePurpose as KeyUsage;
+
 use std::{
     fs,
     net::TcpListener,

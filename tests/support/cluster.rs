@@ -203,10 +203,11 @@ pub async fn sim_pool(opts: PoolOptions) -> SimPool {
 pub async fn start_hosts(prefix: &str, count: usize) -> agent::Running {
     agent::start(agent::Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise_url: None,
+        advertise: None,
+        control_listen: Some("127.0.0.1:0".parse().expect("addr")),
         tls: None,
-        token: Token::new(TOKEN).expect("token"),
-        max_body_bytes: 1024 * 1024,
+        token: Some(Token::new(TOKEN).expect("token")),
+        max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_millis(300),
             check_timeout: Duration::from_secs(1),
@@ -428,7 +429,7 @@ pub async fn control(sim: &SimPool, method: reqwest::Method, host: &str, action:
     let _already_installed = rustls::crypto::ring::default_provider().install_default();
     let url = format!(
         "http://{}/control/hosts/{host}/{action}",
-        sim.agents.local_addr()
+        sim.agents.control_addr().expect("control")
     );
     let status = reqwest::Client::new()
         .request(method.clone(), url)
@@ -466,8 +467,11 @@ pub async fn replica_with_lease(lease: u64, grace: u64) -> Replica {
     let addr = free_addr();
     let args = controller::ControllerArgs {
         lease_namespace: LEASE_NAMESPACE.into(),
-        token_file: "/dev/null".into(),
+        token_file: Some("/dev/null".into()),
+        tls_cert: None,
+        tls_key: None,
         agent_ca_file: None,
+        insecure: true,
         metrics_addr: addr,
         concurrency: 4,
         leader_elect: true,
