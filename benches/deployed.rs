@@ -334,7 +334,7 @@ async fn floor(client: &Client, names: &[String], report: &HostReport) -> f64 {
         .map(|name| {
             let api = api.clone();
             let report = report.clone();
-            async move { apply_report(&api, name, "http://127.0.0.1:9/jsonrpc", &report).await }
+            async move { apply_report(&api, name, "127.0.0.1:9", &report).await }
         })
         .buffer_unordered(MAX_IN_FLIGHT)
         .try_collect::<Vec<()>>()

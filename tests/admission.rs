@@ -158,7 +158,7 @@ async fn an_agent_registers_and_reports_its_own_host_and_renews_its_own_lease() 
         .create(&pp, &Host::new(&node, spec))
         .await
         .expect("registration with an empty spec is accepted");
-    let endpoint = "https://192.0.2.10:54321/jsonrpc";
+    let endpoint = "192.0.2.10:54321";
     apply_report(&hosts, &node, endpoint, &report())
         .await
         .expect("its own status is accepted");
@@ -212,7 +212,7 @@ async fn an_agent_may_not_write_another_hosts_status() {
     host_exists(&b).await;
     let hosts: Api<Host> = Api::all(agent_on(Some(&a)).await);
     denied(
-        apply_report(&hosts, &b, "https://192.0.2.66:54321/jsonrpc", &report()).await,
+        apply_report(&hosts, &b, "192.0.2.66:54321", &report()).await,
         &format!("poolkeeper-agent on node {a} may not write Host {b}"),
     );
     // Registering another node's Host is refused too.
@@ -298,7 +298,7 @@ async fn an_agent_may_not_change_a_hosts_spec() {
     for spec in [
         json!({"pool": "dc1"}),
         json!({"maintenance": true}),
-        json!({"endpoint": "https://192.0.2.10:54321/jsonrpc"}),
+        json!({"endpoint": "192.0.2.10:54321"}),
     ] {
         let host: Host = serde_json::from_value(json!({
             "apiVersion": "poolkeeper.io/v1alpha1", "kind": "Host",
@@ -311,7 +311,7 @@ async fn an_agent_may_not_change_a_hosts_spec() {
         );
     }
     host_exists(&node).await;
-    let patch = json!({"spec": {"endpoint": "https://192.0.2.10:54321/jsonrpc"}});
+    let patch = json!({"spec": {"endpoint": "192.0.2.10:54321"}});
     // RBAC refuses first: the agent's role has no patch on hosts.
     let (code, message) = refused(
         hosts
@@ -367,7 +367,7 @@ async fn an_agent_may_not_write_the_controllers_part_of_its_status() {
     let node = unique("node-a");
     host_exists(&node).await;
     let hosts: Api<Host> = Api::all(agent_on(Some(&node)).await);
-    apply_report(&hosts, &node, "https://192.0.2.10:54321/jsonrpc", &report())
+    apply_report(&hosts, &node, "192.0.2.10:54321", &report())
         .await
         .expect("its own report is accepted");
     let rule = format!(
@@ -400,7 +400,7 @@ async fn a_request_without_a_node_name_is_denied() {
     let hosts: Api<Host> = Api::all(anonymous.clone());
     let rule = "this request names no node";
     denied(
-        apply_report(&hosts, &node, "https://192.0.2.10:54321/jsonrpc", &report()).await,
+        apply_report(&hosts, &node, "192.0.2.10:54321", &report()).await,
         rule,
     );
     denied(

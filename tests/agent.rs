@@ -847,6 +847,22 @@ fn binary_refuses_plain_tcp_unless_asked() {
     assert!(stderr.contains("--insecure"), "{stderr}");
 }
 
+#[test]
+fn binary_refuses_an_advertised_address_that_is_not_host_and_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    for bad in ["https://h1:54321/jsonrpc", "h1", "H1:54321"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolkeeper"))
+            .args(["agent", "--insecure", "--listen", "127.0.0.1:0"])
+            .args(["--token-file", &token, "--advertise", bad])
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("must be host:port"), "{bad}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn binary_agent_serves_a_made_domain_and_reports_it() {
     let kube = support::client().await;

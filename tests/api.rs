@@ -296,7 +296,7 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "Host",
             json!({"endpoint": ""}),
             "spec.endpoint",
-            "at least 1",
+            "at least 3",
         ),
         (
             "Host",

@@ -675,6 +675,15 @@ impl Options {
                 }
             }
         };
+        if let Some(adv) = &args.advertise {
+            let valid = crate::protocol::client::split_endpoint(adv).is_ok()
+                && !adv.bytes().any(|b| b.is_ascii_uppercase() || b == b'/');
+            if !valid {
+                return Err(Error::Config(format!(
+                    "--advertise {adv:?} must be host:port, e.g. host1.example.com:54321 or 192.0.2.7:54321 (lower case, no scheme, no path)"
+                )));
+            }
+        }
         if args.simulate.is_some() && args.advertise.is_some() {
             return Err(Error::Config(
                 "--advertise names one host; simulated hosts advertise the address each listens on"

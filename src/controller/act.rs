@@ -611,7 +611,7 @@ mod tests {
         let ledger = Ledger::default();
         let call = HostCall::Connect {
             host: "h1".into(),
-            endpoint: "http://h1/jsonrpc".into(),
+            endpoint: "h1:54321".into(),
             params: PoolConnection::default(),
         };
         let now = jiff::Timestamp::UNIX_EPOCH;

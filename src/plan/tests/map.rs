@@ -63,7 +63,7 @@ fn new_pool_persists_map_master_and_ids_before_telling_hosts() {
         p.calls[0],
         HostCall::Connect {
             host: "h0000".into(),
-            endpoint: "http://h0000:54321/jsonrpc".into(),
+            endpoint: "h0000:54321".into(),
             params: PoolConnection {
                 uuid: POOL_UUID.into(),
                 host_id: 1,

@@ -83,7 +83,7 @@ fn host_put_in_maintenance_is_disconnected_then_maintenance() {
         p.calls,
         vec![HostCall::Disconnect {
             host: "h0001".into(),
-            endpoint: "http://h0001:54321/jsonrpc".into(),
+            endpoint: "h0001:54321".into(),
             params: DisconnectParams {
                 pool_uuid: POOL_UUID.into(),
                 host_id: 2
@@ -130,7 +130,7 @@ fn member_connected_to_another_pool_is_disconnected_from_it_first() {
         p.calls,
         vec![HostCall::Disconnect {
             host: "h0000".into(),
-            endpoint: "http://h0000:54321/jsonrpc".into(),
+            endpoint: "h0000:54321".into(),
             params: DisconnectParams {
                 pool_uuid: "other-uuid".into(),
                 host_id: 9
@@ -306,12 +306,12 @@ fn host_is_called_at_the_operators_endpoint_over_the_published_one() {
     let mut o = steady(2, 1, t0());
     report_of(&mut o, "h0001").pool = None;
     let h = o.hosts.get_mut("h0001").expect("host");
-    h.spec.endpoint = Some("https://override:54321/jsonrpc".into());
+    h.spec.endpoint = Some("override:54321".into());
     let p = plan(&o, t0());
     let HostCall::Connect { endpoint, .. } = &p.calls[0] else {
         panic!("connect")
     };
-    assert_eq!(endpoint, "https://override:54321/jsonrpc");
+    assert_eq!(endpoint, "override:54321");
 }
 
 #[test]
