@@ -49,25 +49,8 @@ impl Agent {
         tls: Option<TlsFiles>,
         max_frame_bytes: usize,
     ) -> Self {
-        let running = start(Options {
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            advertise: None,
-            control_listen: None,
-            tls,
-            token: Some(Token::new(TOKEN).expect("token")),
-            max_frame_bytes,
-            monitor: MonitorConfig {
-                period: Duration::from_millis(100),
-                check_timeout: Duration::from_millis(400),
-            },
-            hosts: Hosts::Single {
-                name: "host-under-test".into(),
-                storage_root: root.path().to_owned(),
-            },
-            kube: None,
-        })
-        .await
-        .expect("agent starts");
+        let token = Some(Token::new(TOKEN).expect("token"));
+        let running = single_host(root.path(), tls, token, max_frame_bytes).await;
         let endpoint = running.rpc_addr().to_string();
         let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
         Self {
@@ -217,6 +200,34 @@ fn answer(frames: &[Frame]) -> Value {
     let messages: Vec<&Frame> = frames.iter().filter(|f| f.command == "MESSAGE").collect();
     assert_eq!(messages.len(), 1, "{frames:?}");
     serde_json::from_slice(&messages[0].body).expect("json")
+}
+
+/// A real host named `host-under-test` over file storage at `root`, with no API server.
+async fn single_host(
+    root: &Path,
+    tls: Option<TlsFiles>,
+    token: Option<Token>,
+    max_frame_bytes: usize,
+) -> Running {
+    start(Options {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        control_listen: None,
+        tls,
+        token,
+        max_frame_bytes,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Single {
+            name: "host-under-test".into(),
+            storage_root: root.to_owned(),
+        },
+        kube: None,
+    })
+    .await
+    .expect("agent starts")
 }
 
 fn uuid() -> String {
@@ -901,26 +912,9 @@ async fn mutual_tls_accepts_only_the_controller_and_the_host_called() {
         key: write("tls.key", &host.key_pem),
         client_ca: Some(write("ca.crt", ca.pem())),
     };
-    let root = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
-    let running = start(Options {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise: None,
-        control_listen: None,
-        tls: Some(files),
-        token: None,
-        max_frame_bytes: 64 * 1024,
-        monitor: MonitorConfig {
-            period: Duration::from_millis(100),
-            check_timeout: Duration::from_millis(400),
-        },
-        hosts: Hosts::Single {
-            name: "host-under-test".into(),
-            storage_root: root.path().to_owned(),
-        },
-        kube: None,
-    })
-    .await
-    .expect("agent starts");
+    let root = tempfile::tempdir().expect("tempdir");
+    // No token: the controller's certificate is the only credential.
+    let running = single_host(root.path(), Some(files), None, 64 * 1024).await;
     let endpoint = running.rpc_addr().to_string();
     let target = Target {
         name: "host-under-test",

@@ -412,7 +412,6 @@ where
         .await
         .map_err(|e| transport("send CONNECT", &e))?;
     let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
     let connected = loop {
         match stomp::decode(&buf, stomp::MAX_FRAME_BYTES) {
             Ok(Some((Decoded::HeartBeat, n))) => {
@@ -425,9 +424,10 @@ where
             Ok(None) => {}
             Err(e) => return Err(transport("answer to CONNECT", &e)),
         }
-        match rd.read(&mut chunk).await {
+        stomp::make_room(&mut buf);
+        match rd.read_buf(&mut buf).await {
             Ok(0) => return Err(closed()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
             Err(e) => return Err(transport("read", &e)),
         }
     };
@@ -484,7 +484,6 @@ async fn run<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut chunk = vec![0u8; 64 * 1024];
     'conn: loop {
         loop {
             match stomp::decode(&buf, stomp::MAX_FRAME_BYTES) {
@@ -513,12 +512,13 @@ async fn run<R, W>(
                 }
             }
         }
+        stomp::make_room(&mut buf);
         let read = async {
             match silence {
-                Some(limit) => tokio::time::timeout(limit, rd.read(&mut chunk))
+                Some(limit) => tokio::time::timeout(limit, rd.read_buf(&mut buf))
                     .await
                     .unwrap_or(Ok(0)),
-                None => rd.read(&mut chunk).await,
+                None => rd.read_buf(&mut buf).await,
             }
         };
         tokio::select! {
@@ -534,7 +534,7 @@ async fn run<R, W>(
             },
             got = read => match got {
                 Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             },
         }
     }

@@ -66,8 +66,7 @@ where
         in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         silence: None,
     };
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 16 * 1024];
+    let mut buf = Vec::new();
     'conn: loop {
         loop {
             match stomp::decode(&buf, session.opts.max_frame_bytes) {
@@ -86,19 +85,20 @@ where
                 }
             }
         }
+        stomp::make_room(&mut buf);
         let read = match session.silence {
-            Some(limit) => match tokio::time::timeout(limit, rd.read(&mut chunk)).await {
+            Some(limit) => match tokio::time::timeout(limit, rd.read_buf(&mut buf)).await {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::debug!("stomp peer silent past its heart-beat; closing");
                     break;
                 }
             },
-            None => rd.read(&mut chunk).await,
+            None => rd.read_buf(&mut buf).await,
         };
         match read {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
     drop(session);

@@ -18,6 +18,20 @@ pub const VERSION: &str = "1.2";
 /// 6 KiB; a stats answer for 100 domains about 20 KiB.
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
+/// What a connection reads at a time at least. Each connection's buffer starts this small and
+/// grows only for a large frame (at 2,000 hosts, a fixed 64 KiB read buffer per connection would
+/// be 128 MiB).
+const READ_CHUNK: usize = 4096;
+
+/// Makes room in a connection's read buffer for the next read; a buffer a large frame grew is
+/// given back once it is empty.
+pub fn make_room(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > 16 * READ_CHUNK {
+        *buf = Vec::new();
+    }
+    buf.reserve(READ_CHUNK);
+}
+
 /// The most header lines a frame may carry.
 const MAX_HEADERS: usize = 64;
 
