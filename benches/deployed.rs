@@ -261,6 +261,19 @@ async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until every host named `<prefix>-…` reports no pool.
+async fn disconnected(store: &HostStore, prefix: &str) {
+    let ours = format!("{prefix}-");
+    wait_for("hosts disconnected", async || {
+        store
+            .state()
+            .iter()
+            .filter(|h| h.metadata.name.as_deref().is_some_and(|n| n.starts_with(&ours)))
+            .all(|h| report_of(h).is_some_and(|r| r.pool.is_none()))
+    })
+    .await;
+}
+
 fn report_of(h: &Host) -> Option<&HostReport> {
     h.status.as_ref().and_then(|s| s.report.as_ref())
 }
@@ -570,14 +583,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
                     .unwrap_or(false)
             })
             .await;
-            wait_for("hosts disconnected", async || {
-                store
-                    .state()
-                    .iter()
-                    .filter(|h| ours(h))
-                    .all(|h| report_of(h).is_some_and(|r| r.pool.is_none()))
-            })
-            .await;
+            disconnected(&store, &prefix).await;
         }
         let writes_before = controller_writes(metrics).await;
         let started = Instant::now();
@@ -746,14 +752,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     // The same toggle in a pool of compatibility 3.4: the map lives on the master, so the pool
     // manager deactivates the domain there first, then every other host refreshes from it.
     delete_pool(&pools, &domains, &pool_name, &domain_names).await;
-    wait_for("hosts disconnected", async || {
-        store
-            .state()
-            .iter()
-            .filter(|h| ours(h))
-            .all(|h| report_of(h).is_some_and(|r| r.pool.is_none()))
-    })
-    .await;
+    disconnected(&store, &prefix).await;
     let started = Instant::now();
     create_pool(&pools, &domains, &pool_name, &domain_names, &uuids, "3.4").await;
     wait_for("3.4 pool Ready", async || {
