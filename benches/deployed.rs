@@ -268,7 +268,12 @@ async fn disconnected(store: &HostStore, prefix: &str) {
         store
             .state()
             .iter()
-            .filter(|h| h.metadata.name.as_deref().is_some_and(|n| n.starts_with(&ours)))
+            .filter(|h| {
+                h.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&ours))
+            })
             .all(|h| report_of(h).is_some_and(|r| r.pool.is_none()))
     })
     .await;
