@@ -110,9 +110,10 @@ impl Agent {
     }
 
     /// One raw STOMP session: `frames` are sent as they are, then the frames the agent sends
-    /// are read until it closes or stays quiet for a second.
+    /// are read until it closes or stays quiet for two seconds.
     async fn raw(&self, frames: &[Frame]) -> Vec<Frame> {
-        raw_session(&self.endpoint, frames, Duration::from_secs(1)).await
+        // Quiet for 2 s: long enough that a loaded machine's late answer is still read.
+        raw_session(&self.endpoint, frames, Duration::from_secs(2)).await
     }
 
     /// CONNECT (with `passcode` when given), SUBSCRIBE to `jms.topic.vdsm_responses` as the
