@@ -892,6 +892,48 @@ async fn tls_with_the_right_ca_works_and_an_unknown_ca_is_refused() {
     a.running.shutdown().await;
 }
 
+/// One connection per host, kept: when the host's process restarts at the same address, the
+/// next call opens a new connection by itself (the old one's end was seen), and a host that is
+/// gone fails fast with a transport error, not a hang.
+#[tokio::test]
+async fn the_connection_is_reopened_after_the_host_restarts() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let token = || Some(Token::new(TOKEN).expect("token"));
+    let first = single_host(root.path(), None, token(), 64 * 1024).await;
+    let endpoint = first.rpc_addr().to_string();
+    let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
+    let _: HostStats = client.get_stats(&endpoint, T).await.expect("first call");
+    first.shutdown().await;
+    let e = client.get_stats(&endpoint, T).await;
+    assert!(e.as_ref().is_err_and(RpcError::is_unreachable), "host gone: {e:?}");
+
+    let again = start(Options {
+        listen: endpoint.parse().expect("addr"),
+        advertise: None,
+        control_listen: None,
+        tls: None,
+        token: token(),
+        max_frame_bytes: 64 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Single {
+            name: "host-under-test".into(),
+            storage_root: root.path().to_owned(),
+        },
+        kube: None,
+    })
+    .await
+    .expect("the host comes back at the same address");
+    // Redialed after the delay the failed dial left (0.2 s), within the call's timeout.
+    let _: HostStats = client
+        .get_stats(&endpoint, T)
+        .await
+        .expect("called again on a new connection");
+    again.shutdown().await;
+}
+
 /// Mutual TLS, as VDSM takes calls only from the engine: the agent accepts only a client
 /// certificate the pool CA signed for the controller, and the controller accepts only a host
 /// certificate that names the Host it calls. No token is involved.
