@@ -905,7 +905,10 @@ async fn the_connection_is_reopened_after_the_host_restarts() {
     let _: HostStats = client.get_stats(&endpoint, T).await.expect("first call");
     first.shutdown().await;
     let e = client.get_stats(&endpoint, T).await;
-    assert!(e.as_ref().is_err_and(RpcError::is_unreachable), "host gone: {e:?}");
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "host gone: {e:?}"
+    );
 
     let again = start(Options {
         listen: endpoint.parse().expect("addr"),
