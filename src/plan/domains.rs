@@ -351,10 +351,7 @@ pub fn judge(
     // A pool without a master has no manager: a leaving domain still attached on storage is
     // detached forcibly by any responsive member, if there is one (else it just leaves).
     let on_storage = super::map::attached(&observed.pool.status);
-    let can_force = desired.master_domain.is_none()
-        && hosts
-            .values()
-            .any(|v| v.role == HostRole::Member && v.responsive && !v.report_invalid);
+    let can_force = desired.master_domain.is_none() && hosts.values().any(HostVerdict::can_serve);
     let awaits_forced =
         |uuid: &str| can_force && on_storage.as_ref().is_some_and(|a| a.contains(uuid));
     let mut verdicts = BTreeMap::new();

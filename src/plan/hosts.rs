@@ -177,6 +177,7 @@ pub fn classify(
                 connected_here: connection(h).is_some_and(|c| c.uuid == pool_uuid),
                 in_sync: false,
                 report_invalid: matches!(h.report, super::ReportView::Invalid(_)),
+                callable: h.endpoint().is_some(),
                 host_id,
                 phase: HostPhase::Connecting,
                 failure: None,
@@ -340,7 +341,7 @@ pub fn calls(
             continue;
         };
         // Without an endpoint nothing can be sent (the verdict says why: `NoEndpoint`).
-        if !v.responsive || v.report_invalid || h.endpoint().is_none() {
+        if !v.responsive || v.report_invalid || !v.callable {
             continue;
         }
         let Some(key) = call_key(

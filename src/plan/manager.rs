@@ -40,7 +40,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use super::ledger::{CallState, backoff_delay, connect_timeout};
 use super::map::StorageWork;
-use super::{CallFailure, Desired, HostRole, HostVerdict, Observed, SyncFailure};
+use super::{CallFailure, Desired, HostVerdict, Observed, SyncFailure};
 use crate::api::{
     DomainMap, HostPhase, MapStatus, PoolConnection, PoolManagerStatus, PoolOnStorage,
 };
@@ -388,11 +388,7 @@ pub fn plan(
     let keeps_record = |name: &str| {
         has_master
             && hosts.get(name).is_some_and(|v| {
-                v.role == HostRole::Member
-                    && v.responsive
-                    && !v.report_invalid
-                    && !failing(v)
-                    && v.phase != HostPhase::NonOperational
+                v.can_serve() && !failing(v) && v.phase != HostPhase::NonOperational
             })
     };
     let may_keep =
@@ -441,9 +437,7 @@ pub fn plan(
             .or_else(|| {
                 hosts
                     .iter()
-                    .filter(|(_, v)| {
-                        v.role == HostRole::Member && v.responsive && !v.report_invalid
-                    })
+                    .filter(|(_, v)| v.can_serve())
                     .filter_map(|(h, _)| Some((desired.host_ids.get(h)?, h.as_str())))
                     .min()
                     .map(|(_, h)| h)
@@ -625,7 +619,7 @@ pub fn plan(
         // No master, so no manager: any responsive member may free the domain.
         hosts
             .iter()
-            .filter(|(_, v)| v.role == HostRole::Member && v.responsive && !v.report_invalid)
+            .filter(|(_, v)| v.can_serve())
             .filter_map(|(h, _)| Some((desired.host_ids.get(h)?, h.as_str())))
             .min()
             .map(|(_, h)| (h, ManagerVerb::ForcedDetach))
@@ -869,9 +863,7 @@ fn candidate<'a>(
     hosts
         .iter()
         .filter(|(name, v)| {
-            v.role == HostRole::Member
-                && v.responsive
-                && !v.report_invalid
+            v.can_serve()
                 && !strays.contains(&name.as_str())
                 // A legacy pool's hosts hold the map on the master, which may be behind while
                 // no manager runs (so they may not confirm it, and are not Up): connected and

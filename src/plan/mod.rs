@@ -604,6 +604,8 @@ pub struct HostVerdict {
     pub in_sync: bool,
     /// Its report did not parse.
     pub report_invalid: bool,
+    /// It has an endpoint to be called at ([`HostView::endpoint`]).
+    pub callable: bool,
     /// Its id in the pool.
     pub host_id: Option<i32>,
     /// The phase before the calls' outcomes are known.
@@ -621,6 +623,14 @@ pub struct HostVerdict {
     /// The host accepted the call it needs and its report is on its way: this round (set by
     /// [`report`] from the outcomes) or within the confirmation window of an earlier call.
     pub told_now: bool,
+}
+
+impl HostVerdict {
+    /// A member the planner can call and whose report it trusts: responsive, its report
+    /// readable, an endpoint known. Only such a host is given a pool-manager call.
+    pub fn can_serve(&self) -> bool {
+        self.role == HostRole::Member && self.responsive && !self.report_invalid && self.callable
+    }
 }
 
 /// How a host relates to the pool.

@@ -73,6 +73,18 @@ fn the_choice_is_recorded_before_spm_start_is_sent() {
 }
 
 #[test]
+fn a_host_that_cannot_be_called_is_never_chosen() {
+    // The lowest-id host has no endpoint (an agent that predates status.endpoint, say): the role
+    // goes to a host a call can reach, or no call could ever start it.
+    let mut o = no_manager_yet(3);
+    if let Some(h) = o.hosts.get_mut("h0000") {
+        h.status_endpoint = None;
+    }
+    let p = plan(&o, t0());
+    assert_eq!(manager_call(&p), Some(("h0001", ManagerVerb::Start)));
+}
+
+#[test]
 fn a_restarted_controller_starts_the_recorded_host_not_another() {
     let mut o = no_manager_yet(3);
     // Another replica recorded h0002 and crashed before its spmStart was answered.
