@@ -373,13 +373,12 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let mut sim_root = None;
     let mut listeners = Vec::new();
     let mut rpc_addrs = Vec::new();
+    let serve = |listener, handler: Arc<dyn Handler>| {
+        tokio::spawn(accept_loop(listener, handler, tls.clone(), session.clone()))
+    };
     let (hosts, faults, control): (Arc<[Arc<HostAgent>]>, _, _) = match &opts.hosts {
         Hosts::Single { name, storage_root } => {
-            let listener = bind(opts.listen)?;
-            let addr = listener.local_addr().map_err(|source| Error::Bind {
-                addr: opts.listen,
-                source,
-            })?;
+            let (listener, addr) = bind(opts.listen)?;
             let endpoint = opts
                 .advertise
                 .clone()
@@ -398,13 +397,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 pool_storage,
                 changes,
             ));
-            let handler: Arc<dyn Handler> = Arc::new(Rpc(host.clone()));
-            listeners.push(tokio::spawn(accept_loop(
-                listener,
-                handler,
-                tls.clone(),
-                session.clone(),
-            )));
+            listeners.push(serve(listener, Arc::new(Rpc(host.clone()))));
             rpc_addrs.push(addr);
             (Arc::from(vec![host]), None, None)
         }
@@ -441,10 +434,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             for i in 0..*count {
                 // Each simulated host has its own address, as real hosts do.
                 let at = sim_address(opts.listen, i)?;
-                let listener = bind(at)?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|source| Error::Bind { addr: at, source })?;
+                let (listener, addr) = bind(at)?;
                 let name = format!("{prefix}-{i:04}");
                 let storage: Arc<dyn Storage> = Arc::new(
                     sim::SimStorage::new(Arc::clone(&faults), i)
@@ -458,16 +448,11 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                     pool_storage.clone(),
                     changes.clone(),
                 ));
-                let handler: Arc<dyn Handler> = Arc::new(sim::SimRpc {
+                let handler = sim::SimRpc {
                     host: Arc::clone(&host),
                     reachability: reachability.clone(),
-                });
-                listeners.push(tokio::spawn(accept_loop(
-                    listener,
-                    handler,
-                    tls.clone(),
-                    session.clone(),
-                )));
+                };
+                listeners.push(serve(listener, Arc::new(handler)));
                 rpc_addrs.push(addr);
                 hosts.push(host);
             }
@@ -541,13 +526,14 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     })
 }
 
-fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
-    let std_listener =
-        std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-    std_listener
-        .set_nonblocking(true)
-        .and_then(|()| tokio::net::TcpListener::from_std(std_listener))
-        .map_err(|source| Error::Bind { addr, source })
+/// A listener on `addr`, and the address it is bound to (port 0: the one chosen).
+fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), Error> {
+    let bound = std::net::TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        let local = l.local_addr()?;
+        Ok((tokio::net::TcpListener::from_std(l)?, local))
+    });
+    bound.map_err(|source| Error::Bind { addr, source })
 }
 
 /// Where simulated host `i` listens: the listen address plus `i` (IPv4), same port.

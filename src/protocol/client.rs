@@ -131,20 +131,11 @@ impl Client {
     /// # Errors
     /// When the CA bundle holds no usable certificate.
     pub fn new(token: Token, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
-        // ring is the process's TLS provider (HTTP clients built later, in tests and the dev
-        // control plane, find it installed); this client names it explicitly anyway.
-        let _already_installed = rustls::crypto::ring::default_provider().install_default();
         let tls = ca_pem
             .map(|ca| tls::client_config(ca, None))
             .transpose()
             .map_err(ClientError::Ca)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                token: Some(token),
-                tls,
-                hosts: Mutex::new(HashMap::new()),
-            }),
-        })
+        Ok(Self::with(Some(token), tls))
     }
 
     /// A client for mutual TLS: trusts only the certificates of `ca_pem` (the pool CA),
@@ -160,15 +151,21 @@ impl Client {
         key_pem: &[u8],
         token: Option<Token>,
     ) -> Result<Self, ClientError> {
-        let _already_installed = rustls::crypto::ring::default_provider().install_default();
         let tls = tls::client_config(ca_pem, Some((cert_pem, key_pem))).map_err(ClientError::Ca)?;
-        Ok(Self {
+        Ok(Self::with(token, Some(tls)))
+    }
+
+    fn with(token: Option<Token>, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        // ring is the process's TLS provider (HTTP clients built later, in tests and the dev
+        // control plane, find it installed); this client names it explicitly anyway.
+        let _already_installed = rustls::crypto::ring::default_provider().install_default();
+        Self {
             inner: Arc::new(Inner {
                 token,
-                tls: Some(tls),
+                tls,
                 hosts: Mutex::new(HashMap::new()),
             }),
-        })
+        }
     }
 
     /// `StoragePool.connect`: tells the host the pool, its host id, the master and the whole map.
