@@ -44,6 +44,7 @@ async fn main() {
         lease_namespace: NS.into(),
         concurrency: 8,
         rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+        signer: None,
     };
     tokio::spawn(controller::run_with(
         client.clone(),

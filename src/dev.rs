@@ -153,6 +153,7 @@ pub async fn run(args: DevArgs) -> Result<(), Error> {
         lease_namespace: LEASE_NAMESPACE.into(),
         concurrency: 8,
         rpc: protocol::Client::new(token, None)?,
+        signer: None,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_controller = stop_rx.clone();

@@ -17,6 +17,7 @@
 //! - [`protocol`]: the JSON-RPC wire format, VDSM error codes, client and server.
 //! - [`agent`]: the host agent and the simulator.
 //! - [`controller`]: the reconciler shell around [`plan`].
+//! - [`pki`]: the pool CA, the hosts' certificate requests and their review (pure).
 //! - [`shutdown`]: the stop signal (SIGINT, SIGTERM) every long-running subcommand waits for.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
 //! - `testenv`: a real local control plane (etcd + kube-apiserver) for tests and `dev`.
@@ -31,6 +32,7 @@ pub mod controller;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod metrics;
+pub mod pki;
 pub mod plan;
 #[cfg(test)]
 mod properties;

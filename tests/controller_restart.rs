@@ -68,6 +68,7 @@ impl ControllerProcess {
                         concurrency: 8,
                         rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None)
                             .expect("rpc client"),
+                        signer: None,
                     };
                     tokio::select! {
                         r = controller::run_with(client, settings, metrics, std::future::pending()) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use poolkeeper::agent::monitor::MonitorConfig;
 use poolkeeper::agent::storage::make_file_domain;
-use poolkeeper::agent::{Hosts, Options, TlsFiles, start};
+use poolkeeper::agent::{Hosts, Options, Tls, TlsFiles, start};
 use poolkeeper::protocol::wire::{CreateParams, method};
 use poolkeeper::protocol::{Client, Target};
 use poolkeeper::testenv::{Issued, PoolCa};
@@ -86,11 +86,11 @@ async fn the_ovirt_engine_client_drives_the_agent_over_mutual_tls() {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
         control_listen: None,
-        tls: Some(TlsFiles {
+        tls: Some(Tls::Files(TlsFiles {
             cert: write(dir.path(), "tls.crt", &host.cert_pem).into(),
             key: write(dir.path(), "tls.key", &host.key_pem).into(),
             client_ca: Some(write(dir.path(), "agent-ca.crt", ca.pem()).into()),
-        }),
+        })),
         token: None,
         max_frame_bytes: poolkeeper::agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use poolkeeper::agent::monitor::MonitorConfig;
 use poolkeeper::agent::storage::make_file_domain;
-use poolkeeper::agent::{Hosts, Options, Running, TlsFiles, start};
+use poolkeeper::agent::{Hosts, Options, Running, Tls, TlsFiles, start};
 use poolkeeper::api::MapStatus::{self, Active, Attached};
 use poolkeeper::protocol::stomp::{self, Decoded, Frame};
 use poolkeeper::protocol::wire::{
@@ -214,7 +214,7 @@ async fn single_host(
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
         control_listen: None,
-        tls,
+        tls: tls.map(Tls::Files),
         token,
         max_frame_bytes,
         monitor: MonitorConfig {

@@ -11,6 +11,7 @@
 //! [`sim`] simulated storage and fault injection; [`health`] the probe and metrics endpoint.
 //! Calls are served from memory whatever the API server does.
 
+pub mod certificate;
 pub mod domains;
 pub mod driver;
 pub mod health;
@@ -133,12 +134,20 @@ pub struct AgentArgs {
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// The pool CA (PEM): mutual TLS, calls accepted only from a client certificate it signed
-    /// for the controller (`poolkeeper-controller`), as VDSM accepts only the engine's.
-    #[arg(long, requires = "tls_cert")]
+    /// for the controller (`poolkeeper-controller`), as VDSM accepts only the engine's. Read
+    /// again at each renewal of the serving certificate.
+    #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
-    /// Serve plain TCP (tests and demos only); without TLS files the agent refuses to start
-    /// unless this is given.
-    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    /// Obtain the serving certificate from the cluster instead of files: a
+    /// CertificateSigningRequest to signer `poolkeeper.io/host-serving` (the controller signs it
+    /// with the pool CA once it has checked the request comes from this Host's node), renewed
+    /// before it expires. Needs --tls-client-ca (the pool CA), and the agent's own
+    /// node-bound ServiceAccount token.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "simulate"], requires = "tls_client_ca")]
+    pub request_certificate: bool,
+    /// Serve plain TCP (tests and demos only); without TLS the agent refuses to start unless
+    /// this is given.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca", "request_certificate"])]
     pub insecure: bool,
     /// Largest frame accepted (beyond it: ERROR, and the connection closes).
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_BYTES)]
@@ -215,6 +224,20 @@ pub enum Hosts {
     },
 }
 
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug)]
+pub enum Tls {
+    /// Files, read at start.
+    Files(TlsFiles),
+    /// The cluster: requested from signer `poolkeeper.io/host-serving` and renewed
+    /// ([`certificate`]); calls wait until the first one is issued. Real hosts only.
+    Requested {
+        /// The pool CA, PEM: client certificates required, signed by it and naming the
+        /// controller.
+        client_ca: PathBuf,
+    },
+}
+
 /// TLS files.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -236,8 +259,8 @@ pub struct Options {
     pub advertise: Option<String>,
     /// The simulator's fault-injection API (HTTP); `None`: not served.
     pub control_listen: Option<SocketAddr>,
-    /// STOMP over TLS with these files; `None`: plain TCP (the caller decided it is allowed).
-    pub tls: Option<TlsFiles>,
+    /// STOMP over TLS; `None`: plain TCP (the caller decided it is allowed).
+    pub tls: Option<Tls>,
     /// The token connections must offer (`None`: mutual TLS is the credential); also the
     /// simulator's control API's bearer token (not served without one).
     pub token: Option<Token>,
@@ -345,23 +368,7 @@ impl Running {
 /// # Errors
 /// When an address cannot be bound or the TLS files cannot be loaded.
 pub async fn start(opts: Options) -> Result<Running, Error> {
-    let tls = match &opts.tls {
-        Some(files) => Some(TlsServing {
-            acceptor: tokio_rustls::TlsAcceptor::from(
-                crate::protocol::tls::server_config(
-                    &files.cert,
-                    &files.key,
-                    files.client_ca.as_deref(),
-                )
-                .map_err(Error::Tls)?,
-            ),
-            client_name: files
-                .client_ca
-                .as_ref()
-                .map(|_| crate::protocol::tls::CONTROLLER_NAME.to_owned()),
-        }),
-        None => None,
-    };
+    let (tls, requested) = serving_tls(opts.tls.as_ref())?;
     let session = SessionOptions {
         token: opts.token.clone(),
         max_frame_bytes: opts.max_frame_bytes,
@@ -373,8 +380,16 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     let mut sim_root = None;
     let mut listeners = Vec::new();
     let mut rpc_addrs = Vec::new();
+    // With a certificate requested from the cluster, connections wait in the listen backlog
+    // until it is issued (the first handshake then presents it).
+    let (issued_tx, issued_rx) = watch::channel(requested.is_none());
     let serve = |listener, handler: Arc<dyn Handler>| {
-        tokio::spawn(accept_loop(listener, handler, tls.clone(), session.clone()))
+        let (tls, session, mut issued) = (tls.clone(), session.clone(), issued_rx.clone());
+        tokio::spawn(async move {
+            if issued.wait_for(|issued| *issued).await.is_ok() {
+                accept_loop(listener, handler, tls, session).await;
+            }
+        })
     };
     let (hosts, faults, control): (Arc<[Arc<HostAgent>]>, _, _) = match &opts.hosts {
         Hosts::Single { name, storage_root } => {
@@ -495,6 +510,24 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         opts.monitor,
         shutdown_rx.clone(),
     ))];
+    match (&requested, &opts.kube, hosts.first()) {
+        (Some(identity), Some((client, _)), Some(host)) if hosts.len() == 1 => {
+            tasks.push(tokio::spawn(certificate::run(
+                client.clone(),
+                host.name().to_owned(),
+                host.endpoint().to_owned(),
+                Arc::clone(identity),
+                issued_tx,
+                shutdown_rx.clone(),
+            )));
+        }
+        (Some(_), _, _) => {
+            return Err(Error::Config(
+                "--request-certificate needs one real host and a Kubernetes client".into(),
+            ));
+        }
+        (None, _, _) => drop(issued_tx),
+    }
     if let Some((client, lease_config)) = opts.kube {
         tasks.push(tokio::spawn(report::run_reporter(
             client.clone(),
@@ -524,6 +557,48 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         tasks,
         _sim_root: sim_root,
     })
+}
+
+/// The TLS a listener serves and, when the certificate is requested from the cluster, the
+/// identity [`certificate::run`] fills.
+fn serving_tls(
+    tls: Option<&Tls>,
+) -> Result<
+    (
+        Option<TlsServing>,
+        Option<Arc<crate::protocol::tls::Identity>>,
+    ),
+    Error,
+> {
+    use crate::protocol::tls::{self, CONTROLLER_NAME, Identity};
+    let (config, client_ca, requested) = match tls {
+        None => return Ok((None, None)),
+        Some(Tls::Files(files)) => (
+            tls::server_config(&files.cert, &files.key, files.client_ca.as_deref()),
+            files.client_ca.as_ref(),
+            None,
+        ),
+        Some(Tls::Requested { client_ca }) => {
+            let identity = Arc::new(Identity::default());
+            let pem = std::fs::read(client_ca).map_err(|e| {
+                Error::Tls(tls::TlsError::Pem {
+                    what: client_ca.display().to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+            let what = client_ca.display().to_string();
+            (
+                tls::server_config_with(Arc::clone(&identity), Some((&what, &pem))),
+                Some(client_ca),
+                Some(identity),
+            )
+        }
+    };
+    let serving = TlsServing {
+        acceptor: tokio_rustls::TlsAcceptor::from(config.map_err(Error::Tls)?),
+        client_name: client_ca.map(|_| CONTROLLER_NAME.to_owned()),
+    };
+    Ok((Some(serving), requested))
 }
 
 /// A listener on `addr`, and the address it is bound to (port 0: the one chosen).
@@ -619,16 +694,19 @@ impl Options {
     /// # Errors
     /// When a flag is invalid, the token file unusable, or plain HTTP was not asked for.
     pub fn from_args(args: &AgentArgs, kube: Option<kube::Client>) -> Result<Self, Error> {
-        let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
+        let tls = match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(Tls::Files(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-                client_ca: args.tls_client_ca.clone(),
+                client_ca: client_ca.clone(),
+            })),
+            (None, None, Some(client_ca)) if args.request_certificate => Some(Tls::Requested {
+                client_ca: client_ca.clone(),
             }),
             _ if args.insecure => None,
             _ => {
                 return Err(Error::Config(
-                    "give --tls-cert and --tls-key, or --insecure to serve plain TCP".into(),
+                    "give --tls-cert and --tls-key, or --request-certificate with --tls-client-ca, or --insecure to serve plain TCP".into(),
                 ));
             }
         };

@@ -31,14 +31,18 @@ pub struct Settings {
     pub concurrency: u16,
     /// The host RPC client (credential, CA).
     pub rpc: protocol::Client,
+    /// Signs hosts' serving certificates with the pool CA (`None`: hosts' certificates come from
+    /// elsewhere).
+    pub signer: Option<Arc<super::signer::Signer>>,
 }
 
 impl Settings {
-    /// Settings from the command line.
+    /// Settings from the command line; with `--pool-ca-secret`, the pool CA is read (or created)
+    /// through `client` and the controller signs hosts' certificates.
     ///
     /// # Errors
-    /// When the token or CA file cannot be read.
-    pub fn from_args(args: &ControllerArgs) -> Result<Self, Error> {
+    /// When the token or a TLS file cannot be read, or the pool CA cannot be loaded.
+    pub async fn from_args(args: &ControllerArgs, client: &Client) -> Result<Self, Error> {
         let token = args
             .token_file
             .as_deref()
@@ -51,19 +55,38 @@ impl Settings {
                 source,
             })
         };
-        let ca = args.agent_ca_file.as_ref().map(read).transpose()?;
-        let rpc = match (&ca, &args.tls_cert, &args.tls_key, token) {
-            (Some(ca), Some(cert), Some(key), token) => {
-                protocol::Client::mutual(ca, &read(cert)?, &read(key)?, token)
+        let mut signer = None;
+        let rpc = if let Some(secret) = &args.pool_ca_secret {
+            let ca =
+                super::signer::load_or_create_ca(client, &args.leader_election_namespace, secret)
+                    .await
+                    .map_err(Error::Signer)?;
+            let ca_pem = ca.pem().as_bytes().to_vec();
+            let made = super::signer::Signer::new(
+                ca,
+                args.agent_user()?,
+                Duration::from_secs(args.certificate_lifetime_seconds),
+            )
+            .map_err(Error::Signer)?;
+            let rpc = protocol::Client::with_identity(&ca_pem, Arc::clone(&made.identity), token);
+            signer = Some(Arc::new(made));
+            rpc
+        } else {
+            let ca = args.agent_ca_file.as_ref().map(read).transpose()?;
+            match (&ca, &args.tls_cert, &args.tls_key, token) {
+                (Some(ca), Some(cert), Some(key), token) => {
+                    protocol::Client::mutual(ca, &read(cert)?, &read(key)?, token)
+                }
+                (_, _, _, Some(token)) => protocol::Client::new(token, ca.as_deref()),
+                (_, _, _, None) => Err(protocol::ClientError::NoCredential),
             }
-            (_, _, _, Some(token)) => protocol::Client::new(token, ca.as_deref()),
-            (_, _, _, None) => Err(protocol::ClientError::NoCredential),
         }
         .map_err(Error::RpcClient)?;
         Ok(Self {
             lease_namespace: args.lease_namespace.clone(),
             concurrency: args.concurrency,
             rpc,
+            signer,
         })
     }
 }

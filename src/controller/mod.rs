@@ -39,6 +39,7 @@ pub mod ledger;
 pub mod liveness;
 pub mod observe;
 pub mod report;
+pub mod signer;
 pub mod watch;
 pub mod write;
 
@@ -128,6 +129,12 @@ pub enum Error {
         /// The renewal grace, seconds.
         grace: u64,
     },
+    /// The pool CA could not be loaded, created or published.
+    #[error("the pool CA")]
+    Signer(#[source] signer::SignerError),
+    /// A flag is invalid.
+    #[error("{0}")]
+    Flag(String),
     /// This replica lost the leader-election Lease and stopped acting.
     #[error("lost the leader-election lease")]
     LeadershipLost,
@@ -163,6 +170,8 @@ impl Error {
             Self::RpcClient(_) => "RpcClient",
             Self::Token(_) => "Token",
             Self::CaFile { .. } => "CaFile",
+            Self::Signer(_) => "Signer",
+            Self::Flag(_) => "Flag",
             Self::Http { .. } => "Http",
             Self::LeaderElection(_) | Self::LeaderElectionTimings { .. } => "LeaderElection",
             Self::LeadershipLost => "LeadershipLost",
@@ -181,15 +190,35 @@ pub struct ControllerArgs {
     )]
     pub lease_namespace: String,
     /// A file holding the token the agents expect when a connection opens (a mounted Secret).
-    /// Not needed with --tls-cert: the controller's certificate is its credential.
+    /// Not needed with a client certificate (--pool-ca-secret or --tls-cert).
     #[arg(
         long,
         env = "POOLKEEPER_TOKEN_FILE",
-        required_unless_present = "tls_cert"
+        required_unless_present_any = ["tls_cert", "pool_ca_secret"]
     )]
     pub token_file: Option<PathBuf>,
+    /// The Secret (`kubernetes.io/tls`, in the controller's namespace) holding the pool CA,
+    /// created when missing: the controller signs hosts' certificate requests (signer
+    /// `poolkeeper.io/host-serving`) and its own client certificate with it, and publishes the CA
+    /// certificate in a ConfigMap of the same name for the agents. Mutual TLS with no file to
+    /// hand out.
+    #[arg(
+        long,
+        env = "POOLKEEPER_POOL_CA_SECRET",
+        conflicts_with_all = ["tls_cert", "agent_ca_file", "insecure"]
+    )]
+    pub pool_ca_secret: Option<String>,
+    /// The agents' ServiceAccount (`namespace:name`): the only requester whose certificate
+    /// requests are signed (with --pool-ca-secret).
+    #[arg(long, default_value = "poolkeeper-system:poolkeeper-agent")]
+    pub agent_service_account: String,
+    /// How long the certificates the pool CA issues last (hosts renew theirs, and the controller
+    /// its own, before they expire).
+    #[arg(long, default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(600..=366 * 24 * 3600))]
+    pub certificate_lifetime_seconds: u64,
     /// The controller's client certificate (PEM), signed by the pool CA for
-    /// `poolkeeper-controller`: mutual TLS, as the oVirt engine calls VDSM.
+    /// `poolkeeper-controller`: mutual TLS, as the oVirt engine calls VDSM. Instead of
+    /// --pool-ca-secret, for a CA kept outside the cluster.
     #[arg(long, env = "POOLKEEPER_TLS_CERT", requires_all = ["tls_key", "agent_ca_file"])]
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM).
@@ -200,7 +229,7 @@ pub struct ControllerArgs {
     #[arg(
         long,
         env = "POOLKEEPER_AGENT_CA_FILE",
-        required_unless_present = "insecure"
+        required_unless_present_any = ["insecure", "pool_ca_secret"]
     )]
     pub agent_ca_file: Option<PathBuf>,
     /// Call hosts over plain TCP (tests and demos only).
@@ -228,6 +257,24 @@ pub struct ControllerArgs {
     pub leader_election_renew_grace_seconds: u64,
 }
 
+impl ControllerArgs {
+    /// The user name of the agents' ServiceAccount (--agent-service-account).
+    ///
+    /// # Errors
+    /// When the flag is not `namespace:name`.
+    pub fn agent_user(&self) -> Result<String, Error> {
+        match self.agent_service_account.split_once(':') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains(':') => {
+                Ok(format!("system:serviceaccount:{ns}:{name}"))
+            }
+            _ => Err(Error::Flag(format!(
+                "--agent-service-account {:?} must be namespace:name, e.g. poolkeeper-system:poolkeeper-agent",
+                self.agent_service_account
+            ))),
+        }
+    }
+}
+
 /// Runs the controller with the ambient Kubernetes configuration until SIGINT/SIGTERM.
 ///
 /// # Errors
@@ -237,8 +284,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     if args.leader_elect {
         election_timings(&args)?;
     }
+    args.agent_user()?;
     let client = Client::try_default().await.map_err(Error::Config)?;
-    let settings = Settings::from_args(&args)?;
+    let settings = Settings::from_args(&args, &client).await?;
     let shutdown = crate::shutdown::signal();
     if args.leader_elect {
         run_elected(client, settings, &args, shutdown).await
@@ -337,6 +385,7 @@ async fn run_inner(
     let (stores, streams) = watch::start(&client, &settings);
     let (requeue_tx, requeue_rx) = tokio::sync::mpsc::unbounded_channel();
     let (mut leader, fence) = election.map_or((None, None), |(rx, fence)| (Some(rx), Some(fence)));
+    let signer_client = client.clone();
     let mut ctx = Context::new(client, settings, stores, requeue_tx)?;
     ctx.fence = fence;
     let ctx = Arc::new(ctx);
@@ -414,9 +463,22 @@ async fn run_inner(
     // after it acquired the Lease, or while the API server is unreachable) would wait forever.
     // Reconciles in flight get SHUTDOWN_GRACE to finish; then they are dropped (a cut call is
     // re-planned from the hosts' reports by the next leader).
+    let signing = {
+        let (client, hosts, signer) = (
+            signer_client,
+            ctx.stores.hosts.clone(),
+            ctx.settings.signer.clone(),
+        );
+        let stop = stopped(stop_seen.clone());
+        async move {
+            if let Some(signer) = signer {
+                signer::run(client, hosts, signer, stop).await;
+            }
+        }
+    };
     let mut stopping = stop_seen;
     tokio::select! {
-        _ = async { tokio::join!(pools, domains) } => {}
+        _ = async { tokio::join!(pools, domains, signing) } => {}
         () = async {
             let _ = stopping.wait_for(|stop| *stop).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;

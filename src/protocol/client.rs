@@ -151,7 +151,22 @@ impl Client {
         key_pem: &[u8],
         token: Option<Token>,
     ) -> Result<Self, ClientError> {
-        let tls = tls::client_config(ca_pem, Some((cert_pem, key_pem))).map_err(ClientError::Ca)?;
+        let identity = tls::Identity::from_pem(cert_pem, key_pem).map_err(ClientError::Ca)?;
+        Self::with_identity(ca_pem, identity, token)
+    }
+
+    /// A client for mutual TLS presenting `identity`, which may be replaced while the client
+    /// runs (the controller renews its certificate): connections opened afterwards present the
+    /// new one.
+    ///
+    /// # Errors
+    /// When the CA bundle is unusable.
+    pub fn with_identity(
+        ca_pem: &[u8],
+        identity: Arc<tls::Identity>,
+        token: Option<Token>,
+    ) -> Result<Self, ClientError> {
+        let tls = tls::client_config_with(ca_pem, Some(identity)).map_err(ClientError::Ca)?;
         Ok(Self::with(token, Some(tls)))
     }
 

@@ -5,10 +5,11 @@
 //! crate.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,73 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The agent's serving configuration: its certificate chain and key (PEM files) and, with
+/// A certificate and key that can be replaced while connections run (rotation): each new
+/// handshake presents the current one; connections already open keep theirs. Serves as the
+/// agent's serving certificate and as the controller's client certificate.
+#[derive(Debug, Default)]
+pub struct Identity(RwLock<Option<Arc<CertifiedKey>>>);
+
+impl Identity {
+    /// An identity holding `cert_pem` (a chain, leaf first) and `key_pem`.
+    ///
+    /// # Errors
+    /// When either is unreadable or the key is not the certificate's.
+    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<Self>, TlsError> {
+        let identity = Arc::new(Self::default());
+        identity.set_pem(cert_pem, key_pem)?;
+        Ok(identity)
+    }
+
+    /// Replaces the certificate and key: handshakes from now on present them.
+    ///
+    /// # Errors
+    /// When either is unreadable or the key is not the certificate's (the old one stays).
+    pub fn set_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+        let chain = read_certs("the certificate", cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem {
+            what: "the private key".into(),
+            reason: e.to_string(),
+        })?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Rustls)?;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(certified));
+        Ok(())
+    }
+
+    /// Whether a certificate is set (an agent waiting for its first one has none).
+    pub fn is_set(&self) -> bool {
+        self.current().is_some()
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Identity {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Identity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.is_set()
+    }
+}
+
+/// The agent's serving configuration from files: its certificate chain and key (PEM) and, with
 /// `client_ca`, client certificates required and checked against that CA (PEM file).
 ///
 /// # Errors
@@ -87,34 +154,53 @@ pub fn server_config(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = read_certs(&cert.display().to_string(), &read_file(cert)?)?;
-    let key_der = PrivateKeyDer::from_pem_slice(&read_file(key)?).map_err(|e| TlsError::Pem {
-        what: key.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let identity =
+        Identity::from_pem(&read_file(cert)?, &read_file(key)?).map_err(|e| match e {
+            TlsError::Pem { reason, .. } => TlsError::Pem {
+                what: format!("{} or {}", cert.display(), key.display()),
+                reason,
+            },
+            other => other,
+        })?;
+    let client_ca = client_ca
+        .map(|ca| Ok::<_, TlsError>((ca.display().to_string(), read_file(ca)?)))
+        .transpose()?;
+    server_config_with(
+        identity,
+        client_ca
+            .as_ref()
+            .map(|(what, pem)| (what.as_str(), pem.as_slice())),
+    )
+}
+
+/// The agent's serving configuration: it presents `identity` (replaceable, for rotation) and,
+/// with `client_ca` (a name for errors, and PEM), requires client certificates that CA signed.
+///
+/// # Errors
+/// When the CA bundle holds no usable certificate.
+pub fn server_config_with(
+    identity: Arc<Identity>,
+    client_ca: Option<(&str, &[u8])>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Rustls)?;
     let builder = match client_ca {
-        Some(ca) => {
-            let roots = roots(&ca.display().to_string(), &read_file(ca)?)?;
+        Some((what, pem)) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.into(),
+                roots(what, pem)?.into(),
                 provider(),
             )
             .build()
             .map_err(|e| TlsError::Pem {
-                what: ca.display().to_string(),
+                what: what.to_owned(),
                 reason: e.to_string(),
             })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder
-        .with_single_cert(chain, key_der)
-        .map_err(TlsError::Rustls)?;
-    Ok(Arc::new(config))
+    Ok(Arc::new(builder.with_cert_resolver(identity)))
 }
 
 /// The controller's client configuration: trusts only the certificates of `ca_pem` and, with
@@ -126,22 +212,27 @@ pub fn client_config(
     ca_pem: &[u8],
     identity: Option<(&[u8], &[u8])>,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let identity = identity
+        .map(|(cert, key)| Identity::from_pem(cert, key))
+        .transpose()?;
+    client_config_with(ca_pem, identity)
+}
+
+/// The controller's client configuration: trusts only the certificates of `ca_pem` and, with
+/// `identity` (replaceable, for rotation), presents it.
+///
+/// # Errors
+/// When the bundle holds no certificate or one rustls refuses.
+pub fn client_config_with(
+    ca_pem: &[u8],
+    identity: Option<Arc<Identity>>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Rustls)?
         .with_root_certificates(roots("the CA bundle", ca_pem)?);
-    let config = match identity {
-        Some((cert, key)) => {
-            let chain = read_certs("the client certificate", cert)?;
-            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Pem {
-                what: "the client key".into(),
-                reason: e.to_string(),
-            })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(TlsError::Rustls)?
-        }
+    Ok(Arc::new(match identity {
+        Some(identity) => builder.with_client_cert_resolver(identity),
         None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
+    }))
 }

@@ -14,7 +14,7 @@
 
 mod certs;
 
-pub use certs::{Issued, PoolCa};
+pub use crate::pki::{Issued, PoolCa};
 /// Certificate usages, for [`PoolCa::issue`].
 pub use rcgen::ExtendedKeyUsagePurpose as KeyUsage;
 

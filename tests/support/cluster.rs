@@ -99,6 +99,7 @@ pub fn controller() -> SocketAddr {
                     concurrency: 8,
                     rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None)
                         .expect("rpc client"),
+                    signer: None,
                 };
                 tx.send(addr).expect("send addr");
                 controller::run_with(client, settings, addr, std::future::pending())
@@ -468,6 +469,9 @@ pub async fn replica_with_lease(lease: u64, grace: u64) -> Replica {
     let args = controller::ControllerArgs {
         lease_namespace: LEASE_NAMESPACE.into(),
         token_file: Some("/dev/null".into()),
+        pool_ca_secret: None,
+        agent_service_account: "poolkeeper-system:poolkeeper-agent".into(),
+        certificate_lifetime_seconds: 30 * 24 * 3600,
         tls_cert: None,
         tls_key: None,
         agent_ca_file: None,
@@ -483,6 +487,7 @@ pub async fn replica_with_lease(lease: u64, grace: u64) -> Replica {
         lease_namespace: LEASE_NAMESPACE.into(),
         concurrency: 4,
         rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+        signer: None,
     };
     let client = client_as("poolkeeper-controller").await;
     let (tx, rx) = tokio::sync::oneshot::channel();
