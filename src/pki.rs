@@ -431,7 +431,8 @@ pub fn review(request: &Request<'_>, agent_user: &str, host: Option<&HostIdentit
         return deny(
             "NotItsHost",
             format!(
-                "the request's common name is {common_name:?}; a host may only ask for its own Host's name, {node:?} (the node its token is bound to)"
+                "the request's common name is {:?}; a host may only ask for its own Host's name, {node:?} (the node its token is bound to)",
+                common_name.as_deref().unwrap_or("")
             ),
         );
     }

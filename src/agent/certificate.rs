@@ -107,7 +107,13 @@ fn renewal_wait(host: &str, cert: &str) -> Duration {
     let Ok((from, to)) = pki::validity(cert) else {
         return FIRST_RETRY;
     };
-    let due = pki::renew_at(from, to, rand::random_range(0.7..0.9));
+    // From now, not from notBefore: signers backdate notBefore (by 5 minutes, as Kubernetes'
+    // own), which for a short lifetime would put the renewal in the past at once.
+    let due = pki::renew_at(
+        from.max(SystemTime::now()),
+        to,
+        rand::random_range(0.7..0.9),
+    );
     let wait = due
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
