@@ -32,8 +32,6 @@ use support::{
 
 const WAIT: Duration = Duration::from_secs(60);
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-/// The agents' bearer token, as docs/install.md creates it (`openssl rand -hex 32`).
-const TOKEN: &str = "5f0c2a9e8b7d4c3f1a6e9d8c7b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a";
 
 fn path(rel: &str) -> String {
     format!("{ROOT}/{rel}")
@@ -52,53 +50,14 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
 }
 
-/// deploy/ and crds/ applied for real (server-side, as docs/install.md says), with the agents'
-/// Secrets and CA created as the docs create them. Once per test binary.
+/// deploy/ and crds/ applied for real (server-side, as docs/install.md says), and nothing else:
+/// the pool CA and every certificate come from the controller. Once per test binary.
 fn installed() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         kubectl_ok(&["apply", "--server-side", "-k", &path("crds")]);
         kubectl_ok(&["apply", "--server-side", "-k", &path("deploy")]);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (cert, key) = self_signed("127.0.0.1", dir.path());
-        kubectl_ok(&[
-            "-n",
-            LEASE_NAMESPACE,
-            "create",
-            "secret",
-            "generic",
-            "poolkeeper-agent-token",
-            &format!("--from-literal=token={TOKEN}"),
-        ]);
-        kubectl_ok(&[
-            "-n",
-            LEASE_NAMESPACE,
-            "create",
-            "secret",
-            "tls",
-            "poolkeeper-agent-tls",
-            &format!("--cert={}", cert.display()),
-            &format!("--key={}", key.display()),
-        ]);
-        // Self-signed: the certificate is its own CA.
-        kubectl_ok(&[
-            "-n",
-            LEASE_NAMESPACE,
-            "create",
-            "configmap",
-            "poolkeeper-agent-ca",
-            &format!("--from-file=ca.crt={}", cert.display()),
-        ]);
     });
-}
-
-/// A self-signed serving certificate for `ip`, as files.
-fn self_signed(ip: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = rcgen::generate_simple_self_signed(vec![ip.to_owned()]).expect("certificate");
-    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&crt, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key, cert.signing_key.serialize_pem()).expect("write key");
-    (crt, key)
 }
 
 /// The stored object, as the API server defaulted it.
@@ -163,7 +122,8 @@ impl Container {
         let spec = pod["containers"][0].clone();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut mounts = Vec::new();
-        for m in spec["volumeMounts"].as_array().expect("volumeMounts") {
+        // A container without mounts (the controller's) has no volumeMounts at all.
+        for m in spec["volumeMounts"].as_array().into_iter().flatten() {
             let name = m["name"].as_str().expect("mount name");
             let volume = pod["volumes"]
                 .as_array()
@@ -544,8 +504,12 @@ fn podmonitor_component_is_accepted_with_the_prometheus_operator_crd() {
     );
 }
 
+/// The controller from the Deployment and an agent from the DaemonSet, as their Pods would run
+/// them, with nothing created by hand: the controller leads and creates the pool CA; the agent
+/// registers, serves health, requests its serving certificate, which the controller signs; and
+/// the controller then calls it over mutual TLS and brings it into a pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn controller_from_the_deployment_leads_and_reconciles() {
+async fn controller_and_agent_from_the_manifests_work_together() {
     ensure_namespace().await;
     installed();
     let deployment = stored("deployment", "poolkeeper-controller");
@@ -611,12 +575,8 @@ async fn controller_from_the_deployment_leads_and_reconciles() {
         }
     })
     .await;
-}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_from_the_daemonset_registers_and_serves_health() {
-    ensure_namespace().await;
-    installed();
+    // The agent, from the DaemonSet.
     let daemonset = stored("daemonset", "poolkeeper-agent");
     let node = unique("hypervisor");
     let refs = BTreeMap::from([
@@ -635,6 +595,8 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
         format!("0.0.0.0:{}", container.port("jsonrpc"))
     );
     let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let rpc_port = free_port();
+    let advertised = format!("--advertise=127.0.0.1:{}", container.port("jsonrpc"));
     let args: Vec<String> = container
         .args()
         .into_iter()
@@ -642,11 +604,17 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
             let flag = format!("--health-addr=127.0.0.1:{health_port}");
             if a == flag {
                 format!("--health-addr={health}")
+            } else if a == advertised {
+                format!("--advertise=127.0.0.1:{rpc_port}")
             } else {
                 a
             }
         })
         .collect();
+    assert!(
+        args.contains(&format!("--advertise=127.0.0.1:{rpc_port}")),
+        "the agent advertises the node's address and VDSM's port: {args:?}"
+    );
     assert!(
         args.contains(&format!("--health-addr={health}")),
         "the agent's health address is the node's, on port {health_port}: {args:?}"
@@ -654,7 +622,7 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
     let _agent = container.start(
         "poolkeeper-agent",
         &args,
-        &[("POOLKEEPER_LISTEN", format!("127.0.0.1:{}", free_port()))],
+        &[("POOLKEEPER_LISTEN", format!("127.0.0.1:{rpc_port}"))],
     );
 
     for probe in ["livenessProbe", "readinessProbe"] {
@@ -684,8 +652,8 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
     .await;
     assert_eq!(
         host.status.and_then(|s| s.endpoint).as_deref(),
-        Some("127.0.0.1:54321"),
-        "the endpoint the DaemonSet advertises"
+        Some(format!("127.0.0.1:{rpc_port}").as_str()),
+        "the endpoint the DaemonSet advertises (its port moved to a free one)"
     );
     let leases: Api<Lease> = Api::namespaced(client().await, LEASE_NAMESPACE);
     eventually("the agent's Lease", WAIT, || async {
@@ -710,6 +678,55 @@ async fn agent_from_the_daemonset_registers_and_serves_health() {
         )),
         "{body}"
     );
+
+    // Its certificate, requested from the cluster and signed by the controller.
+    let requests: Api<k8s_openapi::api::certificates::v1::CertificateSigningRequest> =
+        Api::all(client().await);
+    eventually("the agent's certificate issued", WAIT, || async {
+        requests
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|c| {
+                c.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&format!("{node}-")))
+                    && c.status
+                        .as_ref()
+                        .and_then(|s| s.certificate.as_ref())
+                        .is_some()
+            })
+    })
+    .await;
+    eventually("the agent ready (serving)", WAIT, || async {
+        get(health, "/readyz")
+            .await
+            .filter(|(code, _, _)| *code == 200)
+    })
+    .await;
+
+    // The controller calls it over mutual TLS: the host joins a pool with a domain on its
+    // storage and comes in sync.
+    let sd_uuid = support::uuid();
+    let storage = container
+        .mounts
+        .iter()
+        .find(|(path, _)| path == "/rhev/data-center/mnt")
+        .map(|(_, local)| local.clone())
+        .expect("the storage mount");
+    poolkeeper::agent::storage::make_file_domain(&storage, "mnt1", &sd_uuid).expect("layout");
+    let sd = unique("sd");
+    support::cluster::create_domain(&sd, &sd_uuid, Some(&name)).await;
+    support::cluster::set_host_pool(&node, Some(&name)).await;
+    eventually("the agent's host in sync over mutual TLS", WAIT, || async {
+        let h = hosts.get(&node).await.ok()?;
+        let conditions = h.status?.conditions;
+        (support::cluster::condition(&conditions, "InSync")?.0 == "True").then_some(())
+    })
+    .await;
 }
 
 #[test]

@@ -40,7 +40,11 @@ struct DomainLabels {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub async fn serve(addr: SocketAddr, hosts: Arc<[Arc<HostAgent>]>) -> Result<SocketAddr, Error> {
+pub async fn serve(
+    addr: SocketAddr,
+    hosts: Arc<[Arc<HostAgent>]>,
+    serving: tokio::sync::watch::Receiver<bool>,
+) -> Result<SocketAddr, Error> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { addr, source })?;
@@ -49,8 +53,24 @@ pub async fn serve(addr: SocketAddr, hosts: Arc<[Arc<HostAgent>]>) -> Result<Soc
         .map_err(|source| Error::Bind { addr, source })?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        // Started once the RPC listener is bound and serving: ready to take calls.
-        .route("/readyz", get(|| async { "ok" }))
+        // Ready once the RPC listener takes calls: at once, or once the certificate requested
+        // from the cluster is issued.
+        .route(
+            "/readyz",
+            get(move || {
+                let serving = *serving.borrow();
+                async move {
+                    if serving {
+                        (http::StatusCode::OK, "ok")
+                    } else {
+                        (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "waiting for the serving certificate",
+                        )
+                    }
+                }
+            }),
+        )
         .route("/metrics", get(metrics))
         .with_state(hosts);
     tokio::spawn(async move {

@@ -280,6 +280,7 @@ pub struct Running {
     control: Option<(SocketAddr, axum_server::Handle<SocketAddr>)>,
     hosts: Arc<[Arc<HostAgent>]>,
     faults: Option<Arc<sim::FaultTable>>,
+    serving: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
     /// One accept loop per host; aborting one closes every connection it accepted.
     listeners: Vec<JoinHandle<()>>,
@@ -293,6 +294,12 @@ impl Running {
     /// The address the first host (the only one of a real agent) serves RPC on.
     pub fn rpc_addr(&self) -> SocketAddr {
         self.rpc_addrs[0]
+    }
+
+    /// Whether calls are taken: at once, or once the certificate requested from the cluster is
+    /// issued.
+    pub fn serving(&self) -> watch::Receiver<bool> {
+        self.serving.clone()
     }
 
     /// The simulator's fault-injection API (`None` when not served).
@@ -551,6 +558,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         control,
         hosts,
         faults,
+        serving: issued_rx,
         shutdown,
         listeners,
         control_task,
@@ -783,7 +791,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Error> {
     opts.kube = Some((client, lease_config(&args)?));
     let running = start(opts).await?;
     if let Some(addr) = args.health_addr {
-        health::serve(addr, Arc::clone(&running.hosts)).await?;
+        health::serve(addr, Arc::clone(&running.hosts), running.serving()).await?;
     }
     running.run_until(crate::shutdown::signal()).await
 }
