@@ -8,7 +8,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use support::cluster::{LEASE_NAMESPACE, client_as, condition, create_domain, obj};
-use support::{client, control_plane, eventually, kubectl_ok, unique, uuid};
+use support::{client, eventually, kubectl_ok, unique, uuid};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CA_SECRET: &str = "poolkeeper-pool-ca";
@@ -93,21 +92,11 @@ fn controller() -> Client {
     .clone()
 }
 
-/// A client acting as the agent's ServiceAccount with a token bound to `node`.
+/// A client acting as the agent's ServiceAccount with a token bound to `node`, under deploy/'s
+/// admission policy.
 async fn agent_on(node: &str) -> kube::Client {
     installed();
-    let mut config = control_plane().config().await.expect("config");
-    config.auth_info.impersonate = Some(AGENT.into());
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{LEASE_NAMESPACE}"),
-        "system:authenticated".into(),
-    ]);
-    config.auth_info.impersonate_user_extra = Some(HashMap::from([(
-        pki::NODE_NAME_EXTRA.to_owned(),
-        vec![node.to_owned()],
-    )]));
-    kube::Client::try_from(config).expect("impersonating client")
+    support::cluster::agent_on(node).await
 }
 
 /// The pool CA as the agents see it: the ConfigMap the controller publishes.

@@ -22,7 +22,7 @@ use super::manager::{self, Holder};
 use super::monitor::{Monitors, ReadResult};
 use super::state::{Backend, PoolState, SpmRole};
 use super::storage::Storage;
-use crate::api::{HostReport, PoolConnection};
+use crate::api::{DomainVitals, HostReport, PoolConnection};
 use crate::protocol::wire::{
     ConnectParams, CreateParams, DisconnectParams, DomainParams, GetInfoParams, PoolInfo,
     PoolParams, ReconstructMasterParams, RefreshParams, SpmStartParams, SpmStatus, SpmStatusResult,
@@ -44,6 +44,9 @@ struct Inner {
     spm_renewed: Option<Instant>,
     /// When a renewal was last started.
     spm_renew_started: Option<Instant>,
+    /// Beside a real VDSM (`agent --vdsm`): what VDSM last answered, reported instead of the
+    /// agent's own (empty) state.
+    bridged: Option<(Option<PoolConnection>, Vec<DomainVitals>)>,
 }
 
 /// How many of its latest pool calls a host keeps in its call log.
@@ -149,6 +152,7 @@ impl HostAgent {
                 calls_total: 0,
                 spm_renewed: None,
                 spm_renew_started: None,
+                bridged: None,
             }),
             dirty: AtomicBool::new(false),
             changes,
@@ -212,13 +216,40 @@ impl HostAgent {
     /// The report as it stands: identity, pool connection and monitor vitals in steps.
     pub fn report(&self) -> HostReport {
         let inner = self.lock();
-        let domains = inner.monitors.report();
+        let (pool, domains) = match &inner.bridged {
+            Some((pool, domains)) => (pool.clone(), domains.clone()),
+            None => (inner.state.report(), inner.monitors.report()),
+        };
         HostReport {
             agent_version: AGENT_VERSION.to_owned(),
             boot_id: inner.boot_id.clone(),
-            pool: inner.state.report(),
+            pool,
             domain_count: i32::try_from(domains.len()).unwrap_or(i32::MAX),
             domains,
+        }
+    }
+
+    /// Reports what a real VDSM answered (the bridge, `agent --vdsm`) instead of the agent's own
+    /// state; a new bootId with `restarted` (VDSM was unreachable meanwhile, so it may have
+    /// lost its memory). The report is written only if this changed it.
+    pub fn set_bridged(
+        &self,
+        pool: Option<PoolConnection>,
+        domains: Vec<DomainVitals>,
+        restarted: bool,
+    ) {
+        let changed = {
+            let mut inner = self.lock();
+            let next = Some((pool, domains));
+            let changed = restarted || inner.bridged != next;
+            if restarted {
+                inner.boot_id = uuid::Uuid::new_v4().to_string();
+            }
+            inner.bridged = next;
+            changed
+        };
+        if changed {
+            self.mark_dirty();
         }
     }
 
@@ -663,6 +694,14 @@ impl Verbs for HostAgent {
 
     fn repo_stats(&self) -> BTreeMap<String, Vitals> {
         self.lock().monitors.vitals(Instant::now())
+    }
+
+    fn connected_pools(&self) -> Vec<String> {
+        self.lock()
+            .state
+            .report()
+            .map(|c| vec![c.uuid])
+            .unwrap_or_default()
     }
 
     fn spm_start(&self, params: SpmStartParams) -> Result<String, VdsmError> {

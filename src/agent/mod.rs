@@ -11,6 +11,7 @@
 //! [`sim`] simulated storage and fault injection; [`health`] the probe and metrics endpoint.
 //! Calls are served from memory whatever the API server does.
 
+pub mod bridge;
 pub mod certificate;
 pub mod domains;
 pub mod driver;
@@ -124,7 +125,7 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "POOLKEEPER_TOKEN_FILE",
-        required_unless_present = "tls_client_ca"
+        required_unless_present_any = ["tls_client_ca", "vdsm"]
     )]
     pub token_file: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key, the agent serves STOMP over TLS.
@@ -145,8 +146,28 @@ pub struct AgentArgs {
     /// node-bound ServiceAccount token.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "simulate"], requires = "tls_client_ca")]
     pub request_certificate: bool,
+    /// Run beside a real VDSM at this `host:port` (e.g. 127.0.0.1:54321): serve nothing,
+    /// register the Host with VDSM's address as its endpoint (the controller calls VDSM
+    /// directly), renew its Lease, and report what VDSM answers, polled every
+    /// --monitor-period-seconds and written only on change.
+    #[arg(long, env = "POOLKEEPER_VDSM", conflicts_with_all = ["simulate", "request_certificate", "tls_cert", "tls_key", "tls_client_ca"])]
+    pub vdsm: Option<String>,
+    /// VDSM's CA (PEM; `/etc/pki/vdsm/certs/cacert.pem` on an oVirt host): VDSM is called over
+    /// TLS, trusting only it.
+    #[arg(long, requires = "vdsm")]
+    pub vdsm_ca: Option<PathBuf>,
+    /// A client certificate VDSM accepts (PEM; on an oVirt host VDSM's own,
+    /// `/etc/pki/vdsm/certs/vdsmcert.pem`, signed by the engine's CA).
+    #[arg(long, requires_all = ["vdsm_key", "vdsm_ca"])]
+    pub vdsm_cert: Option<PathBuf>,
+    /// Its private key (PEM; `/etc/pki/vdsm/keys/vdsmkey.pem`).
+    #[arg(long, requires = "vdsm_cert")]
+    pub vdsm_key: Option<PathBuf>,
+    /// The name VDSM's certificate must carry. Default: the host part of --vdsm.
+    #[arg(long, requires = "vdsm")]
+    pub vdsm_tls_name: Option<String>,
     /// Serve plain TCP (tests and demos only); without TLS the agent refuses to start unless
-    /// this is given.
+    /// this is given. With --vdsm: call VDSM over plain TCP.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca", "request_certificate"])]
     pub insecure: bool,
     /// Largest frame accepted (beyond it: ERROR, and the connection closes).
@@ -222,6 +243,14 @@ pub enum Hosts {
         /// Their shared storage directory (created if missing); `None`: a temporary one.
         storage: Option<PathBuf>,
     },
+    /// One real host whose VDSM serves the calls: the agent reports what VDSM answers
+    /// ([`bridge`]) and serves nothing.
+    Bridge {
+        /// The Host's name.
+        name: String,
+        /// Where VDSM is and how to reach it.
+        vdsm: bridge::Vdsm,
+    },
 }
 
 /// Where the serving certificate comes from.
@@ -291,9 +320,13 @@ pub struct Running {
 }
 
 impl Running {
-    /// The address the first host (the only one of a real agent) serves RPC on.
+    /// The address the first host (the only one of a real agent) serves RPC on (`0.0.0.0:0` for
+    /// a bridge, which serves nothing: VDSM does).
     pub fn rpc_addr(&self) -> SocketAddr {
-        self.rpc_addrs[0]
+        self.rpc_addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Whether calls are taken: at once, or once the certificate requested from the cluster is
@@ -423,6 +456,26 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             rpc_addrs.push(addr);
             (Arc::from(vec![host]), None, None)
         }
+        Hosts::Bridge { name, vdsm } => {
+            // VDSM serves the calls: nothing is bound, no monitor runs here (the agent's own
+            // state stays empty; its report is VDSM's).
+            let endpoint = opts
+                .advertise
+                .clone()
+                .unwrap_or_else(|| vdsm.endpoint.clone());
+            let host = Arc::new(HostAgent::new(
+                0,
+                name.clone(),
+                endpoint,
+                Arc::new(FileStorage::new(PathBuf::new())),
+                PoolStorage {
+                    domains: FileDomains::new(PathBuf::new()),
+                    lease,
+                },
+                changes,
+            ));
+            (Arc::from(vec![host]), None, None)
+        }
         Hosts::Simulated {
             count,
             prefix,
@@ -509,7 +562,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             (hosts, Some(faults), control)
         }
     };
-    tracing::info!(first = %rpc_addrs[0], hosts = hosts.len(), tls = opts.tls.is_some(), control = ?control.as_ref().map(|c| c.0), "agent serving");
+    tracing::info!(first = ?rpc_addrs.first(), hosts = hosts.len(), tls = opts.tls.is_some(), control = ?control.as_ref().map(|c| c.0), "agent serving");
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(driver::run_driver(
@@ -534,6 +587,16 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             ));
         }
         (None, _, _) => drop(issued_tx),
+    }
+    if let (Hosts::Bridge { vdsm, .. }, Some((client, _)), Some(host)) =
+        (&opts.hosts, &opts.kube, hosts.first())
+    {
+        tasks.push(tokio::spawn(bridge::run(
+            vdsm.clone(),
+            Arc::clone(host),
+            client.clone(),
+            shutdown_rx.clone(),
+        )));
     }
     if let Some((client, lease_config)) = opts.kube {
         tasks.push(tokio::spawn(report::run_reporter(
@@ -696,6 +759,57 @@ fn lease_config(args: &AgentArgs) -> Result<LeaseConfig, Error> {
     Ok(lease)
 }
 
+/// How the bridge reaches VDSM at `endpoint`, from the command line.
+fn vdsm_target(args: &AgentArgs, endpoint: &str, period: Duration) -> Result<bridge::Vdsm, Error> {
+    let (host, _) = crate::protocol::client::split_endpoint(endpoint).map_err(|_| {
+        Error::Config(format!(
+            "--vdsm {endpoint:?} must be host:port, e.g. 127.0.0.1:54321"
+        ))
+    })?;
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| {
+            Error::Tls(crate::protocol::tls::TlsError::Pem {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        })
+    };
+    let token = args
+        .token_file
+        .as_deref()
+        .map(Token::from_file)
+        .transpose()?;
+    let client = match (&args.vdsm_ca, &args.vdsm_cert, &args.vdsm_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            crate::protocol::Client::mutual(&read(ca)?, &read(cert)?, &read(key)?, token)
+        }
+        (ca, None, None) if ca.is_some() || args.insecure => {
+            let ca = ca.as_ref().map(read).transpose()?;
+            let token = token.ok_or_else(|| {
+                Error::Config(
+                    "--vdsm without a client certificate (--vdsm-cert, --vdsm-key) needs --token-file".into(),
+                )
+            })?;
+            crate::protocol::Client::new(token, ca.as_deref())
+        }
+        _ => {
+            return Err(Error::Config(
+                "--vdsm needs --vdsm-ca (and --vdsm-cert, --vdsm-key: VDSM takes calls only with a client certificate its CA signed), or --insecure".into(),
+            ));
+        }
+    }
+    .map_err(|e| Error::Config(format!("calling VDSM: {e}")))?;
+    Ok(bridge::Vdsm {
+        endpoint: endpoint.to_owned(),
+        tls_name: args
+            .vdsm_tls_name
+            .clone()
+            .unwrap_or_else(|| host.to_owned()),
+        client,
+        period,
+    })
+}
+
 impl Options {
     /// Options from the command line; `kube` is the client for registration, reports and Leases.
     ///
@@ -711,7 +825,7 @@ impl Options {
             (None, None, Some(client_ca)) if args.request_certificate => Some(Tls::Requested {
                 client_ca: client_ca.clone(),
             }),
-            _ if args.insecure => None,
+            _ if args.insecure || args.vdsm.is_some() => None,
             _ => {
                 return Err(Error::Config(
                     "give --tls-cert and --tls-key, or --request-certificate with --tls-client-ca, or --insecure to serve plain TCP".into(),
@@ -741,9 +855,15 @@ impl Options {
             None => {
                 let name = args.host_name.clone().unwrap_or_else(machine_host_name);
                 check_name("--host-name", &name)?;
-                Hosts::Single {
-                    name,
-                    storage_root: args.storage_root.clone(),
+                match &args.vdsm {
+                    Some(endpoint) => Hosts::Bridge {
+                        name,
+                        vdsm: vdsm_target(args, endpoint, monitor.period)?,
+                    },
+                    None => Hosts::Single {
+                        name,
+                        storage_root: args.storage_root.clone(),
+                    },
                 }
             }
         };

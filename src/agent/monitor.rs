@@ -311,6 +311,22 @@ impl Monitors {
     }
 }
 
+/// A domain's vitals as a real VDSM answered them (`Host.getStorageRepoStats`), as the report
+/// shows them: delay and lastCheck in the same steps as the agent's own monitors, so a host
+/// whose storage is steady writes nothing.
+pub(crate) fn reported_vitals(sd: &str, v: &Vitals) -> DomainVitals {
+    DomainVitals {
+        uuid: sd.to_owned(),
+        valid: v.valid,
+        code: i32::try_from(v.code).unwrap_or(i32::MAX),
+        delay_seconds: step_value(step(v.delay, &DELAY_STEPS), &DELAY_STEPS),
+        last_check_seconds: step_value(step(v.last_check, &LAST_CHECK_STEPS), &LAST_CHECK_STEPS),
+        acquired: v.acquired,
+        actual: v.actual,
+        version: i32::try_from(v.version).unwrap_or(-1),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,12 @@ pub trait Verbs: Send + Sync {
     /// `Host.getStorageRepoStats`).
     fn repo_stats(&self) -> BTreeMap<String, Vitals>;
 
+    /// The pools the host is connected to (`Host.getConnectedStoragePools`: VDSM holds at most
+    /// one).
+    fn connected_pools(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// `StoragePool.spmStart`; returns the task id (the task has finished when it returns).
     ///
     /// # Errors
@@ -232,6 +238,7 @@ fn call(verbs: &dyn Verbs, method: &str, params: Value) -> Result<Value, VdsmErr
             storage_domains: verbs.repo_stats(),
         }),
         method::HOST_GET_STORAGE_REPO_STATS => encode(&verbs.repo_stats()),
+        method::HOST_GET_CONNECTED_STORAGE_POOLS => encode(&verbs.connected_pools()),
         method::POOL_SPM_START => {
             let p: SpmStartParams = decode(params)?;
             p.validate()?;

@@ -30,6 +30,8 @@ pub mod method {
     pub const HOST_GET_STATS: &str = "Host.getStats";
     /// `Host.getStorageRepoStats`: the domain vitals alone.
     pub const HOST_GET_STORAGE_REPO_STATS: &str = "Host.getStorageRepoStats";
+    /// `Host.getConnectedStoragePools`: the UUIDs of the pools the host is connected to.
+    pub const HOST_GET_CONNECTED_STORAGE_POOLS: &str = "Host.getConnectedStoragePools";
     /// `StoragePool.spmStart`: take the pool manager's lease on the master.
     pub const POOL_SPM_START: &str = "StoragePool.spmStart";
     /// `StoragePool.spmStop`: give the pool manager's role up.

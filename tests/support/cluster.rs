@@ -40,6 +40,26 @@ pub async fn client_as(name: &str) -> kube::Client {
     kube::Client::try_from(config).expect("impersonating client")
 }
 
+/// A client acting as the agent's ServiceAccount with a token bound to `node` (the user extra
+/// `authentication.kubernetes.io/node-name` a Pod's bound token carries).
+pub async fn agent_on(node: &str) -> kube::Client {
+    install_rbac();
+    let mut config = control_plane().config().await.expect("config");
+    config.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{LEASE_NAMESPACE}:poolkeeper-agent"
+    ));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{LEASE_NAMESPACE}"),
+        "system:authenticated".into(),
+    ]);
+    config.auth_info.impersonate_user_extra = Some(std::collections::HashMap::from([(
+        poolkeeper::pki::NODE_NAME_EXTRA.to_owned(),
+        vec![node.to_owned()],
+    )]));
+    kube::Client::try_from(config).expect("impersonating client")
+}
+
 /// Applies the namespace and RBAC of `deploy/` once per test binary.
 fn install_rbac() {
     static DONE: OnceLock<()> = OnceLock::new();
