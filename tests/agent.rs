@@ -863,6 +863,36 @@ fn binary_refuses_an_advertised_address_that_is_not_host_and_port() {
     }
 }
 
+#[test]
+fn binary_refuses_certificate_and_bridge_flags_that_cannot_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path());
+    let cases: [(&[&str], &str); 4] = [
+        // A certificate from the cluster needs the CA of the controller's certificate.
+        (&["--request-certificate"], "--tls-client-ca"),
+        // ...and a real host: simulated hosts have no node-bound token each.
+        (
+            &["--request-certificate", "--tls-client-ca", "/dev/null", "--simulate", "2"],
+            "--simulate",
+        ),
+        // The bridge calls VDSM over TLS with a client certificate VDSM's CA signed.
+        (&["--vdsm", "127.0.0.1:54321"], "--vdsm-ca"),
+        (&["--vdsm", "vdsm-without-port", "--insecure", "--token-file", &token], "must be host:port"),
+    ];
+    for (args, says) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolkeeper"))
+            .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn binary_agent_serves_a_made_domain_and_reports_it() {
     let kube = support::client().await;
