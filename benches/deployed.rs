@@ -1,7 +1,8 @@
 //! Convergence in the deployed shape, with the defaults a user gets: a real kube-apiserver and
 //! etcd, `poolkeeper controller` as its own process and `poolkeeper agent --simulate N` as another
 //! (Lease renewals every 10 s, domain checks every 10 s), one pool of N hosts and 20 domains (18
-//! data, 2 ISO). For each N it prints, each measured `POOLKEEPER_BENCH_REPEATS` times (default 3)
+//! data, 2 ISO), over VDSM's wire with mutual TLS as deployed: the controller keeps the pool CA
+//! (`--pool-ca-secret`), each simulated host serves a certificate of its own from it. For each N it prints, each measured `POOLKEEPER_BENCH_REPEATS` times (default 3)
 //! as min / median / max:
 //!
 //! - **floor**: N `status.report` applies of a report shaped as a connected host's (the pool
@@ -104,6 +105,32 @@ async fn main() {
     println!(
         "floor: N status.report applies ({MAX_IN_FLIGHT} in flight) before any poolkeeper process starts. Ready floor: the floor per write times the writes a new pool needs at the least (N reports, N host statuses, the pool's twice, each domain's once). Ready and toggle are compared with the median floors."
     );
+}
+
+/// The Secret of the pool CA the controller creates (and reuses across sizes).
+const POOL_CA: &str = "poolkeeper-pool-ca";
+
+/// The pool CA as files, once the controller has created its Secret.
+async fn pool_ca_files(client: &kube::Client, env: &Env) -> (PathBuf, PathBuf) {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let mut found = None;
+    wait_for("the pool CA", async || {
+        found = secrets.get_opt(POOL_CA).await.ok().flatten();
+        found.is_some()
+    })
+    .await;
+    let secret = found.unwrap_or_default();
+    let data = secret.data.unwrap_or_default();
+    let write = |key: &str| {
+        let path = env.logs.join(format!("pool-ca-{key}"));
+        std::fs::write(
+            &path,
+            data.get(key).map(|b| b.0.clone()).unwrap_or_default(),
+        )
+        .expect("write the pool CA");
+        path
+    };
+    (write("tls.crt"), write("tls.key"))
 }
 
 /// Where the processes find their configuration and put their logs.
@@ -491,15 +518,21 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         &format!("controller-{n}.log"),
         &[
             "controller".into(),
-            "--insecure".into(),
-            "--token-file".into(),
-            env.token_file.display().to_string(),
+            // As deployed: mutual TLS with the pool CA the controller keeps in a Secret.
+            "--pool-ca-secret".into(),
+            POOL_CA.into(),
+            "--leader-election-namespace".into(),
+            NS.into(),
             "--metrics-addr".into(),
             metrics.to_string(),
             "--lease-namespace".into(),
             NS.into(),
         ],
     );
+    // Each simulated host serves TLS with a certificate of its own from the pool CA (real hosts
+    // request theirs; a simulator has no node-bound token per host), as the controller created
+    // it.
+    let (ca_cert, ca_key) = pool_ca_files(client, env).await;
     // The fault-injection API; simulated host i serves VDSM's wire on 127.2.0.1 plus i.
     let agent_addr = free_port();
     let first_host = std::net::SocketAddr::new([127, 2, 0, 1].into(), agent_addr.port());
@@ -517,7 +550,11 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
             first_host.to_string(),
             "--control-listen".into(),
             agent_addr.to_string(),
-            "--insecure".into(),
+            "--sim-ca-cert".into(),
+            ca_cert.display().to_string(),
+            "--sim-ca-key".into(),
+            ca_key.display().to_string(),
+            // The fault-injection API's token (RPC is mutual TLS).
             "--token-file".into(),
             env.token_file.display().to_string(),
             "--lease-namespace".into(),

@@ -872,12 +872,27 @@ fn binary_refuses_certificate_and_bridge_flags_that_cannot_work() {
         (&["--request-certificate"], "--tls-client-ca"),
         // ...and a real host: simulated hosts have no node-bound token each.
         (
-            &["--request-certificate", "--tls-client-ca", "/dev/null", "--simulate", "2"],
+            &[
+                "--request-certificate",
+                "--tls-client-ca",
+                "/dev/null",
+                "--simulate",
+                "2",
+            ],
             "--simulate",
         ),
         // The bridge calls VDSM over TLS with a client certificate VDSM's CA signed.
         (&["--vdsm", "127.0.0.1:54321"], "--vdsm-ca"),
-        (&["--vdsm", "vdsm-without-port", "--insecure", "--token-file", &token], "must be host:port"),
+        (
+            &[
+                "--vdsm",
+                "vdsm-without-port",
+                "--insecure",
+                "--token-file",
+                &token,
+            ],
+            "must be host:port",
+        ),
     ];
     for (args, says) in cases {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_poolkeeper"))

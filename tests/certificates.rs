@@ -432,7 +432,7 @@ async fn requests_not_from_a_hosts_own_agent_for_its_own_name_are_denied() {
                             .extra
                             .as_ref()
                             .and_then(|e| e.get(pki::NODE_NAME_EXTRA))
-                            .is_some_and(|n| n == &[a.clone()])
+                            .is_some_and(|n| n == std::slice::from_ref(&a))
                 })
         }
     })

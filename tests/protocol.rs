@@ -937,6 +937,83 @@ async fn the_connection_is_reopened_after_the_host_restarts() {
     again.shutdown().await;
 }
 
+/// Simulated hosts given the pool CA each serve with a certificate of their own, for their Host
+/// name and address: the controller's certificate is served by each, a host's address answering
+/// for another host's name is refused, and a client without a certificate is refused.
+#[tokio::test]
+async fn simulated_hosts_each_serve_their_own_certificate() {
+    use poolkeeper::protocol::Target;
+    use poolkeeper::testenv::PoolCa;
+
+    let ca = PoolCa::generate("pool-ca").expect("ca");
+    let controller = ca.controller().expect("controller cert");
+    let running = start(Options {
+        listen: "127.3.0.1:0".parse().expect("addr"),
+        advertise: None,
+        control_listen: None,
+        tls: Some(Tls::Issued(std::sync::Arc::new(
+            PoolCa::from_pem(ca.pem(), ca.key_pem()).expect("ca"),
+        ))),
+        // Mutual TLS: a token, if any, is not asked of RPC connections.
+        token: Some(Token::new(TOKEN).expect("token")),
+        max_frame_bytes: 64 * 1024,
+        monitor: MonitorConfig {
+            period: Duration::from_millis(100),
+            check_timeout: Duration::from_millis(400),
+        },
+        hosts: Hosts::Simulated {
+            count: 3,
+            prefix: "sim-tls".into(),
+            storage: None,
+        },
+        kube: None,
+    })
+    .await
+    .expect("simulated hosts start");
+    let client = Client::mutual(
+        ca.pem().as_bytes(),
+        controller.cert_pem.as_bytes(),
+        controller.key_pem.as_bytes(),
+        None,
+    )
+    .expect("client");
+    let endpoints: Vec<(String, String)> = running
+        .hosts()
+        .iter()
+        .map(|h| (h.name().to_owned(), h.endpoint().to_owned()))
+        .collect();
+    for (name, endpoint) in &endpoints {
+        client
+            .get_stats(Target { name, endpoint }, T)
+            .await
+            .expect("each host serves the controller with its own certificate");
+    }
+    let (a, _) = &endpoints[0];
+    let (_, b_at) = &endpoints[1];
+    let e = client
+        .get_stats(
+            Target {
+                name: a,
+                endpoint: b_at,
+            },
+            T,
+        )
+        .await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "host b answering for a: {e:?}"
+    );
+    let anonymous =
+        Client::new(Token::new(TOKEN).expect("token"), Some(ca.pem().as_bytes())).expect("client");
+    let (name, endpoint) = &endpoints[2];
+    let e = anonymous.get_stats(Target { name, endpoint }, T).await;
+    assert!(
+        e.as_ref().is_err_and(RpcError::is_unreachable),
+        "no client certificate: {e:?}"
+    );
+    running.shutdown().await;
+}
+
 /// Mutual TLS, as VDSM takes calls only from the engine: the agent accepts only a client
 /// certificate the pool CA signed for the controller, and the controller accepts only a host
 /// certificate that names the Host it calls. No token is involved.

@@ -208,6 +208,14 @@ pub struct AgentArgs {
     /// on storage across agent restarts, as real storage does.
     #[arg(long, value_name = "DIR")]
     pub sim_storage: Option<PathBuf>,
+    /// The pool CA's certificate (PEM) for simulated hosts: each serves TLS with a certificate
+    /// of its own, for its Host name and address, issued from this CA at start, and takes calls
+    /// only from a client certificate it signed for the controller, as real hosts do.
+    #[arg(long, value_name = "FILE", requires_all = ["simulate", "sim_ca_key"], conflicts_with_all = ["insecure", "tls_cert", "tls_client_ca"])]
+    pub sim_ca_cert: Option<PathBuf>,
+    /// The pool CA's private key (PEM), with --sim-ca-cert.
+    #[arg(long, value_name = "FILE", requires = "sim_ca_cert")]
+    pub sim_ca_key: Option<PathBuf>,
 }
 
 /// Arguments of `poolkeeper make-domain`.
@@ -265,6 +273,9 @@ pub enum Tls {
         /// controller.
         client_ca: PathBuf,
     },
+    /// Issued at start by this CA, one certificate per host for its Host name and address
+    /// (simulated hosts); client certificates required, signed by it and naming the controller.
+    Issued(Arc<crate::pki::PoolCa>),
 }
 
 /// TLS files.
@@ -290,8 +301,8 @@ pub struct Options {
     pub control_listen: Option<SocketAddr>,
     /// STOMP over TLS; `None`: plain TCP (the caller decided it is allowed).
     pub tls: Option<Tls>,
-    /// The token connections must offer (`None`: mutual TLS is the credential); also the
-    /// simulator's control API's bearer token (not served without one).
+    /// The token connections must offer unless mutual TLS checks the caller (then it is not
+    /// asked); also the simulator's control API's bearer token (not served without one).
     pub token: Option<Token>,
     /// Largest frame read.
     pub max_frame_bytes: usize,
@@ -409,8 +420,20 @@ impl Running {
 /// When an address cannot be bound or the TLS files cannot be loaded.
 pub async fn start(opts: Options) -> Result<Running, Error> {
     let (tls, requested) = serving_tls(opts.tls.as_ref())?;
+    // With mutual TLS the client's certificate is the credential: a token (the simulator's
+    // control API's) is not asked of RPC connections then.
+    let mutual = matches!(
+        &opts.tls,
+        Some(
+            Tls::Files(TlsFiles {
+                client_ca: Some(_),
+                ..
+            }) | Tls::Requested { .. }
+                | Tls::Issued(_)
+        )
+    );
     let session = SessionOptions {
-        token: opts.token.clone(),
+        token: if mutual { None } else { opts.token.clone() },
         max_frame_bytes: opts.max_frame_bytes,
     };
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
@@ -423,8 +446,8 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
     // With a certificate requested from the cluster, connections wait in the listen backlog
     // until it is issued (the first handshake then presents it).
     let (issued_tx, issued_rx) = watch::channel(requested.is_none());
-    let serve = |listener, handler: Arc<dyn Handler>| {
-        let (tls, session, mut issued) = (tls.clone(), session.clone(), issued_rx.clone());
+    let serve = |listener, handler: Arc<dyn Handler>, tls: Option<TlsServing>| {
+        let (session, mut issued) = (session.clone(), issued_rx.clone());
         tokio::spawn(async move {
             if issued.wait_for(|issued| *issued).await.is_ok() {
                 accept_loop(listener, handler, tls, session).await;
@@ -452,7 +475,13 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 pool_storage,
                 changes,
             ));
-            listeners.push(serve(listener, Arc::new(Rpc(host.clone()))));
+            let tls = match &opts.tls {
+                Some(Tls::Issued(ca)) => {
+                    Some(issued_serving(ca, host.name(), &addr.ip().to_string())?)
+                }
+                _ => tls.clone(),
+            };
+            listeners.push(serve(listener, Arc::new(Rpc(host.clone())), tls));
             rpc_addrs.push(addr);
             (Arc::from(vec![host]), None, None)
         }
@@ -527,7 +556,13 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                     host: Arc::clone(&host),
                     reachability: reachability.clone(),
                 };
-                listeners.push(serve(listener, Arc::new(handler)));
+                let tls = match &opts.tls {
+                    Some(Tls::Issued(ca)) => {
+                        Some(issued_serving(ca, host.name(), &addr.ip().to_string())?)
+                    }
+                    _ => tls.clone(),
+                };
+                listeners.push(serve(listener, Arc::new(handler), tls));
                 rpc_addrs.push(addr);
                 hosts.push(host);
             }
@@ -643,7 +678,8 @@ fn serving_tls(
 > {
     use crate::protocol::tls::{self, CONTROLLER_NAME, Identity};
     let (config, client_ca, requested) = match tls {
-        None => return Ok((None, None)),
+        // One certificate per host: see `issued_serving`.
+        None | Some(Tls::Issued(_)) => return Ok((None, None)),
         Some(Tls::Files(files)) => (
             tls::server_config(&files.cert, &files.key, files.client_ca.as_deref()),
             files.client_ca.as_ref(),
@@ -670,6 +706,28 @@ fn serving_tls(
         client_name: client_ca.map(|_| CONTROLLER_NAME.to_owned()),
     };
     Ok((Some(serving), requested))
+}
+
+/// TLS for host `name` at `address` with a certificate `ca` issues now (a year), taking calls
+/// only from the controller's certificate `ca` signed.
+fn issued_serving(ca: &crate::pki::PoolCa, name: &str, address: &str) -> Result<TlsServing, Error> {
+    use crate::protocol::tls::{self, CONTROLLER_NAME, Identity};
+    let issued = ca
+        .issue_at(
+            &[name, address],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            std::time::SystemTime::now(),
+            Duration::from_secs(365 * 24 * 3600),
+        )
+        .map_err(|e| Error::Config(format!("issuing host {name}'s certificate: {e}")))?;
+    let identity = Identity::from_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
+        .map_err(Error::Tls)?;
+    let config = tls::server_config_with(identity, Some(("the pool CA", ca.pem().as_bytes())))
+        .map_err(Error::Tls)?;
+    Ok(TlsServing {
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        client_name: Some(CONTROLLER_NAME.to_owned()),
+    })
 }
 
 /// A listener on `addr`, and the address it is bound to (port 0: the one chosen).
@@ -825,6 +883,21 @@ impl Options {
             (None, None, Some(client_ca)) if args.request_certificate => Some(Tls::Requested {
                 client_ca: client_ca.clone(),
             }),
+            (None, None, None) if args.sim_ca_cert.is_some() => {
+                let read = |path: &Option<PathBuf>| {
+                    let path = path
+                        .as_ref()
+                        .ok_or_else(|| Error::Config("--sim-ca-cert needs --sim-ca-key".into()))?;
+                    std::fs::read_to_string(path)
+                        .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))
+                };
+                let ca = crate::pki::PoolCa::from_pem(
+                    &read(&args.sim_ca_cert)?,
+                    &read(&args.sim_ca_key)?,
+                )
+                .map_err(|e| Error::Config(format!("--sim-ca-cert and --sim-ca-key: {e}")))?;
+                Some(Tls::Issued(Arc::new(ca)))
+            }
             _ if args.insecure || args.vdsm.is_some() => None,
             _ => {
                 return Err(Error::Config(
