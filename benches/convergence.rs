@@ -3,11 +3,13 @@
 //! take to register (every Host created with its first report), how long a new pool
 //! with 5 domains takes to become Ready (every host holds the map), how long putting one domain
 //! in maintenance takes to finish (every host stopped monitoring it), and the controller's status
-//! writes for each. Prints a table; asserts nothing (speed is measured here, not in tests).
+//! writes for each. Calls go over VDSM's wire with mutual TLS (one pool CA, a certificate per
+//! host). Prints a table; asserts nothing (speed is measured here, not in tests).
 //!
 //! `cargo bench --bench convergence` (needs `make control-plane`); `POOLKEEPER_BENCH_HOSTS=100,500`
 //! picks the sizes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::{
@@ -18,13 +20,13 @@ use poolkeeper::{
     agent::{self, Hosts, lease::LeaseConfig, monitor::MonitorConfig},
     api::{DomainPhase, Host, StorageDomain, StoragePool},
     controller::{self, Settings},
-    protocol::{self, Token},
+    pki::PoolCa,
+    protocol,
 };
 use serde_json::json;
 
 mod common;
 
-const TOKEN: &str = "poolkeeper-bench-token-0123456789";
 const NS: &str = "poolkeeper-system";
 const DOMAINS: usize = 5;
 
@@ -40,10 +42,19 @@ async fn main() {
         .expect("port")
         .local_addr()
         .expect("addr");
+    // Mutual TLS, as deployed: the controller's certificate and each host's own, from one CA.
+    let ca = Arc::new(PoolCa::generate("bench-pool-ca").expect("pool CA"));
+    let id = ca.controller().expect("controller certificate");
     let settings = Settings {
         lease_namespace: NS.into(),
         concurrency: 8,
-        rpc: protocol::Client::new(Token::new(TOKEN).expect("token"), None).expect("rpc"),
+        rpc: protocol::Client::mutual(
+            ca.pem().as_bytes(),
+            id.cert_pem.as_bytes(),
+            id.key_pem.as_bytes(),
+            None,
+        )
+        .expect("rpc"),
         signer: None,
     };
     tokio::spawn(controller::run_with(
@@ -61,7 +72,7 @@ async fn main() {
         "|------:|-----------:|-----------:|------------:|--------------:|------------:|-----------------:|------------:|--------------:|------------:|"
     );
     for (run, n) in sizes.into_iter().enumerate() {
-        let row = measure(&client, metrics, run, n).await;
+        let row = measure(&client, metrics, &ca, run, n).await;
         println!("{row}");
     }
     println!();
@@ -104,15 +115,21 @@ async fn writes(metrics: std::net::SocketAddr) -> [u64; 3] {
     out
 }
 
-async fn measure(client: &Client, metrics: std::net::SocketAddr, run: usize, n: usize) -> String {
+async fn measure(
+    client: &Client,
+    metrics: std::net::SocketAddr,
+    ca: &Arc<PoolCa>,
+    run: usize,
+    n: usize,
+) -> String {
     let prefix = format!("b{run}");
     let starting = Instant::now();
     let agents = agent::start(agent::Options {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
         control_listen: None,
-        tls: None,
-        token: Some(Token::new(TOKEN).expect("token")),
+        tls: Some(agent::Tls::Issued(Arc::clone(ca))),
+        token: None,
         max_frame_bytes: agent::DEFAULT_MAX_FRAME_BYTES,
         monitor: MonitorConfig {
             period: Duration::from_secs(2),

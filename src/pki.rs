@@ -144,7 +144,7 @@ impl PoolCa {
         let key = KeyPair::from_pem(key_pem).map_err(rcgen("reading the CA key"))?;
         let issuer =
             Issuer::from_ca_cert_pem(cert_pem, key).map_err(rcgen("reading the CA certificate"))?;
-        let (_, cert) = pem_der(cert_pem, "the CA certificate")?;
+        let cert = first_der(cert_pem, "the CA certificate")?;
         let spki = x509_parser::parse_x509_certificate(&cert)
             .map_err(|e| PkiError::Certificate {
                 what: "the CA certificate",
@@ -526,7 +526,8 @@ pub fn request(host: &str, addresses: &[&str]) -> Result<(KeyPair, String), PkiE
     Ok((key, pem))
 }
 
-fn pem_der(pem: &str, what: &'static str) -> Result<(String, Vec<u8>), PkiError> {
+/// The first certificate of `pem`, DER.
+fn first_der(pem: &str, what: &'static str) -> Result<Vec<u8>, PkiError> {
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
@@ -538,7 +539,7 @@ fn pem_der(pem: &str, what: &'static str) -> Result<(String, Vec<u8>), PkiError>
             what,
             reason: e.to_string(),
         })?;
-    Ok((pem.to_owned(), der.to_vec()))
+    Ok(der.to_vec())
 }
 
 /// When the first certificate of `pem` starts and stops being valid.
@@ -546,7 +547,7 @@ fn pem_der(pem: &str, what: &'static str) -> Result<(String, Vec<u8>), PkiError>
 /// # Errors
 /// When it holds no readable certificate.
 pub fn validity(pem: &str) -> Result<(SystemTime, SystemTime), PkiError> {
-    let (_, der) = pem_der(pem, "the certificate")?;
+    let der = first_der(pem, "the certificate")?;
     let (_, cert) =
         x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::Certificate {
             what: "the certificate",
@@ -613,7 +614,7 @@ mod tests {
         assert_eq!(ok.names, ["host-a", "192.0.2.7"]);
         let now = SystemTime::now();
         let cert = ca.sign(&ok, now, Duration::from_secs(3600)).expect("sign");
-        let der = pem_der(&cert, "c").expect("der").1;
+        let der = first_der(&cert, "c").expect("der");
         let der = rustls::pki_types::CertificateDer::from(der);
         assert!(crate::protocol::tls::names(&der, "host-a"));
         assert!(crate::protocol::tls::names(&der, "192.0.2.7"));
