@@ -1,7 +1,10 @@
 //! The pool's certificates, as the kubelet-serving flow issues nodes' serving certificates: one
 //! pool CA (kept in a Secret by the controller) signs the controller's client certificate and,
 //! through the `certificates.k8s.io/v1` CertificateSigningRequest API with signer
-//! [`SIGNER_NAME`], each host's serving certificate for its Host name and address.
+//! [`SIGNER_NAME`], each host's serving certificate for its Host name. Only the name: the
+//! controller checks a host's certificate against the Host it calls, and an address would have
+//! to be vouched for by someone other than the agent (the agent writes its own
+//! `status.endpoint`), or one agent could name another's.
 //!
 //! Pure: no client and no clock (`now` is passed in). [`review`] decides whether a request is
 //! approved, denied or waits; [`PoolCa::sign`] signs only what [`review`] approved;
@@ -29,10 +32,6 @@ const BACKDATE: Duration = Duration::from_secs(5 * 60);
 
 /// How long the pool CA lasts.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// A CertificateSigningRequest older than this whose addresses still do not match its Host's
-/// endpoint is denied rather than kept waiting.
-pub const ADDRESS_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why certificate material could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -192,18 +191,7 @@ impl PoolCa {
         lifetime: Duration,
     ) -> Result<Issued, PkiError> {
         let key = KeyPair::generate().map_err(rcgen("generating a key"))?;
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
-                .map_err(rcgen("a certificate's names"))?;
-        if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, *first);
-        }
-        params.extended_key_usages = vec![usage];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = time(now.checked_sub(BACKDATE).unwrap_or(now));
-        params.not_after = time(now + lifetime);
-        params.serial_number = Some(random_serial());
+        let params = leaf(names, usage, now, lifetime)?;
         Ok(Issued {
             cert_pem: params
                 .signed_by(&key, &self.issuer)
@@ -275,17 +263,8 @@ impl PoolCa {
         now: SystemTime,
         lifetime: Duration,
     ) -> Result<String, PkiError> {
-        let mut params =
-            CertificateParams::new(approved.names.clone()).map_err(rcgen("the approved names"))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, approved.host.as_str());
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = time(now.checked_sub(BACKDATE).unwrap_or(now));
-        params.not_after = time(now + lifetime);
-        params.serial_number = Some(random_serial());
+        let names: Vec<&str> = approved.names.iter().map(String::as_str).collect();
+        let params = leaf(&names, ExtendedKeyUsagePurpose::ServerAuth, now, lifetime)?;
         let request = CertificateSigningRequestParams {
             params,
             public_key: approved.public_key.clone(),
@@ -295,6 +274,29 @@ impl PoolCa {
             .map_err(rcgen("signing a host certificate"))?
             .pem())
     }
+}
+
+/// An end-entity certificate's parameters: `names` (the first is also its common name), for
+/// `usage` only, valid from `now` (backdated) for `lifetime`, with a random serial.
+fn leaf(
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<CertificateParams, PkiError> {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+            .map_err(rcgen("a certificate's names"))?;
+    if let Some(first) = names.first() {
+        params.distinguished_name.push(DnType::CommonName, *first);
+    }
+    params.extended_key_usages = vec![usage];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = time(now.checked_sub(BACKDATE).unwrap_or(now));
+    params.not_after = time(now + lifetime);
+    params.serial_number = Some(random_serial());
+    Ok(params)
 }
 
 /// A CertificateSigningRequest, as the signer sees it.
@@ -309,17 +311,6 @@ pub struct Request<'a> {
     pub usages: &'a [String],
     /// `spec.request`: a PEM PKCS#10 request.
     pub pem: &'a [u8],
-    /// How long ago it was created.
-    pub age: Duration,
-}
-
-/// The Host a request is for, as the API server knows it.
-#[derive(Clone, Debug)]
-pub struct HostIdentity {
-    /// The Host's name.
-    pub name: String,
-    /// The host parts of its endpoints (`spec.endpoint`, `status.endpoint`).
-    pub addresses: Vec<String>,
 }
 
 /// What [`review`] approved.
@@ -327,7 +318,7 @@ pub struct HostIdentity {
 pub struct Approved {
     /// The Host the certificate is for.
     pub host: String,
-    /// The names it carries: the Host's name, then the addresses asked for.
+    /// The names it carries: the Host's name.
     pub names: Vec<String>,
     public_key: rcgen::PublicKey,
 }
@@ -344,8 +335,7 @@ pub enum Review {
         /// What is wrong and what to do.
         message: String,
     },
-    /// Not yet decidable (its Host is not registered yet, or has not published the address
-    /// asked for): look again later.
+    /// Not yet decidable (its Host is not registered yet): look again later.
     Wait {
         /// What it waits for.
         message: String,
@@ -357,10 +347,10 @@ fn deny(reason: &'static str, message: String) -> Review {
 }
 
 /// Decides a request for signer [`SIGNER_NAME`], as the kubelet-serving flow decides a node's:
-/// it must come from `agent_user` (the agent's ServiceAccount) with a token bound to node N,
-/// ask for a serving certificate (no CA, server use only) for the Host named N, and name nothing
-/// but N and the addresses of Host N's endpoints. `host` is Host N, when it exists.
-pub fn review(request: &Request<'_>, agent_user: &str, host: Option<&HostIdentity>) -> Review {
+/// it must come from `agent_user` (the agent's ServiceAccount) with a token bound to node N, and
+/// ask for a serving certificate (no CA, server use only) for the Host named N and nothing else.
+/// `host_exists`: whether Host N is registered (a request waits for it).
+pub fn review(request: &Request<'_>, agent_user: &str, host_exists: bool) -> Review {
     if request.username != agent_user {
         return deny(
             "NotTheAgent",
@@ -436,87 +426,37 @@ pub fn review(request: &Request<'_>, agent_user: &str, host: Option<&HostIdentit
             ),
         );
     }
-    let mut names = vec![node.to_owned()];
-    let mut unknown = Vec::new();
-    for san in &parsed.params.subject_alt_names {
-        let name = match san {
-            SanType::DnsName(n) => n.as_str().to_owned(),
-            SanType::IpAddress(ip) => ip.to_string(),
-            other => {
-                return deny(
-                    "InvalidRequest",
-                    format!(
-                        "subject alternative name {other:?} is not allowed: only the Host's name and its endpoint's address"
-                    ),
-                );
-            }
-        };
-        if names.contains(&name) {
-            continue;
-        }
-        let published = host.is_some_and(|h| h.addresses.iter().any(|a| same_address(a, &name)));
-        if published {
-            names.push(name);
-        } else {
-            unknown.push(name);
-        }
+    if let Some(other) = parsed.params.subject_alt_names.iter().find(|san| {
+        !matches!(san, SanType::DnsName(n) if n.as_str().eq_ignore_ascii_case(node))
+    }) {
+        return deny(
+            "NotItsName",
+            format!(
+                "subject alternative name {other:?} is not allowed: a host's certificate names its Host, {node:?}, and nothing else (the controller checks that name)"
+            ),
+        );
     }
-    let Some(host) = host else {
+    if !host_exists {
         return Review::Wait {
             message: format!("Host {node:?} is not registered yet"),
-        };
-    };
-    debug_assert_eq!(host.name, node);
-    if !unknown.is_empty() {
-        let message = format!(
-            "Host {node:?} publishes no endpoint at {unknown:?} (its endpoints: {:?}); a host may only name its own Host and its endpoint's address",
-            host.addresses
-        );
-        return if request.age < ADDRESS_PATIENCE {
-            Review::Wait { message }
-        } else {
-            deny("NotItsAddress", message)
         };
     }
     Review::Approve(Approved {
         host: node.to_owned(),
-        names,
+        names: vec![node.to_owned()],
         public_key: parsed.public_key,
     })
 }
 
-/// Whether two spellings name the same address (IPv6 may be bracketed or not, names are
-/// case-insensitive).
-fn same_address(a: &str, b: &str) -> bool {
-    let bare = |s: &str| {
-        s.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase()
-    };
-    match (
-        bare(a).parse::<std::net::IpAddr>(),
-        bare(b).parse::<std::net::IpAddr>(),
-    ) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => bare(a) == bare(b),
-    }
-}
-
-/// A host's request: a fresh key, and a PEM PKCS#10 request for `host` (its common name and
-/// first name) and `addresses`.
+/// A host's request: a fresh key, and a PEM PKCS#10 request for Host `host` (its common name
+/// and only subject alternative name).
 ///
 /// # Errors
-/// When an address is neither a DNS name nor an IP address, or rcgen fails.
-pub fn request(host: &str, addresses: &[&str]) -> Result<(KeyPair, String), PkiError> {
+/// When `host` is not a DNS name, or rcgen fails.
+pub fn request(host: &str) -> Result<(KeyPair, String), PkiError> {
     let key = KeyPair::generate().map_err(rcgen("generating the host key"))?;
-    let mut names = vec![host.to_owned()];
-    for a in addresses {
-        let a = a.trim_start_matches('[').trim_end_matches(']');
-        if !names.iter().any(|n| same_address(n, a)) {
-            names.push(a.to_owned());
-        }
-    }
-    let mut params = CertificateParams::new(names).map_err(rcgen("the host's names"))?;
+    let mut params =
+        CertificateParams::new(vec![host.to_owned()]).map_err(rcgen("the host's name"))?;
     params.distinguished_name.push(DnType::CommonName, host);
     let pem = params
         .serialize_request(&key)
@@ -578,13 +518,6 @@ mod tests {
 
     const AGENT: &str = "system:serviceaccount:poolkeeper-system:poolkeeper-agent";
 
-    fn host(name: &str, addresses: &[&str]) -> HostIdentity {
-        HostIdentity {
-            name: name.into(),
-            addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
-        }
-    }
-
     fn usages() -> Vec<String> {
         HOST_USAGES.iter().map(|u| (*u).to_owned()).collect()
     }
@@ -595,29 +528,44 @@ mod tests {
             node_name: node,
             usages,
             pem: pem.as_bytes(),
-            age: Duration::from_secs(1),
+        }
+    }
+
+    /// A request with common name `cn` and subject alternative names `names`, as any client
+    /// could make one.
+    fn request_naming(cn: &str, names: &[&str]) -> String {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params
+            .serialize_request(&key)
+            .expect("request")
+            .pem()
+            .expect("pem")
+    }
+
+    fn denied(r: &Review) -> &'static str {
+        match r {
+            Review::Deny { reason, .. } => reason,
+            other => panic!("not denied: {other:?}"),
         }
     }
 
     #[test]
-    fn a_host_gets_its_own_name_and_address_signed() {
+    fn a_host_gets_its_own_name_signed_and_nothing_else() {
         let ca = PoolCa::generate("pool-ca").expect("ca");
-        let (key, pem) = request("host-a", &["192.0.2.7"]).expect("request");
+        let (key, pem) = request("host-a").expect("request");
         let u = usages();
-        let Review::Approve(ok) = review(
-            &req(&pem, Some("host-a"), &u),
-            AGENT,
-            Some(&host("host-a", &["192.0.2.7"])),
-        ) else {
+        let Review::Approve(ok) = review(&req(&pem, Some("host-a"), &u), AGENT, true) else {
             panic!("not approved")
         };
-        assert_eq!(ok.names, ["host-a", "192.0.2.7"]);
+        assert_eq!(ok.names, ["host-a"]);
         let now = SystemTime::now();
         let cert = ca.sign(&ok, now, Duration::from_secs(3600)).expect("sign");
-        let der = first_der(&cert, "c").expect("der");
-        let der = rustls::pki_types::CertificateDer::from(der);
+        let der = rustls::pki_types::CertificateDer::from(first_der(&cert, "c").expect("der"));
         assert!(crate::protocol::tls::names(&der, "host-a"));
-        assert!(crate::protocol::tls::names(&der, "192.0.2.7"));
         assert!(!crate::protocol::tls::names(&der, "host-b"));
         let (from, to) = validity(&cert).expect("validity");
         assert!(from < now && to > now + Duration::from_secs(3590));
@@ -635,86 +583,46 @@ mod tests {
     }
 
     #[test]
-    fn another_hosts_name_or_address_is_denied() {
-        let (_, pem) = request("host-b", &[]).expect("request");
+    fn another_hosts_name_or_any_address_is_denied() {
         let u = usages();
-        let r = review(
-            &req(&pem, Some("host-a"), &u),
-            AGENT,
-            Some(&host("host-a", &[])),
-        );
-        assert!(
-            matches!(
-                r,
-                Review::Deny {
-                    reason: "NotItsHost",
-                    ..
-                }
-            ),
-            "{r:?}"
-        );
-
-        let (_, pem) = request("host-a", &["192.0.2.8"]).expect("request");
-        let a = host("host-a", &["192.0.2.7"]);
-        let young = review(&req(&pem, Some("host-a"), &u), AGENT, Some(&a));
-        assert!(matches!(young, Review::Wait { .. }), "{young:?}");
-        let old = Request {
-            age: ADDRESS_PATIENCE,
-            ..req(&pem, Some("host-a"), &u)
-        };
-        let r = review(&old, AGENT, Some(&a));
-        assert!(
-            matches!(&r, Review::Deny { reason: "NotItsAddress", message } if message.contains("192.0.2.8")),
-            "{r:?}"
-        );
+        let (_, pem) = request("host-b").expect("request");
+        assert_eq!(denied(&review(&req(&pem, Some("host-a"), &u), AGENT, true)), "NotItsHost");
+        // Its own common name, but another Host's name (or an address the agent could have
+        // published itself) among the names: refused.
+        for names in [&["host-a", "host-b"][..], &["host-a", "192.0.2.7"], &["host-b"]] {
+            let pem = request_naming("host-a", names);
+            assert_eq!(
+                denied(&review(&req(&pem, Some("host-a"), &u), AGENT, true)),
+                "NotItsName",
+                "{names:?}"
+            );
+        }
     }
 
     #[test]
     fn only_the_agent_with_a_node_bound_token_asking_to_serve_is_heard() {
-        let (_, pem) = request("host-a", &[]).expect("request");
+        let (_, pem) = request("host-a").expect("request");
         let u = usages();
-        let a = host("host-a", &[]);
         let other = Request {
             username: "system:serviceaccount:default:default",
             ..req(&pem, Some("host-a"), &u)
         };
-        assert!(matches!(
-            review(&other, AGENT, Some(&a)),
-            Review::Deny {
-                reason: "NotTheAgent",
-                ..
-            }
-        ));
-        assert!(matches!(
-            review(&req(&pem, None, &u), AGENT, Some(&a)),
-            Review::Deny {
-                reason: "NoNodeName",
-                ..
-            }
-        ));
+        assert_eq!(denied(&review(&other, AGENT, true)), "NotTheAgent");
+        assert_eq!(denied(&review(&req(&pem, None, &u), AGENT, true)), "NoNodeName");
         let client = vec!["digital signature".to_owned(), "client auth".to_owned()];
-        assert!(matches!(
-            review(&req(&pem, Some("host-a"), &client), AGENT, Some(&a)),
-            Review::Deny {
-                reason: "UsageNotAllowed",
-                ..
-            }
-        ));
+        assert_eq!(
+            denied(&review(&req(&pem, Some("host-a"), &client), AGENT, true)),
+            "UsageNotAllowed"
+        );
         let garbage = req(
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
             Some("host-a"),
             &u,
         );
-        assert!(matches!(
-            review(&garbage, AGENT, Some(&a)),
-            Review::Deny {
-                reason: "InvalidRequest",
-                ..
-            }
-        ));
+        assert_eq!(denied(&review(&garbage, AGENT, true)), "InvalidRequest");
         // A request for a Host not registered yet waits for it.
         assert!(matches!(
-            review(&req(&pem, Some("host-a"), &u), AGENT, None),
+            review(&req(&pem, Some("host-a"), &u), AGENT, false),
             Review::Wait { .. }
         ));
     }

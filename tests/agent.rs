@@ -867,7 +867,7 @@ fn binary_refuses_an_advertised_address_that_is_not_host_and_port() {
 fn binary_refuses_certificate_and_bridge_flags_that_cannot_work() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token = token_file(dir.path());
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         // A certificate from the cluster needs the CA of the controller's certificate.
         (&["--request-certificate"], "--tls-client-ca"),
         // ...and a real host: simulated hosts have no node-bound token each.
@@ -882,7 +882,12 @@ fn binary_refuses_certificate_and_bridge_flags_that_cannot_work() {
             "--simulate",
         ),
         // The bridge calls VDSM over TLS with a client certificate VDSM's CA signed.
-        (&["--vdsm", "127.0.0.1:54321"], "--vdsm-ca"),
+        (&["--vdsm", "192.0.2.7:54321"], "--vdsm-ca"),
+        // A VDSM on loopback: the controller could not reach it at that endpoint.
+        (
+            &["--vdsm", "127.0.0.1:54321", "--insecure", "--token-file", &token],
+            "--advertise",
+        ),
         (
             &[
                 "--vdsm",

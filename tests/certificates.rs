@@ -312,14 +312,9 @@ async fn a_host_serves_with_the_certificate_it_requested_and_renews_it() {
 
 /// Creates a request for signer poolkeeper.io/host-serving as `kube`, and waits for the signer's
 /// verdict: (condition type, reason, message).
-async fn verdict_on(
-    kube: kube::Client,
-    cn: &str,
-    names: &[&str],
-    usages: &[&str],
-) -> (String, String, String) {
+async fn verdict_on(kube: kube::Client, cn: &str, usages: &[&str]) -> (String, String, String) {
     controller();
-    let (_, pem) = pki::request(cn, names).expect("request");
+    let (_, pem) = pki::request(cn).expect("request");
     let name = unique("csr");
     let api: Api<CertificateSigningRequest> = Api::all(kube);
     api.create(
@@ -379,7 +374,7 @@ async fn requests_not_from_a_hosts_own_agent_for_its_own_name_are_denied() {
     let serving = pki::HOST_USAGES;
 
     // Agent A asking for B's name.
-    let (t, reason, message) = verdict_on(agent_on(&a).await, &b, &[], &serving).await;
+    let (t, reason, message) = verdict_on(agent_on(&a).await, &b, &serving).await;
     assert_eq!(
         (t.as_str(), reason.as_str()),
         ("Denied", "NotItsHost"),
@@ -388,7 +383,7 @@ async fn requests_not_from_a_hosts_own_agent_for_its_own_name_are_denied() {
     assert!(message.contains(&a) && message.contains(&b), "{message}");
 
     // Someone other than the agent's ServiceAccount asking for A's name.
-    let (t, reason, message) = verdict_on(client().await, &a, &[], &serving).await;
+    let (t, reason, message) = verdict_on(client().await, &a, &serving).await;
     assert_eq!(
         (t.as_str(), reason.as_str()),
         ("Denied", "NotTheAgent"),
@@ -399,7 +394,6 @@ async fn requests_not_from_a_hosts_own_agent_for_its_own_name_are_denied() {
     let (t, reason, message) = verdict_on(
         agent_on(&a).await,
         &a,
-        &[],
         &["digital signature", "client auth"],
     )
     .await;
@@ -410,7 +404,7 @@ async fn requests_not_from_a_hosts_own_agent_for_its_own_name_are_denied() {
     );
 
     // Agent A asking for its own name: approved and signed by the pool CA, for its name only.
-    let (t, reason, _) = verdict_on(agent_on(&a).await, &a, &[], &serving).await;
+    let (t, reason, _) = verdict_on(agent_on(&a).await, &a, &serving).await;
     assert_eq!(
         (t.as_str(), reason.as_str()),
         ("Approved", "HostIdentityVerified")

@@ -72,7 +72,7 @@ pub(super) async fn run(
                 }
                 // VDSM unreachable: when it answers again it may be a new process that lost
                 // its pool (a new bootId says so).
-                lost = matches!(e, PollError::Rpc(ref r) if r.is_unreachable());
+                lost |= matches!(e, PollError::Rpc(ref r) if r.is_unreachable());
                 host_id = None;
                 last_error = Some(text);
             }

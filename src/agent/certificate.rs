@@ -1,7 +1,7 @@
 //! The agent's serving certificate from the cluster, as the kubelet obtains its own: a fresh key
 //! (kept in memory only), a CertificateSigningRequest to signer `poolkeeper.io/host-serving` for
-//! the Host's name and endpoint address, and the certificate the controller issues once it has
-//! checked that this agent's node is that Host. Renewed at a random point between 70 % and 90 %
+//! the Host's name, and the certificate the controller issues once it has checked that this
+//! agent's node is that Host. Renewed at a random point between 70 % and 90 %
 //! of its lifetime (the kubelet's rule), with a new key; handshakes after the swap present the
 //! new certificate, connections already open keep theirs, so no call fails during a renewal.
 
@@ -48,6 +48,10 @@ pub enum CertificateError {
         /// The signer's message.
         message: String,
     },
+    /// Nobody answered the request in time (is the controller running with
+    /// `--pool-ca-secret`, and is the Host registered?).
+    #[error("certificate request {0} was not answered in 10 minutes: is the controller running with --pool-ca-secret?")]
+    Unanswered(String),
     /// The request was deleted before it was answered.
     #[error("certificate request {0} was deleted before it was answered")]
     Deleted(String),
@@ -61,21 +65,26 @@ pub enum CertificateError {
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
-/// Keeps `identity` holding a valid certificate for Host `host` reachable at `endpoint` until
-/// `shutdown`; `ready` becomes true once the first one is in place.
+/// How long a request may stay unanswered before it is given up and asked again (a signer that
+/// is down, a Host not registered yet); the request left behind is removed by the cluster's
+/// certificate cleaner.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Keeps `identity` holding a valid certificate for Host `host` until `shutdown`; `ready` is
+/// true while it holds one that has not expired.
 pub(super) async fn run(
     client: kube::Client,
     host: String,
-    endpoint: String,
     identity: Arc<Identity>,
     ready: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let requests: Api<CertificateSigningRequest> = Api::all(client);
     let mut retry = FIRST_RETRY;
+    let mut expires: Option<SystemTime> = None;
     loop {
         let wait = tokio::select! {
-            obtained = obtain(&requests, &host, &endpoint) => match obtained.and_then(|(cert, key)| {
+            obtained = obtain(&requests, &host) => match obtained.and_then(|(cert, key)| {
                 identity
                     .set_pem(cert.as_bytes(), key.as_bytes())
                     .map_err(CertificateError::Tls)?;
@@ -83,11 +92,16 @@ pub(super) async fn run(
             }) {
                 Ok(cert) => {
                     retry = FIRST_RETRY;
+                    expires = pki::validity(&cert).ok().map(|(_, to)| to);
                     let _ = ready.send(true);
                     renewal_wait(&host, &cert)
                 }
                 Err(error) => {
                     warn!(host = %host, error = %error, source = ?std::error::Error::source(&error), retry_in = ?retry, "no serving certificate");
+                    if expires.is_some_and(|t| t <= SystemTime::now()) {
+                        // The one it serves has expired: no handshake succeeds any more.
+                        let _ = ready.send(false);
+                    }
                     let wait = retry;
                     retry = (retry * 2).min(MAX_RETRY);
                     wait
@@ -114,9 +128,12 @@ fn renewal_wait(host: &str, cert: &str) -> Duration {
         to,
         rand::random_range(0.7..0.9),
     );
+    // At least the first retry's wait: a certificate issued already expired (a clock far off)
+    // must not make the agent ask again as fast as the signer answers.
     let wait = due
         .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+        .unwrap_or(Duration::ZERO)
+        .max(FIRST_RETRY);
     info!(host = %host, not_after = %jiff::Timestamp::try_from(to).map(|t| t.to_string()).unwrap_or_default(), renew_in = ?wait, "serving certificate in place");
     wait
 }
@@ -125,13 +142,8 @@ fn renewal_wait(host: &str, cert: &str) -> Duration {
 async fn obtain(
     requests: &Api<CertificateSigningRequest>,
     host: &str,
-    endpoint: &str,
 ) -> Result<(String, String), CertificateError> {
-    let address = crate::protocol::client::split_endpoint(endpoint)
-        .map(|(address, _)| address.to_owned())
-        .ok();
-    let addresses: Vec<&str> = address.iter().map(String::as_str).collect();
-    let (key, request) = pki::request(host, &addresses).map_err(CertificateError::Pki)?;
+    let (key, request) = pki::request(host).map_err(CertificateError::Pki)?;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     // Object names are at most 253 characters; Host names at most 240 (the agent checks).
     let name = format!("{host}-{}", &suffix[..8]);
@@ -159,12 +171,16 @@ async fn obtain(
     info!(host = %host, request = %name, "requested a serving certificate");
     let answered =
         |csr: Option<&CertificateSigningRequest>| csr.is_none_or(|c| verdict(c).is_some());
-    let answer = await_condition(requests.clone(), &name, answered)
-        .await
-        .map_err(|e| CertificateError::Kube {
-            what: "waiting for the certificate request's answer",
-            source: kube::Error::Service(Box::new(e)),
-        })?;
+    let answer = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        await_condition(requests.clone(), &name, answered),
+    )
+    .await
+    .map_err(|_| CertificateError::Unanswered(name.clone()))?
+    .map_err(|e| CertificateError::Kube {
+        what: "waiting for the certificate request's answer",
+        source: kube::Error::Service(Box::new(e)),
+    })?;
     let Some(answer) = answer else {
         return Err(CertificateError::Deleted(name));
     };

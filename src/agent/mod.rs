@@ -125,7 +125,7 @@ pub struct AgentArgs {
     #[arg(
         long,
         env = "POOLKEEPER_TOKEN_FILE",
-        required_unless_present_any = ["tls_client_ca", "vdsm"]
+        required_unless_present_any = ["tls_client_ca", "vdsm", "sim_ca_cert"]
     )]
     pub token_file: Option<PathBuf>,
     /// TLS certificate chain (PEM); with --tls-key, the agent serves STOMP over TLS.
@@ -135,8 +135,8 @@ pub struct AgentArgs {
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// The pool CA (PEM): mutual TLS, calls accepted only from a client certificate it signed
-    /// for the controller (`poolkeeper-controller`), as VDSM accepts only the engine's. Read
-    /// again at each renewal of the serving certificate.
+    /// for the controller (`poolkeeper-controller`), as VDSM accepts only the engine's. Read at
+    /// start.
     #[arg(long)]
     pub tls_client_ca: Option<PathBuf>,
     /// Obtain the serving certificate from the cluster instead of files: a
@@ -154,7 +154,7 @@ pub struct AgentArgs {
     pub vdsm: Option<String>,
     /// VDSM's CA (PEM; `/etc/pki/vdsm/certs/cacert.pem` on an oVirt host): VDSM is called over
     /// TLS, trusting only it.
-    #[arg(long, requires = "vdsm")]
+    #[arg(long, requires = "vdsm", conflicts_with = "insecure")]
     pub vdsm_ca: Option<PathBuf>,
     /// A client certificate VDSM accepts (PEM; on an oVirt host VDSM's own,
     /// `/etc/pki/vdsm/certs/vdsmcert.pem`, signed by the engine's CA).
@@ -164,7 +164,7 @@ pub struct AgentArgs {
     #[arg(long, requires = "vdsm_cert")]
     pub vdsm_key: Option<PathBuf>,
     /// The name VDSM's certificate must carry. Default: the host part of --vdsm.
-    #[arg(long, requires = "vdsm")]
+    #[arg(long, requires = "vdsm_ca")]
     pub vdsm_tls_name: Option<String>,
     /// Serve plain TCP (tests and demos only); without TLS the agent refuses to start unless
     /// this is given. With --vdsm: call VDSM over plain TCP.
@@ -419,6 +419,13 @@ impl Running {
 /// # Errors
 /// When an address cannot be bound or the TLS files cannot be loaded.
 pub async fn start(opts: Options) -> Result<Running, Error> {
+    if matches!(opts.tls, Some(Tls::Requested { .. }))
+        && (opts.kube.is_none() || !matches!(opts.hosts, Hosts::Single { .. }))
+    {
+        return Err(Error::Config(
+            "--request-certificate needs one real host and a Kubernetes client".into(),
+        ));
+    }
     let (tls, requested) = serving_tls(opts.tls.as_ref())?;
     // With mutual TLS the client's certificate is the credential: a token (the simulator's
     // control API's) is not asked of RPC connections then.
@@ -441,7 +448,9 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
 
     let lease = SpmLease::for_period(opts.monitor.period);
     let mut sim_root = None;
-    let mut listeners = Vec::new();
+    // Aborted if `start` fails half-way (a later address cannot be bound, a certificate cannot
+    // be issued): no listener outlives a failed start.
+    let mut listeners = AbortAll(Vec::new());
     let mut rpc_addrs = Vec::new();
     // With a certificate requested from the cluster, connections wait in the listen backlog
     // until it is issued (the first handshake then presents it).
@@ -481,7 +490,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 }
                 _ => tls.clone(),
             };
-            listeners.push(serve(listener, Arc::new(Rpc(host.clone())), tls));
+            listeners.0.push(serve(listener, Arc::new(Rpc(host.clone())), tls));
             rpc_addrs.push(addr);
             (Arc::from(vec![host]), None, None)
         }
@@ -562,7 +571,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                     }
                     _ => tls.clone(),
                 };
-                listeners.push(serve(listener, Arc::new(handler), tls));
+                listeners.0.push(serve(listener, Arc::new(handler), tls));
                 rpc_addrs.push(addr);
                 hosts.push(host);
             }
@@ -610,18 +619,13 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
             tasks.push(tokio::spawn(certificate::run(
                 client.clone(),
                 host.name().to_owned(),
-                host.endpoint().to_owned(),
                 Arc::clone(identity),
                 issued_tx,
                 shutdown_rx.clone(),
             )));
         }
-        (Some(_), _, _) => {
-            return Err(Error::Config(
-                "--request-certificate needs one real host and a Kubernetes client".into(),
-            ));
-        }
-        (None, _, _) => drop(issued_tx),
+        // Checked above: a requested certificate has one real host and a client.
+        _ => drop(issued_tx),
     }
     if let (Hosts::Bridge { vdsm, .. }, Some((client, _)), Some(host)) =
         (&opts.hosts, &opts.kube, hosts.first())
@@ -658,7 +662,7 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
         faults,
         serving: issued_rx,
         shutdown,
-        listeners,
+        listeners: std::mem::take(&mut listeners.0),
         control_task,
         tasks,
         _sim_root: sim_root,
@@ -728,6 +732,17 @@ fn issued_serving(ca: &crate::pki::PoolCa, name: &str, address: &str) -> Result<
         acceptor: tokio_rustls::TlsAcceptor::from(config),
         client_name: Some(CONTROLLER_NAME.to_owned()),
     })
+}
+
+/// Tasks aborted when dropped.
+struct AbortAll(Vec<JoinHandle<()>>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// A listener on `addr`, and the address it is bound to (port 0: the one chosen).
@@ -824,6 +839,17 @@ fn vdsm_target(args: &AgentArgs, endpoint: &str, period: Duration) -> Result<bri
             "--vdsm {endpoint:?} must be host:port, e.g. 127.0.0.1:54321"
         ))
     })?;
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback && args.advertise.is_none() {
+        return Err(Error::Config(format!(
+            "--vdsm {endpoint:?} is this machine's loopback: the controller calls VDSM at the Host's endpoint, so give --advertise with an address it reaches (e.g. --advertise=192.0.2.7:54321)"
+        )));
+    }
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|e| {
             Error::Tls(crate::protocol::tls::TlsError::Pem {

@@ -213,7 +213,7 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "poolkeeper-system:poolkeeper-agent")]
     pub agent_service_account: String,
     /// How long the certificates the pool CA issues last (hosts renew theirs, and the controller
-    /// its own, before they expire).
+    /// its own, before they expire). With --pool-ca-secret.
     #[arg(long, default_value_t = 30 * 24 * 3600, value_parser = clap::value_parser!(u64).range(600..=366 * 24 * 3600))]
     pub certificate_lifetime_seconds: u64,
     /// The controller's client certificate (PEM), signed by the pool CA for
@@ -284,7 +284,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), Error> {
     if args.leader_elect {
         election_timings(&args)?;
     }
-    args.agent_user()?;
+    if args.pool_ca_secret.is_some() {
+        args.agent_user()?;
+    }
     let client = Client::try_default().await.map_err(Error::Config)?;
     let settings = Settings::from_args(&args, &client).await?;
     let shutdown = crate::shutdown::signal();
@@ -394,6 +396,11 @@ async fn run_inner(
         .unwrap_or_else(std::sync::PoisonError::into_inner) = leader.clone();
     // A standby says so on its metrics until it acquires the Lease; without election it acts.
     ctx.metrics.set_leader(leader.is_none());
+    // Every replica keeps its client certificate valid, standby or not.
+    let _renewing = ctx.settings.signer.clone().map(|signer| {
+        let task = tokio::spawn(signer::renew_own(signer));
+        AbortOnDrop(task)
+    });
     let server = http::serve(metrics_addr, ctx.clone()).await?;
     info!(addr = %server, "serving metrics and health");
 
@@ -494,6 +501,15 @@ async fn run_inner(
         return Err(Error::LeadershipLost);
     }
     Ok(())
+}
+
+/// Aborts a task when dropped (a task that must not outlive the function that started it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {

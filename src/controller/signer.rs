@@ -5,10 +5,10 @@
 //! with the pool CA. The pool CA lives in a Secret (created by the first controller that finds
 //! none); its certificate is published in a ConfigMap of the same name for the agents to trust.
 //! The controller's own client certificate is issued from the same CA in memory and renewed
-//! before it expires.
+//! before it expires ([`renew_own`], on every replica).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use super::FIELD_MANAGER;
 use crate::api::Host;
-use crate::pki::{self, HostIdentity, PoolCa, Review};
+use crate::pki::{self, PoolCa, Review};
 use crate::protocol::tls::Identity;
 
 /// The signer's settings: the pool CA, who may ask, and for how long certificates last.
@@ -207,7 +207,7 @@ struct SignerContext {
     hosts: Store<Host>,
 }
 
-/// Signs hosts' requests, and renews the controller's own certificate, until `shutdown`.
+/// Signs hosts' requests until `shutdown` (the leader only).
 pub async fn run(
     client: Client,
     hosts: Store<Host>,
@@ -216,37 +216,33 @@ pub async fn run(
 ) {
     let requests: Api<CertificateSigningRequest> = Api::all(client);
     let ctx = Arc::new(SignerContext {
-        signer: Arc::clone(&signer),
+        signer,
         requests: requests.clone(),
         hosts,
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let config =
-        watcher::Config::default().fields(&format!("spec.signerName={}", pki::SIGNER_NAME));
-    let signing = Controller::new(requests, config)
-        .graceful_shutdown_on(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
+    let config = watcher::Config::default().fields(&format!("spec.signerName={}", pki::SIGNER_NAME));
+    Controller::new(requests, config)
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 warn!(error = %e, "certificate request not decided");
             }
-        });
-    tokio::join!(signing, renew_own(signer, stop_rx));
+        })
+        .await;
 }
 
-/// Renews the controller's client certificate at 80 % of its lifetime. Connections already open
-/// keep the certificate they were opened with; new ones present the new one.
-async fn renew_own(signer: Arc<Signer>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// How long after a failed renewal of the controller's certificate it is tried again.
+const RENEW_RETRY: Duration = Duration::from_secs(30);
+
+/// Renews the controller's client certificate at 80 % of its lifetime, on every replica from
+/// its start (a standby that takes over after a month still holds a valid one), until the
+/// returned future is dropped. Connections already open keep the certificate they were opened
+/// with; new ones present the new one.
+pub async fn renew_own(signer: Arc<Signer>) {
+    let mut due = Instant::now() + signer.lifetime.mul_f64(0.8);
     loop {
-        let due = pki::renew_at(SystemTime::now(), SystemTime::now() + signer.lifetime, 0.8);
-        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+        tokio::time::sleep_until(due.into()).await;
         let renewed = signer
             .ca
             .controller_at(SystemTime::now(), signer.lifetime)
@@ -257,10 +253,16 @@ async fn renew_own(signer: Arc<Signer>, mut stop: tokio::sync::watch::Receiver<b
                     .set_pem(issued.cert_pem.as_bytes(), issued.key_pem.as_bytes())
                     .map_err(|e| e.to_string())
             });
-        match renewed {
-            Ok(()) => info!("renewed the controller's client certificate"),
-            Err(error) => warn!(%error, "could not renew the controller's client certificate"),
-        }
+        due = match renewed {
+            Ok(()) => {
+                info!("renewed the controller's client certificate");
+                Instant::now() + signer.lifetime.mul_f64(0.8)
+            }
+            Err(error) => {
+                warn!(%error, retry_in = ?RENEW_RETRY, "could not renew the controller's client certificate");
+                Instant::now() + RENEW_RETRY
+            }
+        };
     }
 }
 
@@ -282,23 +284,6 @@ fn condition(type_: &str, reason: &str, message: &str) -> serde_json::Value {
         "lastUpdateTime": now,
         "lastTransitionTime": now,
     })
-}
-
-/// The host parts of a Host's endpoints.
-fn identity_of(host: &Host) -> HostIdentity {
-    let endpoints = [
-        host.spec.endpoint.as_deref(),
-        host.status.as_ref().and_then(|s| s.endpoint.as_deref()),
-    ];
-    HostIdentity {
-        name: host.name_any(),
-        addresses: endpoints
-            .into_iter()
-            .flatten()
-            .filter_map(|e| crate::protocol::client::split_endpoint(e).ok())
-            .map(|(host, _)| host.to_owned())
-            .collect(),
-    }
 }
 
 async fn reconcile(
@@ -333,24 +318,17 @@ async fn reconcile(
             [one] => Some(one.as_str()),
             _ => None,
         });
-    let age = csr
-        .creation_timestamp()
-        .map(|t| jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
-        .unwrap_or_default();
-    let host = node
-        .and_then(|n| ctx.hosts.get(&ObjectRef::new(n)))
-        .map(|h| identity_of(&h));
+    let host_exists = node.is_some_and(|n| ctx.hosts.get(&ObjectRef::new(n)).is_some());
     let request = pki::Request {
         username: spec.username.as_deref().unwrap_or_default(),
         node_name: node,
         usages: spec.usages.as_deref().unwrap_or_default(),
         pem: &spec.request.0,
-        age,
     };
-    match pki::review(&request, &ctx.signer.agent_user, host.as_ref()) {
+    match pki::review(&request, &ctx.signer.agent_user, host_exists) {
         Review::Wait { message } => {
             debug!(request = %name, %message, "certificate request waits");
-            Ok(Action::requeue(Duration::from_secs(1)))
+            Ok(Action::requeue(Duration::from_secs(2)))
         }
         Review::Deny { reason, message } => {
             if holds("Approved") {
@@ -384,7 +362,7 @@ async fn reconcile(
         Review::Approve(approved) => {
             if !holds("Approved") {
                 let message = format!(
-                    "requested by the agent of Host {} for its own name and address",
+                    "requested by the agent of Host {} for its own name",
                     approved.host
                 );
                 let patch = json!({"status": {"conditions": [condition("Approved", "HostIdentityVerified", &message)]}});
