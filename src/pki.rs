@@ -426,9 +426,11 @@ pub fn review(request: &Request<'_>, agent_user: &str, host_exists: bool) -> Rev
             ),
         );
     }
-    if let Some(other) = parsed.params.subject_alt_names.iter().find(|san| {
-        !matches!(san, SanType::DnsName(n) if n.as_str().eq_ignore_ascii_case(node))
-    }) {
+    if let Some(other) =
+        parsed.params.subject_alt_names.iter().find(
+            |san| !matches!(san, SanType::DnsName(n) if n.as_str().eq_ignore_ascii_case(node)),
+        )
+    {
         return deny(
             "NotItsName",
             format!(
@@ -586,10 +588,17 @@ mod tests {
     fn another_hosts_name_or_any_address_is_denied() {
         let u = usages();
         let (_, pem) = request("host-b").expect("request");
-        assert_eq!(denied(&review(&req(&pem, Some("host-a"), &u), AGENT, true)), "NotItsHost");
+        assert_eq!(
+            denied(&review(&req(&pem, Some("host-a"), &u), AGENT, true)),
+            "NotItsHost"
+        );
         // Its own common name, but another Host's name (or an address the agent could have
         // published itself) among the names: refused.
-        for names in [&["host-a", "host-b"][..], &["host-a", "192.0.2.7"], &["host-b"]] {
+        for names in [
+            &["host-a", "host-b"][..],
+            &["host-a", "192.0.2.7"],
+            &["host-b"],
+        ] {
             let pem = request_naming("host-a", names);
             assert_eq!(
                 denied(&review(&req(&pem, Some("host-a"), &u), AGENT, true)),
@@ -608,7 +617,10 @@ mod tests {
             ..req(&pem, Some("host-a"), &u)
         };
         assert_eq!(denied(&review(&other, AGENT, true)), "NotTheAgent");
-        assert_eq!(denied(&review(&req(&pem, None, &u), AGENT, true)), "NoNodeName");
+        assert_eq!(
+            denied(&review(&req(&pem, None, &u), AGENT, true)),
+            "NoNodeName"
+        );
         let client = vec!["digital signature".to_owned(), "client auth".to_owned()];
         assert_eq!(
             denied(&review(&req(&pem, Some("host-a"), &client), AGENT, true)),

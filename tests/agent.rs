@@ -885,7 +885,13 @@ fn binary_refuses_certificate_and_bridge_flags_that_cannot_work() {
         (&["--vdsm", "192.0.2.7:54321"], "--vdsm-ca"),
         // A VDSM on loopback: the controller could not reach it at that endpoint.
         (
-            &["--vdsm", "127.0.0.1:54321", "--insecure", "--token-file", &token],
+            &[
+                "--vdsm",
+                "127.0.0.1:54321",
+                "--insecure",
+                "--token-file",
+                &token,
+            ],
             "--advertise",
         ),
         (

@@ -50,7 +50,9 @@ pub enum CertificateError {
     },
     /// Nobody answered the request in time (is the controller running with
     /// `--pool-ca-secret`, and is the Host registered?).
-    #[error("certificate request {0} was not answered in 10 minutes: is the controller running with --pool-ca-secret?")]
+    #[error(
+        "certificate request {0} was not answered in 10 minutes: is the controller running with --pool-ca-secret?"
+    )]
     Unanswered(String),
     /// The request was deleted before it was answered.
     #[error("certificate request {0} was deleted before it was answered")]

@@ -490,7 +490,9 @@ pub async fn start(opts: Options) -> Result<Running, Error> {
                 }
                 _ => tls.clone(),
             };
-            listeners.0.push(serve(listener, Arc::new(Rpc(host.clone())), tls));
+            listeners
+                .0
+                .push(serve(listener, Arc::new(Rpc(host.clone())), tls));
             rpc_addrs.push(addr);
             (Arc::from(vec![host]), None, None)
         }

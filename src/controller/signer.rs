@@ -220,7 +220,8 @@ pub async fn run(
         requests: requests.clone(),
         hosts,
     });
-    let config = watcher::Config::default().fields(&format!("spec.signerName={}", pki::SIGNER_NAME));
+    let config =
+        watcher::Config::default().fields(&format!("spec.signerName={}", pki::SIGNER_NAME));
     Controller::new(requests, config)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
