@@ -227,7 +227,15 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
-                warn!(error = %e, "certificate request not decided");
+                // The whole chain: the reconciler's error, then the API server's answer.
+                let mut chain = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    chain.push_str(": ");
+                    chain.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                warn!(error = %chain, "certificate request not decided; retried in 5 s");
             }
         })
         .await;
@@ -288,10 +296,21 @@ fn condition(type_: &str, reason: &str, message: &str) -> serde_json::Value {
 }
 
 async fn reconcile(
-    csr: Arc<CertificateSigningRequest>,
+    cached: Arc<CertificateSigningRequest>,
     ctx: Arc<SignerContext>,
 ) -> Result<Action, SignerError> {
-    let name = csr.name_any();
+    let name = cached.name_any();
+    // Read fresh: the event of this signer's own approval can arrive before the cache holds the
+    // certificate it then issued, and a certificate is set once (a second one is refused).
+    // Requests are few (one per agent start and renewal), so the read costs nothing.
+    let Some(csr) = ctx
+        .requests
+        .get_opt(&name)
+        .await
+        .map_err(kube_error(format!("reading certificate request {name}")))?
+    else {
+        return Ok(Action::await_change());
+    };
     let status = csr.status.as_ref();
     if status
         .and_then(|s| s.certificate.as_ref())
