@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::PostParams;
 use poolkeeper::agent::bridge::Vdsm;
 use poolkeeper::agent::lease::LeaseConfig;
 use poolkeeper::agent::monitor::MonitorConfig;
@@ -21,8 +20,7 @@ use poolkeeper::api::{Host, HostReport, StoragePool};
 use poolkeeper::controller::{self, Settings};
 use poolkeeper::pki::PoolCa;
 use poolkeeper::protocol::Client;
-use serde_json::json;
-use support::cluster::{LEASE_NAMESPACE, agent_on, client_as, condition, create_domain, obj};
+use support::cluster::{LEASE_NAMESPACE, agent_on, client_as};
 use support::{client, eventually, unique, uuid};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -118,7 +116,7 @@ async fn the_bridge_reports_what_vdsm_answers_and_the_controller_calls_vdsm() {
     let name = unique("vdsm-host");
     let storage = tempfile::tempdir().expect("tempdir");
     let certs = tempfile::tempdir().expect("tempdir");
-    let (sd, sd_uuid) = (unique("sd"), uuid());
+    let sd_uuid = uuid();
     make_file_domain(storage.path(), "mnt1", &sd_uuid).expect("layout");
     let standin = vdsm(&name, storage.path(), certs.path(), "127.0.0.1:0").await;
     let endpoint = standin.rpc_addr().to_string();
@@ -174,22 +172,9 @@ async fn the_bridge_reports_what_vdsm_answers_and_the_controller_calls_vdsm() {
     assert_eq!(first.pool, None, "VDSM is connected to no pool yet");
 
     // The controller brings VDSM into a pool, over mutual TLS.
-    let pool = unique("pool");
+    let pool = support::cluster::join_new_pool(&name, &sd_uuid).await;
     let pools: Api<StoragePool> = Api::all(client().await);
-    pools
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(obj("StoragePool", &pool, json!({}))).expect("pool"),
-        )
-        .await
-        .expect("pool");
-    create_domain(&sd, &sd_uuid, Some(&pool)).await;
-    support::cluster::set_host_pool(&name, Some(&pool)).await;
-    let in_sync = || async {
-        let h = hosts.get(&name).await.ok()?;
-        let status = h.status?;
-        (condition(&status.conditions, "InSync")?.0 == "True").then_some(status.report?)
-    };
+    let in_sync = || support::cluster::in_sync_report(&name);
     let synced = eventually(
         "the host in sync through the bridge's report",
         WAIT,

@@ -22,14 +22,14 @@ use poolkeeper::agent::lease::LeaseConfig;
 use poolkeeper::agent::monitor::MonitorConfig;
 use poolkeeper::agent::storage::make_file_domain;
 use poolkeeper::agent::{Hosts, Options, Tls, start};
-use poolkeeper::api::{Host, StoragePool};
+use poolkeeper::api::Host;
 use poolkeeper::controller::{self, Settings, signer};
 use poolkeeper::pki::{self, PoolCa};
 use poolkeeper::protocol::{Client, Target};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
-use support::cluster::{LEASE_NAMESPACE, client_as, condition, create_domain, obj};
+use support::cluster::{LEASE_NAMESPACE, client_as, obj};
 use support::{client, eventually, kubectl_ok, unique, uuid};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -175,7 +175,7 @@ async fn a_host_serves_with_the_certificate_it_requested_and_renews_it() {
     let ca_file = dir.path().join("ca.crt");
     std::fs::write(&ca_file, &ca_pem).expect("write ca");
     let storage = tempfile::tempdir().expect("tempdir");
-    let (sd, sd_uuid) = (unique("sd"), uuid());
+    let sd_uuid = uuid();
     make_file_domain(storage.path(), "mnt1", &sd_uuid).expect("layout");
 
     let host = unique("host");
@@ -222,26 +222,8 @@ async fn a_host_serves_with_the_certificate_it_requested_and_renews_it() {
     assert_eq!(approved.reason.as_deref(), Some("HostIdentityVerified"));
 
     // The controller joins it to a pool over mutual TLS.
-    let pool = unique("pool");
-    let pools: Api<StoragePool> = Api::all(client().await);
-    pools
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(obj("StoragePool", &pool, json!({}))).expect("pool"),
-        )
-        .await
-        .expect("pool");
-    create_domain(&sd, &sd_uuid, Some(&pool)).await;
-    support::cluster::set_host_pool(&host, Some(&pool)).await;
-    let hosts: Api<Host> = Api::all(client().await);
-    let in_sync = || {
-        let (hosts, host) = (hosts.clone(), host.clone());
-        async move {
-            let h = hosts.get(&host).await.ok()?;
-            let conditions = h.status?.conditions;
-            (condition(&conditions, "InSync")?.0 == "True").then_some(())
-        }
-    };
+    support::cluster::join_new_pool(&host, &sd_uuid).await;
+    let in_sync = || support::cluster::in_sync_report(&host);
     eventually("the host is in sync over mutual TLS", WAIT, in_sync).await;
 
     // Calls go on while the certificate is renewed: on the controller's kept connection and on

@@ -718,13 +718,9 @@ async fn controller_and_agent_from_the_manifests_work_together() {
         .map(|(_, local)| local.clone())
         .expect("the storage mount");
     poolkeeper::agent::storage::make_file_domain(&storage, "mnt1", &sd_uuid).expect("layout");
-    let sd = unique("sd");
-    support::cluster::create_domain(&sd, &sd_uuid, Some(&name)).await;
-    support::cluster::set_host_pool(&node, Some(&name)).await;
-    eventually("the agent's host in sync over mutual TLS", WAIT, || async {
-        let h = hosts.get(&node).await.ok()?;
-        let conditions = h.status?.conditions;
-        (support::cluster::condition(&conditions, "InSync")?.0 == "True").then_some(())
+    support::cluster::join_new_pool(&node, &sd_uuid).await;
+    eventually("the agent's host in sync over mutual TLS", WAIT, || {
+        support::cluster::in_sync_report(&node)
     })
     .await;
 }

@@ -271,6 +271,33 @@ pub async fn create_domain(name: &str, uuid: &str, pool: Option<&str>) {
         .expect("create domain");
 }
 
+/// A new pool named `<prefix>-N` with the data domain `sd_uuid` as its only domain, which Host
+/// `host` joins; returns the pool's name.
+pub async fn join_new_pool(host: &str, sd_uuid: &str) -> String {
+    let pool = unique("pool");
+    let pools: Api<StoragePool> = Api::all(client().await);
+    pools
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(obj("StoragePool", &pool, json!({}))).expect("pool"),
+        )
+        .await
+        .expect("pool");
+    create_domain(&unique("sd"), sd_uuid, Some(&pool)).await;
+    set_host_pool(host, Some(&pool)).await;
+    pool
+}
+
+/// Host `host`'s report once its `InSync` condition is `True` (`None` until then).
+pub async fn in_sync_report(host: &str) -> Option<poolkeeper::api::HostReport> {
+    let status = Api::<Host>::all(client().await)
+        .get(host)
+        .await
+        .ok()?
+        .status?;
+    (condition(&status.conditions, "InSync")?.0 == "True").then_some(status.report?)
+}
+
 /// Sets or clears a host's `spec.pool`, once its agent has registered it.
 pub async fn set_host_pool(host: &str, pool: Option<&str>) {
     let api: Api<Host> = Api::all(client().await);
