@@ -255,7 +255,7 @@ impl Default for Metrics {
         );
         registry.register(
             "poolkeeper_reconcile_step_seconds",
-            "Time a pool reconcile spends in each step (observe, plan, act, report, finalize)",
+            "Time a pool reconcile spends in each step (observe, plan, act, report, finalize; catch_up, the part of report spent waiting for the caches to show its own writes)",
             reconcile_steps.clone(),
         );
         Self {

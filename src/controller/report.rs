@@ -125,7 +125,11 @@ pub async fn write(
         }
     }
     export_gauges(ctx, pool, report);
+    // Part of `report`, also measured alone: how long the caches take to show this reconcile's
+    // own writes (at most CATCH_UP_WAIT).
+    let waiting = std::time::Instant::now();
     written.caught_up(&ctx.stores).await;
+    ctx.metrics.step("catch_up", waiting);
     first_error.map_or(Ok(held), Err)
 }
 
