@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,26 +22,13 @@ use serde_json::json;
 use support::cluster::LEASE_NAMESPACE;
 use support::{client, control_plane, eventually, kubectl_ok, unique};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const AGENT: &str = "system:serviceaccount:poolkeeper-system:poolkeeper-agent";
 const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The namespace, RBAC and admission policy of `deploy/`, applied once per test binary (the
-/// CRDs come with the control plane).
+/// The namespace, RBAC and admission policy of `deploy/`, once per test binary.
 fn installed() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        kubectl_ok(&["apply", "-f", &format!("{ROOT}/deploy/namespace.yaml")]);
-        kubectl_ok(&[
-            "apply",
-            "-n",
-            LEASE_NAMESPACE,
-            "-f",
-            &format!("{ROOT}/deploy/rbac.yaml"),
-        ]);
-        kubectl_ok(&["apply", "-f", &format!("{ROOT}/deploy/admission.yaml")]);
-    });
+    support::cluster::install_admission();
 }
 
 /// A client acting as the agent's ServiceAccount, as a Pod's bound token on `node` would

@@ -234,7 +234,6 @@ async fn the_bridge_reports_what_vdsm_answers_and_the_controller_calls_vdsm() {
     // VDSM restarts (its memory lost): a new bootId, and the controller connects it again.
     let boot = report(&hosts, &name).await.expect("report").0.boot_id;
     standin.shutdown().await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let standin = vdsm(&name, storage.path(), certs.path(), &endpoint).await;
     eventually("a new bootId after VDSM restarted", WAIT, || async {
         let (r, _) = report(&hosts, &name).await?;

@@ -30,9 +30,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use support::cluster::{LEASE_NAMESPACE, client_as, obj};
-use support::{client, eventually, kubectl_ok, unique, uuid};
+use support::{client, eventually, unique, uuid};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CA_SECRET: &str = "poolkeeper-pool-ca";
 const AGENT: &str = "system:serviceaccount:poolkeeper-system:poolkeeper-agent";
 const WAIT: Duration = Duration::from_secs(60);
@@ -40,20 +39,9 @@ const WAIT: Duration = Duration::from_secs(60);
 /// controller's own).
 const LIFETIME: Duration = Duration::from_secs(30);
 
-/// The namespace, RBAC and admission policy of deploy/, once per test binary.
+/// The namespace, RBAC and admission policy of `deploy/`, once per test binary.
 fn installed() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        kubectl_ok(&["apply", "-f", &format!("{ROOT}/deploy/namespace.yaml")]);
-        kubectl_ok(&[
-            "apply",
-            "-n",
-            LEASE_NAMESPACE,
-            "-f",
-            &format!("{ROOT}/deploy/rbac.yaml"),
-        ]);
-        kubectl_ok(&["apply", "-f", &format!("{ROOT}/deploy/admission.yaml")]);
-    });
+    support::cluster::install_admission();
 }
 
 /// This binary's controller with the signer, started once on a runtime of its own; returns its

@@ -53,9 +53,13 @@ pub(super) async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut host_id: Option<(String, i32)> = None;
-    // Until VDSM first answers, it may have restarted since: the first answer brings a bootId
-    // of its own (the agent's, fresh at start, is kept for it).
-    let mut lost = false;
+    let to = Target {
+        name: &vdsm.tls_name,
+        endpoint: &vdsm.endpoint,
+    };
+    // The connection is kept: a new one means VDSM closed the last, and a restarted VDSM has
+    // lost its pool (a new bootId says so), even if it came back between two polls.
+    let mut connections = 0;
     let mut last_error = None;
     loop {
         match poll(&vdsm, &host, &kube, &mut host_id).await {
@@ -63,16 +67,16 @@ pub(super) async fn run(
                 if last_error.take().is_some() {
                     info!(host = %host.name(), vdsm = %vdsm.endpoint, "VDSM answers again");
                 }
-                host.set_bridged(pool, domains, std::mem::take(&mut lost));
+                let opened = vdsm.client.connections_opened(to);
+                let restarted = connections != 0 && opened != connections;
+                connections = opened;
+                host.set_bridged(pool, domains, restarted);
             }
             Err(e) => {
                 let text = e.to_string();
                 if last_error.as_ref() != Some(&text) {
                     warn!(host = %host.name(), vdsm = %vdsm.endpoint, error = %text, "VDSM does not answer");
                 }
-                // VDSM unreachable: when it answers again it may be a new process that lost
-                // its pool (a new bootId says so).
-                lost |= matches!(e, PollError::Rpc(ref r) if r.is_unreachable());
                 host_id = None;
                 last_error = Some(text);
             }

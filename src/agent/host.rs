@@ -230,8 +230,8 @@ impl HostAgent {
     }
 
     /// Reports what a real VDSM answered (the bridge, `agent --vdsm`) instead of the agent's own
-    /// state; a new bootId with `restarted` (VDSM was unreachable meanwhile, so it may have
-    /// lost its memory). The report is written only if this changed it.
+    /// state; a new bootId with `restarted` (VDSM closed its connection meanwhile, so it may
+    /// have restarted and lost its memory). The report is written only if this changed it.
     pub fn set_bridged(
         &self,
         pool: Option<PoolConnection>,

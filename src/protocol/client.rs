@@ -99,7 +99,14 @@ impl std::fmt::Debug for Client {
 struct Inner {
     token: Option<Token>,
     tls: Option<Arc<rustls::ClientConfig>>,
-    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Dial>>>>,
+    hosts: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One host's connection, and how many were opened to it.
+#[derive(Default)]
+struct Slot {
+    dial: tokio::sync::Mutex<Dial>,
+    opened: std::sync::atomic::AtomicU64,
 }
 
 /// One host's connection, or when to dial it again.
@@ -290,12 +297,24 @@ impl Client {
         result
     }
 
+    fn slot(&self, to: Target<'_>) -> Arc<Slot> {
+        let key = format!("{}@{}", to.name, to.endpoint);
+        Arc::clone(lock(&self.inner.hosts).entry(key).or_default())
+    }
+
+    /// How many connections to `to` this client has opened: one more each time the host closed
+    /// the last (a restarted VDSM does; the bridge reads that as lost memory).
+    pub fn connections_opened(&self, to: Target<'_>) -> u64 {
+        self.slot(to)
+            .opened
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The open connection to `endpoint`, dialed now when there is none (after the delay a
     /// failed dial left).
     async fn live(&self, to: Target<'_>) -> Result<Arc<Live>, RpcError> {
-        let key = format!("{}@{}", to.name, to.endpoint);
-        let slot = Arc::clone(lock(&self.inner.hosts).entry(key).or_default());
-        let mut dial = slot.lock().await;
+        let slot = self.slot(to);
+        let mut dial = slot.dial.lock().await;
         if let Some(live) = &dial.live {
             if !live.tx.is_closed() {
                 return Ok(Arc::clone(live));
@@ -318,6 +337,8 @@ impl Client {
                     live: Some(Arc::clone(&live)),
                     ..Dial::default()
                 };
+                slot.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(live)
             }
             Err(e) => {

@@ -60,6 +60,17 @@ pub async fn agent_on(node: &str) -> kube::Client {
     kube::Client::try_from(config).expect("impersonating client")
 }
 
+/// Applies the namespace, RBAC and admission policy of `deploy/` once per test binary (the CRDs
+/// come with the control plane).
+pub fn install_admission() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        install_rbac();
+        let policy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/admission.yaml");
+        super::kubectl_ok(&["apply", "-f", policy]);
+    });
+}
+
 /// Applies the namespace and RBAC of `deploy/` once per test binary.
 fn install_rbac() {
     static DONE: OnceLock<()> = OnceLock::new();
