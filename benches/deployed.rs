@@ -10,7 +10,9 @@
 //!   ([`poolkeeper::agent::report::apply_report`], [`MAX_IN_FLIGHT`] at once) to N Hosts of no
 //!   pool, before any poolkeeper process starts (the Hosts are deleted after): what the API server
 //!   allows;
-//! - **registered**: the agent process starts until every one of its N Hosts has a report;
+//! - **registered**: the agent process starts until every one of its N Hosts has a report; its
+//!   floor is N Hosts created with a first status and a Lease each (what registering writes at
+//!   the least), [`MAX_IN_FLIGHT`] at once, before any poolkeeper process starts;
 //! - **pool Ready**: a new pool and its 20 domains are created (the N hosts already name it) until
 //!   the pool is Ready with every host in sync; its floor is the floor per write times the writes
 //!   it needs at the least: every host's report and every host's first status (`Up`), the pool's
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -93,17 +96,17 @@ async fn main() {
     );
     println!();
     println!(
-        "| hosts | floor (N reports) | registered | pool Ready | Ready floor | Ready ÷ floor | toggle | toggle ÷ floor | controller CPU per toggle | 3.4 toggle | 3.4 toggle ÷ floor | controller CPU per 3.4 toggle | activate | host restart | controller peak RSS |"
+        "| hosts | floor (N reports) | registered | registration floor | registered ÷ floor | pool Ready | Ready floor | Ready ÷ floor | toggle | toggle ÷ floor | controller CPU per toggle | 3.4 toggle | 3.4 toggle ÷ floor | controller CPU per 3.4 toggle | activate | host restart | controller peak RSS |"
     );
     println!(
-        "|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|"
+        "|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|------:|"
     );
     for row in rows {
         println!("{row}");
     }
     println!();
     println!(
-        "floor: N status.report applies ({MAX_IN_FLIGHT} in flight) before any poolkeeper process starts. Ready floor: the floor per write times the writes a new pool needs at the least (N reports, N host statuses, the pool's twice, each domain's once). Ready and toggle are compared with the median floors."
+        "floor: N status.report applies ({MAX_IN_FLIGHT} in flight) before any poolkeeper process starts. Registration floor: N Hosts created with their first status and their Lease, {MAX_IN_FLIGHT} at once. Ready floor: the floor per write times the writes a new pool needs at the least (N reports, N host statuses, the pool's twice, each domain's once). Ready and toggle are compared with the median floors."
     );
 }
 
@@ -455,12 +458,18 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
 
     // The floor's own Hosts: no agent, no pool, but shaped as a pool's hosts are (registered by
     // the agent's field manager, the controller's phase and conditions), since a write costs the
-    // API server in proportion to the object it rewrites.
+    // API server in proportion to the object it rewrites. Registering them is the registration
+    // floor: what registering N hosts writes at the least (each Host created, its first status,
+    // its Lease created by the agent's own renewal), the same number at once as the agent.
     let floor_names: Vec<String> = (0..n).map(|i| format!("floor{n}-{i:04}")).collect();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let registering_floor = Instant::now();
     stream::iter(&floor_names)
         .map(|name| {
             let api = hosts_api.clone();
+            let leases = leases.clone();
             async move {
+                poolkeeper::agent::lease::renew(&leases, name, 40, false).await?;
                 let host = Host::new(
                     name,
                     HostSpec {
@@ -486,6 +495,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         .try_collect::<Vec<_>>()
         .await
         .expect("floor hosts");
+    let registration_floor = registering_floor.elapsed().as_secs_f64();
 
     let mut floors = Vec::new();
     for round in 0..repeats {
@@ -501,6 +511,7 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let per_write = floors.median() / n as f64;
     for name in &floor_names {
         let _ = hosts_api.delete(name, &DeleteParams::default()).await;
+        let _ = leases.delete(name, &DeleteParams::default()).await;
     }
     wait_for("floor hosts deleted", async || {
         store.state().iter().all(|h| {
@@ -832,8 +843,9 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
     let legacy_ratio = legacy_toggles.median() / floors.median();
     let ready_ratio = readies.median() / ready_floors.median();
     format!(
-        "| {n} | {} | {registered:.1} s | {} | {} | {ready_ratio:.2} | {} | {toggle_ratio:.2} | {} | {} | {legacy_ratio:.2} | {} | {} | {} | {rss:.1} MiB |",
+        "| {n} | {} | {registered:.1} s | {registration_floor:.1} s | {:.2} | {} | {} | {ready_ratio:.2} | {} | {toggle_ratio:.2} | {} | {} | {legacy_ratio:.2} | {} | {} | {} | {rss:.1} MiB |",
         floors.show(" s"),
+        registered / registration_floor,
         readies.show(" s"),
         ready_floors.show(" s"),
         toggles.show(" s"),

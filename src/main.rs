@@ -27,6 +27,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     cap_malloc_arenas();
+    trim_heap_periodically();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -52,6 +53,37 @@ fn cap_malloc_arenas() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn cap_malloc_arenas() {}
+
+/// How often freed heap pages go back to the system.
+const HEAP_TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// glibc returns freed memory to the system only from the top of its heaps: pages freed between
+/// live allocations stay resident. A rollout at 2,000 hosts frees much of what it allocated
+/// (call tasks, reports replaced in the caches, each reconcile's plan), between objects that stay,
+/// so without this the controller's RSS stays near its busiest moment for good. `malloc_trim`
+/// gives such pages back; every few seconds it costs well under a millisecond of one thread.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap_periodically() {
+    let spawned = std::thread::Builder::new()
+        .name("heap-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(HEAP_TRIM_EVERY);
+                // SAFETY: `malloc_trim` only releases free memory of the allocator's own heaps;
+                // it takes the allocator's locks itself and may run beside any allocation.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("heap trimming not started: {e}");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap_periodically() {}
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();

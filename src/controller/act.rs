@@ -133,7 +133,10 @@ async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec
                 ctx.ledger
                     .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;
             super::crash::reached("calling", verb_name(call.kind()));
-            let outcome = send(&ctx, &call, timeout).await;
+            // Boxed: a spawned task is allocated at the size of its largest state, and a call's
+            // (a TLS handshake on the way) is kilobytes. With 2,000 hosts most of a wave's tasks
+            // wait for a permit, each then holding only its call.
+            let outcome = Box::pin(send(&ctx, &call, timeout)).await;
             super::crash::reached("called", verb_name(call.kind()));
             ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
             Some(outcome)

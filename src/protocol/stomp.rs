@@ -19,14 +19,15 @@ pub const VERSION: &str = "1.2";
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a connection reads at a time at least. Each connection's buffer starts this small and
-/// grows only for a large frame (at 2,000 hosts, a fixed 64 KiB read buffer per connection would
-/// be 128 MiB).
-const READ_CHUNK: usize = 4096;
+/// grows only for a large frame: the buffer is held the whole time a connection waits, so its
+/// size is paid once per connection (the controller keeps one to each of 2,000 hosts). A call's
+/// answer is a few hundred bytes; a larger frame grows the buffer as it arrives.
+const READ_CHUNK: usize = 512;
 
-/// Makes room in a connection's read buffer for the next read; a buffer a large frame grew is
-/// given back once it is empty.
+/// Makes room in a connection's read buffer for the next read; a buffer a larger frame grew is
+/// given back once it is empty, so an idle connection holds [`READ_CHUNK`] bytes.
 pub fn make_room(buf: &mut Vec<u8>) {
-    if buf.is_empty() && buf.capacity() > 16 * READ_CHUNK {
+    if buf.is_empty() && buf.capacity() > 2 * READ_CHUNK {
         *buf = Vec::new();
     }
     buf.reserve(READ_CHUNK);
