@@ -615,6 +615,14 @@ async fn measure(client: &Client, env: &Env, n: usize, repeats: usize) -> String
         .expect("join");
     // Let the Lease renewals settle into their steady cadence.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // What the API server spends while nothing changes (the hosts renew their Leases): the load a
+    // toggle runs on top of, which the floor does not carry.
+    let idle_from = env.apiserver_cpu_seconds();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!(
+        "{n} hosts idle (Lease renewals only): the API server spends {:.2} CPU-s per second",
+        (env.apiserver_cpu_seconds() - idle_from) / 10.0
+    );
 
     let domain_names: Vec<String> = (0..DOMAINS)
         .map(|d| format!("{pool_name}-sd{d:02}"))
