@@ -539,9 +539,10 @@ const CRASH_POINTS: &[&str] = &[
     "status-written:StoragePool@3",
     "status-written:StorageDomain@2",
     "status-written:Host",
-    // Between finalizer steps: the pool's finalizer added, the domains' not.
+    // The first reconcile's last finalizer step: the domains' on since before their attach, the
+    // pool's just added.
     "finalizers-written:StoragePool",
-    // The first domain's finalizer added, the second's not.
+    // The first domain's finalizer added, the second's not, nothing attached yet.
     "finalizers-written:StorageDomain",
     // The deleted domain detached and its finalizer gone: the last step.
     "finalizers-written:StorageDomain@3",

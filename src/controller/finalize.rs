@@ -1,6 +1,7 @@
-//! The last step of a pool reconcile: add and remove the finalizers the plan asks for (last,
-//! because removing the pool's own finalizer may delete it). Each change is a compare-and-swap on
-//! the cached object's resourceVersion, so finalizers others added are never lost.
+//! Add and remove the finalizers the plan asks for: the domains' additions first in a pool
+//! reconcile (before anything attaches a domain), everything else as its last step (removing the
+//! pool's own finalizer may delete it). Each change is a compare-and-swap on the cached object's
+//! resourceVersion, so finalizers others added are never lost.
 
 use kube::{
     Resource, ResourceExt,

@@ -559,6 +559,14 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     let plan = crate::plan::plan(&observed, now);
     metrics.step("plan", started);
     busy += started.elapsed();
+    // A domain's finalizer goes on before anything attaches it: deleted afterwards, it then waits
+    // for its detach. The rest waits for the end (removing the pool's own may delete it, and
+    // adding it here would move the pool's resourceVersion under act's compare-and-swap).
+    let (guards, rest): (Vec<_>, Vec<_>) = plan.finalizers.iter().cloned().partition(|f| {
+        f.object.kind == crate::plan::ObjectKind::StorageDomain
+            && f.action == crate::plan::FinalizerAction::Add
+    });
+    finalize::finalize(ctx, &guards).await?;
     let started = Instant::now();
     let acted = act::act(ctx, &observed, &plan).await;
     metrics.step("act", started);
@@ -578,7 +586,7 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     metrics.step("report", started);
     ctx.duty.record(&name, busy);
     let started = Instant::now();
-    finalize::finalize(ctx, &plan.finalizers).await?;
+    finalize::finalize(ctx, &rest).await?;
     metrics.step("finalize", started);
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);
