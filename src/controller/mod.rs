@@ -566,7 +566,9 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
         f.object.kind == crate::plan::ObjectKind::StorageDomain
             && f.action == crate::plan::FinalizerAction::Add
     });
-    finalize::finalize(ctx, &guards).await?;
+    finalize::finalize(ctx, &guards)
+        .await
+        .inspect_err(|_| ctx.duty.record(&name, busy))?;
     let started = Instant::now();
     let acted = act::act(ctx, &observed, &plan).await;
     metrics.step("act", started);
