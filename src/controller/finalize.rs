@@ -1,6 +1,5 @@
-//! Add and remove the finalizers the plan asks for: the domains' additions first in a pool
-//! reconcile (before anything attaches a domain), everything else as its last step (removing the
-//! pool's own finalizer may delete it). Each change is a compare-and-swap on the cached object's
+//! Add and remove the finalizers the plan asks for: its guards before a pool reconcile acts, the
+//! rest as its last step ([`crate::plan::Plan::guards`], [`crate::plan::Plan::finalizers`]). Each change is a compare-and-swap on the cached object's
 //! resourceVersion, so finalizers others added are never lost.
 
 use kube::{

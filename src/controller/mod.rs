@@ -559,14 +559,7 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     let plan = crate::plan::plan(&observed, now);
     metrics.step("plan", started);
     busy += started.elapsed();
-    // A domain's finalizer goes on before anything attaches it: deleted afterwards, it then waits
-    // for its detach. The rest waits for the end (removing the pool's own may delete it, and
-    // adding it here would move the pool's resourceVersion under act's compare-and-swap).
-    let (guards, rest): (Vec<_>, Vec<_>) = plan.finalizers.iter().cloned().partition(|f| {
-        f.object.kind == crate::plan::ObjectKind::StorageDomain
-            && f.action == crate::plan::FinalizerAction::Add
-    });
-    finalize::finalize(ctx, &guards)
+    finalize::finalize(ctx, &plan.guards)
         .await
         .inspect_err(|_| ctx.duty.record(&name, busy))?;
     let started = Instant::now();
@@ -588,7 +581,7 @@ async fn reconcile(pool: &StoragePool, ctx: &Arc<Context>) -> Result<Action, Err
     metrics.step("report", started);
     ctx.duty.record(&name, busy);
     let started = Instant::now();
-    finalize::finalize(ctx, &rest).await?;
+    finalize::finalize(ctx, &plan.finalizers).await?;
     metrics.step("finalize", started);
     // A periodic look even when nothing changes guards against silently lost watches.
     let safety = Duration::from_secs(300);

@@ -544,20 +544,22 @@ fn active_verdict(
 
 /// Finalizers: every member domain carries [`DOMAIN_FINALIZER`]; a deleted domain loses it once it
 /// is detached. The pool carries [`POOL_FINALIZER`]; a deleted pool loses it once no domain is
-/// attached and no responsive host is still connected.
+/// attached and no responsive host is still connected. Returns the domains' additions (the
+/// guards, applied before any call attaches a domain) apart from the rest (applied last).
 pub fn finalizers(
     observed: &Observed,
     hosts: &BTreeMap<String, HostVerdict>,
     verdicts: &BTreeMap<String, DomainVerdict>,
-) -> Vec<FinalizerChange> {
+) -> (Vec<FinalizerChange>, Vec<FinalizerChange>) {
     let pool = observed.pool.name.as_str();
+    let mut guards = Vec::new();
     let mut out = Vec::new();
     for (name, d) in &observed.domains {
         let Some(v) = verdicts.get(name).filter(|v| v.owned) else {
             continue;
         };
         if !d.deleting && !d.has_finalizer && d.spec.pool.as_deref() == Some(pool) {
-            out.push(FinalizerChange {
+            guards.push(FinalizerChange {
                 object: ObjectRef::domain(name),
                 finalizer: DOMAIN_FINALIZER,
                 action: FinalizerAction::Add,
@@ -589,7 +591,7 @@ pub fn finalizers(
             });
         }
     }
-    out
+    (guards, out)
 }
 
 /// The domains still attached to the pool: named by `spec.pool` (and not deleted), or not yet

@@ -301,7 +301,7 @@ pub fn write_back(o: &mut Observed, plan: &Plan, report: &Report) {
             h.controller = Arc::new(s.clone());
         }
     }
-    for f in &plan.finalizers {
+    for f in plan.guards.iter().chain(&plan.finalizers) {
         let on = f.action == FinalizerAction::Add;
         match f.object.kind {
             ObjectKind::StoragePool if f.finalizer == POOL_FINALIZER => o.pool.has_finalizer = on,

@@ -385,7 +385,12 @@ pub struct Plan {
     pub calls: Vec<HostCall>,
     /// What the shell must record in the call ledger (before it sends `calls`).
     pub ledger: Vec<ledger::LedgerOp>,
-    /// Finalizers to add or remove.
+    /// Finalizers to add before anything is sent: each member domain's, so a domain deleted
+    /// while it is being attached waits for its detach.
+    pub guards: Vec<FinalizerChange>,
+    /// Finalizers to add or remove as the reconcile's last step (removing the pool's own may
+    /// delete it; adding it earlier would move the pool's resourceVersion under the map's
+    /// compare-and-swap).
     pub finalizers: Vec<FinalizerChange>,
     /// The pool manager: what to record, the `spmStart`/`spmStop` due now (sent after
     /// `persist_first`, apart from `calls`).
@@ -818,6 +823,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
             persist_first: None,
             calls: Vec::new(),
             ledger: Vec::new(),
+            guards: Vec::new(),
             finalizers: Vec::new(),
             manager: manager::ManagerPlan::idle(observed.pool.status.pool_manager.clone()),
             requeue_after: None,
@@ -886,7 +892,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
             }
             Some(next)
         };
-    let finalizers = domains::finalizers(observed, &hostv, &domainv);
+    let (guards, finalizers) = domains::finalizers(observed, &hostv, &domainv);
     let requeue_after = requeue::after(observed, &hostv, &domainv, rollout_start, now);
     let requeue_after = match manager.retry_at.map(|t| requeue::until(t, now)) {
         Some(d) => Some(requeue_after.map_or(d, |r| r.min(d))),
@@ -899,6 +905,7 @@ pub fn plan(observed: &Observed, now: Timestamp) -> Plan {
         persist_first,
         calls,
         ledger,
+        guards,
         finalizers,
         manager,
         requeue_after,

@@ -83,20 +83,22 @@ fn member_domain_and_pool_get_their_finalizers() {
     o.domains.get_mut("d000").expect("d").has_finalizer = false;
     o.pool.has_finalizer = false;
     let p = plan(&o, t0());
+    // The domain's before anything is sent (it guards the attach), the pool's last.
+    assert_eq!(
+        p.guards,
+        vec![FinalizerChange {
+            object: ObjectRef::domain("d000"),
+            finalizer: DOMAIN_FINALIZER,
+            action: FinalizerAction::Add
+        }]
+    );
     assert_eq!(
         p.finalizers,
-        vec![
-            FinalizerChange {
-                object: ObjectRef::domain("d000"),
-                finalizer: DOMAIN_FINALIZER,
-                action: FinalizerAction::Add
-            },
-            FinalizerChange {
-                object: ObjectRef::pool(POOL),
-                finalizer: POOL_FINALIZER,
-                action: FinalizerAction::Add
-            },
-        ]
+        vec![FinalizerChange {
+            object: ObjectRef::pool(POOL),
+            finalizer: POOL_FINALIZER,
+            action: FinalizerAction::Add
+        }]
     );
 }
 

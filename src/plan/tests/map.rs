@@ -101,7 +101,8 @@ fn steady_pool_plans_nothing_and_writes_nothing() {
     let o = steady(5, 3, t0());
     let now = later(t0(), 10);
     let p = plan(&o, now);
-    assert!(p.calls.is_empty() && p.persist_first.is_none() && p.finalizers.is_empty());
+    assert!(p.calls.is_empty() && p.persist_first.is_none());
+    assert!(p.guards.is_empty() && p.finalizers.is_empty());
     let r = report(&o, &p, &[], now);
     assert!(!needs_write(Some(&o.pool.status), &r.pool));
     for (n, s) in &r.domains {
