@@ -15,7 +15,6 @@ use super::{
     act::Waves,
     events::Recorder,
     ledger::{Ledger, Managers},
-    observe::HostViews,
     report::Pacer,
     watch::Stores,
     write::Writer,
@@ -105,8 +104,6 @@ pub struct Context {
     pub ledger: Ledger,
     /// Each pool's last pool-manager call and what became of it.
     pub managers: Managers,
-    /// Each Host's narrowed report and status, per Host version (a memo of the caches).
-    pub views: HostViews,
     /// Each pool's calls being sent, at most `maxConcurrentConnects` at once.
     pub waves: Waves,
     /// When each pool and domain status was last written, to pace progress-only writes.
@@ -244,7 +241,6 @@ impl Context {
             metrics,
             ledger: Ledger::default(),
             managers: Managers::default(),
-            views: HostViews::default(),
             waves: Waves::default(),
             pacer: Pacer::default(),
             duty: Duty::default(),

@@ -26,8 +26,28 @@ const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
 pub struct Recorder {
     client: Client,
     reporter: Reporter,
-    published: Arc<Mutex<HashMap<Key, K8sEvent>>>,
+    published: Arc<Mutex<Published>>,
 }
+
+/// The events published within the last [`SERIES_TTL`]: of each, only what continuing its series
+/// needs (a new pool of 2,000 hosts publishes 2,000 events; the API server's copies, with their
+/// managed fields, were most of a megabyte per thousand).
+#[derive(Default)]
+struct Published {
+    series: HashMap<Key, Series>,
+    /// When expired entries were last dropped: at most once per [`PRUNE_EVERY`], not per event.
+    pruned: Option<Timestamp>,
+}
+
+/// One published Event's series.
+struct Series {
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
+
+/// How often expired series are dropped.
+const PRUNE_EVERY: SignedDuration = SignedDuration::from_mins(1);
 
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,36 +110,49 @@ impl Recorder {
                 .published
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            published.retain(|_, e| last_seen(e).is_some_and(|t| t + SERIES_TTL > now));
-            published.get(&key).cloned()
+            if published.pruned.is_none_or(|t| t + PRUNE_EVERY <= now) {
+                published.series.retain(|_, s| s.last + SERIES_TTL > now);
+                published.pruned = Some(now);
+            }
+            published
+                .series
+                .get(&key)
+                .filter(|s| s.last + SERIES_TTL > now)
+                .map(|s| (s.name.clone(), s.count))
         };
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
-        let event = match earlier {
-            Some(mut event) => {
-                event.series = Some(EventSeries {
-                    count: event.series.as_ref().map_or(2, |s| s.count + 1),
+        let series = match earlier {
+            Some((name, count)) => {
+                let count = count + 1;
+                let patch = json!({ "series": EventSeries {
+                    count,
                     last_observed_time: MicroTime(now),
-                });
-                let patch = json!({ "series": &event.series });
+                } });
                 events
-                    .patch(
-                        &event.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
-                event
+                Series {
+                    name,
+                    count,
+                    last: now,
+                }
             }
             None => {
                 let event = self.new_event(ev, regarding, namespace, now);
-                events.create(&PostParams::default(), &event).await?
+                let created = events.create(&PostParams::default(), &event).await?;
+                Series {
+                    name: created.name_any(),
+                    count: 1,
+                    last: now,
+                }
             }
         };
         self.published
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, event);
+            .series
+            .insert(key, series);
         Ok(())
     }
 
@@ -165,11 +198,4 @@ fn type_str(t: EventType) -> &'static str {
         EventType::Normal => "Normal",
         EventType::Warning => "Warning",
     }
-}
-
-fn last_seen(e: &K8sEvent) -> Option<Timestamp> {
-    e.series
-        .as_ref()
-        .map(|s| s.last_observed_time.0)
-        .or_else(|| e.event_time.as_ref().map(|t| t.0))
 }

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use jiff::Timestamp;
-use kube::{ResourceExt, runtime::reflector::ObjectRef};
+use kube::{
+    ResourceExt,
+    runtime::{reflector::ObjectRef, watcher},
+};
 
 use super::{Context, index::Members, liveness::renew_time};
 use crate::{
@@ -62,7 +65,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
     let mut hosts = BTreeMap::new();
     for h in index.hosts(&ctx.stores.hosts, &members) {
         let host_name = h.name_any();
-        let (report, controller) = ctx.views.of(&h);
+        let (report, controller) = ctx.stores.views.of(&h);
         let lease = lease_view(ctx, &host_name, now);
         hosts.insert(
             host_name.clone(),
@@ -77,7 +80,6 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
             },
         );
     }
-    ctx.views.prune(ctx.stores.hosts.len());
     let departed = pool_view
         .status
         .host_ids
@@ -187,12 +189,18 @@ impl HostViews {
         out
     }
 
-    /// Starts over once the memo holds more than twice as many hosts as the cache (hosts deleted
-    /// since): the next reconciles rebuild the views they need, and no scan runs per reconcile.
-    pub fn prune(&self, hosts_in_cache: usize) {
+    /// Forgets the view of a Host that changed or went (a watch event, after the store applied
+    /// it): the memo would otherwise hold the replaced version, a whole Host, until the next
+    /// reconcile of its pool rebuilt the view, which during a rollout of 2,000 hosts doubled the
+    /// host cache. A relist starts over.
+    pub fn host_event(&self, event: &watcher::Event<Host>) {
         let mut views = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
-        if views.len() > hosts_in_cache.saturating_mul(2).max(64) {
-            views.clear();
+        match event {
+            watcher::Event::Apply(host) | watcher::Event::Delete(host) => {
+                views.remove(&host.name_any());
+            }
+            watcher::Event::InitDone => views.clear(),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
 }
@@ -307,5 +315,55 @@ mod tests {
         let reason = validate_report(&report).expect_err("malformed uuid");
         assert!(reason.len() < 100, "{reason}");
         assert!(reason.contains(bounds::CUT_MARKER), "{reason}");
+    }
+
+    #[test]
+    fn a_changed_host_leaves_the_memo_and_with_it_the_replaced_version() {
+        use crate::api::{HostSpec, HostStatus};
+        let host = |version: &str| {
+            let mut h = Host::new(
+                "h1",
+                HostSpec {
+                    pool: Some("p".into()),
+                    endpoint: None,
+                    maintenance: false,
+                },
+            );
+            h.metadata.uid = Some("u1".into());
+            h.metadata.resource_version = Some(version.into());
+            h.status = Some(HostStatus {
+                report: Some(HostReport {
+                    boot_id: "b1".into(),
+                    ..HostReport::default()
+                }),
+                ..HostStatus::default()
+            });
+            Arc::new(h)
+        };
+        let views = HostViews::default();
+        let first = host("1");
+        let _ = views.of(&first);
+        assert_eq!(
+            Arc::strong_count(&first),
+            2,
+            "the view shares the cached Host"
+        );
+        let _ = views.of(&first);
+        assert_eq!(
+            Arc::strong_count(&first),
+            2,
+            "an unchanged Host is not narrowed again"
+        );
+
+        let second = host("2");
+        views.host_event(&watcher::Event::Apply((*second).clone()));
+        assert_eq!(
+            Arc::strong_count(&first),
+            1,
+            "the replaced version is released when its successor arrives"
+        );
+        let _ = views.of(&second);
+        views.host_event(&watcher::Event::Delete((*second).clone()));
+        assert_eq!(Arc::strong_count(&second), 1, "a deleted Host is forgotten");
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! Every pool, domain and host watch event also feeds the [`PoolIndex`], here and nowhere else:
 //! after the reflector applied it to its store and before a mapper sees the object. Every Lease
-//! watch event (and failure) feeds the [`LeaseClock`] the same way.
+//! watch event (and failure) feeds the [`LeaseClock`] the same way, and every Host watch event
+//! drops that host's memoized view ([`HostViews`]), so the memo never keeps a replaced Host alive.
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{Settings, index, index::PoolIndex, liveness::LeaseClock};
+use super::{Settings, index, index::PoolIndex, liveness::LeaseClock, observe::HostViews};
 use crate::api::{Host, HostPhase, StorageDomain, StoragePool};
 
 /// The caches the controller reads.
@@ -43,6 +44,8 @@ pub struct Stores {
     pub index: Arc<PoolIndex>,
     /// When each Lease's renewal was observed, kept by the Lease watch events.
     pub lease_clock: Arc<LeaseClock>,
+    /// Each Host's narrowed report and status, per Host version (a memo of the host cache).
+    pub views: Arc<HostViews>,
 }
 
 impl Stores {
@@ -103,11 +106,13 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
             }
         }
     });
+    let views = Arc::new(HostViews::default());
     let (hosts, hosts_stream) = reflect(Api::<Host>::all(client.clone()), {
-        let index = index.clone();
+        let (index, views) = (index.clone(), views.clone());
         move |event| {
             if let Ok(event) = event {
                 index.host_event(event);
+                views.host_event(event);
             }
         }
     });
@@ -126,6 +131,7 @@ pub fn start(client: &Client, settings: &Settings) -> (Stores, Streams) {
             leases,
             index,
             lease_clock,
+            views,
         },
         Streams {
             pools: pools_stream,
