@@ -30,8 +30,8 @@ pub struct Recorder {
 }
 
 /// The events published within the last [`SERIES_TTL`]: of each, only what continuing its series
-/// needs (a new pool of 2,000 hosts publishes 2,000 events; the API server's copies, with their
-/// managed fields, were most of a megabyte per thousand).
+/// needs. A new pool of 2,000 hosts publishes 2,000 events; each used to be kept whole, as the API
+/// server returned it, and every publish scanned them all for expired ones.
 #[derive(Default)]
 struct Published {
     series: HashMap<Key, Series>,
