@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::error::RpcError;
@@ -35,8 +36,6 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`MAX_REDIAL_DELAY`].
 const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(200);
 const MAX_REDIAL_DELAY: Duration = Duration::from_secs(10);
-/// Frames queued to one connection before a caller waits.
-const QUEUE: usize = 256;
 
 /// Where a call goes: the host's `host:port`, and the name its TLS certificate must carry (the
 /// Host's name when the controller calls; a bare endpoint stands for its own host part).
@@ -120,14 +119,61 @@ struct Dial {
 /// The callers waiting for an answer, by request id: the response's bytes, or why none comes.
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
 
-/// An open connection: frames go to its task through `tx`; answers come back by request id.
+/// An open connection: callers write their frames in turn; its task reads the answers and hands
+/// each to its caller by request id. No queue and no writer task: with a connection kept to every
+/// host, those were 3 KiB per host.
 struct Live {
-    tx: mpsc::Sender<Vec<u8>>,
+    writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    /// Set when the connection is done for: its task ended, or a frame was not written whole.
+    /// The next call dials again.
+    ended: Arc<AtomicBool>,
     pending: Pending,
     reply_to: String,
-    /// Dropped with the last handle on the connection: its task stops at once, sending nothing
-    /// still queued (a dropped client, a stopped controller, sends nothing more).
+    /// Dropped with the last handle on the connection: its task stops at once (a dropped client,
+    /// a stopped controller, sends nothing more).
     _alive: oneshot::Sender<()>,
+}
+
+/// The connection's write half.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl Live {
+    /// Writes one frame whole; false when the connection is done for. A write cut short (the
+    /// call's timeout while the host does not read) would leave half a frame on the wire, so it
+    /// retires the connection: no other frame follows it.
+    async fn send(&self, frame: &[u8]) -> bool {
+        let mut writer = self.writer.lock().await;
+        if self.ended.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(w) = writer.as_mut() else {
+            return false;
+        };
+        let unfinished = Retire(&self.ended);
+        let written = w.write_all(frame).await.is_ok() && w.flush().await.is_ok();
+        unfinished.disarm();
+        if !written {
+            self.ended.store(true, Ordering::Release);
+            *writer = None;
+        }
+        written
+    }
+}
+
+/// Retires the connection when dropped: armed while a frame is being written.
+struct Retire<'a>(&'a AtomicBool);
+
+impl Retire<'_> {
+    /// The write finished (whole or failed): nothing to retire on its account.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 impl Client {
@@ -282,7 +328,7 @@ impl Client {
                 .header("content-type", "application/json")
                 .header("reply-to", live.reply_to.as_str())
                 .with_body(body);
-            if live.tx.send(frame.encode()).await.is_err() {
+            if !live.send(&frame.encode()).await {
                 return Err(closed());
             }
             let answer = answer_rx.await.map_err(|_| closed())??;
@@ -316,7 +362,7 @@ impl Client {
         let slot = self.slot(to);
         let mut dial = slot.dial.lock().await;
         if let Some(live) = &dial.live {
-            if !live.tx.is_closed() {
+            if !live.ended.load(Ordering::Acquire) {
                 return Ok(Arc::clone(live));
             }
             dial.live = None;
@@ -476,12 +522,23 @@ where
     // The host promised a heart-beat every `sx` ms: silence for twice that is a dead host.
     let (sx, _) = stomp::heart_beat(connected.get("heart-beat"));
     let silence = (sx > 0).then(|| Duration::from_millis(sx * 2) + Duration::from_secs(5));
-    let (tx, rx) = mpsc::channel(QUEUE);
     let (alive, dropped) = oneshot::channel();
     let pending: Pending = Arc::default();
-    tokio::spawn(run(rd, wr, rx, dropped, Arc::clone(&pending), buf, silence));
+    let writer: Arc<tokio::sync::Mutex<Option<Writer>>> =
+        Arc::new(tokio::sync::Mutex::new(Some(Box::new(wr))));
+    let ended = Arc::new(AtomicBool::new(false));
+    tokio::spawn(run(
+        rd,
+        Arc::clone(&writer),
+        Arc::clone(&ended),
+        dropped,
+        Arc::clone(&pending),
+        buf,
+        silence,
+    ));
     Ok(Arc::new(Live {
-        tx,
+        writer,
+        ended,
         pending,
         reply_to,
         _alive: alive,
@@ -502,20 +559,19 @@ fn refused(f: &Frame) -> RpcError {
     }
 }
 
-/// The connection's task: writes queued frames, reads answers and hands each to its caller.
-/// When it ends (the host closed, went silent, or sent ERROR; or every [`Live`] was dropped),
-/// every caller still waiting gets an error at once.
-async fn run<R, W>(
+/// The connection's task: reads answers and hands each to its caller. When it ends (the host
+/// closed, went silent, or sent ERROR; or every [`Live`] was dropped), every caller still waiting
+/// gets an error at once, and the connection is closed.
+async fn run<R>(
     mut rd: R,
-    mut wr: W,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
+    ended: Arc<AtomicBool>,
     mut dropped: oneshot::Receiver<()>,
     pending: Pending,
     mut buf: Vec<u8>,
     silence: Option<Duration>,
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
     'conn: loop {
         loop {
@@ -557,23 +613,18 @@ async fn run<R, W>(
         tokio::select! {
             biased;
             _ = &mut dropped => break,
-            out = rx.recv() => match out {
-                Some(bytes) => {
-                    if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
-                        break;
-                    }
-                }
-                None => break,
-            },
             got = read => match got {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
         }
     }
-    rx.close();
+    ended.store(true, Ordering::Release);
     lock(&pending).clear();
-    let _ = wr.shutdown().await;
+    // A caller in the middle of a frame finishes it first (the lock waits for it).
+    if let Some(mut wr) = writer.lock().await.take() {
+        let _ = wr.shutdown().await;
+    }
 }
 
 /// Hands each response of a MESSAGE body (one response, or a batch) to the caller waiting for
@@ -662,6 +713,62 @@ mod tests {
         assert_eq!(split_endpoint("[::1]:54321").ok(), Some(("::1", 54321)));
         for bad in ["h1", ":54321", "h1:0", "h1:x", "http://h1:54321/jsonrpc"] {
             assert!(split_endpoint(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn live_writing_to(wr: impl AsyncWrite + Send + Unpin + 'static) -> Live {
+        Live {
+            writer: Arc::new(tokio::sync::Mutex::new(Some(Box::new(wr)))),
+            ended: Arc::default(),
+            pending: Arc::default(),
+            reply_to: "r".into(),
+            _alive: oneshot::channel().0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_retires_the_connection() {
+        // A host that reads nothing: the frame cannot be written whole.
+        let (wr, mut host) = tokio::io::duplex(16);
+        let live = live_writing_to(wr);
+        let frame = vec![b'x'; 1024];
+        let cut = tokio::time::timeout(Duration::from_millis(50), live.send(&frame)).await;
+        assert!(cut.is_err(), "the write waits for the host");
+        assert!(
+            live.ended.load(Ordering::Acquire),
+            "half a frame is on the wire"
+        );
+        // The host reads again; still no frame follows the half one.
+        let mut got = vec![0; 16];
+        let n = host.read(&mut got).await.expect("read");
+        assert!(!live.send(b"next").await, "the connection is retired");
+        assert_eq!(n, 16, "only the first part of the cut frame");
+    }
+
+    #[tokio::test]
+    async fn whole_frames_go_out_in_turn() {
+        // A pipe smaller than a frame: each frame takes several writes, so frames written at once
+        // would interleave without the lock.
+        let (wr, mut host) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0; 800];
+            host.read_exact(&mut got).await.map(|_| got)
+        });
+        let live = Arc::new(live_writing_to(wr));
+        let sends = (0..8u8).map(|i| {
+            let live = Arc::clone(&live);
+            tokio::spawn(async move { live.send(&[i; 100]).await })
+        });
+        for sent in futures::future::join_all(sends).await {
+            assert!(sent.expect("task"), "every frame is written");
+        }
+        assert!(!live.ended.load(Ordering::Acquire));
+        let got = reader.await.expect("task").expect("read");
+        for frame in got.chunks(100) {
+            assert!(
+                frame.iter().all(|b| *b == frame[0]),
+                "frames are not interleaved"
+            );
         }
     }
 }
