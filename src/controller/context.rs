@@ -1,7 +1,7 @@
-//! The one `Context` every reconcile shares: caches, the writer, host RPC settings, metrics, the
-//! leader fence, the call ledger (with the Lease observation times of [`super::liveness`], the
-//! only state kept in memory that a plan reads), each pool's wave of calls being sent, the pacing
-//! of progress writes, and the memo of host views.
+//! The one `Context` every reconcile shares: caches (with the memo of host views), the writer,
+//! host RPC settings, metrics, the leader fence, the call ledger (with the Lease observation times
+//! of [`super::liveness`], the only state kept in memory that a plan reads), each pool's wave of
+//! calls being sent, and the pacing of progress writes.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
