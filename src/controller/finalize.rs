@@ -1,6 +1,7 @@
 //! Add and remove the finalizers the plan asks for: its guards before a pool reconcile acts, the
-//! rest as its last step ([`crate::plan::Plan::guards`], [`crate::plan::Plan::finalizers`]). Each change is a compare-and-swap on the cached object's
-//! resourceVersion, so finalizers others added are never lost.
+//! rest as its last step ([`crate::plan::Plan::guards`], [`crate::plan::Plan::finalizers`]). Each
+//! change is a compare-and-swap on the cached object's resourceVersion, so finalizers others added
+//! are never lost.
 
 use kube::{
     Resource, ResourceExt,
