@@ -75,6 +75,7 @@ async fn main() {
         .unwrap_or(3)
         .max(1);
     let (cp, client) = common::control_plane(NS).await;
+    let _ = CLUSTER.set(client.clone());
     let token_file = cp.dir().join("agent-token");
     std::fs::write(&token_file, TOKEN).expect("token file");
     let env = Env {
@@ -201,7 +202,9 @@ impl Proc {
             .env("KUBECONFIG", &env.kubeconfig)
             .env(
                 "RUST_LOG",
-                std::env::var("POOLKEEPER_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                // Info: a few hundred KB per run at 2,000 hosts, and what a stall needs to be
+                // understood.
+                std::env::var("POOLKEEPER_BENCH_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::null())
             .stderr(out)
@@ -283,10 +286,31 @@ async fn host_store(client: &Client) -> HostStore {
     reader
 }
 
+/// The bench's API server, for [`wait_for`]'s account of a stall.
+static CLUSTER: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(600);
     while !done().await {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        if Instant::now() >= deadline {
+            // The pools' statuses say who is behind and why; the processes' logs say the rest.
+            if let Some(client) = CLUSTER.get() {
+                let pools = Api::<StoragePool>::all(client.clone());
+                for p in pools
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                {
+                    eprintln!(
+                        "pool {}: {}",
+                        p.metadata.name.unwrap_or_default(),
+                        serde_json::to_string(&p.status).unwrap_or_default()
+                    );
+                }
+            }
+            panic!("gave up waiting: {what}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

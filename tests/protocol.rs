@@ -1634,3 +1634,92 @@ async fn simulated_hosts_share_storage_check_the_master_as_vdsm_and_hold_one_poo
         .expect("spmStop");
     running.shutdown().await;
 }
+
+/// What `events` tells next (`None` after 5 s of nothing).
+async fn next(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) -> Option<&'static str> {
+    tokio::time::timeout(T, events.recv()).await.ok().flatten()
+}
+
+/// A host that answers every call with an empty result and says when a connection of its opens
+/// and when one ends.
+async fn counting_host() -> (String, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = listener.local_addr().expect("addr").to_string();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let _ = tx.send("opened");
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 4096]);
+                loop {
+                    while let Ok(Some((d, n))) = stomp::decode(&buf, stomp::MAX_FRAME_BYTES) {
+                        buf.drain(..n);
+                        let Decoded::Frame(f) = d else { continue };
+                        let out = match f.command.as_str() {
+                            "CONNECT" => Frame::new("CONNECTED").header("version", "1.2"),
+                            "SEND" => {
+                                let call: Value = serde_json::from_slice(&f.body).expect("json");
+                                let result =
+                                    json!({"jsonrpc": "2.0", "id": call["id"], "result": {}});
+                                Frame::new("MESSAGE").with_body(result.to_string().into_bytes())
+                            }
+                            _ => continue,
+                        };
+                        if tcp.write_all(&out.encode()).await.is_err() {
+                            break;
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = tx.send("closed");
+            });
+        }
+    });
+    (endpoint, rx)
+}
+
+#[tokio::test]
+async fn only_the_most_recently_used_connections_are_kept() {
+    let client = Client::new(Token::new(TOKEN).expect("token"), None).expect("client");
+    client.keep_at_most(2);
+    let (mut hosts, mut seen) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (endpoint, events) = counting_host().await;
+        hosts.push(endpoint);
+        seen.push(events);
+    }
+    let ping = |i: usize| {
+        let (client, endpoint) = (client.clone(), hosts[i].clone());
+        async move {
+            client
+                .call::<_, Value>(&endpoint, "Host.ping2", &json!({}), T)
+                .await
+                .expect("the host answers")
+        }
+    };
+    ping(0).await;
+    ping(1).await;
+    ping(0).await;
+    assert_eq!(next(&mut seen[0]).await, Some("opened"));
+    assert_eq!(next(&mut seen[1]).await, Some("opened"));
+    // Host 0 was used last but one: a third host lets host 1's connection go, and it closes.
+    ping(2).await;
+    assert_eq!(next(&mut seen[2]).await, Some("opened"));
+    assert_eq!(next(&mut seen[1]).await, Some("closed"));
+    assert!(seen[0].try_recv().is_err(), "host 0 keeps its connection");
+    // Calling host 1 again dials it again.
+    ping(1).await;
+    assert_eq!(next(&mut seen[1]).await, Some("opened"));
+    assert_eq!(client.connections_opened((&hosts[1]).into()), 2);
+    assert_eq!(client.connections_opened((&hosts[0]).into()), 1);
+    // Host 0 is now the least recently used of three: its connection goes.
+    assert_eq!(next(&mut seen[0]).await, Some("closed"));
+}

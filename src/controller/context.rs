@@ -81,6 +81,7 @@ impl Settings {
             }
         }
         .map_err(Error::RpcClient)?;
+        rpc.keep_at_most(args.kept_host_connections);
         Ok(Self {
             lease_namespace: args.lease_namespace.clone(),
             concurrency: args.concurrency,

@@ -241,6 +241,15 @@ pub struct ControllerArgs {
     /// How many pools may be reconciled at once.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// How many connections to hosts stay open between calls: those to the hosts called most
+    /// recently (about 10 KiB each). A call to a host past them opens a new one (one TLS
+    /// handshake). Raise it to the fleet's size to keep one to every host.
+    #[arg(
+        long,
+        default_value_t = crate::protocol::client::DEFAULT_KEPT_CONNECTIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000)
+    )]
+    pub kept_host_connections: usize,
     /// Run as one of several replicas: only the holder of the `poolkeeper-controller` Lease acts.
     #[arg(long, env = "POOLKEEPER_LEADER_ELECT")]
     pub leader_elect: bool,

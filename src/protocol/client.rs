@@ -1,13 +1,14 @@
 //! The controller side of the protocol: JSON-RPC 2.0 over STOMP 1.2, as oVirt's engine talks to
-//! VDSM. One connection per host, opened on the first call and reused by every later one; TLS
-//! unless the client was built plain ([`Client::new`] without a CA); a timeout on every call; a
-//! host that cannot be reached is dialed again with a growing delay, and never holds back calls
-//! to other hosts.
+//! VDSM. One connection per host, opened on the first call and reused by later ones while it is
+//! among the [`DEFAULT_KEPT_CONNECTIONS`] most recently used (a fleet of 2,000 hosts does not
+//! cost 2,000 idle TLS sessions); TLS unless the client was built plain ([`Client::new`] without
+//! a CA); a timeout on every call; a host that cannot be reached is dialed again with a growing
+//! delay, and never holds back calls to other hosts.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -36,6 +37,12 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`MAX_REDIAL_DELAY`].
 const FIRST_REDIAL_DELAY: Duration = Duration::from_millis(200);
 const MAX_REDIAL_DELAY: Duration = Duration::from_secs(10);
+/// How many open connections a client keeps between calls by default: those to the hosts it
+/// called most recently. A pool's default `maxHosts` is 250, so a default pool's hosts all keep
+/// theirs; past it, a connection costs about 10 KiB (rustls' 4 KiB read buffer, keys, the peer's
+/// certificate, the task), 20 MiB at 2,000 hosts, against one TLS handshake per call to a host
+/// not called lately.
+pub const DEFAULT_KEPT_CONNECTIONS: usize = 256;
 
 /// Where a call goes: the host's `host:port`, and the name its TLS certificate must carry (the
 /// Host's name when the controller calls; a bare endpoint stands for its own host part).
@@ -99,6 +106,7 @@ struct Inner {
     token: Option<Token>,
     tls: Option<Arc<rustls::ClientConfig>>,
     hosts: Mutex<HashMap<String, Arc<Slot>>>,
+    kept: Mutex<Kept>,
 }
 
 /// One host's connection, and how many were opened to it.
@@ -108,20 +116,67 @@ struct Slot {
     opened: std::sync::atomic::AtomicU64,
 }
 
-/// One host's connection, or when to dial it again.
+/// One host's connection, or when to dial it again. The connection lives while [`Kept`] keeps
+/// it or a call uses it.
 #[derive(Default)]
 struct Dial {
-    live: Option<Arc<Live>>,
+    live: Option<Weak<Live>>,
     failures: u32,
     retry_at: Option<Instant>,
+}
+
+/// The connections kept open between calls: the `limit` most recently used. Letting one go
+/// drops the handle that kept it; it closes when the last call on it ends.
+struct Kept {
+    limit: usize,
+    /// Ticks once per use: the order of use.
+    clock: u64,
+    by_host: HashMap<String, (u64, Arc<Live>)>,
+    by_use: BTreeMap<u64, String>,
+}
+
+impl Kept {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            clock: 0,
+            by_host: HashMap::new(),
+            by_use: BTreeMap::new(),
+        }
+    }
+
+    /// `live`, the connection to `key`, was just used: it is kept, and the least recently used
+    /// past the limit are let go.
+    fn used(&mut self, key: &str, live: &Arc<Live>) {
+        self.clock += 1;
+        let now = self.clock;
+        let last = self
+            .by_host
+            .insert(key.to_owned(), (now, Arc::clone(live)))
+            .map(|(at, _)| at);
+        if let Some(at) = last {
+            self.by_use.remove(&at);
+        }
+        self.by_use.insert(now, key.to_owned());
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        while self.by_host.len() > self.limit {
+            let Some((_, oldest)) = self.by_use.pop_first() else {
+                break;
+            };
+            self.by_host.remove(&oldest);
+        }
+    }
 }
 
 /// The callers waiting for an answer, by request id: the response's bytes, or why none comes.
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
 
 /// An open connection: callers write their frames in turn; its task reads the answers and hands
-/// each to its caller by request id. No queue and no writer task: with a connection kept to every
-/// host, those were 3 KiB per host.
+/// each to its caller by request id. No queue and no writer task: with hundreds of connections kept,
+/// those were 3 KiB per connection.
 struct Live {
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
     /// Set when the connection is done for: its task ended, or a frame was not written whole.
@@ -130,7 +185,7 @@ struct Live {
     pending: Pending,
     reply_to: String,
     /// Dropped with the last handle on the connection: its task stops at once (a dropped client,
-    /// a stopped controller, sends nothing more).
+    /// a stopped controller, sends nothing more; a connection [`Kept`] let go closes).
     _alive: oneshot::Sender<()>,
 }
 
@@ -232,8 +287,18 @@ impl Client {
                 token,
                 tls,
                 hosts: Mutex::new(HashMap::new()),
+                kept: Mutex::new(Kept::new(DEFAULT_KEPT_CONNECTIONS)),
             }),
         }
+    }
+
+    /// Keeps at most `limit` (at least 1) connections open between calls: those to the hosts
+    /// called most recently ([`DEFAULT_KEPT_CONNECTIONS`] unless set). A connection let go
+    /// closes when the calls on it end; the next call to its host dials again.
+    pub fn keep_at_most(&self, limit: usize) {
+        let mut kept = lock(&self.inner.kept);
+        kept.limit = limit.max(1);
+        kept.shrink();
     }
 
     /// `StoragePool.connect`: tells the host the pool, its host id, the master and the whole map.
@@ -343,15 +408,17 @@ impl Client {
         result
     }
 
-    fn slot(&self, to: Target<'_>) -> Arc<Slot> {
+    fn slot(&self, to: Target<'_>) -> (String, Arc<Slot>) {
         let key = format!("{}@{}", to.name, to.endpoint);
-        Arc::clone(lock(&self.inner.hosts).entry(key).or_default())
+        let slot = Arc::clone(lock(&self.inner.hosts).entry(key.clone()).or_default());
+        (key, slot)
     }
 
     /// How many connections to `to` this client has opened: one more each time the host closed
     /// the last (a restarted VDSM does; the bridge reads that as lost memory).
     pub fn connections_opened(&self, to: Target<'_>) -> u64 {
         self.slot(to)
+            .1
             .opened
             .load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -359,14 +426,15 @@ impl Client {
     /// The open connection to `endpoint`, dialed now when there is none (after the delay a
     /// failed dial left).
     async fn live(&self, to: Target<'_>) -> Result<Arc<Live>, RpcError> {
-        let slot = self.slot(to);
+        let (key, slot) = self.slot(to);
         let mut dial = slot.dial.lock().await;
-        if let Some(live) = &dial.live {
-            if !live.ended.load(Ordering::Acquire) {
-                return Ok(Arc::clone(live));
-            }
-            dial.live = None;
+        if let Some(live) = dial.live.as_ref().and_then(Weak::upgrade)
+            && !live.ended.load(Ordering::Acquire)
+        {
+            lock(&self.inner.kept).used(&key, &live);
+            return Ok(live);
         }
+        dial.live = None;
         if let Some(at) = dial.retry_at {
             tokio::time::sleep_until(at).await;
         }
@@ -380,9 +448,10 @@ impl Client {
         match opened {
             Ok(live) => {
                 *dial = Dial {
-                    live: Some(Arc::clone(&live)),
+                    live: Some(Arc::downgrade(&live)),
                     ..Dial::default()
                 };
+                lock(&self.inner.kept).used(&key, &live);
                 slot.opened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(live)

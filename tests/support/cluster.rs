@@ -536,6 +536,7 @@ pub async fn replica_with_lease(lease: u64, grace: u64) -> Replica {
         insecure: true,
         metrics_addr: addr,
         concurrency: 4,
+        kept_host_connections: protocol::client::DEFAULT_KEPT_CONNECTIONS,
         leader_elect: true,
         leader_election_namespace: LEASE_NAMESPACE.into(),
         leader_election_lease_seconds: lease,
