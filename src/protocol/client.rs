@@ -175,8 +175,8 @@ impl Kept {
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Vec<u8>, RpcError>>>>>;
 
 /// An open connection: callers write their frames in turn; its task reads the answers and hands
-/// each to its caller by request id. No queue and no writer task: with hundreds of connections kept,
-/// those were 3 KiB per connection.
+/// each to its caller by request id. No queue and no writer task: with hundreds of connections
+/// kept, those were 3 KiB per connection.
 struct Live {
     writer: Arc<tokio::sync::Mutex<Option<Writer>>>,
     /// Set when the connection is done for: its task ended, or a frame was not written whole.
@@ -415,7 +415,9 @@ impl Client {
     }
 
     /// How many connections to `to` this client has opened: one more each time the host closed
-    /// the last (a restarted VDSM does; the bridge reads that as lost memory).
+    /// the last (a restarted VDSM does; the bridge, whose client calls one host, reads that as
+    /// lost memory) or this client let it go (more than [`Client::keep_at_most`] hosts called
+    /// since).
     pub fn connections_opened(&self, to: Target<'_>) -> u64 {
         self.slot(to)
             .1

@@ -20,8 +20,8 @@ pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a connection reads at a time at least. Each connection's buffer starts this small and
 /// grows only for a large frame: the buffer is held the whole time a connection waits, so its
-/// size is paid once per connection (the controller keeps hundreds). A call's
-/// answer is a few hundred bytes; a larger frame grows the buffer as it arrives.
+/// size is paid once per connection (the controller keeps hundreds). A call's answer is a few
+/// hundred bytes; a larger frame grows the buffer as it arrives.
 const READ_CHUNK: usize = 512;
 
 /// Makes room in a connection's read buffer for the next read; a buffer a larger frame grew is
