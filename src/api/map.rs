@@ -41,6 +41,11 @@ impl DomainMap {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether `other` is this very copy (not only an equal map).
+    pub fn shares(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// The map is a sorted map in every respect but its serialized forms.

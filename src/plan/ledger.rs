@@ -11,6 +11,7 @@
 //! `connectTimeoutSeconds`, or after a backoff that follows failures.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -38,7 +39,8 @@ pub struct HostCalls {
     /// The domains that calls before the last one, since the host was last seen in sync, may have
     /// made it monitor (under the last call's bootId): until its report confirms a map, the
     /// controller cannot tell which of them it still monitors ([`HostCalls::may_monitor`]).
-    pub told: BTreeSet<String>,
+    /// Shared: every reconcile's snapshot of the ledger copies each entry.
+    pub told: Arc<BTreeSet<String>>,
     /// The last call.
     pub last: SentCall,
 }
@@ -66,14 +68,14 @@ impl HostCalls {
         let told = previous
             .as_ref()
             .filter(|p| p.last.boot_id == boot_id)
-            .map(|p| p.may_monitor().map(str::to_owned).collect())
+            .map(|p| Arc::new(p.may_monitor().map(str::to_owned).collect()))
             .unwrap_or_default();
         let (failures, failure) = previous.map_or((0, None), |p| (p.failures, p.failure));
-        let active = match call {
+        let map = match call {
             HostCall::Connect { params, .. } | HostCall::Refresh { params, .. } => {
-                params.domain_map.active().map(str::to_owned).collect()
+                params.domain_map.clone()
             }
-            HostCall::Disconnect { .. } => BTreeSet::new(),
+            HostCall::Disconnect { .. } => DomainMap::default(),
         };
         Self {
             pool: pool.to_owned(),
@@ -83,7 +85,7 @@ impl HostCalls {
             last: SentCall {
                 key: CallKey::of(call),
                 boot_id: boot_id.to_owned(),
-                active,
+                map,
                 sent_at: now,
                 state: CallState::InFlight,
             },
@@ -98,11 +100,11 @@ impl HostCalls {
     pub fn may_monitor(&self) -> impl Iterator<Item = &str> {
         let refused = matches!(self.last.state, CallState::Failed { .. })
             && matches!(&self.failure, Some(Failure::Refused(f)) if f.code.is_some());
-        let last = (!refused).then_some(&self.last.active);
+        let last = (!refused).then(|| self.last.map.active());
         self.told
             .iter()
-            .chain(last.into_iter().flatten())
             .map(String::as_str)
+            .chain(last.into_iter().flatten())
     }
 
     /// Records the answer at `now` to the call sent at `sent_at` (an answer to an older call is
@@ -157,8 +159,9 @@ pub struct SentCall {
     pub key: CallKey,
     /// The host's `bootId` when the call was sent: a host that restarted since lost what it was told.
     pub boot_id: String,
-    /// The domains (uuids) the call asks the host to monitor (a connect's `active` entries).
-    pub active: BTreeSet<String>,
+    /// The map the call carried (empty for a disconnect): the host is asked to monitor its
+    /// `active` entries. Shared with the call and with the other calls of its rollout, not copied.
+    pub map: DomainMap,
     /// When the call started (it also identifies the call).
     pub sent_at: Timestamp,
     /// What became of it.
