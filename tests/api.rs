@@ -701,6 +701,71 @@ async fn spec_and_status_are_written_independently() {
 }
 
 #[tokio::test]
+async fn a_pool_status_made_from_a_deleted_pool_is_refused_by_one_created_again_with_its_name() {
+    use poolkeeper::{
+        api::StoragePool,
+        controller::{events::Recorder, write::Writer},
+        metrics::Metrics,
+    };
+    let client = client().await;
+    let writer = Writer::new(
+        client.clone(),
+        Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "poolkeeper-test".into(),
+                instance: None,
+            },
+        ),
+        Metrics::default(),
+    );
+    let pools: Api<StoragePool> = Api::all(client);
+    let name = unique("recreated");
+    let create = async || {
+        let pool: StoragePool = serde_json::from_value(json!({
+            "apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool",
+            "metadata": {"name": name}, "spec": {},
+        }))
+        .expect("pool");
+        pools
+            .create(&PostParams::default(), &pool)
+            .await
+            .expect("create pool")
+    };
+    let first = create().await;
+    let read = writer
+        .status::<StoragePool>(
+            &name,
+            &json!({"mapVersion": 1}),
+            first.metadata.resource_version.as_deref(),
+        )
+        .await
+        .expect("a status based on the version read");
+
+    // The pool is deleted and created again between a reconcile's read and its write. The
+    // controller writes the pool's status based on the version it read: the new pool refuses it.
+    // (A `metadata.uid` in the body would not do: on the status subresource the API server keeps
+    // the stored metadata, uid included, and applies the status to whatever has the name.)
+    pools
+        .delete(&name, &Default::default())
+        .await
+        .expect("delete pool");
+    let second = create().await;
+    assert_ne!(first.metadata.uid, second.metadata.uid);
+    let stale = writer
+        .status::<StoragePool>(&name, &json!({"mapVersion": 7}), read.as_deref())
+        .await
+        .expect_err("the old pool's status must not land on the new pool");
+    assert!(stale.is_conflict(), "a conflict (plan again): {stale:?}");
+    let now = pools.get(&name).await.expect("pool");
+    assert_eq!(
+        now.status.map_or(0, |s| s.map_version),
+        0,
+        "the new pool has no map yet"
+    );
+}
+
+#[tokio::test]
 async fn deploy_base_applies_and_grants_least_privilege() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
     kubectl_ok(&["apply", "-f", &format!("{dir}/namespace.yaml")]);

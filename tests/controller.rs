@@ -140,6 +140,56 @@ async fn maintenance_toggle_stops_and_restarts_monitoring() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_keeps_at_most_max_concurrent_connects_calls_in_flight() {
+    const HOSTS: usize = 8;
+    const CAP: i32 = 2;
+    const LATENCY: std::time::Duration = std::time::Duration::from_millis(400);
+    let sim = sim_pool(PoolOptions {
+        hosts: HOSTS,
+        ..PoolOptions::default()
+    })
+    .await;
+    let target = &sim.domains[1];
+    wait_domain_phase(target, DomainPhase::Active).await;
+    merge_spec::<StoragePool>(&sim.pool, json!({"sync": {"maxConcurrentConnects": CAP}})).await;
+    eventually("the pool observes its new cap", WAIT, || async {
+        let p = pool(&sim.pool).await;
+        (p.status.and_then(|s| s.observed_generation) == p.metadata.generation).then_some(())
+    })
+    .await;
+    // Every host takes 400 ms to answer: with two calls in flight at most, any three calls
+    // handled one after the other span at least one call's time.
+    for h in sim.agents.hosts() {
+        h.set_latency(LATENCY);
+    }
+    let toggled = std::time::SystemTime::now();
+    merge_spec::<StorageDomain>(target, json!({"maintenance": true})).await;
+    wait_domain_phase(target, DomainPhase::Maintenance).await;
+
+    let mut handled: Vec<std::time::SystemTime> = sim
+        .agents
+        .hosts()
+        .iter()
+        .flat_map(|h| h.calls().0)
+        .filter(|c| c.connect && c.at > toggled)
+        .map(|c| c.at)
+        .collect();
+    handled.sort();
+    assert!(
+        handled.len() >= HOSTS,
+        "every host was told: {} connects",
+        handled.len()
+    );
+    for w in handled.windows(3) {
+        let span = w[2].duration_since(w[0]).unwrap_or_default();
+        assert!(
+            span >= LATENCY.mul_f32(0.9),
+            "three connects handled within {span:?}: more than {CAP} were in flight"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detach_and_reattach() {
     let sim = sim_pool(PoolOptions::default()).await;
     let target = &sim.domains[1];
@@ -625,5 +675,83 @@ async fn deleting_a_pool_waits_for_its_domains_to_leave() {
     .await;
     for d in &sim.domains {
         wait_domain_phase(d, DomainPhase::Unattached).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_deleted_and_created_again_under_its_name_starts_afresh() {
+    use poolkeeper::api::StoragePool;
+
+    // What a GitOps pipeline does when it replaces a pool: delete the pool and its domains, then
+    // apply them again, same names, same domain uuids.
+    let sim = sim_pool(PoolOptions::default()).await;
+    for d in &sim.domains {
+        wait_domain_phase(d, DomainPhase::Active).await;
+    }
+    let client = client().await;
+    let pools: Api<StoragePool> = Api::all(client.clone());
+    let domains: Api<StorageDomain> = Api::all(client);
+    let old = pools.get(&sim.pool).await.expect("pool");
+    let old_uuid = old.status.as_ref().and_then(|s| s.uuid.clone());
+    assert!(old_uuid.is_some(), "the first pool has its uuid");
+    for d in &sim.domains {
+        domains
+            .delete(d, &DeleteParams::default())
+            .await
+            .expect("delete domain");
+    }
+    pools
+        .delete(&sim.pool, &DeleteParams::default())
+        .await
+        .expect("delete pool");
+    eventually("the pool and its domains are gone", WAIT, || async {
+        let pool_gone = pools.get_opt(&sim.pool).await.ok()?.is_none();
+        let domains_gone = domains
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .all(|d| {
+                !sim.domains
+                    .contains(&d.metadata.name.clone().unwrap_or_default())
+            });
+        (pool_gone && domains_gone).then_some(())
+    })
+    .await;
+
+    let spec = json!({"sync": {"problemGraceSeconds": 2, "connectTimeoutSeconds": 2}});
+    let p: StoragePool =
+        serde_json::from_value(support::cluster::obj("StoragePool", &sim.pool, spec))
+            .expect("pool object");
+    let created = pools
+        .create(&kube::api::PostParams::default(), &p)
+        .await
+        .expect("create the pool again");
+    for d in &sim.domains {
+        create_domain(d, &sim.uuids[d], Some(&sim.pool)).await;
+    }
+
+    // The new pool is a pool of its own: its uuid is its own uid, not the old pool's, and its
+    // hosts hold its map with every domain active.
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
+    wait_maps(&sim.hosts, &expected).await;
+    for d in &sim.domains {
+        wait_domain_phase(d, DomainPhase::Active).await;
+    }
+    let status = pool(&sim.pool).await.status.expect("status");
+    assert_eq!(status.uuid, created.metadata.uid, "the new pool's own uuid");
+    assert_ne!(status.uuid, old_uuid);
+    for h in &sim.hosts {
+        let report = host(h).await.status.and_then(|s| s.report).expect("report");
+        assert_eq!(
+            report.pool.map(|c| c.uuid),
+            status.uuid,
+            "{h} is connected to the new pool"
+        );
     }
 }

@@ -12,7 +12,6 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use futures::StreamExt;
 use kube::{ResourceExt, runtime::reflector::ObjectRef as StoreRef};
 use serde::de::IgnoredAny;
 use tracing::{debug, info, warn};
@@ -42,14 +41,24 @@ pub struct Acted {
 /// Lease.
 pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result<Acted, Error> {
     let pool = &observed.pool.name;
-    let mut pool_version = ctx
-        .stores
-        .pools
-        .get(&StoreRef::new(pool))
-        .and_then(|p| p.resource_version());
+    // The version of the pool this plan was made from: a pool deleted and created again under
+    // its name since is another pool, whose status must not be this plan's.
+    let mut pool_version = super::observe::current(&ctx.stores.pools, pool, &observed.pool.uid)
+        .ok_or_else(|| Error::Replaced {
+            kind: "StoragePool",
+            name: pool.clone(),
+        })?
+        .resource_version();
     ctx.ledger.apply(&plan.ledger);
     ctx.ledger
         .retain_hosts(|h| ctx.stores.hosts.get(&StoreRef::new(h)).is_some());
+    ctx.managers.retain_pools(|uid| {
+        ctx.stores
+            .pools
+            .state()
+            .iter()
+            .any(|p| p.metadata.uid.as_deref() == Some(uid))
+    });
     if let Some(status) = &plan.persist_first {
         // The resourceVersion makes this a compare-and-swap: a reconcile planned on a cache that
         // has not seen the previous map write fails here (409) and retries, instead of reusing a
@@ -81,7 +90,7 @@ pub async fn act(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Result
     if plan.manager.confirmed
         && let Some(entry) = &observed.manager
     {
-        ctx.managers.confirm(pool, entry.sent_at);
+        ctx.managers.confirm(&observed.pool.uid, entry.sent_at);
     }
     if let Some(call) = &plan.manager.call {
         call_manager(ctx, observed, call);
@@ -101,84 +110,118 @@ const REPORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Sends the planned calls in order as a new wave of the pool ([`Waves`]): each waits for one of
 /// the pool's `maxConcurrentConnects` permits (calls still running from earlier reconciles hold
-/// theirs), each has the `connectTimeoutSeconds` timeout. Returns the outcomes of those among the
-/// first `maxConcurrentConnects` that finish within [`REPORT_WAIT`]; the rest go on, and each
-/// asks for a reconcile when it ends.
+/// theirs), each has the `connectTimeoutSeconds` timeout. Returns the outcomes of the first
+/// `maxConcurrentConnects` calls to end, those that end within [`REPORT_WAIT`]; the rest go on,
+/// and each asks for a reconcile when it ends.
 async fn call_hosts(ctx: &Arc<Context>, observed: &Observed, plan: &Plan) -> Vec<CallOutcome> {
     let sync = &observed.pool.spec.sync;
     let timeout = crate::plan::connect_timeout(sync);
     let cap = usize::try_from(sync.max_concurrent_connects.max(1)).unwrap_or(1);
+    // Begun even for no calls: the latest plan is the only queue, so an empty one ends the calls
+    // of the previous wave not sent yet.
     let wave = ctx.waves.begin(&observed.pool.name, cap);
-    let mut running = futures::stream::FuturesUnordered::new();
-    let mut queued = futures::stream::FuturesUnordered::new();
-    for (i, call) in plan.calls.iter().enumerate() {
-        let boot_id = observed
-            .hosts
-            .get(call.host())
-            .and_then(|h| h.report.parsed())
-            .map(|r| r.boot_id.clone())
-            .unwrap_or_default();
-        let (ctx, call, wave) = (ctx.clone(), call.clone(), wave.clone());
-        let task = tokio::spawn(async move {
-            let _permit = wave.permit(&ctx.waves).await?;
-            // The wave may go on long after the reconcile checked the fence: each call checks it
-            // again, so a replica that lost the Lease stops calling within `FENCE_FRESH`.
-            if let Some(fence) = &ctx.fence
-                && !fence.still_holds().await
-            {
-                warn!(host = %call.host(), "not the leader any more; call not sent");
-                return None;
-            }
-            let sent_at =
-                ctx.ledger
-                    .start(&wave.pool, &call, &boot_id, timeout, jiff::Timestamp::now())?;
-            super::crash::reached("calling", verb_name(call.kind()));
-            // Boxed: a spawned task is allocated at the size of its largest state, and a call's
-            // (a TLS handshake on the way) is kilobytes. With 2,000 hosts most of a wave's tasks
-            // wait for a permit, each then holding only its call.
-            let outcome = Box::pin(send(&ctx, &call, timeout)).await;
-            super::crash::reached("called", verb_name(call.kind()));
-            ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
-            Some(outcome)
-        });
-        if i < cap {
-            running.push(task);
-        } else {
-            queued.push(task);
-        }
+    if plan.calls.is_empty() {
+        return Vec::new();
     }
+    let queue: Vec<(HostCall, String)> = plan
+        .calls
+        .iter()
+        .map(|call| {
+            let boot_id = observed
+                .hosts
+                .get(call.host())
+                .and_then(|h| h.report.parsed())
+                .map(|r| r.boot_id.clone())
+                .unwrap_or_default();
+            (call.clone(), boot_id)
+        })
+        .collect();
+    let first = queue.len().min(cap);
+    // Every call sent says when it ends (its outcome, or `None` when it was not sent after all);
+    // the channel closes when the wave has no call left to send or running.
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(send_wave(ctx.clone(), wave, queue, timeout, ended_tx));
+
     let mut outcomes = Vec::new();
+    let mut counted = 0;
     let deadline = tokio::time::sleep(REPORT_WAIT);
     tokio::pin!(deadline);
-    loop {
+    while counted < first {
         tokio::select! {
-            next = running.next() => match next {
-                Some(Ok(Some(outcome))) => outcomes.push(outcome),
-                Some(Ok(None)) => {}
-                Some(Err(e)) => warn!(error = %e, "host call task failed"),
-                None => break,
+            next = ended.recv() => match next {
+                Some(outcome) => {
+                    counted += 1;
+                    outcomes.extend(outcome);
+                }
+                None => return outcomes,
             },
             () = &mut deadline => break,
         }
     }
-    queued.extend(running);
-    if queued.is_empty() {
-        return outcomes;
-    }
-    let pending = queued.len();
     let pool = kube::runtime::reflector::ObjectRef::new(&observed.pool.name);
     let requeue = ctx.requeue.clone();
-    debug!(pool = %observed.pool.name, pending, "calls continue after the report");
+    debug!(pool = %observed.pool.name, "calls continue after the report");
     tokio::spawn(async move {
         // The outcomes are in the ledger; a new reconcile reports each one (the scheduler merges
         // these requests).
-        while let Some(done) = queued.next().await {
-            if matches!(done, Ok(Some(_))) {
+        while let Some(outcome) = ended.recv().await {
+            if outcome.is_some() {
                 let _ = requeue.send(pool.clone());
             }
         }
     });
     outcomes
+}
+
+/// Sends `queue`'s calls in order, each as soon as the wave gets a permit for it, until the queue
+/// is empty or a newer wave replaced this one (whose plan has the host again if it still needs a
+/// call). A call becomes a task only once it has its permit: a rollout to 2,000 hosts holds
+/// `maxConcurrentConnects` tasks and a queue of calls, not 2,000 tasks waiting.
+async fn send_wave(
+    ctx: Arc<Context>,
+    wave: Wave,
+    queue: Vec<(HostCall, String)>,
+    timeout: Duration,
+    ended: tokio::sync::mpsc::UnboundedSender<Option<CallOutcome>>,
+) {
+    for (call, boot_id) in queue {
+        let Some(permit) = wave.permit(&ctx.waves).await else {
+            return;
+        };
+        let (ctx, pool, ended) = (ctx.clone(), wave.pool.clone(), ended.clone());
+        tokio::spawn(async move {
+            let outcome = send_recorded(&ctx, &pool, &call, &boot_id, timeout).await;
+            drop(permit);
+            let _ = ended.send(outcome);
+        });
+    }
+}
+
+/// One call of a wave: checked against the fence, recorded in the ledger when it starts and when
+/// it ends. `None` when it was not sent.
+async fn send_recorded(
+    ctx: &Context,
+    pool: &str,
+    call: &HostCall,
+    boot_id: &str,
+    timeout: Duration,
+) -> Option<CallOutcome> {
+    // The wave may go on long after the reconcile checked the fence: each call checks it again,
+    // so a replica that lost the Lease stops calling within `FENCE_FRESH`.
+    if let Some(fence) = &ctx.fence
+        && !fence.still_holds().await
+    {
+        warn!(host = %call.host(), "not the leader any more; call not sent");
+        return None;
+    }
+    let sent_at = ctx
+        .ledger
+        .start(pool, call, boot_id, timeout, jiff::Timestamp::now())?;
+    super::crash::reached("calling", verb_name(call.kind()));
+    let outcome = send(ctx, call, timeout).await;
+    super::crash::reached("called", verb_name(call.kind()));
+    ctx.ledger.finished(&outcome.host, sent_at, &outcome.result);
+    Some(outcome)
 }
 
 /// Each pool's current wave of calls and the permits that keep at most `maxConcurrentConnects` of
@@ -335,7 +378,7 @@ fn call_manager(ctx: &Arc<Context>, observed: &Observed, call: &ManagerCall) {
         .and_then(|h| h.report.parsed())
         .map(|r| r.boot_id.clone())
         .unwrap_or_default();
-    let pool = observed.pool.name.clone();
+    let (pool, uid) = (observed.pool.name.clone(), observed.pool.uid.clone());
     let (ctx, call) = (ctx.clone(), call.clone());
     tokio::spawn(async move {
         if let Some(fence) = &ctx.fence
@@ -346,12 +389,12 @@ fn call_manager(ctx: &Arc<Context>, observed: &Observed, call: &ManagerCall) {
         }
         let Some(sent_at) =
             ctx.managers
-                .start(&pool, &call, &boot_id, timeout, jiff::Timestamp::now())
+                .start(&uid, &call, &boot_id, timeout, jiff::Timestamp::now())
         else {
             return;
         };
         let result = send_manager(&ctx, &call, timeout).await;
-        ctx.managers.finished(&pool, sent_at, &result);
+        ctx.managers.finished(&uid, sent_at, &result);
         let _ = ctx.requeue.send(StoreRef::new(&pool));
     });
 }

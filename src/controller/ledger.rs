@@ -108,7 +108,9 @@ impl Ledger {
 /// Each pool's last pool-manager call (`spmStart`/`spmStop`) and what became of it: the
 /// planner's input for one call per pool at a time and its backoff
 /// ([`crate::plan::manager`]). Lost on restart like the host ledger: the record in the pool's
-/// status and the hosts' reports say what the next call must be.
+/// status and the hosts' reports say what the next call must be. Keyed by the pool's
+/// `metadata.uid`, not its name: a pool deleted and created again under the same name is a new
+/// pool, which must not take the old one's calls (an accepted `create` for its own).
 #[derive(Debug, Default)]
 pub struct Managers {
     pools: Mutex<HashMap<String, ManagerCalls>>,
@@ -120,42 +122,50 @@ impl Managers {
     }
 
     /// The pool's entry, if any.
-    pub fn get(&self, pool: &str) -> Option<ManagerCalls> {
-        self.lock().get(pool).cloned()
+    pub fn get(&self, pool_uid: &str) -> Option<ManagerCalls> {
+        self.lock().get(pool_uid).cloned()
     }
 
     /// Forgets the pool's entry of the call started at `sent_at` (it did what it asked); an
     /// entry of a call started since is kept.
-    pub fn confirm(&self, pool: &str, sent_at: Timestamp) {
+    pub fn confirm(&self, pool_uid: &str, sent_at: Timestamp) {
         let mut map = self.lock();
-        if map.get(pool).is_some_and(|e| e.sent_at == sent_at) {
-            map.remove(pool);
+        if map.get(pool_uid).is_some_and(|e| e.sent_at == sent_at) {
+            map.remove(pool_uid);
         }
     }
 
-    /// Records that `call` starts now for `pool`, unless a call of the pool is still in flight;
+    /// Records that `call` starts now for the pool, unless a call of the pool is still in flight;
     /// returns the call's start (its identity) when it may be sent.
     pub fn start(
         &self,
-        pool: &str,
+        pool_uid: &str,
         call: &ManagerCall,
         boot_id: &str,
         timeout: Duration,
         now: Timestamp,
     ) -> Option<Timestamp> {
         let mut map = self.lock();
-        if map.get(pool).is_some_and(|e| e.in_flight(timeout, now)) {
+        if map.get(pool_uid).is_some_and(|e| e.in_flight(timeout, now)) {
             return None;
         }
-        let entry = ManagerCalls::started(map.remove(pool), call, boot_id, now);
-        map.insert(pool.to_owned(), entry);
+        let entry = ManagerCalls::started(map.remove(pool_uid), call, boot_id, now);
+        map.insert(pool_uid.to_owned(), entry);
         Some(now)
     }
 
     /// Records the answer to the call started at `sent_at`.
-    pub fn finished(&self, pool: &str, sent_at: Timestamp, result: &Result<(), CallFailure>) {
-        if let Some(entry) = self.lock().get_mut(pool) {
+    pub fn finished(&self, pool_uid: &str, sent_at: Timestamp, result: &Result<(), CallFailure>) {
+        if let Some(entry) = self.lock().get_mut(pool_uid) {
             entry.finished(sent_at, result, Timestamp::now());
+        }
+    }
+
+    /// Drops the entries of pools that no longer exist.
+    pub fn retain_pools(&self, exists: impl Fn(&str) -> bool) {
+        let mut map = self.lock();
+        if !map.is_empty() {
+            map.retain(|uid, _| exists(uid));
         }
     }
 }

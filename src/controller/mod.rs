@@ -79,6 +79,16 @@ pub enum Error {
         #[source]
         source: WriteError,
     },
+    /// The object was deleted, or deleted and created again under its name, since the reconcile
+    /// read it: nothing made from the old one is written (a recreated pool must not take the old
+    /// one's map and host ids). Retried soon, like a conflict, on whatever now has the name.
+    #[error("{kind} {name} was deleted or replaced since it was read")]
+    Replaced {
+        /// The kind.
+        kind: &'static str,
+        /// The object.
+        name: String,
+    },
     /// A status write failed.
     #[error("writing the status of {kind} {name}")]
     WriteStatus {
@@ -156,6 +166,7 @@ impl Error {
             Self::PersistMap { source, .. }
             | Self::WriteStatus { source, .. }
             | Self::Finalizer { source, .. } => source.is_conflict(),
+            Self::Replaced { .. } => true,
             _ => false,
         }
     }
@@ -165,6 +176,7 @@ impl Error {
         match self {
             Self::Config(_) => "Config",
             Self::PersistMap { .. } => "PersistMap",
+            Self::Replaced { .. } => "Replaced",
             Self::WriteStatus { .. } => "WriteStatus",
             Self::Finalizer { .. } => "Finalizer",
             Self::RpcClient(_) => "RpcClient",

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use jiff::Timestamp;
 use kube::{
     ResourceExt,
-    runtime::{reflector::ObjectRef, watcher},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 
 use super::{Context, index::Members, liveness::renew_time};
@@ -71,6 +74,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
             host_name.clone(),
             HostView {
                 name: host_name,
+                uid: h.uid().unwrap_or_default(),
                 generation: h.metadata.generation,
                 spec: h.spec.clone(),
                 status_endpoint: h.status.as_ref().and_then(|s| s.endpoint.clone()),
@@ -88,7 +92,7 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
         .map(|e| (e.host.clone(), lease_view(ctx, &e.host, now)))
         .collect();
     let ledger = ctx.ledger.snapshot(hosts.keys().map(String::as_str));
-    let manager = ctx.managers.get(&pool_view.name);
+    let manager = ctx.managers.get(&pool_view.uid);
     Observed {
         pool: pool_view,
         domains,
@@ -100,9 +104,21 @@ pub fn pool(ctx: &Context, pool: &StoragePool, now: Timestamp) -> Observed {
     }
 }
 
+/// The cached object `name` if it is still the object `uid` a reconcile observed: not deleted
+/// since, nor replaced by a new object created under its name.
+pub fn current<K>(store: &Store<K>, name: &str, uid: &str) -> Option<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .get(&ObjectRef::new(name))
+        .filter(|o| o.meta().uid.as_deref() == Some(uid))
+}
+
 fn domain_view(d: &StorageDomain, leaving_other_pool: bool) -> DomainView {
     DomainView {
         name: d.name_any(),
+        uid: d.uid().unwrap_or_default(),
         generation: d.metadata.generation,
         created: created(d),
         deleting: d.metadata.deletion_timestamp.is_some(),

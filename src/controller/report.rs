@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream::FuturesUnordered};
 
-use kube::{
-    ResourceExt,
-    runtime::reflector::{ObjectRef as StoreRef, Store},
-};
+use kube::runtime::reflector::{ObjectRef as StoreRef, Store};
 use tracing::{debug, warn};
 
 use super::{
@@ -64,15 +61,11 @@ pub async fn write(
     if needs_write(Some(&observed.pool.status), &report.pool) && pace(plan::ObjectRef::pool(pool)) {
         // Based on the version the plan was made from (or act's map write): the pool status
         // carries the map and host ids, which a stale reconcile must never overwrite.
-        let base = acted.pool_version.clone().or_else(|| {
-            ctx.stores
-                .pools
-                .get(&StoreRef::new(pool))
-                .and_then(|p| p.resource_version())
-        });
+        // (act took it from the pool this plan was made from, so a pool created again under its
+        // name since refuses it.)
         let result = ctx
             .writer
-            .status::<StoragePool>(pool, &report.pool, base.as_deref())
+            .status::<StoragePool>(pool, &report.pool, acted.pool_version.as_deref())
             .await;
         if let Some(version) = settle("StoragePool", pool, result, &mut first_error) {
             written.pools.extend(version.map(|v| (pool.clone(), v)));
@@ -89,6 +82,13 @@ pub async fn write(
         if !needs_write(current, status) || !pace(plan::ObjectRef::domain(name)) {
             continue;
         }
+        if !still_observed(
+            &ctx.stores.domains,
+            name,
+            observed.domains.get(name).map(|d| &d.uid),
+        ) {
+            continue;
+        }
         let result = ctx.writer.status::<StorageDomain>(name, status, None).await;
         if let Some(version) = settle("StorageDomain", name, result, &mut first_error) {
             written.domains.extend(version.map(|v| (name.clone(), v)));
@@ -100,7 +100,10 @@ pub async fn write(
     // side, each followed by its own events.
     let mut due = Vec::new();
     for (name, status) in &report.hosts {
-        if needs_write(observed.hosts.get(name).map(|h| &*h.controller), status) {
+        let host = observed.hosts.get(name);
+        if needs_write(host.map(|h| &*h.controller), status)
+            && still_observed(&ctx.stores.hosts, name, host.map(|h| &h.uid))
+        {
             due.push((name, status));
         }
     }
@@ -227,6 +230,18 @@ impl Written {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+}
+
+/// Whether the cache still holds the object `name` the reconcile observed (`uid`), rather than
+/// none or a new object created under its name since: a status made from the old object must not
+/// land on the new one. Hosts and domains are written without a resourceVersion (the agents write
+/// Host statuses all the time), so this check is what keeps a recreated one from the old one's
+/// status, up to the moment of the write; the pool's map is guarded by its resourceVersion too.
+fn still_observed<K>(store: &Store<K>, name: &str, uid: Option<&String>) -> bool
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    uid.is_some_and(|uid| super::observe::current(store, name, uid).is_some())
 }
 
 /// Whether the cache holds `name` at resourceVersion `version` or later (or no longer holds it).

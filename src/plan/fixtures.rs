@@ -71,6 +71,7 @@ pub fn pool() -> PoolView {
 pub fn domain(name: &str, pool: Option<&str>) -> DomainView {
     DomainView {
         name: name.into(),
+        uid: format!("uid-{name}"),
         generation: Some(1),
         created: None,
         deleting: false,
@@ -94,6 +95,7 @@ pub fn domain(name: &str, pool: Option<&str>) -> DomainView {
 pub fn host(name: &str, pool: Option<&str>, renewed: Timestamp) -> HostView {
     HostView {
         name: name.into(),
+        uid: format!("uid-{name}"),
         generation: Some(1),
         spec: HostSpec {
             pool: pool.map(str::to_owned),

@@ -128,7 +128,8 @@ pub struct Observed {
 pub struct PoolView {
     /// `metadata.name`.
     pub name: String,
-    /// `metadata.uid`: the pool uuid when neither `spec.uuid` nor `status.uuid` is set.
+    /// `metadata.uid`: the pool uuid when neither `spec.uuid` nor `status.uuid` is set. The pool's
+    /// status is written to this object only, never to a new pool of the same name.
     pub uid: String,
     /// `metadata.generation`.
     pub generation: Option<i64>,
@@ -147,6 +148,9 @@ pub struct PoolView {
 pub struct DomainView {
     /// `metadata.name`.
     pub name: String,
+    /// `metadata.uid`: the domain's status is written to this object only, never to a new one of
+    /// the same name created since.
+    pub uid: String,
     /// `metadata.generation`.
     pub generation: Option<i64>,
     /// `metadata.creationTimestamp`.
@@ -199,6 +203,9 @@ impl UuidClaim {
 pub struct HostView {
     /// `metadata.name`.
     pub name: String,
+    /// `metadata.uid`: the host's status is written to this object only, never to a new one of
+    /// the same name created since.
+    pub uid: String,
     /// `metadata.generation`.
     pub generation: Option<i64>,
     /// The spec (pool, endpoint override, maintenance).
