@@ -304,6 +304,26 @@ mod tests {
     }
 
     #[test]
+    fn an_object_created_again_under_its_name_is_not_the_one_observed() {
+        let pool = |uid: &str| -> StoragePool {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "poolkeeper.io/v1alpha1", "kind": "StoragePool",
+                "metadata": {"name": "dc1", "uid": uid}, "spec": {},
+            }))
+            .expect("pool")
+        };
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(pool("first")));
+        assert!(current(&store, "dc1", "first").is_some());
+        // Deleted and created again while a reconcile of the first one was under way.
+        writer.apply_watcher_event(&watcher::Event::Delete(pool("first")));
+        assert!(current(&store, "dc1", "first").is_none(), "deleted");
+        writer.apply_watcher_event(&watcher::Event::Apply(pool("second")));
+        assert!(current(&store, "dc1", "first").is_none(), "replaced");
+        assert!(current(&store, "dc1", "second").is_some());
+    }
+
+    #[test]
     fn oversize_report_is_refused_with_a_short_reason() {
         let report = HostReport {
             domains: (0..=HostReport::MAX_DOMAINS)
