@@ -11,7 +11,7 @@ use serde_json::json;
 use support::{
     client,
     cluster::{
-        PoolOptions, WAIT, condition, create_domain, domain, domain_phase, host, host_map,
+        PoolOptions, SimPool, WAIT, condition, create_domain, domain, domain_phase, host, host_map,
         host_monitors, merge_spec, pool, set_host_pool, sim_pool, wait_domain_phase,
         wait_host_phase,
     },
@@ -40,6 +40,25 @@ async fn wait_maps(hosts: &[String], expected: &std::collections::BTreeMap<Strin
     }
 }
 
+/// Waits until every host of `sim` holds its map with every domain active.
+async fn wait_hosts_hold_all_active(sim: &SimPool) {
+    let expected: std::collections::BTreeMap<_, _> = sim
+        .uuids
+        .values()
+        .map(|u| (u.clone(), MapStatus::Active))
+        .collect();
+    wait_maps(&sim.hosts, &expected).await;
+}
+
+/// Waits until every host of `sim` holds its map with every domain active, and every domain is
+/// `Active`.
+async fn wait_all_active(sim: &SimPool) {
+    wait_hosts_hold_all_active(sim).await;
+    for d in &sim.domains {
+        wait_domain_phase(d, DomainPhase::Active).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_hosts_get_the_map_and_kubectl_wait_returns_ready() {
     let sim = sim_pool(PoolOptions {
@@ -64,15 +83,7 @@ async fn ten_hosts_get_the_map_and_kubectl_wait_returns_ready() {
         );
     }
 
-    let expected: std::collections::BTreeMap<_, _> = sim
-        .uuids
-        .values()
-        .map(|u| (u.clone(), MapStatus::Active))
-        .collect();
-    wait_maps(&sim.hosts, &expected).await;
-    for d in &sim.domains {
-        wait_domain_phase(d, DomainPhase::Active).await;
-    }
+    wait_all_active(&sim).await;
     let p = pool(&sim.pool).await;
     let status = p.status.expect("pool status");
     assert_eq!(status.counts.hosts, 10);
@@ -383,12 +394,7 @@ async fn blackholed_host_holds_deactivation_until_put_in_maintenance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_is_reconnected_without_help() {
     let sim = sim_pool(PoolOptions::default()).await;
-    let expected: std::collections::BTreeMap<_, _> = sim
-        .uuids
-        .values()
-        .map(|u| (u.clone(), MapStatus::Active))
-        .collect();
-    wait_maps(&sim.hosts, &expected).await;
+    wait_hosts_hold_all_active(&sim).await;
     let h = &sim.hosts[1];
     let before = host(h)
         .await
@@ -402,7 +408,7 @@ async fn restarted_agent_is_reconnected_without_help() {
         || async {
             let report = host(h).await.status?.report?;
             (Some(&report.boot_id) != before.as_ref()
-                && report.pool.map(|p| p.domain_map.len()) == Some(expected.len()))
+                && report.pool.map(|p| p.domain_map.len()) == Some(sim.uuids.len()))
             .then_some(())
         },
     )
@@ -491,12 +497,7 @@ async fn deleted_domain_is_held_until_hosts_let_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_leaving_the_pool_is_disconnected() {
     let sim = sim_pool(PoolOptions::default()).await;
-    let expected: std::collections::BTreeMap<_, _> = sim
-        .uuids
-        .values()
-        .map(|u| (u.clone(), MapStatus::Active))
-        .collect();
-    wait_maps(&sim.hosts, &expected).await;
+    wait_hosts_hold_all_active(&sim).await;
     let leaving = &sim.hosts[2];
     set_host_pool(leaving, None).await;
     eventually("host disconnected", WAIT, || async {
@@ -518,12 +519,7 @@ async fn host_leaving_the_pool_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowering_max_hosts_under_connected_hosts_stalls_and_touches_no_host() {
     let sim = sim_pool(PoolOptions::default()).await;
-    let expected: std::collections::BTreeMap<_, _> = sim
-        .uuids
-        .values()
-        .map(|u| (u.clone(), MapStatus::Active))
-        .collect();
-    wait_maps(&sim.hosts, &expected).await;
+    wait_hosts_hold_all_active(&sim).await;
     let reported_ids = || async {
         let mut ids = Vec::new();
         for h in &sim.hosts {
@@ -631,15 +627,7 @@ async fn nonsensical_host_report_is_ignored_and_the_pool_still_converges() {
         ("Unknown", "ReportUnparsable")
     );
     // The garbage neither crashed the controller nor stopped the real hosts from converging.
-    let expected: std::collections::BTreeMap<_, _> = sim
-        .uuids
-        .values()
-        .map(|u| (u.clone(), MapStatus::Active))
-        .collect();
-    wait_maps(&sim.hosts, &expected).await;
-    for d in &sim.domains {
-        wait_domain_phase(d, DomainPhase::Active).await;
-    }
+    wait_all_active(&sim).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,15 +722,7 @@ async fn a_pool_deleted_and_created_again_under_its_name_starts_afresh() {
 
     // The new pool is a pool of its own: its uuid is its own uid, not the old pool's, and its
     // hosts hold its map with every domain active.
-    let expected: std::collections::BTreeMap<_, _> = sim
-        .uuids
-        .values()
-        .map(|u| (u.clone(), MapStatus::Active))
-        .collect();
-    wait_maps(&sim.hosts, &expected).await;
-    for d in &sim.domains {
-        wait_domain_phase(d, DomainPhase::Active).await;
-    }
+    wait_all_active(&sim).await;
     let status = pool(&sim.pool).await.status.expect("status");
     assert_eq!(status.uuid, created.metadata.uid, "the new pool's own uuid");
     assert_ne!(status.uuid, old_uuid);
