@@ -59,10 +59,9 @@ pub async fn write(
         ctx.pacer.wrote(plan::ObjectRef::pool(pool));
     }
     if needs_write(Some(&observed.pool.status), &report.pool) && pace(plan::ObjectRef::pool(pool)) {
-        // Based on the version the plan was made from (or act's map write): the pool status
-        // carries the map and host ids, which a stale reconcile must never overwrite.
-        // (act took it from the pool this plan was made from, so a pool created again under its
-        // name since refuses it.)
+        // Based on the version of the pool the plan was made from, as act found it (or act's map
+        // write): the pool status carries the map and host ids, which neither a stale reconcile
+        // nor the last reconcile of a pool deleted and created again under its name may overwrite.
         let result = ctx
             .writer
             .status::<StoragePool>(pool, &report.pool, acted.pool_version.as_deref())
